@@ -1,0 +1,849 @@
+"""R1-Track core: the shared vocabulary of every script in this project.
+
+Prompts, box maths, crops, answer parsing and rewards, tracking settings, model and
+processor loading, model inputs, a tiny offline Qwen2.5-VL and synthetic GOT-10k data.
+Nothing here has a command line; the scripts beside this file import it.
+
+Box formats are always in the name: `box_xywh` is (x, y, width, height), as GOT-10k
+files and frames use; `box_xyxy` is (x_min, y_min, x_max, y_max), as prompts, answers
+and rewards use. Frames and crops are PIL RGB images.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# -----------------------------------------------------------------------------
+# Prompts. The exact text matters: the published checkpoints were trained on it.
+
+SYSTEM_PROMPT = "You are a helpful assistant."
+
+THINK_INSTRUCTION = (
+    "You FIRST think about the reasoning process as an internal monologue and then provide "
+    "the final answer. \n The reasoning process MUST BE enclosed within <think> </think> tags. "
+    "The final answer MUST BE put in <answer> </answer> tags. \n "
+)
+
+QUESTIONS = {
+    # The wording of the R1-Track README and of the 5k models.
+    "seed": (
+        "Please identify the target specified by the bounding box {box} in the first image "
+        "and locate it in the second image. \n Return the coordinates in "
+        "[x_min,y_min,x_max,y_max] format."
+    ),
+    # The wording the published 100k-pair models were trained on.
+    "r1track-100k": (
+        "Given two images, you need to:\n"
+        "1. Analyze and Identify the target object marked by bounding box {box} in <image_1>;\n"
+        "2. Re-locate this target in <image_2>;\n"
+        "3. Return [x_min, y_min, x_max, y_max] coordinates of the target in <image_2>."
+    ),
+}
+WORDINGS = tuple(QUESTIONS)
+
+# Qwen2.5-VL's own chat template (the processor's chat_template.json on the hub). Used
+# when a tokenizer carries a text-only template, and written into the tiny checkpoint.
+QWEN2_5_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
+    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
+    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+IMAGE_PAD = "<|image_pad|>"
+END_OF_TURN = "<|im_end|>"
+
+
+def format_box_xyxy(box_xyxy) -> str:
+    """`[241,66,329,154]`: integers (truncated, as the published pairs were), no spaces."""
+    return "[" + ",".join(str(int(v)) for v in box_xyxy) + "]"
+
+
+def build_messages(box_xyxy, think=False, wording="seed", images=(None, None)) -> list[dict]:
+    """The chat of one tracking question: image 1 is the template crop with the target at
+    `box_xyxy` (template-crop pixels), image 2 the search crop."""
+    if wording not in QUESTIONS:
+        raise ValueError(f"unknown wording {wording!r}; choose one of {', '.join(WORDINGS)}")
+    text = QUESTIONS[wording].format(box=format_box_xyxy(box_xyxy))
+    if think:
+        text = THINK_INSTRUCTION + text
+    template, search = ({"type": "image", "image": image} for image in images)
+    if wording == "seed":
+        content = [template, search, {"type": "text", "text": text}]
+    else:
+        content = [template, {"type": "text", "text": " "}, search, {"type": "text", "text": text}]
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": content},
+    ]
+
+
+_NUMBER = r"-?\d+(?:\.\d+)?"
+_PROMPT_BOX = re.compile(r"bounding box\s*\[\s*(" + r"\s*,\s*".join([_NUMBER] * 4) + r")\s*\]")
+
+
+def parse_prompt_box(problem_text: str):
+    """The template box written in a question of either published wording, or None."""
+    match = _PROMPT_BOX.search(problem_text)
+    if match is None:
+        return None
+    return [float(v) for v in match.group(1).split(",")]
+
+
+# -----------------------------------------------------------------------------
+# Boxes
+
+
+def xywh_to_xyxy(box_xywh) -> list[float]:
+    x, y, w, h = (float(v) for v in box_xywh)
+    return [x, y, x + w, y + h]
+
+
+def xyxy_to_xywh(box_xyxy) -> list[float]:
+    x1, y1, x2, y2 = (float(v) for v in box_xyxy)
+    return [x1, y1, x2 - x1, y2 - y1]
+
+
+def _area_xyxy(box_xyxy) -> float:
+    x1, y1, x2, y2 = box_xyxy
+    return max(0.0, x2 - x1) * max(0.0, y2 - y1)
+
+
+def _intersection_xyxy(a, b) -> float:
+    return _area_xyxy((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+
+
+def iou_xyxy(a, b) -> float:
+    """Intersection over union; 0 when either box is empty or inverted."""
+    a, b = [float(v) for v in a], [float(v) for v in b]
+    inter = _intersection_xyxy(a, b)
+    union = _area_xyxy(a) + _area_xyxy(b) - inter
+    return inter / union if union > 0 and inter > 0 else 0.0
+
+
+def giou_xyxy(a, b) -> float:
+    """Generalised IoU in [-1, 1]: IoU minus the share of the enclosing box that neither
+    box covers. -1 for an inverted box (x2 < x1 or y2 < y1), which has no extent."""
+    a, b = [float(v) for v in a], [float(v) for v in b]
+    if a[2] < a[0] or a[3] < a[1] or b[2] < b[0] or b[3] < b[1]:
+        return -1.0
+    inter = _intersection_xyxy(a, b)
+    union = _area_xyxy(a) + _area_xyxy(b) - inter
+    hull = _area_xyxy((min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])))
+    if hull <= 0:  # both boxes are one and the same point or line
+        return 0.0
+    iou = inter / union if union > 0 else 0.0
+    return iou - (hull - union) / hull
+
+
+def clamp_box_xyxy(box_xyxy, size: float) -> list[float]:
+    """Each coordinate into [0, size] (an answer in a size x size crop)."""
+    return [min(max(float(v), 0.0), float(size)) for v in box_xyxy]
+
+
+def clamp_box_xywh_to_frame(box_xywh, width: int, height: int) -> list[float]:
+    """Inside the frame with at least one pixel of width and height."""
+    x1, y1, x2, y2 = xywh_to_xyxy(box_xywh)
+    x1 = min(max(x1, 0.0), width - 1.0)
+    y1 = min(max(y1, 0.0), height - 1.0)
+    x2 = min(max(x2, x1 + 1.0), float(width))
+    y2 = min(max(y2, y1 + 1.0), float(height))
+    return [x1, y1, x2 - x1, y2 - y1]
+
+
+# -----------------------------------------------------------------------------
+# Crops: the published square crop, zero padding outside the frame.
+
+
+def crop_around(image: Image.Image, box_xywh, factor: float, size: int, shift_xy=(0.0, 0.0)):
+    """A `size` x `size` crop of a square of side ceil(sqrt(w*h) * factor) centred on the
+    box (moved by `shift_xy` times the side, for training jitter).
+
+    Returns (crop, box_xyxy_in_crop, scale, origin_xy): the box in crop pixels, crop pixels
+    per frame pixel, and the square's top-left corner in the frame.
+    """
+    x, y, w, h = (float(v) for v in box_xywh)
+    if not (w > 0 and h > 0) or not all(math.isfinite(v) for v in (x, y, w, h)):
+        raise ValueError(f"cannot crop around a box without area: {list(box_xywh)}")
+    side = math.ceil(math.sqrt(w * h) * factor)
+    x1 = round(x + w / 2 + shift_xy[0] * side - side / 2)
+    y1 = round(y + h / 2 + shift_xy[1] * side - side / 2)
+    scale = size / side
+    crop = _resample_square(image, x1, y1, side, size)
+    box_xyxy_in_crop = [(x - x1) * scale, (y - y1) * scale, (x - x1 + w) * scale, (y - y1 + h) * scale]
+    return crop, box_xyxy_in_crop, scale, (x1, y1)
+
+
+def _resample_square(image: Image.Image, x1: int, y1: int, side: int, size: int) -> Image.Image:
+    # Resample only the part of the square inside the frame and paste it on black: the
+    # same picture as padding the frame first, without allocating side x side pixels.
+    image = image.convert("RGB") if image.mode != "RGB" else image
+    crop = Image.new("RGB", (size, size))
+    left, top = max(x1, 0), max(y1, 0)
+    right, bottom = min(x1 + side, image.width), min(y1 + side, image.height)
+    if right <= left or bottom <= top:
+        return crop
+    scale = size / side
+    dest = [round((left - x1) * scale), round((top - y1) * scale),
+            round((right - x1) * scale), round((bottom - y1) * scale)]
+    if dest[2] > dest[0] and dest[3] > dest[1]:
+        part = image.resize((dest[2] - dest[0], dest[3] - dest[1]), Image.BILINEAR,
+                            box=(left, top, right, bottom))
+        crop.paste(part, (dest[0], dest[1]))
+    return crop
+
+
+def crop_to_frame(box_xyxy_in_crop, scale: float, origin_xy) -> list[float]:
+    """A box in crop pixels back to a frame box (x, y, w, h)."""
+    x1, y1, x2, y2 = (float(v) for v in box_xyxy_in_crop)
+    return [x1 / scale + origin_xy[0], y1 / scale + origin_xy[1], (x2 - x1) / scale, (y2 - y1) / scale]
+
+
+# -----------------------------------------------------------------------------
+# Answers and rewards
+
+_LIST_OF_FOUR = re.compile(r"\[\s*(" + r"\s*,\s*".join([_NUMBER] * 4) + r")\s*\]")
+_THINK_ANSWER = re.compile(r"<think>(.*?)</think>\s*<answer>(.*?)</answer>", re.DOTALL)
+_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+
+
+def _think_answer_content(text: str):
+    """The <answer> content of a well-formed `<think>…</think><answer>…</answer>`
+    response (each tag exactly once, nothing outside but whitespace), else None."""
+    stripped = text.strip()
+    if any(stripped.count(tag) != 1 for tag in _TAGS):
+        return None
+    match = _THINK_ANSWER.fullmatch(stripped)
+    return match.group(2) if match else None
+
+
+def _json_box(text: str):
+    """`text` as a JSON list of four numbers, else None."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, list) or len(value) != 4:
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return None
+    if not all(math.isfinite(v) for v in value):
+        return None
+    return [float(v) for v in value]
+
+
+def parse_answer(text: str, think=False, strict=False):
+    """The box in a model's answer, or None.
+
+    Lenient (tracking): the first `[a, b, c, d]` of numbers anywhere in the text.
+    Strict (rewards): the whole answer must be a JSON list of four numbers.
+    think=True: only from the <answer> of a well-formed think response.
+    """
+    if think:
+        text = _think_answer_content(text)
+        if text is None:
+            return None
+    if strict:
+        return _json_box(text)
+    match = _LIST_OF_FOUR.search(text)
+    return [float(v) for v in match.group(1).split(",")] if match else None
+
+
+def _shaped_giou(g: float) -> float:
+    # The published shaping: no credit for a poor overlap, a bonus for a tight one.
+    if 0.0 < g < 0.4:
+        return 0.0
+    if 0.75 < g < 0.95:
+        return g + 0.2
+    if g >= 0.95:
+        return g + 0.5
+    return g
+
+
+def reward(text: str, gt_xyxy, think=False, response_len=None, kind="r1track") -> dict:
+    """Score one response against the ground-truth box (both in search-crop pixels).
+
+    kind="r1track": the published reward. The answer (or the <answer> content) must be a
+    JSON list, else -1. A list that is not four numbers with x2 > x1 and y2 > y1 has
+    g = -1, otherwise g = GIoU, shaped. Think mode: a malformed tag structure, or fewer
+    than 128 response tokens, scores -1; otherwise overall = shaped g + 0.05 * format
+    + 0.1 * length, with length = (448 - L) / 64 when L > 448, else 0. `response_len` is
+    the response's token count; without it the think-mode length rules are skipped.
+    kind="iou": plain IoU of the leniently parsed box plus 1 for a strictly valid answer.
+
+    Returns {"overall", "format", "iou", "giou"}; iou and giou are 0 and -1 when there
+    is no usable box.
+    """
+    if kind == "iou":
+        box = parse_answer(text, think=think)
+        ok = parse_answer(text, think=think, strict=True) is not None
+        iou = iou_xyxy(box, gt_xyxy) if box else 0.0
+        return {"overall": iou + float(ok), "format": float(ok), "iou": iou,
+                "giou": giou_xyxy(box, gt_xyxy) if box else -1.0}
+    if kind != "r1track":
+        raise ValueError(f"unknown reward kind {kind!r}; choose r1track or iou")
+
+    failed = {"overall": -1.0, "format": 0.0, "iou": 0.0, "giou": -1.0}
+    content = text
+    if think:
+        content = _think_answer_content(text)
+        if content is None:
+            return failed
+        if response_len is not None and response_len < 128:
+            return {**failed, "format": 1.0}
+    try:
+        json.loads(content)
+    except (ValueError, RecursionError):
+        return {**failed, "format": float(think)}
+    box = _json_box(content)
+    if box is None or not (box[2] > box[0] and box[3] > box[1]):
+        g, iou = -1.0, 0.0
+    else:
+        g, iou = giou_xyxy(box, gt_xyxy), iou_xyxy(box, gt_xyxy)
+    overall = _shaped_giou(g)
+    if think:
+        length = (448 - response_len) / 64 if response_len is not None and response_len > 448 else 0.0
+        overall += 0.05 * 1.0 + 0.1 * length
+    return {"overall": overall, "format": 1.0 if (think or box is not None) else 0.0, "iou": iou, "giou": g}
+
+
+# -----------------------------------------------------------------------------
+# Tracking settings: saved with every checkpoint so a tracker asks the question the
+# model was trained on.
+
+SETTINGS_FILE = "r1track.json"
+
+
+@dataclass
+class TrackSettings:
+    wording: str = "seed"
+    think: bool = False
+    crop_size: int = 336
+    template_factor: float = 4.0
+    search_factor: float = 4.0
+
+    def save(self, folder) -> None:
+        write_atomic(Path(folder) / SETTINGS_FILE, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrackSettings":
+        known = {f.name for f in dataclasses.fields(cls)}
+        settings = cls(**{k: v for k, v in values.items() if k in known})
+        if settings.wording not in QUESTIONS:
+            raise ValueError(f"unknown wording {settings.wording!r} in tracking settings")
+        return settings
+
+
+PUBLISHED_SETTINGS = {
+    "WangBiao/R1-Track-SFT": TrackSettings(),
+    "WangBiao/R1-Track-SFT-5k-lora": TrackSettings(),
+    "WangBiao/R1-Track-GRPO-5k": TrackSettings(think=True),
+    "WangBiao/R1-Track-GRPO-wo-Think-5k": TrackSettings(),
+    "WangBiao/R1-Track-SFT-100k-lora": TrackSettings(wording="r1track-100k"),
+    "WangBiao/R1-Track-GRPO-wo-Think-100k": TrackSettings(wording="r1track-100k"),
+}
+DEFAULT_MODEL = "WangBiao/R1-Track-GRPO-wo-Think-100k"
+
+
+def load_settings(name_or_path: str) -> TrackSettings:
+    """The tracking settings of a checkpoint: its r1track.json, the known settings of a
+    published R1-Track model, or the published defaults."""
+    local = Path(name_or_path) / SETTINGS_FILE
+    if local.is_file():
+        return TrackSettings.from_dict(json.loads(local.read_text()))
+    if name_or_path in PUBLISHED_SETTINGS:
+        return dataclasses.replace(PUBLISHED_SETTINGS[name_or_path])
+    if not Path(name_or_path).exists():  # a hub id: a checkpoint this project pushed has the file
+        try:
+            from huggingface_hub import hf_hub_download
+
+            return TrackSettings.from_dict(json.loads(Path(hf_hub_download(name_or_path, SETTINGS_FILE)).read_text()))
+        except Exception:  # no such file, or no network: the defaults below
+            pass
+    return TrackSettings()
+
+
+def write_atomic(path, data) -> None:
+    """Write a file so that readers see the old content or the new, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -----------------------------------------------------------------------------
+# Model and processor
+
+
+@dataclass
+class Processor:
+    """Qwen2.5-VL's tokenizer and image processor: what build_inputs needs of the official
+    Qwen2_5_VLProcessor, which cannot be built where torchvision is missing."""
+
+    tokenizer: object
+    image_processor: object
+
+    def save_pretrained(self, folder) -> None:
+        self.tokenizer.save_pretrained(folder)
+        self.image_processor.save_pretrained(folder)
+
+    def decode(self, token_ids) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+
+def load_processor(name_or_path: str) -> Processor:
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    # Hub checkpoints keep the vision chat template beside the processor; a tokenizer
+    # with a text-only template would drop the images.
+    if IMAGE_PAD not in (tokenizer.chat_template or ""):
+        tokenizer.chat_template = QWEN2_5_VL_CHAT_TEMPLATE
+    # The PIL backend gives the same pixels on every machine, torchvision or not.
+    image_processor = AutoImageProcessor.from_pretrained(name_or_path, backend="pil")
+    return Processor(tokenizer, image_processor)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _adapter_base(name_or_path: str):
+    """The base model named by a peft adapter folder or hub id, or None for a full model."""
+    local = Path(name_or_path)
+    if local.is_dir():
+        config = local / "adapter_config.json"
+        return json.loads(config.read_text())["base_model_name_or_path"] if config.is_file() else None
+    if local.exists():
+        return None
+    try:
+        from peft import PeftConfig
+
+        return PeftConfig.from_pretrained(name_or_path).base_model_name_or_path
+    except Exception:  # not an adapter (or not reachable): load it as a full model
+        return None
+
+
+def load_model(name_or_path: str, dtype=None, device=None, load_in_4bit=False, attn=None,
+               merge_adapter=True, trainable=False):
+    """A Qwen2.5-VL model and its processor from a hub id or folder: a full checkpoint or
+    a peft adapter (its base model read from the adapter config).
+
+    dtype: bfloat16 on GPU, float32 on CPU unless given. attn: flash_attention_2 when the
+    flash-attn package is installed and the device is a GPU, else sdpa. merge_adapter folds
+    an adapter into the weights for speed (not with 4-bit weights). The checkpoint's
+    tracking settings are at `model.r1track_settings`.
+    """
+    import torch
+    from transformers import BitsAndBytesConfig, Qwen2_5_VLForConditionalGeneration
+
+    device = device or default_device()
+    on_gpu = str(device).startswith("cuda")
+    if dtype is None:
+        dtype = torch.bfloat16 if on_gpu else torch.float32
+    elif isinstance(dtype, str):
+        dtype = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
+                 "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}[dtype]
+    if attn is None:
+        import importlib.util
+
+        attn = "flash_attention_2" if on_gpu and importlib.util.find_spec("flash_attn") else "sdpa"
+
+    base = _adapter_base(name_or_path)
+    # Straight onto the device: a 3B model never passes through CPU memory on its way.
+    kwargs = {"dtype": dtype, "attn_implementation": attn, "device_map": {"": str(device)}}
+    if load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(base or name_or_path, **kwargs)
+    if base is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, name_or_path, is_trainable=trainable)
+        if merge_adapter and not load_in_4bit and not trainable:
+            model = model.merge_and_unload()
+    if not trainable:
+        model.eval()
+    try:  # an adapter folder saved by this project carries the processor; a hub adapter may not
+        processor = load_processor(name_or_path)
+    except (OSError, ValueError, TypeError):
+        processor = load_processor(base or name_or_path)
+    model.r1track_settings = load_settings(name_or_path)
+    return model, processor
+
+
+def build_inputs(processor, template_img, search_img, box_xyxy, answer=None, think=False,
+                 wording="seed", return_tensors=True) -> dict:
+    """The model inputs of one tracking question (a batch of one).
+
+    Keys: input_ids, attention_mask, mm_token_type_ids (1 on image tokens: Qwen2.5-VL
+    needs them for its 3D positions), pixel_values, image_grid_thw; with an `answer`
+    also labels, -100 everywhere but the answer and its end-of-turn token. Image tokens
+    are expanded as Qwen2.5-VL's own processor expands them.
+    """
+    import torch
+
+    tokenizer, image_processor = processor.tokenizer, processor.image_processor
+    messages = build_messages(box_xyxy, think=think, wording=wording, images=(template_img, search_img))
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    vision = image_processor(images=[template_img, search_img], return_tensors="pt")
+    merge = image_processor.merge_size ** 2
+    for grid in vision["image_grid_thw"]:
+        prompt = prompt.replace(IMAGE_PAD, "<|placeholder|>" * int(grid.prod() // merge), 1)
+    prompt = prompt.replace("<|placeholder|>", IMAGE_PAD)
+
+    input_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    labels = None
+    if answer is not None:
+        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        answer_ids.append(tokenizer.convert_tokens_to_ids(END_OF_TURN))
+        labels = [-100] * len(input_ids) + answer_ids
+        input_ids = input_ids + answer_ids
+
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+    inputs = {
+        "input_ids": input_ids,
+        "attention_mask": [1] * len(input_ids),
+        "mm_token_type_ids": [int(t == image_token_id) for t in input_ids],
+    }
+    if labels is not None:
+        inputs["labels"] = labels
+    if not return_tensors:
+        return {**inputs, "pixel_values": vision["pixel_values"], "image_grid_thw": vision["image_grid_thw"]}
+    inputs = {key: torch.tensor([value]) for key, value in inputs.items()}
+    inputs["pixel_values"] = vision["pixel_values"]
+    inputs["image_grid_thw"] = vision["image_grid_thw"]
+    return inputs
+
+
+def collate(examples: list[dict], pad_token_id: int, padding_side="right") -> dict:
+    """Pad a list of build_inputs(..., return_tensors=False) results into one batch.
+    Right padding for training; left padding for generation, so every row ends where its
+    answer begins."""
+    import torch
+
+    width = max(len(e["input_ids"]) for e in examples)
+    pads = {"input_ids": pad_token_id, "attention_mask": 0, "mm_token_type_ids": 0, "labels": -100}
+    batch = {}
+    for key, pad in pads.items():
+        if key not in examples[0]:
+            continue
+        rows = []
+        for e in examples:
+            filler = [pad] * (width - len(e[key]))
+            rows.append(e[key] + filler if padding_side == "right" else filler + e[key])
+        batch[key] = torch.tensor(rows)
+    batch["pixel_values"] = torch.cat([e["pixel_values"] for e in examples])
+    batch["image_grid_thw"] = torch.cat([e["image_grid_thw"] for e in examples])
+    return batch
+
+
+def greedy_config(processor, max_new_tokens=64):
+    """Plain greedy decoding, whatever sampling defaults the checkpoint ships with."""
+    from transformers import GenerationConfig
+
+    tokenizer = processor.tokenizer
+    end_ids = [tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.pad_token_id]
+    return GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=end_ids,
+                            pad_token_id=tokenizer.pad_token_id, repetition_penalty=1.0)
+
+
+def generate_answers(model, processor, batch: dict, generation_config=None) -> list[str]:
+    """Decoded answers of a (left-padded) batch; greedy unless told otherwise."""
+    import torch
+
+    generation_config = generation_config or greedy_config(processor)
+    batch = {k: v.to(model.device) for k, v in batch.items() if k != "labels"}
+    with torch.inference_mode():
+        out = model.generate(**batch, generation_config=generation_config)
+    new_tokens = out[:, batch["input_ids"].shape[1]:]
+    return processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+
+# -----------------------------------------------------------------------------
+# A tiny Qwen2.5-VL that runs anywhere: the real model class and loading path, random
+# weights, a small tokenizer with Qwen's special tokens, digit-by-digit numbers and the
+# Qwen2.5-VL chat template.
+
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+]
+
+
+def _tokenizer_corpus() -> list[str]:
+    rng = np.random.default_rng(0)
+    texts = [SYSTEM_PROMPT, "user", "assistant", "system", THINK_INSTRUCTION,
+             "<think> The target moved to the right. </think> <answer> [1,2,3,4] </answer>"]
+    for wording in WORDINGS:
+        for _ in range(20):
+            box = rng.integers(0, 336, size=4)
+            texts.append(QUESTIONS[wording].format(box=format_box_xyxy(box)))
+            texts.append(format_box_xyxy(box) + " " + json.dumps([int(v) for v in box]))
+    return texts
+
+
+def build_tiny_tokenizer(vocab_size=400):
+    """A byte-level BPE tokenizer shaped like Qwen2's (same pre-tokenizer: digits one by
+    one) with a small vocabulary learnt from this project's prompts."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(_tokenizer_corpus(), trainer)
+    learnt = json.loads(bpe.to_str())["model"]
+    vocab = dict(learnt["vocab"])
+    for token in QWEN_SPECIAL_TOKENS:
+        vocab[token] = len(vocab)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[tuple(m) for m in learnt["merges"]],
+                               eos_token=END_OF_TURN, pad_token="<|endoftext|>", unk_token=None)
+    tokenizer.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL_TOKENS[1:]})
+    tokenizer.chat_template = QWEN2_5_VL_CHAT_TEMPLATE
+    return tokenizer
+
+
+def save_tiny_model(path, seed=0, hidden_size=128, num_layers=4, vision_hidden_size=64,
+                    vision_depth=2, settings: TrackSettings | None = None) -> Path:
+    """Write a randomly initialised Qwen2_5_VLForConditionalGeneration (about a million
+    parameters), its tokenizer, image-processor config and tracking settings to `path`."""
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    path = Path(path)
+    tokenizer = build_tiny_tokenizer()
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    heads = 4
+    head_dim = hidden_size // heads
+    third = head_dim // 2 // 8  # M-RoPE sections in the 3B's proportions, [16, 24, 24] of 64
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer), "hidden_size": hidden_size, "intermediate_size": hidden_size * 2,
+            "num_hidden_layers": num_layers, "num_attention_heads": heads, "num_key_value_heads": 2,
+            "max_position_embeddings": 4096, "rms_norm_eps": 1e-6,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
+                                "mrope_section": [2 * third, 3 * third, 3 * third]},
+            "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": vision_depth, "hidden_size": vision_hidden_size, "intermediate_size": vision_hidden_size * 2,
+            "num_heads": 4, "out_hidden_size": hidden_size, "patch_size": 14, "spatial_merge_size": 2,
+            "temporal_patch_size": 2, "window_size": 112, "fullatt_block_indexes": [vision_depth - 1],
+        },
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    Qwen2VLImageProcessorPil(
+        min_pixels=56 * 56, max_pixels=28 * 28 * 16384, patch_size=14, temporal_patch_size=2, merge_size=2,
+        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+    ).save_pretrained(path)
+    (settings or TrackSettings(crop_size=112)).save(path)
+    return path
+
+
+# -----------------------------------------------------------------------------
+# GOT-10k data
+
+
+def read_got10k_split(split_dir) -> list[str]:
+    """Sequence names of a GOT-10k split folder (its list.txt)."""
+    list_file = Path(split_dir) / "list.txt"
+    if not list_file.is_file():
+        raise FileNotFoundError(f"{split_dir} is not a GOT-10k split folder: no list.txt")
+    return [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+
+
+def read_got10k_sequence(seq_dir) -> dict:
+    """One sequence: frame paths, ground truth (x, y, w, h per frame; only the first on the
+    test split), the labels that exist (cover, absence, cut_by_image) and the resolution."""
+    seq_dir = Path(seq_dir)
+    frames = sorted(seq_dir.glob("*.jpg"))
+    boxes_xywh = np.loadtxt(seq_dir / "groundtruth.txt", delimiter=",", ndmin=2)
+    sequence = {"name": seq_dir.name, "frames": frames, "boxes_xywh": boxes_xywh}
+    for label in ("cover", "absence", "cut_by_image"):
+        label_file = seq_dir / f"{label}.label"
+        if label_file.is_file():
+            sequence[label] = np.loadtxt(label_file, ndmin=1)
+    meta = seq_dir / "meta_info.ini"
+    if meta.is_file():
+        parser = configparser.ConfigParser()
+        parser.read_string(meta.read_text())
+        values = dict(parser.items(parser.sections()[0])) if parser.sections() else {}
+        if "resolution" in values:
+            sequence["resolution"] = tuple(int(v) for v in re.findall(r"\d+", values["resolution"])[:2])
+    return sequence
+
+
+def _smooth_noise(rng, width, height, cells, channels=3) -> np.ndarray:
+    grid = rng.uniform(0, 255, size=(cells[1], cells[0], channels)).astype(np.uint8)
+    return np.asarray(Image.fromarray(grid).resize((width, height), Image.BICUBIC), dtype=np.float32)
+
+
+def _patterned_patch(rng, colours) -> np.ndarray:
+    """A 32x32 two-colour pattern (stripes or checks) that identifies an object."""
+    yy, xx = np.mgrid[0:32, 0:32]
+    period = int(rng.integers(4, 11))
+    if rng.random() < 0.5:
+        mask = ((xx // period + yy // period) % 2).astype(bool)
+    else:
+        mask = (((xx + yy) if rng.random() < 0.5 else xx) // period % 2).astype(bool)
+    return np.where(mask[..., None], colours[0], colours[1]).astype(np.float32)
+
+
+def _paste(frame, patch, box_xywh):
+    x, y, w, h = box_xywh
+    x1, y1, x2, y2 = int(round(x)), int(round(y)), int(round(x + w)), int(round(y + h))
+    if x2 - x1 < 1 or y2 - y1 < 1:
+        return
+    resized = np.asarray(Image.fromarray(patch.astype(np.uint8)).resize((x2 - x1, y2 - y1), Image.NEAREST))
+    H, W = frame.shape[:2]
+    cx1, cy1, cx2, cy2 = max(x1, 0), max(y1, 0), min(x2, W), min(y2, H)
+    if cx2 > cx1 and cy2 > cy1:
+        frame[cy1:cy2, cx1:cx2] = resized[cy1 - y1:cy2 - y1, cx1 - x1:cx2 - x1]
+
+
+def _cover_level(visible_fraction: float) -> int:
+    """GOT-10k's cover label: 0 absent, 1-7 for visible ratios in steps of 15%, 8 fully visible."""
+    if visible_fraction <= 0:
+        return 0
+    if visible_fraction >= 1:
+        return 8
+    return min(7, 1 + int(visible_fraction / 0.15))
+
+
+def _random_walk(rng, frames, start, low, high, speed):
+    position, velocity, path = np.array(start, float), rng.normal(0, speed, 2), []
+    for _ in range(frames):
+        velocity = 0.8 * velocity + rng.normal(0, speed * 0.5, 2)
+        position = position + velocity
+        for axis in range(2):  # bounce off the walls of the allowed region
+            if position[axis] < low[axis] or position[axis] > high[axis]:
+                velocity[axis] = -velocity[axis]
+                position[axis] = min(max(position[axis], low[axis]), high[axis])
+        path.append(position.copy())
+    return np.array(path)
+
+
+def make_synthetic_got10k(root, split="val", sequences=8, frames=30, size=(320, 240), seed=0,
+                          distractors=2) -> Path:
+    """Write a small dataset in the official GOT-10k layout under `root/split`.
+
+    Each sequence has a patterned target that moves and changes scale over a textured
+    background, look-alike distractors, an occluder that sometimes passes over the target,
+    and, in some sequences, frames where the target leaves the image or is fully hidden.
+    Labels (cover, absence, cut_by_image) are computed from what is really drawn.
+    """
+    width, height = size
+    split_dir = Path(root) / split
+    split_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+    for index in range(sequences):
+        rng = np.random.default_rng([seed, index])
+        name = f"GOT-10k_{split.capitalize()}_{index + 1:06d}"
+        names.append(name)
+        seq_dir = split_dir / name
+        seq_dir.mkdir(exist_ok=True)
+
+        background = 0.7 * _smooth_noise(rng, width, height, (8, 6)) + 0.3 * _smooth_noise(rng, width, height, (40, 30))
+        colours = rng.uniform(0, 255, size=(distractors + 1, 2, 3))
+        patches = [_patterned_patch(rng, c) for c in colours]
+        base_w = rng.uniform(0.08, 0.25) * width
+        base_h = base_w * rng.uniform(0.5, 2.0)
+        scale_wave = 1 + 0.3 * np.sin(np.linspace(0, rng.uniform(1, 4), frames) + rng.uniform(0, 6))
+        margin = np.array([base_w, base_h]) * 0.5
+        leaves = rng.random() < 0.3  # this target walks out of the image for a while
+        low = -margin * (2.5 if leaves else 0.0)
+        high = np.array([width, height]) - margin * (1.0 if not leaves else -1.5) - np.array([base_w, base_h]) * 0.3
+        start = rng.uniform([base_w * 0.2, base_h * 0.2], [width - base_w * 1.2, height - base_h * 1.2])
+        speed = rng.uniform(1.0, 4.0)
+        path = _random_walk(rng, frames, start, low, high, speed)
+        path[0] = start  # the first frame always shows the whole target
+        others = [_random_walk(rng, frames, rng.uniform([0, 0], [width * 0.8, height * 0.8]),
+                               (0, 0), (width * 0.85, height * 0.85), speed) for _ in range(distractors)]
+        occluder_on = rng.random() < 0.6
+        occluder_w = rng.uniform(0.6, 1.6) * base_w
+        occluder_x = np.linspace(-occluder_w, width, frames) if rng.random() < 0.5 else np.linspace(width, -occluder_w, frames)
+        occluder_colour = rng.uniform(60, 200, size=3)
+
+        rows, cover, cut = [], [], []
+        for t in range(frames):
+            frame = background + rng.normal(0, 4, size=background.shape)
+            for k, other in enumerate(others):
+                _paste(frame, patches[k + 1], (other[t][0], other[t][1], base_w, base_h))
+            w, h = base_w * scale_wave[t], base_h * scale_wave[t]
+            x, y = path[t]
+            if t == 0:
+                x, y = min(max(x, 0), width - w - 1), min(max(y, 0), height - h - 1)
+            _paste(frame, patches[0], (x, y, w, h))
+            target = np.zeros((height, width), bool)
+            target[max(int(round(y)), 0):max(int(round(y + h)), 0), max(int(round(x)), 0):max(int(round(x + w)), 0)] = True
+            visible = target.copy()
+            if occluder_on and t > 0:
+                ox = occluder_x[t]
+                x1, x2 = max(int(round(ox)), 0), max(int(round(ox + occluder_w)), 0)
+                frame[:, x1:x2] = occluder_colour
+                visible[:, x1:x2] = False
+            full_area = max(int(round(x + w)) - int(round(x)), 1) * max(int(round(y + h)) - int(round(y)), 1)
+            rows.append(f"{x:.4f},{y:.4f},{w:.4f},{h:.4f}")
+            cover.append(_cover_level(visible.sum() / full_area))
+            cut.append(int(x < 0 or y < 0 or x + w > width or y + h > height))
+            Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8)).save(seq_dir / f"{t + 1:08d}.jpg", quality=92)
+
+        if split == "test":  # the test split only gives the first box
+            (seq_dir / "groundtruth.txt").write_text(rows[0] + "\n")
+        else:
+            (seq_dir / "groundtruth.txt").write_text("\n".join(rows) + "\n")
+            (seq_dir / "cover.label").write_text("\n".join(map(str, cover)) + "\n")
+            (seq_dir / "absence.label").write_text("\n".join(str(int(c == 0)) for c in cover) + "\n")
+            (seq_dir / "cut_by_image.label").write_text("\n".join(map(str, cut)) + "\n")
+        (seq_dir / "meta_info.ini").write_text(
+            "[METAINFO]\nurl: synthetic\nbegin: 00:00:00\nend: 00:00:03\nanno_fps: 10Hz\n"
+            "object_class: patterned box\nmotion_class: random walk\nmajor_class: synthetic\n"
+            f"root_class: synthetic\nmotion_adverb: smoothly\nresolution: ({width}, {height})\n")
+    (split_dir / "list.txt").write_text("\n".join(names) + "\n")
+    return split_dir

@@ -1,0 +1,100 @@
+"""The published crop (REFERENCE.md): a square of side ceil(sqrt(w*h)*factor) around the box
+centre, zero padding outside the frame, resized to size x size."""
+import math
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from r1track import crop_around, crop_to_frame
+
+RED = (255, 0, 0)
+
+
+def frame_with_box(width, height, box_xywh, background=(255, 255, 255)):
+    frame = np.full((height, width, 3), background, np.uint8)
+    x, y, w, h = (int(v) for v in box_xywh)
+    frame[max(y, 0):max(y + h, 0), max(x, 0):max(x + w, 0)] = RED
+    return Image.fromarray(frame)
+
+
+def reference_geometry(box_xywh, factor, size):
+    x, y, w, h = box_xywh
+    side = math.ceil(math.sqrt(w * h) * factor)
+    x1 = round(x + w / 2 - side / 2)
+    y1 = round(y + h / 2 - side / 2)
+    scale = size / side
+    return [(x - x1) * scale, (y - y1) * scale, (x - x1 + w) * scale, (y - y1 + h) * scale], scale, (x1, y1)
+
+
+def red_extent(crop):
+    pixels = np.asarray(crop).astype(int)
+    red = (pixels[..., 0] > 200) & (pixels[..., 1] < 128) & (pixels[..., 2] < 128)  # nearer red than white
+    ys, xs = np.nonzero(red)
+    return [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+def test_geometry_matches_reference_on_random_boxes():
+    rng = random.Random(0)
+    for _ in range(200):
+        box = [rng.uniform(-40, 600), rng.uniform(-40, 400), rng.uniform(2, 200), rng.uniform(2, 200)]
+        factor, size = rng.uniform(2, 8), rng.choice([112, 336])
+        crop, box_in_crop, scale, origin = crop_around(Image.new("RGB", (640, 480)), box, factor, size)
+        expected_box, expected_scale, expected_origin = reference_geometry(box, factor, size)
+        assert crop.size == (size, size) and crop.mode == "RGB"
+        assert box_in_crop == pytest.approx(expected_box)
+        assert scale == pytest.approx(expected_scale)
+        assert tuple(origin) == expected_origin
+
+
+def test_target_pixels_land_on_the_box_in_crop():
+    rng = random.Random(1)
+    for _ in range(40):
+        w, h = rng.randrange(10, 80), rng.randrange(10, 80)
+        box = [rng.randrange(0, 320 - w), rng.randrange(0, 240 - h), w, h]
+        factor = rng.uniform(2, 5)
+        crop, box_in_crop, _, _ = crop_around(frame_with_box(320, 240, box), box, factor, 336)
+        assert red_extent(crop) == pytest.approx(box_in_crop, abs=1.5)
+
+
+def test_outside_the_frame_is_black_padding():
+    box = [0, 0, 40, 40]  # in the top-left corner: the crop's top-left part lies outside
+    crop, box_in_crop, scale, origin = crop_around(frame_with_box(200, 200, box), box, 4, 160)
+    assert origin == (-60, -60)
+    pixels = np.asarray(crop)
+    pad = round(60 * scale)
+    assert (pixels[:pad - 1, :] == 0).all() and (pixels[:, :pad - 1] == 0).all()
+    assert (pixels[pad + 1:, pad + 1:].sum(-1) > 0).all()  # the frame itself: red or white
+
+
+def test_box_wholly_outside_the_frame_gives_a_black_crop():
+    crop, _, _, _ = crop_around(Image.new("RGB", (100, 100), "white"), [500, 500, 20, 20], 4, 112)
+    assert not np.asarray(crop).any()
+
+
+def test_huge_crop_does_not_allocate_the_square():
+    # a factor-8 square of a 4000 x 3000 box would be 27,713 px a side (2.3 GB padded)
+    crop, _, _, _ = crop_around(Image.new("RGB", (4000, 3000), "white"), [0, 0, 4000, 3000], 8, 336)
+    assert crop.size == (336, 336)
+
+
+@pytest.mark.parametrize("box", [[10, 10, 0, 5], [10, 10, 5, 0], [10, 10, -3, 5], [10, 10, float("nan"), 5]])
+def test_box_without_area_is_refused(box):
+    with pytest.raises(ValueError, match="area"):
+        crop_around(Image.new("RGB", (100, 100)), box, 4, 112)
+
+
+def test_crop_to_frame_inverts_the_crop():
+    rng = random.Random(2)
+    for _ in range(100):
+        box = [rng.uniform(-40, 600), rng.uniform(-40, 400), rng.uniform(2, 200), rng.uniform(2, 200)]
+        _, box_in_crop, scale, origin = crop_around(Image.new("RGB", (64, 48)), box, rng.uniform(2, 8), 336)
+        assert crop_to_frame(box_in_crop, scale, origin) == pytest.approx(box)
+
+
+def test_shift_moves_the_square_by_a_fraction_of_its_side():
+    box = [100, 100, 50, 50]
+    _, _, _, origin = crop_around(Image.new("RGB", (400, 400)), box, 2, 112)
+    _, _, _, shifted = crop_around(Image.new("RGB", (400, 400)), box, 2, 112, shift_xy=(0.2, -0.1))
+    assert shifted[0] - origin[0] == 20 and shifted[1] - origin[1] == -10

@@ -1,0 +1,116 @@
+"""Prompts (exact published text) and answer parsing."""
+import pytest
+
+from r1track import build_messages, parse_answer, parse_prompt_box
+
+SEED_TEXT = ("Please identify the target specified by the bounding box [241,66,329,154] in the first image "
+             "and locate it in the second image. \n Return the coordinates in [x_min,y_min,x_max,y_max] format.")
+THINK_TEXT = ("You FIRST think about the reasoning process as an internal monologue and then provide the final "
+              "answer. \n The reasoning process MUST BE enclosed within <think> </think> tags. The final answer "
+              "MUST BE put in <answer> </answer> tags. \n " + SEED_TEXT)
+TEXT_100K = ("Given two images, you need to:\n1. Analyze and Identify the target object marked by bounding box "
+             "[241,66,329,154] in <image_1>;\n2. Re-locate this target in <image_2>;\n3. Return [x_min, y_min, "
+             "x_max, y_max] coordinates of the target in <image_2>.")
+
+
+def test_seed_messages_are_the_published_ones():
+    assert build_messages([241, 66, 329, 154], images=("T", "S")) == [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": [{"type": "image", "image": "T"}, {"type": "image", "image": "S"},
+                                     {"type": "text", "text": SEED_TEXT}]},
+    ]
+
+
+def test_think_messages_put_the_instruction_first():
+    assert build_messages([241, 66, 329, 154], think=True)[1]["content"][2]["text"] == THINK_TEXT
+
+
+def test_100k_wording_has_a_space_between_the_images():
+    content = build_messages([241, 66, 329, 154], wording="r1track-100k", images=("T", "S"))[1]["content"]
+    assert content == [{"type": "image", "image": "T"}, {"type": "text", "text": " "},
+                       {"type": "image", "image": "S"}, {"type": "text", "text": TEXT_100K}]
+
+
+def test_box_is_written_as_integers():
+    text = build_messages([241.9, 66.2, 329.5, 154.0])[1]["content"][2]["text"]
+    assert "[241,66,329,154]" in text
+
+
+def test_unknown_wording_is_refused():
+    with pytest.raises(ValueError, match="wording"):
+        build_messages([1, 2, 3, 4], wording="other")
+
+
+@pytest.mark.parametrize("text", [SEED_TEXT, THINK_TEXT, TEXT_100K])
+def test_template_box_is_read_back_from_either_wording(text):
+    assert parse_prompt_box(text) == [241, 66, 329, 154]
+    assert parse_prompt_box(text.replace("<image>", "")) == [241, 66, 329, 154]
+
+
+def test_prompt_without_box():
+    assert parse_prompt_box("Where is the cat?") is None
+
+
+@pytest.mark.parametrize("text, box", [
+    ("[1,2,3,4]", [1, 2, 3, 4]),
+    ("[ 10 , 20,30 ,  40 ]", [10, 20, 30, 40]),
+    ("[1.5,2.25,3,4.0]", [1.5, 2.25, 3, 4]),
+    ("[-5,-2,30,40]", [-5, -2, 30, 40]),
+    ("The target is at [12,34,56,78] in the second image.", [12, 34, 56, 78]),
+    ("first [1,2,3,4] then [5,6,7,8]", [1, 2, 3, 4]),
+    ("[1,2,3] and [9,8,7,6]", [9, 8, 7, 6]),
+    ('```json\n[100, 200, 150, 260]\n```', [100, 200, 150, 260]),
+])
+def test_lenient_parse_finds_the_first_list_of_four_numbers(text, box):
+    assert parse_answer(text) == box
+
+
+@pytest.mark.parametrize("text", ["", "1,2,3,4", "(1,2,3,4)", "[1,2,3]", "[1,2,3,4,5]", "[a,b,c,d]",
+                                  "[1,2,3,4", "no box here"])
+def test_lenient_parse_gives_none_without_a_list_of_four(text):
+    assert parse_answer(text) is None
+
+
+@pytest.mark.parametrize("text, box", [
+    ("[1,2,3,4]", [1, 2, 3, 4]),
+    (" [1, 2.5, 3, 4]\n", [1, 2.5, 3, 4]),
+])
+def test_strict_parse_takes_a_whole_json_list(text, box):
+    assert parse_answer(text, strict=True) == box
+
+
+@pytest.mark.parametrize("text", ["box: [1,2,3,4]", "[1,2,3,4] done", '[1,2,3,"4"]', "[1,2,3]",
+                                  "[1,2,3,4,5]", "[true,2,3,4]", "[NaN,2,3,4]", "{}", "[[1,2,3,4]]"])
+def test_strict_parse_refuses_anything_else(text):
+    assert parse_answer(text, strict=True) is None
+
+
+GOOD_THINK = "<think> It moved left. </think>\n<answer>[1,2,3,4]</answer>"
+
+
+@pytest.mark.parametrize("text, box", [
+    (GOOD_THINK, [1, 2, 3, 4]),
+    ("  <think>a</think><answer> [5, 6, 7, 8] </answer>\n", [5, 6, 7, 8]),
+])
+def test_think_parse_reads_the_answer_tag(text, box):
+    assert parse_answer(text, think=True) == box
+
+
+@pytest.mark.parametrize("text", [
+    "[1,2,3,4]",                                                         # no tags
+    "<think>x</think>[1,2,3,4]",                                          # no answer tag
+    "<answer>[1,2,3,4]</answer>",                                         # no think tag
+    "<think>[1,2,3,4]</think><answer>none</answer>",                      # box only in the thinking
+    "<think><think>x</think></think><answer>[1,2,3,4]</answer>",          # nested
+    "<think>x</think><answer>[1,2,3,4]</answer><answer>[1,2,3,4]</answer>",  # repeated
+    "<answer>[1,2,3,4]</answer><think>x</think>",                         # wrong order
+    "<think>x</think><answer>[1,2,3,4]",                                  # unclosed
+    "<think>x</think> so <answer>[1,2,3,4]</answer>",                     # text between the tags
+])
+def test_think_parse_refuses_malformed_responses(text):
+    assert parse_answer(text, think=True) is None
+
+
+def test_strict_think_parse_needs_json_inside_the_answer():
+    assert parse_answer("<think>x</think><answer>[1,2,3,4]</answer>", think=True, strict=True) == [1, 2, 3, 4]
+    assert parse_answer("<think>x</think><answer>box [1,2,3,4]</answer>", think=True, strict=True) is None
