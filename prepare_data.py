@@ -1,5 +1,10 @@
 """Make data for R1-Track.
 
+  python prepare_data.py pairs --got10k GOT-10k/train --out pairs.parquet --num 5000 --size 336
+      training pairs in the EasyR1 parquet layout (images, problem, answer), sampled as
+      R1-Track-5k was: two frames of a sequence, each cropped around its own box with a
+      random factor in [2, 8) and a random centre shift; one pair per sequence per pass.
+
   python prepare_data.py synthetic --out data/synth --split val --sequences 8 --frames 30
       a synthetic dataset in the GOT-10k layout (moving, occluded, sometimes absent targets
       among look-alikes), for tests, demos and trying the pipeline without downloads.
@@ -7,6 +12,7 @@
 
 import argparse
 import sys
+from pathlib import Path
 
 import r1track
 
@@ -32,6 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
+    pairs = commands.add_parser(
+        "pairs", help="sample training pairs from a GOT-10k split into an EasyR1 parquet file",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    pairs.add_argument("--got10k", required=True, help="a GOT-10k-layout split folder (holding list.txt)")
+    pairs.add_argument("--out", required=True, help="the parquet file to write")
+    pairs.add_argument("--num", type=positive_int, default=5000, help="number of pairs")
+    pairs.add_argument("--size", type=positive_int, default=336, help="crop size in pixels")
+    pairs.add_argument("--wording", default="seed", choices=r1track.WORDINGS, help="question wording of `problem`")
+    pairs.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same pairs")
+
     synthetic = commands.add_parser(
         "synthetic", help="write a synthetic dataset in the GOT-10k layout",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -46,8 +62,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def write_pairs(args) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([  # EasyR1's layout
+        ("images", pa.list_(pa.struct([("bytes", pa.binary()), ("path", pa.string())]))),
+        ("problem", pa.string()), ("answer", pa.string())])
+    from tqdm import tqdm
+
+    try:
+        source = r1track.Got10kPairs(args.got10k, args.size)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if len(source) == 0:
+        print(f"error: {args.got10k} has no sequence with a visible target", file=sys.stderr)
+        return 2
+    rows, failed, position = [], 0, 0
+    with tqdm(total=args.num, desc="pairs", unit="pair") as bar:
+        while len(rows) < args.num:
+            epoch, index = r1track.stream_position(position, len(source), args.seed)
+            position += 1
+            try:
+                pair = source.load(index, r1track.pair_rng(args.seed, epoch, index))
+            except r1track.BadRow:
+                failed += 1
+                if failed > 10 * args.num:
+                    print("error: almost no usable pairs in this split", file=sys.stderr)
+                    return 2
+                continue
+            rows.append(r1track.pair_to_row(pair, args.wording))
+            bar.update()
+    out = Path(args.out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+        tmp.replace(out)
+    except OSError as error:
+        print(f"error: cannot write {out}: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(rows)} pairs from {len(source)} sequences to {out} "
+          f"({source.skipped} sequences unusable, {failed} draws retried)")
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "pairs":
+        return write_pairs(args)
     if args.command == "synthetic":
         try:
             split_dir = r1track.make_synthetic_got10k(

@@ -20,6 +20,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -847,3 +848,213 @@ def make_synthetic_got10k(root, split="val", sequences=8, frames=30, size=(320, 
             f"root_class: synthetic\nmotion_adverb: smoothly\nresolution: ({width}, {height})\n")
     (split_dir / "list.txt").write_text("\n".join(names) + "\n")
     return split_dir
+
+
+# -----------------------------------------------------------------------------
+# Training pairs: (template crop, template box, search crop, answer box), from any source.
+
+
+class Pair(NamedTuple):
+    """One training example, boxes in crop pixels (the answer: the target in the search crop)."""
+
+    template: Image.Image
+    template_box_xyxy: list
+    search: Image.Image
+    search_box_xyxy: list
+
+
+class BadRow(ValueError):
+    """A data row that cannot be used (bad image, no box, unparsable answer)."""
+
+
+def _open_image(source) -> Image.Image:
+    import io
+
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+        return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise BadRow(f"unreadable image: {error}") from None
+
+
+def _to_crop_size(image: Image.Image, box_xyxy, crop_size: int):
+    """Stored pairs are square crops of any size; bring one to the training crop size."""
+    if image.size == (crop_size, crop_size):
+        return image, box_xyxy
+    if image.width != image.height:
+        raise BadRow(f"pair images must be square crops, got {image.width}x{image.height}")
+    scale = crop_size / image.width
+    return image.resize((crop_size, crop_size), Image.BILINEAR), [v * scale for v in box_xyxy]
+
+
+class StoredPairs:
+    """Pairs kept as rows: (template image, search image, problem text, answer text), the
+    images as bytes or paths. Text is checked when the rows are read, images when a pair
+    is loaded."""
+
+    def __init__(self, rows: list, crop_size: int, name: str):
+        self.crop_size, self.name, self.rows, self.skipped = crop_size, name, [], 0
+        for template, search, problem, answer in rows:
+            template_box = parse_prompt_box(problem or "")
+            answer_box = parse_answer(answer or "")
+            if template is None or search is None or template_box is None or answer_box is None:
+                self.skipped += 1
+                continue
+            self.rows.append((template, search, template_box, answer_box))
+
+    def __len__(self):
+        return len(self.rows)
+
+    def load(self, index: int, rng=None) -> Pair:
+        template_src, search_src, template_box, answer_box = self.rows[index]
+        template, template_box = _to_crop_size(_open_image(template_src), template_box, self.crop_size)
+        search, answer_box = _to_crop_size(_open_image(search_src), answer_box, self.crop_size)
+        return Pair(template, template_box, search, answer_box)
+
+    def split(self, fraction: float, seed: int):
+        """(train, held-out) with `fraction` of the rows held out, chosen by `seed`."""
+        order = np.random.default_rng(seed).permutation(len(self.rows))
+        held = max(1, int(round(len(self.rows) * fraction)))
+        train, val = StoredPairs([], self.crop_size, self.name), StoredPairs([], self.crop_size, self.name + " (held out)")
+        train.rows = [self.rows[i] for i in sorted(order[held:])]
+        val.rows = [self.rows[i] for i in sorted(order[:held])]
+        train.skipped = self.skipped
+        return train, val
+
+
+class Got10kPairs:
+    """Pairs sampled on the fly from a GOT-10k-layout split, as R1-Track-5k/100k were made:
+    two frames of one sequence where the target is visible, each cropped around its own box
+    with a factor ~ U(2, 8) and a centre shift ~ U(-0.2, 0.2) x side; boxes truncated to
+    integers (and kept inside the crop). Each `load(index, rng)` is a fresh pair of sequence
+    `index`, reproducible from `rng`."""
+
+    def __init__(self, split_dir, crop_size: int):
+        self.split_dir, self.crop_size, self.name = Path(split_dir), crop_size, str(split_dir)
+        self.sequences, self.skipped = [], 0
+        for name in read_got10k_split(split_dir):
+            try:
+                sequence = read_got10k_sequence(self.split_dir / name)
+            except (OSError, ValueError):
+                self.skipped += 1
+                continue
+            boxes = sequence["boxes_xywh"]
+            visible = (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
+            if "cover" in sequence and len(sequence["cover"]) == len(boxes):
+                visible &= sequence["cover"] > 0
+            if "absence" in sequence and len(sequence["absence"]) == len(boxes):
+                visible &= sequence["absence"] == 0
+            frames = [i for i in np.nonzero(visible)[0] if i < len(sequence["frames"])]
+            if len(boxes) != len(sequence["frames"]) or not frames:
+                self.skipped += 1
+                continue
+            self.sequences.append((sequence["frames"], boxes, frames))
+
+    def __len__(self):
+        return len(self.sequences)
+
+    def load(self, index: int, rng) -> Pair:
+        frames, boxes, visible = self.sequences[index]
+        picks = rng.choice(visible, size=2, replace=len(visible) < 2)
+        crops = []
+        for frame in picks:
+            image = _open_image(frames[frame])
+            factor, shift = rng.uniform(2, 8), rng.uniform(-0.2, 0.2, size=2)
+            crop, box_xyxy, _, _ = crop_around(image, boxes[frame], factor, self.crop_size, shift_xy=shift)
+            crops.append((crop, [float(int(v)) for v in clamp_box_xyxy(box_xyxy, self.crop_size)]))
+        (template, template_box), (search, search_box) = crops
+        if not (search_box[2] > search_box[0] and search_box[3] > search_box[1]):
+            raise BadRow("the target has no area in the search crop")
+        return Pair(template, template_box, search, search_box)
+
+
+def _parquet_rows(paths) -> list:
+    import pyarrow.parquet as pq
+
+    rows = []
+    for path in paths:
+        table = pq.read_table(path, columns=["images", "problem", "answer"])
+        for images, problem, answer in zip(*(table.column(c).to_pylist() for c in ("images", "problem", "answer"))):
+            sources = [(image or {}).get("bytes") or (image or {}).get("path") for image in images or []]
+            rows.append((*(sources if len(sources) == 2 else [None, None]), problem, answer))
+    return rows
+
+
+def _sharegpt_rows(path: Path) -> list:
+    records = json.loads(path.read_text())
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: expected a JSON list of ShareGPT records")
+    rows = []
+    for record in records:
+        record = record if isinstance(record, dict) else {}
+        turns = record.get("messages") or record.get("conversations") or []
+        user = next((t for t in turns if t.get("role", t.get("from")) in ("user", "human")), {})
+        assistant = next((t for t in turns if t.get("role", t.get("from")) in ("assistant", "gpt")), {})
+        images = [str(path.parent / p) if not os.path.isabs(p) else p for p in record.get("images") or []]
+        rows.append((*(images if len(images) == 2 else [None, None]),
+                     user.get("content", user.get("value")), assistant.get("content", assistant.get("value"))))
+    return rows
+
+
+HUB_DATASETS = {"r1track5k": "WangBiao/R1-Track-5k", "r1track100k": "WangBiao/R1-Track-100k"}
+
+
+def _split_files(folder: Path, split: str) -> list:
+    files = sorted(folder.rglob("*.parquet"))
+    names = {"train": ("train",), "val": ("val", "validation", "test")}[split]
+    chosen = [f for f in files if any(n in f.stem.lower() for n in names)]
+    return chosen or (files if split == "train" else [])
+
+
+def open_pairs(spec: str, crop_size: int, split="train"):
+    """A pair source from a data spec: `r1track5k` / `r1track100k` (the published hub
+    datasets), a parquet file or folder in the EasyR1 layout (train/val files chosen by
+    name), a LLaMA-Factory ShareGPT JSON, or a GOT-10k-layout split folder (list.txt)."""
+    path = Path(spec)
+    if spec in HUB_DATASETS and not path.exists():
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(HUB_DATASETS[spec], repo_type="dataset", allow_patterns=["*.parquet", "*.json"]))
+    if (path / "list.txt").is_file():
+        return Got10kPairs(path, crop_size)
+    if path.is_dir():
+        files = _split_files(path, split)
+        if not files:
+            raise ValueError(f"{spec}: no {split} parquet files in this folder")
+        return StoredPairs(_parquet_rows(files), crop_size, f"{spec} [{split}]")
+    if path.suffix == ".parquet" and path.is_file():
+        return StoredPairs(_parquet_rows([path]), crop_size, spec)
+    if path.suffix == ".json" and path.is_file():
+        return StoredPairs(_sharegpt_rows(path), crop_size, spec)
+    raise ValueError(f"{spec}: not a dataset (expected r1track5k, a .parquet file or folder, "
+                     "a ShareGPT .json, or a GOT-10k split folder with list.txt)")
+
+
+def stream_position(position: int, size: int, seed: int, rank=0, world=1):
+    """Which example a rank reads at `position` of its stream: (epoch, index). Each epoch
+    is a seeded permutation split between ranks, so the stream is a pure function of its
+    position and a run resumes by position alone."""
+    per_rank = size // world
+    if per_rank == 0:
+        raise ValueError(f"{size} examples cannot be shared between {world} ranks")
+    epoch, offset = divmod(position, per_rank)
+    order = np.random.default_rng([seed, epoch]).permutation(size)
+    return epoch, int(order[rank + offset * world])
+
+
+def pair_rng(seed: int, epoch: int, index: int):
+    """The randomness of one sampled pair: fresh each epoch, the same on every rerun."""
+    return np.random.default_rng([seed, epoch, index])
+
+
+def pair_to_row(pair: Pair, wording="seed") -> dict:
+    """A pair as an EasyR1 parquet row (`images`, `problem`, `answer`), JPEG images."""
+    import io
+
+    images = []
+    for image in (pair.template, pair.search):
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=95)
+        images.append({"bytes": buffer.getvalue(), "path": None})
+    question = QUESTIONS[wording].format(box=format_box_xyxy(pair.template_box_xyxy))
+    return {"images": images, "problem": "<image><image>" + question, "answer": format_box_xyxy(pair.search_box_xyxy)}

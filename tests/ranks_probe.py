@@ -1,0 +1,25 @@
+"""Run a training script's main() (under torchrun) and, when it saves its final model,
+also write this rank's trainable weights to OUT/rank<N>.safetensors, so a test can check
+that every rank ended with the same weights."""
+import importlib
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from safetensors.torch import save_file  # noqa: E402
+
+import train_sft  # noqa: E402
+
+script = importlib.import_module(Path(sys.argv[1]).stem)
+original_save_final = train_sft.save_final
+
+
+def save_final_and_probe(out, raw, model, processor, settings, dist):
+    weights = {n: p.detach().contiguous() for n, p in raw.named_parameters() if p.requires_grad}
+    save_file(weights, Path(out) / f"rank{dist.rank}.safetensors")
+    return original_save_final(out, raw, model, processor, settings, dist)
+
+
+train_sft.save_final = script.save_final = save_final_and_probe
+sys.exit(script.main(sys.argv[2:]))

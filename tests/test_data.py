@@ -1,0 +1,155 @@
+"""Pair readers and the pair sampler: stored pairs (parquet, ShareGPT), GOT-10k sampling
+with the published geometry, and the deterministic, rank-sharded stream."""
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+import r1track
+
+ROOT = Path(__file__).resolve().parents[1]
+QUESTION = r1track.QUESTIONS["seed"]
+
+
+def jpeg(colour, size=224):
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_parquet_rows_are_checked_and_bad_ones_skipped(tmp_path):
+    good = {"images": [{"bytes": jpeg("red"), "path": None}, {"bytes": jpeg("blue"), "path": None}],
+            "problem": "<image><image>" + QUESTION.format(box="[10,20,30,40]"), "answer": "[50,60,70,80]"}
+    rows = [good,
+            {**good, "problem": "<image><image>Where is it?"},                          # no template box
+            {**good, "answer": "somewhere"},                                           # no answer box
+            {**good, "images": good["images"][:1]},                                    # one image
+            {**good, "images": [{"bytes": b"not a jpeg", "path": None}, good["images"][1]]}]  # bad bytes
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    source = r1track.open_pairs(str(path), 112)
+    assert len(source) == 2 and source.skipped == 3
+    pair = source.load(0)
+    # 224-px stored crops are brought to the 112-px training size, boxes scaled with them
+    assert pair.template.size == (112, 112) and pair.template_box_xyxy == [5, 10, 15, 20]
+    assert pair.search_box_xyxy == [25, 30, 35, 40]
+    assert pair.template.getpixel((50, 50))[0] > 200 and pair.search.getpixel((50, 50))[2] > 200
+    with pytest.raises(r1track.BadRow):
+        source.load(1)
+
+
+def test_sharegpt_json_with_relative_image_paths(tmp_path):
+    (tmp_path / "img").mkdir()
+    for name, colour in (("a.jpg", "green"), ("b.jpg", "white")):
+        Image.new("RGB", (336, 336), colour).save(tmp_path / "img" / name)
+    records = [{"messages": [{"role": "user", "content": "<image><image>" + QUESTION.format(box="[1,2,3,4]")},
+                             {"role": "assistant", "content": "[5,6,7,8]"}],
+                "images": ["img/a.jpg", "img/b.jpg"]},
+               {"conversations": [{"from": "human", "value": "<image><image>" + r1track.QUESTIONS["r1track-100k"].format(box="[9,9,20,20]")},
+                                  {"from": "gpt", "value": "[1,1,2,2]"}],
+                "images": ["img/a.jpg", "img/b.jpg"]},
+               {"messages": [{"role": "user", "content": "no box"}], "images": []}]
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(records))
+    source = r1track.open_pairs(str(path), 336)
+    assert len(source) == 2 and source.skipped == 1
+    assert source.load(1).template_box_xyxy == [9, 9, 20, 20]
+    assert source.load(0).template.getpixel((0, 0))[1] > 100
+
+
+def test_unknown_data_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="not a dataset"):
+        r1track.open_pairs(str(tmp_path / "nothing"), 112)
+
+
+def red_box_split(root, boxes_xywh, size=(400, 300)):
+    """A GOT-10k split of one sequence whose frames show a red box on white at the given boxes."""
+    seq = root / "train" / "seq1"
+    seq.mkdir(parents=True)
+    for t, (x, y, w, h) in enumerate(boxes_xywh):
+        frame = np.full((size[1], size[0], 3), 255, np.uint8)
+        frame[y:y + h, x:x + w] = (255, 0, 0)
+        Image.fromarray(frame).save(seq / f"{t + 1:08d}.png")
+        Image.fromarray(frame).save(seq / f"{t + 1:08d}.jpg", quality=100)
+    (seq / "groundtruth.txt").write_text("\n".join(",".join(map(str, b)) for b in boxes_xywh) + "\n")
+    (root / "train" / "list.txt").write_text("seq1\n")
+    return root / "train"
+
+
+def red_extent(image):
+    pixels = np.asarray(image).astype(int)
+    ys, xs = np.nonzero((pixels[..., 0] > 150) & (pixels[..., 1] < 128))
+    return [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+def test_got10k_pairs_follow_the_published_sampling(tmp_path):
+    split = red_box_split(tmp_path, [(60, 50, 40, 40), (250, 150, 40, 40)])
+    source = r1track.Got10kPairs(split, 112)
+    sizes = []
+    for k in range(40):
+        pair = source.load(0, r1track.pair_rng(0, k, 0))
+        for image, box in ((pair.template, pair.template_box_xyxy), (pair.search, pair.search_box_xyxy)):
+            assert image.size == (112, 112)
+            assert all(v == int(v) for v in box)                        # truncated to integers
+            assert red_extent(image) == pytest.approx(box, abs=2)       # the box is where the target is
+            side = box[2] - box[0]
+            sizes.append(side)
+            # the target fills 1/factor of the crop, factor in [2, 8)
+            assert 112 / 8 - 2 <= side <= 112 / 2 + 1
+            # the centre moved by at most 0.2 of the crop side
+            assert abs((box[0] + box[2]) / 2 - 56) <= 0.2 * 112 + 1
+    assert max(sizes) - min(sizes) > 20  # the factor really varies
+
+
+def test_got10k_pairs_skip_invisible_frames(tmp_path):
+    split = red_box_split(tmp_path, [(60, 50, 40, 40), (250, 150, 40, 40), (10, 10, 40, 40)])
+    (split / "seq1" / "absence.label").write_text("0\n1\n1\n")
+    source = r1track.Got10kPairs(split, 112)
+    for k in range(10):
+        pair = source.load(0, r1track.pair_rng(0, k, 0))
+        # only frame 1 is usable: both crops come from it, centred near (80, 70)
+        assert red_extent(pair.search) == pytest.approx(pair.search_box_xyxy, abs=2)
+
+
+def test_stream_is_a_permutation_per_epoch_split_between_ranks():
+    size, world = 10, 2
+    seen = {rank: [r1track.stream_position(k, size, 7, rank, world) for k in range(10)] for rank in range(world)}
+    for epoch in (0, 1):
+        indices = [i for rank in range(world) for e, i in seen[rank] if e == epoch]
+        assert sorted(indices) == list(range(size))  # every example once per epoch, ranks disjoint
+    assert seen[0][:5] != seen[0][5:]  # a fresh order each epoch
+    assert seen == {rank: [r1track.stream_position(k, size, 7, rank, world) for k in range(10)] for rank in range(world)}
+    with pytest.raises(ValueError):
+        r1track.stream_position(0, 1, 0, 0, 2)
+
+
+def test_prepare_pairs_is_reproducible_and_in_easyr1_layout(got10k_root, tmp_path):
+    outs = []
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        outs.append(tmp_path / f"{name}.parquet")
+        result = subprocess.run([sys.executable, "prepare_data.py", "pairs", "--got10k", str(got10k_root / "val"),
+                                 "--out", str(outs[-1]), "--num", "9", "--size", "112", "--seed", str(seed)],
+                                cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    a, b, c = (pq.read_table(p) for p in outs)
+    assert a.schema.names == ["images", "problem", "answer"] and a.num_rows == 9
+    assert a.schema.field("images").type == pa.list_(pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    assert a.equals(b) and not a.equals(c)
+    for row in a.to_pylist():
+        assert row["problem"].startswith("<image><image>Please identify")
+        template_box, answer = r1track.parse_prompt_box(row["problem"]), json.loads(row["answer"])
+        assert all(0 <= v <= 112 for v in template_box + answer)
+        assert Image.open(io.BytesIO(row["images"][0]["bytes"])).size == (112, 112)
+
+
+def test_prepare_pairs_bad_folder_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "prepare_data.py", "pairs", "--got10k", str(tmp_path), "--out",
+                             str(tmp_path / "x.parquet")], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and "list.txt" in result.stderr and "Traceback" not in result.stderr

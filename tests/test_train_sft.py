@@ -1,0 +1,203 @@
+"""train_sft.py end to end on the tiny model: it learns, runs under torchrun, resumes
+exactly after a kill, and answers bad input with one line."""
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import r1track
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(args, **kwargs):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def pairs16(got10k_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pairs") / "pairs16.parquet"
+    result = run(["prepare_data.py", "pairs", "--got10k", str(got10k_root / "val"), "--out", str(out),
+                  "--num", "16", "--size", "112", "--seed", "0"])
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def sft_args(model_dir, data, out, *extra):
+    return ["train_sft.py", "--model", str(model_dir), "--data", str(data), "--out", str(out), "--crop-size", "112",
+            "--no-gradient-checkpointing", *extra]
+
+
+def read_metrics(out):
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_memorises_16_pairs(tiny_model_dir, pairs16, tmp_path):
+    """Full fine-tuning, validation = the training pairs: greedy answers reach IoU >= 0.9."""
+    out = tmp_path / "sft"
+    result = run(sft_args(tiny_model_dir, pairs16, out, "--val-data", str(pairs16), "--full", "--lr", "1e-3",
+                          "--batch-size", "16", "--grad-accum", "1", "--max-steps", "120", "--eval-every", "60",
+                          "--save-every", "60"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    evals = [m for m in read_metrics(out) if "val_iou" in m]
+    assert [m["step"] for m in evals] == [60, 120]
+    assert evals[-1]["val_iou"] >= 0.9, evals
+    steps = [m for m in read_metrics(out) if "loss" in m]
+    assert len(steps) == 120 and steps[-1]["loss"] < steps[0]["loss"] / 5
+    assert {"step", "loss", "lr", "grad_norm", "tokens_per_s"} <= set(steps[0])
+    assert (out / "curves.png").stat().st_size > 1000
+
+    # the final folder is a model: load_model and plain transformers both read it
+    model, processor = r1track.load_model(str(out), device="cpu")
+    assert model.r1track_settings.crop_size == 112
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    Qwen2_5_VLForConditionalGeneration.from_pretrained(out)
+
+    # and it answers the pairs it was taught (checked here outside the training script)
+    source = r1track.open_pairs(str(pairs16), 112)
+    pair = source.load(0)
+    inputs = r1track.build_inputs(processor, pair.template, pair.search, pair.template_box_xyxy)
+    answer = r1track.generate_answers(model, processor, inputs)[0]
+    assert r1track.iou_xyxy(r1track.parse_answer(answer), pair.search_box_xyxy) > 0.5, answer
+
+
+def test_lora_adapter_output_and_merge(tiny_model_dir, pairs16, tmp_path):
+    out = tmp_path / "lora"
+    result = run(sft_args(tiny_model_dir, pairs16, out, "--lora-rank", "4", "--batch-size", "4", "--grad-accum",
+                          "1", "--max-steps", "3", "--merge-lora", "--lr", "1e-3"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["base_model_name_or_path"] == str(tiny_model_dir)
+    assert "visual" in config["target_modules"]  # the published recipe trains the vision tower too
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
+    adapter_model, _ = r1track.load_model(str(out), device="cpu")
+    merged_model, _ = r1track.load_model(str(out / "merged"), device="cpu")
+    base_model, _ = r1track.load_model(str(tiny_model_dir), device="cpu")
+    merged = dict(merged_model.named_parameters())
+    # merging folded the trained adapter in: the merged (bf16) weights equal the adapter
+    # model's to bf16 precision, and differ from the base by much more where LoRA applied
+    name = "model.language_model.layers.0.self_attn.q_proj.weight"
+    adapted, base = dict(adapter_model.named_parameters())[name], dict(base_model.named_parameters())[name]
+    assert torch.allclose(adapted, merged[name], rtol=2 ** -7, atol=1e-5)
+    assert not torch.allclose(base, merged[name], rtol=2 ** -7, atol=1e-5)
+    from peft import PeftModel
+    PeftModel.from_pretrained(base_model, out)  # plain peft reads the adapter too
+
+
+def test_torchrun_two_ranks_keep_identical_weights(tiny_model_dir, got10k_root, pairs16, tmp_path):
+    out = tmp_path / "ddp"
+    result = run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "tests/ranks_probe.py",
+                  *sft_args(tiny_model_dir, got10k_root / "val", out, "--val-data", str(pairs16), "--val-size", "4",
+                            "--batch-size", "2", "--grad-accum", "2", "--max-steps", "4", "--eval-every", "4",
+                            "--lr", "1e-3")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors")
+    assert rank0.keys() == rank1.keys() and len(rank0) > 0
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    adapter = load_file(out / "adapter_model.safetensors")
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)  # it did train
+    assert any("val_iou" in m for m in read_metrics(out))
+
+
+def test_fsdp_full_fine_tuning_matches_ddp(tiny_model_dir, got10k_root, tmp_path):
+    """--fsdp shards the same computation: its weights equal a DDP run's to float precision."""
+    outs = {}
+    for mode in ("ddp", "fsdp"):
+        outs[mode] = tmp_path / mode
+        result = run(["-m", "torch.distributed.run", "--nproc_per_node", "2", *sft_args(
+            tiny_model_dir, got10k_root / "val", outs[mode], "--full", "--batch-size", "2", "--grad-accum", "2",
+            "--max-steps", "3", "--lr", "1e-3", *(["--fsdp"] if mode == "fsdp" else []))])
+        assert result.returncode == 0, result.stderr[-3000:]
+    ddp, fsdp = load_file(outs["ddp"] / "model.safetensors"), load_file(outs["fsdp"] / "model.safetensors")
+    base = load_file(tiny_model_dir / "model.safetensors")
+    assert max((ddp[k] - fsdp[k]).abs().max() for k in ddp) < 1e-5
+    assert max((ddp[k] - base[k]).abs().max() for k in ddp) > 1e-3  # while training moved them
+
+
+def wait_for(path, process, timeout=120):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None, "the run ended before the checkpoint appeared"
+        assert time.time() < deadline
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("mode, stop_signal", [("lora", signal.SIGKILL), ("full", signal.SIGTERM)])
+def test_interrupted_run_resumes_to_the_same_weights(tiny_model_dir, got10k_root, tmp_path, mode, stop_signal):
+    """Kill a run after its first checkpoint (SIGKILL: no goodbye; SIGTERM: it saves first),
+    resume it, and end with exactly the weights of a run never interrupted."""
+    extra = ["--batch-size", "2", "--grad-accum", "2", "--max-steps", "14", "--save-every", "3", "--lr", "1e-3",
+             "--keep-checkpoints", "10", *(["--full"] if mode == "full" else ["--lora-rank", "4"])]
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert run(sft_args(tiny_model_dir, got10k_root / "val", whole, *extra)).returncode == 0
+
+    process = subprocess.Popen([sys.executable, *sft_args(tiny_model_dir, got10k_root / "val", broken, *extra)],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(broken / "checkpoint-3" / "trainer_state.json", process)
+    process.send_signal(stop_signal)
+    _, stderr = process.communicate(timeout=120)
+    if stop_signal == signal.SIGKILL:
+        assert process.returncode == -signal.SIGKILL
+    else:
+        assert process.returncode == 130, stderr[-2000:]
+    assert not (broken / "r1track.json").exists()  # it never reached the end
+
+    resumed = run(sft_args(tiny_model_dir, got10k_root / "val", broken, *extra, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+    weights = "model.safetensors" if mode == "full" else "adapter_model.safetensors"
+    a, b = load_file(whole / weights), load_file(broken / weights)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [m["step"] for m in read_metrics(broken) if "loss" in m]
+    assert steps == list(range(1, 15))  # redone steps are logged once
+
+
+def test_checkpoint_folders_are_complete_models(tiny_model_dir, pairs16, tmp_path):
+    out = tmp_path / "ckpt"
+    assert run(sft_args(tiny_model_dir, pairs16, out, "--max-steps", "4", "--save-every", "2", "--batch-size", "2",
+                        "--grad-accum", "1", "--keep-checkpoints", "1")).returncode == 0
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-4"]  # older ones pruned
+    assert not list(out.glob(".checkpoint-*"))  # no temporary folder left behind
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["step"] == 4 and state["position"] == 8
+    r1track.load_model(str(out / "checkpoint-4"), device="cpu")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--data", "/no/such/data.parquet"], "not a dataset"),
+    (["--data", "README.md"], "not a dataset"),
+    (["--model", "/no/such/model"], "cannot load the model"),
+    (["--resume", "/no/such/checkpoint"], "not a complete checkpoint"),
+])
+def test_bad_input_is_one_line(tiny_model_dir, pairs16, tmp_path, extra, message):
+    args = sft_args(tiny_model_dir, pairs16, tmp_path / "bad", "--max-steps", "1")
+    for flag in ("--data", "--model"):
+        if flag in extra:
+            at = args.index(flag)
+            del args[at:at + 2]
+    result = run(args + extra)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("extra", [["--crop-size", "100"], ["--fsdp"], ["--full", "--load-in-4bit"],
+                                   ["--max-steps", "0"], ["--val-fraction", "1.5"]])
+def test_bad_flags_are_refused(tiny_model_dir, pairs16, tmp_path, extra):
+    result = run(sft_args(tiny_model_dir, pairs16, tmp_path / "bad", *extra))
+    assert result.returncode == 2 and "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_refuses_to_overwrite_a_run_without_resume(tiny_model_dir, pairs16, tmp_path):
+    args = sft_args(tiny_model_dir, pairs16, tmp_path / "run", "--max-steps", "2", "--save-every", "1",
+                    "--batch-size", "2", "--grad-accum", "1")
+    assert run(args).returncode == 0
+    again = run(args)
+    assert again.returncode == 2 and "--resume" in again.stderr
