@@ -391,6 +391,7 @@ def write_atomic(path, data) -> None:
     try:
         with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # as an ordinary file, not mkstemp's owner-only mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -399,6 +400,24 @@ def write_atomic(path, data) -> None:
 
 # -----------------------------------------------------------------------------
 # Model and processor
+
+
+def quiet_libraries():
+    """Keep the terminal for our own progress: no per-shard bars or info lines from the libraries."""
+    import logging
+    import warnings
+
+    import transformers
+
+    # bitsandbytes (imported by peft) warns on CPU-only machines about a kernel it only needs on GPU
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # peft still calls transformers' old checkpointing names; nothing a user can act on
+    warnings.filterwarnings("ignore", message=".*(is_gradient_checkpointing|gradient_checkpointing_enable)",
+                            category=FutureWarning)
+    # FSDP2 warns on every forward that the model returns a view; we never modify it in place
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
 
 @dataclass
@@ -510,12 +529,18 @@ def build_inputs(processor, template_img, search_img, box_xyxy, answer=None, thi
     also labels, -100 everywhere but the answer and its end-of-turn token. Image tokens
     are expanded as Qwen2.5-VL's own processor expands them.
     """
+    messages = build_messages(box_xyxy, think=think, wording=wording, images=(template_img, search_img))
+    return encode_chat(processor, messages, [template_img, search_img], answer=answer, return_tensors=return_tensors)
+
+
+def encode_chat(processor, messages, images, answer=None, return_tensors=True) -> dict:
+    """Any chat with images, rendered by the tokenizer's chat template and encoded as
+    Qwen2.5-VL's processor does; see build_inputs."""
     import torch
 
     tokenizer, image_processor = processor.tokenizer, processor.image_processor
-    messages = build_messages(box_xyxy, think=think, wording=wording, images=(template_img, search_img))
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    vision = image_processor(images=[template_img, search_img], return_tensors="pt")
+    vision = image_processor(images=images, return_tensors="pt")
     merge = image_processor.merge_size ** 2
     for grid in vision["image_grid_thw"]:
         prompt = prompt.replace(IMAGE_PAD, "<|placeholder|>" * int(grid.prod() // merge), 1)
@@ -537,9 +562,8 @@ def build_inputs(processor, template_img, search_img, box_xyxy, answer=None, thi
     }
     if labels is not None:
         inputs["labels"] = labels
-    if not return_tensors:
-        return {**inputs, "pixel_values": vision["pixel_values"], "image_grid_thw": vision["image_grid_thw"]}
-    inputs = {key: torch.tensor([value]) for key, value in inputs.items()}
+    if return_tensors:
+        inputs = {key: torch.tensor([value]) for key, value in inputs.items()}
     inputs["pixel_values"] = vision["pixel_values"]
     inputs["image_grid_thw"] = vision["image_grid_thw"]
     return inputs
@@ -1058,3 +1082,273 @@ def pair_to_row(pair: Pair, wording="seed") -> dict:
         images.append({"bytes": buffer.getvalue(), "path": None})
     question = QUESTIONS[wording].format(box=format_box_xyxy(pair.template_box_xyxy))
     return {"images": images, "problem": "<image><image>" + question, "answer": format_box_xyxy(pair.search_box_xyxy)}
+
+
+# -----------------------------------------------------------------------------
+# Tracking: the published loop. Each frame is a request (template crop, search crop,
+# template box) to an answerer (a local model, an OpenAI-compatible server, or any
+# function), and the answer becomes the next box. Answerers take a list of requests, so
+# several sequences can share one batched model call.
+
+
+class Request(NamedTuple):
+    template: Image.Image
+    search: Image.Image
+    template_box_xyxy: list
+
+
+class ModelAnswerer:
+    """Greedy answers from a local Qwen2.5-VL, batched with left padding."""
+
+    def __init__(self, model, processor, settings: TrackSettings, max_new_tokens=None):
+        self.model, self.processor, self.settings = model, processor, settings
+        self.config = greedy_config(processor, max_new_tokens or (512 if settings.think else 48))
+
+    def __call__(self, requests: list[Request]) -> list[str]:
+        examples = [build_inputs(self.processor, r.template, r.search, r.template_box_xyxy, think=self.settings.think,
+                                 wording=self.settings.wording, return_tensors=False) for r in requests]
+        batch = collate(examples, self.processor.tokenizer.pad_token_id, padding_side="left")
+        return generate_answers(self.model, self.processor, batch, self.config)
+
+
+class ServerAnswerer:
+    """Answers from an OpenAI-compatible chat server (vLLM, SGLang, ...), the deployment the
+    published R1-Track scripts used: the same messages, images as data URLs, temperature 0."""
+
+    def __init__(self, url: str, settings: TrackSettings, model_name=None, max_new_tokens=None, timeout=120):
+        self.url = url.rstrip("/")
+        if not self.url.endswith("/v1"):
+            self.url += "/v1"
+        self.settings, self.timeout = settings, timeout
+        self.max_tokens = max_new_tokens or (512 if settings.think else 48)
+        self.model_name = model_name or self._served_model()
+
+    def _post(self, path, payload=None):
+        import urllib.request
+
+        data = None if payload is None else json.dumps(payload).encode()
+        request = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            return json.loads(response.read())
+
+    def _served_model(self) -> str:
+        return self._post("/models")["data"][0]["id"]
+
+    @staticmethod
+    def _data_url(image: Image.Image) -> str:
+        import base64
+        import io
+
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+    def _chat(self, request: Request) -> str:
+        messages = build_messages(request.template_box_xyxy, think=self.settings.think, wording=self.settings.wording,
+                                  images=(request.template, request.search))
+        messages[1]["content"] = [
+            {"type": "image_url", "image_url": {"url": self._data_url(part["image"])}} if part["type"] == "image" else part
+            for part in messages[1]["content"]]
+        payload = {"model": self.model_name, "messages": messages, "temperature": 0.0, "max_tokens": self.max_tokens}
+        return self._post("/chat/completions", payload)["choices"][0]["message"]["content"] or ""
+
+    def __call__(self, requests: list[Request]) -> list[str]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(8, len(requests))) as pool:
+            return list(pool.map(self._chat, requests))
+
+
+
+def function_answerer(answer_fn):
+    """An answerer over `answer_fn(template_img, search_img, template_box_xyxy) -> str`."""
+    return lambda requests: [answer_fn(r.template, r.search, r.template_box_xyxy) for r in requests]
+
+
+def as_pil(image) -> Image.Image:
+    """A frame as a PIL RGB image (PIL images and numpy RGB arrays are accepted)."""
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        array = np.clip(array, 0, 255).astype(np.uint8)
+    return Image.fromarray(array).convert("RGB")
+
+
+def check_init_box(box_xywh, width: int, height: int) -> list[float]:
+    """The initial box as floats, or ValueError saying what is wrong with it."""
+    try:
+        box = [float(v) for v in box_xywh]
+    except (TypeError, ValueError):
+        raise ValueError(f"a box is four numbers, got {box_xywh!r}") from None
+    if len(box) != 4 or not all(math.isfinite(v) for v in box):
+        raise ValueError(f"a box is four finite numbers, got {box_xywh!r}")
+    x, y, w, h = box
+    if w <= 0 or h <= 0:
+        raise ValueError(f"the box has no area (width {w:g}, height {h:g})")
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        raise ValueError(f"the box {box} lies outside the {width}x{height} frame")
+    return box
+
+
+# Target-loss recovery (off by default, as the published loop has none): after an answer
+# that fails, the search square grows by this factor per frame, up to the largest factor.
+RECOVERY_GROWTH = 1.5
+RECOVERY_MAX_FACTOR = 12.0
+
+
+class Tracker:
+    """The published R1-Track loop behind the GOT-10k toolkit's interface (init, update,
+    name, is_deterministic) and pytracking's (initialize, track).
+
+    Built from a model name or folder (`Tracker("WangBiao/R1-Track-GRPO-wo-Think-100k")`),
+    a loaded `(model, processor)`, an OpenAI-compatible server (`Tracker(server=URL)`), or
+    `answer_fn(template_img, search_img, template_box_xyxy) -> str`. The prompt wording,
+    think mode, crop size and factors come from the checkpoint's settings unless given.
+
+    Each frame: search crop around the previous box (factor 4) -> answer -> box clamped to
+    the crop; an unparsable or empty answer reuses the previous answer -> back to the frame
+    -> clamped to the frame. `fallbacks` counts the reused answers of the sequence.
+    """
+
+    is_deterministic = True  # greedy decoding
+
+    def __init__(self, model=None, *, server=None, answer_fn=None, server_model=None, crop_size=None,
+                 template_factor=None, search_factor=None, think=None, wording=None, device=None, dtype=None,
+                 recover=False, max_new_tokens=None, name=None):
+        if sum(x is not None for x in (model, server, answer_fn)) != 1:
+            raise ValueError("give exactly one of: a model (name, folder or (model, processor)), server=, answer_fn=")
+        loaded = None
+        if isinstance(model, (str, os.PathLike)):
+            loaded = load_model(str(model), dtype=dtype, device=device)
+            settings, name = loaded[0].r1track_settings, name or f"R1-Track[{Path(str(model)).name}]"
+        elif model is not None:
+            loaded = model
+            settings = getattr(model[0], "r1track_settings", None) or TrackSettings()
+        else:
+            settings = load_settings(server_model) if server_model else TrackSettings()
+        overrides = dict(crop_size=crop_size, template_factor=template_factor, search_factor=search_factor,
+                         think=think, wording=wording)
+        self.settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+        if loaded is not None:
+            self.answerer = ModelAnswerer(*loaded, self.settings, max_new_tokens)
+        elif server is not None:
+            self.answerer = ServerAnswerer(server, self.settings, server_model, max_new_tokens)
+        else:
+            self.answerer = function_answerer(answer_fn)
+        self.name = name or "R1-Track"
+        self.recover = recover
+        self.fallbacks = 0
+
+    # -- the GOT-10k toolkit's interface --
+
+    def init(self, image, box_xywh):
+        frame = as_pil(image)
+        box_xywh = check_init_box(box_xywh, *frame.size)
+        s = self.settings
+        self.template, self.template_box_xyxy, _, _ = crop_around(frame, box_xywh, s.template_factor, s.crop_size)
+        self.previous_answer_xyxy = self.template_box_xyxy  # the answer reused before a first good one
+        self.box_xywh, self.frame_size = box_xywh, frame.size
+        self.fallbacks = self.misses = 0
+
+    def update(self, image) -> list[float]:
+        return self.accept(self.answerer([self.request(image)])[0])
+
+    # -- one frame in two halves, so that many sequences can share one model call --
+
+    def request(self, image) -> Request:
+        """The question for this frame: template, search crop around the last box, template box."""
+        frame = as_pil(image)
+        s = self.settings
+        factor = s.search_factor
+        if self.recover and self.misses:
+            factor = min(s.search_factor * RECOVERY_GROWTH ** self.misses, max(RECOVERY_MAX_FACTOR, s.search_factor))
+        search, _, scale, origin = crop_around(frame, self.box_xywh, factor, s.crop_size)
+        self._search_geometry = (scale, origin, frame.size)
+        return Request(self.template, search, self.template_box_xyxy)
+
+    def accept(self, answer: str) -> list[float]:
+        """The frame box (x, y, w, h) from the answer to the last request."""
+        size = self.settings.crop_size
+        box = parse_answer(answer, think=self.settings.think)
+        if box is not None:
+            box = clamp_box_xyxy(box, size)
+            if box[2] <= box[0] or box[3] <= box[1]:
+                box = None
+        if box is None:
+            self.fallbacks += 1
+            if self.recover:  # keep the last box and look wider next frame
+                self.misses += 1
+                return list(self.box_xywh)
+            box = self.previous_answer_xyxy
+        self.misses = 0
+        self.previous_answer_xyxy = box
+        scale, origin, (width, height) = self._search_geometry
+        self.box_xywh = clamp_box_xywh_to_frame(crop_to_frame(box, scale, origin), width, height)
+        self.frame_size = (width, height)
+        return list(self.box_xywh)
+
+    # -- pytracking's interface; track() also runs a whole sequence, as the GOT-10k toolkit calls it --
+
+    def initialize(self, image, info: dict) -> dict:
+        self.init(image, info["init_bbox"])
+        return {}
+
+    def track(self, image, info=None, visualize=False):
+        """pytracking: `track(image, info) -> {"target_bbox": box_xywh}`. GOT-10k toolkit:
+        `track(img_files, box_xywh) -> (boxes_xywh, seconds)` over a whole sequence."""
+        if isinstance(image, (list, tuple)) and image and isinstance(image[0], (str, os.PathLike)):
+            return self._track_files(image, info)
+        return {"target_bbox": self.update(image)}
+
+    def _track_files(self, img_files, box_xywh):
+        import time
+
+        boxes, times = np.zeros((len(img_files), 4)), np.zeros(len(img_files))
+        for f, path in enumerate(img_files):
+            image = Image.open(path).convert("RGB")
+            start = time.perf_counter()
+            if f == 0:
+                self.init(image, box_xywh)
+                boxes[0] = self.box_xywh
+            else:
+                boxes[f] = self.update(image)
+            times[f] = time.perf_counter() - start
+        return boxes, times
+
+
+# -----------------------------------------------------------------------------
+# Text grounding: a box from a description, with Qwen2.5-VL's own grounding skill.
+
+GROUNDING_MAX_PIXELS = 1024 * 28 * 28  # about a thousand image tokens
+
+
+def locate_text(model, processor, image, description: str):
+    """The box (x, y, w, h) of `description` in the image, or None. Qwen2.5-VL answers in
+    pixels of the image it was shown; the frame is shrunk to a thousand image tokens first."""
+    frame = as_pil(image)
+    shown = frame
+    if frame.width * frame.height > GROUNDING_MAX_PIXELS:
+        ratio = math.sqrt(GROUNDING_MAX_PIXELS / (frame.width * frame.height))
+        shown = frame.resize((max(28, int(frame.width * ratio)), max(28, int(frame.height * ratio))), Image.BILINEAR)
+    messages = [{"role": "user", "content": [
+        {"type": "image", "image": shown},
+        {"type": "text", "text": f"Locate {description} in the image and output its bbox coordinates in JSON format."}]}]
+    inputs = encode_chat(processor, messages, [shown])
+    answer = generate_answers(model, processor, inputs, greedy_config(processor, 128))[0]
+    _, grid_h, grid_w = inputs["image_grid_thw"][0].tolist()
+    seen_w, seen_h = grid_w * 14, grid_h * 14  # the size the model saw after its own resizing
+    return grounding_box_xywh(answer, (seen_w, seen_h), frame.size)
+
+
+def grounding_box_xywh(answer: str, seen_size, frame_size):
+    """A grounding answer (`{"bbox_2d": [x1, y1, x2, y2], ...}` in pixels of the image the
+    model saw) as a frame box, or None when it holds no usable box."""
+    box = parse_answer(answer)
+    if box is None:
+        return None
+    sx, sy = frame_size[0] / seen_size[0], frame_size[1] / seen_size[1]
+    x1, y1, x2, y2 = box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy
+    if x2 <= x1 or y2 <= y1:
+        return None
+    return clamp_box_xywh_to_frame(xyxy_to_xywh([x1, y1, x2, y2]), *frame_size)

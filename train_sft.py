@@ -568,24 +568,6 @@ class StopFlag:
         return dist.all_sum([float(self.requested)])[0] > 0
 
 
-def silence_library_noise():
-    """Keep the terminal for our own progress: no per-shard bars or info lines from the libraries."""
-    import logging
-    import warnings
-
-    import transformers
-
-    # bitsandbytes (imported by peft) warns on CPU-only machines about a kernel it only needs on GPU
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    # peft still calls transformers' old checkpointing names; nothing a user can act on
-    warnings.filterwarnings("ignore", message=".*(is_gradient_checkpointing|gradient_checkpointing_enable)",
-                            category=FutureWarning)
-    # FSDP2 warns on every forward that the model returns a view; we never modify it in place
-    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 # -----------------------------------------------------------------------------
 # The training loop
 
@@ -692,7 +674,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
-    silence_library_noise()
+    r1track.quiet_libraries()
     dist = None
     try:
         dist = Dist(args.device)

@@ -1,0 +1,309 @@
+"""The Tracker (the published loop) and track.py."""
+import http.server
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+import r1track
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def clipped_iou(a_xywh, b_xywh, size):
+    """IoU after clipping both boxes to the frame, as GOT-10k scores."""
+    clip = lambda b: r1track.clamp_box_xyxy(r1track.xywh_to_xyxy(b), max(size))  # noqa: E731
+    a, b = clip(a_xywh), clip(b_xywh)
+    a = [min(a[0], size[0]), min(a[1], size[1]), min(a[2], size[0]), min(a[3], size[1])]
+    b = [min(b[0], size[0]), min(b[1], size[1]), min(b[2], size[0]), min(b[3], size[1])]
+    return r1track.iou_xyxy(a, b)
+
+
+class Oracle:
+    """Answers the true box of the current frame in search-crop pixels, rounded to integers
+    as a model writes them; when the target is hidden, answers nothing."""
+
+    def __init__(self, tracker, boxes_xywh, visible=None, factor=4.0, size=336):
+        self.tracker, self.boxes, self.visible = tracker, boxes_xywh, visible
+        self.frame = 0
+
+    def __call__(self, template, search, template_box_xyxy):
+        if self.visible is not None and not self.visible[self.frame]:
+            return "I cannot see it"
+        scale, origin, _ = self.tracker._search_geometry
+        x, y, w, h = self.boxes[self.frame]
+        box = [(x - origin[0]) * scale, (y - origin[1]) * scale, (x + w - origin[0]) * scale, (y + h - origin[1]) * scale]
+        return json.dumps([round(v) for v in box])
+
+
+def track_with(tracker, oracle, frames, first_box):
+    boxes = []
+    for t, frame in enumerate(frames):
+        oracle.frame = t
+        if t == 0:
+            tracker.init(frame, first_box)
+            boxes.append(list(first_box))
+        else:
+            boxes.append(tracker.update(frame))
+    return boxes
+
+
+def load_frames(sequence):
+    return [Image.open(f).convert("RGB") for f in sequence["frames"]]
+
+
+def test_oracle_answers_reproduce_the_ground_truth(got10k_root):
+    """With an answer_fn that knows the true box, the loop's crops and mappings give the
+    ground truth back; only integer rounding is left."""
+    ious = []
+    for name in r1track.read_got10k_split(got10k_root / "val"):
+        sequence = r1track.read_got10k_sequence(got10k_root / "val" / name)
+        tracker = r1track.Tracker(answer_fn=lambda *a: oracle(*a))
+        oracle = Oracle(tracker, sequence["boxes_xywh"])
+        boxes = track_with(tracker, oracle, load_frames(sequence), sequence["boxes_xywh"][0])
+        for t in range(1, len(boxes)):
+            if sequence["cover"][t] > 0:
+                ious.append(clipped_iou(boxes[t], sequence["boxes_xywh"][t], sequence["resolution"]))
+        assert tracker.fallbacks == 0
+    assert np.mean(ious) >= 0.95, np.mean(ious)
+
+
+def test_garbage_answers_keep_the_initial_box(got10k_root):
+    sequence = r1track.read_got10k_sequence(got10k_root / "val" / r1track.read_got10k_split(got10k_root / "val")[0])
+    frames = load_frames(sequence)
+    for garbage in ("", "no idea", "[1,2,3]", "[50,50,10,10]", "[400,400,500,500]"):
+        tracker = r1track.Tracker(answer_fn=lambda *a: garbage)
+        tracker.init(frames[0], sequence["boxes_xywh"][0])
+        boxes = [tracker.update(f) for f in frames[1:]]
+        assert np.allclose(boxes, [sequence["boxes_xywh"][0]] * len(boxes), atol=1e-6), garbage
+        assert tracker.fallbacks == len(frames) - 1
+
+
+def test_pytracking_interface_and_numpy_frames(got10k_root):
+    sequence = r1track.read_got10k_sequence(got10k_root / "val" / r1track.read_got10k_split(got10k_root / "val")[1])
+    frames = load_frames(sequence)[:6]
+    first = list(sequence["boxes_xywh"][0])
+    a = r1track.Tracker(answer_fn=lambda *x: oracle_a(*x))
+    oracle_a = Oracle(a, sequence["boxes_xywh"])
+    expected = track_with(a, oracle_a, frames, first)
+    b = r1track.Tracker(answer_fn=lambda *x: oracle_b(*x))
+    oracle_b = Oracle(b, sequence["boxes_xywh"])
+    assert b.initialize(np.asarray(frames[0]), {"init_bbox": first}) == {}
+    got = [first]
+    for t, frame in enumerate(frames[1:], start=1):
+        oracle_b.frame = t
+        got.append(b.track(np.asarray(frame))["target_bbox"])
+    assert got == expected
+
+
+def test_got10k_toolkit_runs_the_tracker(got10k_root, tmp_path):
+    from got10k.experiments import ExperimentGOT10k
+
+    tracker = r1track.Tracker(answer_fn=lambda *a: "[10,10,60,60]", name="fixed")
+    experiment = ExperimentGOT10k(str(got10k_root), subset="val", result_dir=str(tmp_path / "results"),
+                                  report_dir=str(tmp_path / "reports"))
+    experiment.run(tracker)
+    names = r1track.read_got10k_split(got10k_root / "val")
+    record = np.loadtxt(tmp_path / "results" / "GOT-10k" / "fixed" / names[0] / f"{names[0]}_001.txt", delimiter=",")
+    assert record.shape == (24, 4)
+    assert not (tmp_path / "results" / "GOT-10k" / "fixed" / names[0] / f"{names[0]}_002.txt").exists()
+
+
+@pytest.mark.parametrize("box, message", [
+    ([10, 10, 0, 20], "no area"), ([10, 10, 20, -5], "no area"), ([500, 10, 20, 20], "outside"),
+    ([-50, -50, 20, 20], "outside"), ([1, 2, 3], "four"), (["a", 1, 2, 3], "four numbers"),
+    ([float("nan"), 1, 2, 3], "finite")])
+def test_bad_initial_box_is_refused(box, message):
+    tracker = r1track.Tracker(answer_fn=lambda *a: "")
+    with pytest.raises(ValueError, match=message):
+        tracker.init(Image.new("RGB", (320, 240)), box)
+
+
+def moving_red_box_clip(positions, size=(480, 360), box=40):
+    frames = []
+    for position in positions:
+        frame = np.full((size[1], size[0], 3), 255, np.uint8)
+        if position is not None:
+            x, y = position
+            frame[y:y + box, x:x + box] = (255, 0, 0)
+        frames.append(Image.fromarray(frame))
+    return frames
+
+
+def test_recovery_finds_a_target_that_jumped_while_hidden():
+    """Visible, hidden for five frames while it moves far away, visible again. The plain loop
+    keeps looking in the old place; with recover=True the search square widens until the
+    target is in it again."""
+    positions = [(60, 60)] * 5 + [None] * 5 + [(250, 190)] * 10  # within reach of a factor-12 square
+    boxes = [[x, y, 40, 40] if (x, y) != (0, 0) else None for x, y in ((p or (0, 0)) for p in positions)]
+    visible = [p is not None for p in positions]
+    truth = [b or [60, 60, 40, 40] for b in boxes]
+    frames = moving_red_box_clip(positions)
+    final_ious = {}
+    for recover in (False, True):
+        tracker = r1track.Tracker(answer_fn=lambda *a: oracle(*a), recover=recover)
+        oracle = Oracle(tracker, truth, visible=visible)
+
+        def answer(template, search, template_box, oracle=oracle, tracker=tracker):
+            # a detector that sees the target only when it lies inside the search crop
+            scale, origin, _ = tracker._search_geometry
+            x, y, w, h = truth[oracle.frame]
+            inside = 0 <= (x - origin[0]) * scale and (x + w - origin[0]) * scale <= 336 and \
+                0 <= (y - origin[1]) * scale and (y + h - origin[1]) * scale <= 336
+            return Oracle.__call__(oracle, template, search, template_box) if inside else "not here"
+
+        tracker.answerer = r1track.function_answerer(answer)
+        result = track_with(tracker, oracle, frames, truth[0])
+        final_ious[recover] = clipped_iou(result[-1], truth[-1], frames[0].size)
+    assert final_ious[False] < 0.1 and final_ious[True] > 0.9, final_ious
+
+
+def test_server_answerer_speaks_the_openai_chat_api():
+    received = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.reply({"data": [{"id": "WangBiao/R1-Track-GRPO-wo-Think-100k"}]})
+
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.reply({"choices": [{"message": {"content": "[100,110,200,220]"}}]})
+
+        def reply(self, payload):
+            body = json.dumps(payload).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        tracker = r1track.Tracker(server=f"http://127.0.0.1:{server.server_port}",
+                                  server_model="WangBiao/R1-Track-GRPO-wo-Think-100k")
+        frame = Image.new("RGB", (640, 480), "white")
+        tracker.init(frame, [300, 200, 42, 42])
+        box = tracker.update(frame)
+    finally:
+        server.shutdown()
+    payload = received[0]
+    assert payload["model"] == "WangBiao/R1-Track-GRPO-wo-Think-100k" and payload["temperature"] == 0
+    system, user = payload["messages"]
+    assert system == {"role": "system", "content": "You are a helpful assistant."}
+    kinds = [part["type"] for part in user["content"]]
+    assert kinds == ["image_url", "text", "image_url", "text"]  # the 100k model's wording, from its id
+    assert user["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert "Re-locate this target" in user["content"][3]["text"]
+    # side = ceil(42 * 4) = 168 around (321, 221): origin (237, 137), scale 2; answer -> frame
+    assert box == pytest.approx([237 + 50, 137 + 55, 50, 55])
+
+
+def test_grounding_answer_maps_back_to_the_frame():
+    answer = '```json\n[\n\t{"bbox_2d": [140, 70, 280, 210], "label": "red car"}\n]\n```'
+    assert r1track.grounding_box_xywh(answer, (700, 350), (1400, 700)) == pytest.approx([280, 140, 280, 280])
+    assert r1track.grounding_box_xywh("there is no car", (700, 350), (1400, 700)) is None
+
+
+# -- track.py --
+
+
+def write_clip(path, frames, fps=10):
+    container = av.open(str(path), "w")
+    stream = container.add_stream("libx264", rate=fps)
+    stream.width, stream.height, stream.pix_fmt = frames[0].width, frames[0].height, "yuv420p"
+    for frame in frames:
+        for packet in stream.encode(av.VideoFrame.from_image(frame)):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+
+
+@pytest.fixture(scope="module")
+def clip(got10k_root, tmp_path_factory):
+    sequence = r1track.read_got10k_sequence(got10k_root / "val" / r1track.read_got10k_split(got10k_root / "val")[0])
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    write_clip(path, load_frames(sequence)[:12])
+    x, y, w, h = sequence["boxes_xywh"][0]
+    return path, f"{x:.1f},{y:.1f},{x + w:.1f},{y + h:.1f}"
+
+
+def run_track(*args):
+    return subprocess.run([sys.executable, "track.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+
+
+def count_video_frames(path):
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def test_track_py_writes_one_row_and_frame_per_input_frame(clip, tiny_model_dir, tmp_path):
+    path, box = clip
+    result = run_track("--video", path, "--box", box, "--model", tiny_model_dir, "--out", tmp_path, "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-2000:]
+    boxes = np.loadtxt(tmp_path / "boxes.txt", delimiter=",")
+    assert boxes.shape == (12, 4)
+    assert boxes[0] == pytest.approx(r1track.xyxy_to_xywh([float(v) for v in box.split(",")]), abs=1e-3)
+    assert np.loadtxt(tmp_path / "times.txt").shape == (12,)
+    assert count_video_frames(tmp_path / "tracked.mp4") == 12
+    assert "12 frames" in result.stdout and "fallbacks" in result.stdout and "FPS" in result.stdout
+    assert not list(tmp_path.glob(".*"))  # no temporary files left
+
+
+def test_track_py_frame_folder_with_a_broken_frame(got10k_root, tiny_model_dir, tmp_path):
+    sequence = r1track.read_got10k_sequence(got10k_root / "val" / r1track.read_got10k_split(got10k_root / "val")[0])
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t, frame in enumerate(load_frames(sequence)[:6]):
+        frame.save(folder / f"{t:04d}.png")
+    (folder / "0003.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    x, y, w, h = sequence["boxes_xywh"][0]
+    result = run_track("--video", folder, "--box", f"{x},{y},{w},{h}", "--box-format", "xywh", "--model", tiny_model_dir,
+                       "--out", tmp_path / "out", "--no-video")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "frame 4 could not be decoded" in result.stderr
+    boxes = np.loadtxt(tmp_path / "out" / "boxes.txt", delimiter=",")
+    assert boxes.shape == (6, 4) and np.array_equal(boxes[3], boxes[2])
+    assert not (tmp_path / "out" / "tracked.mp4").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--video", "/no/such/clip.mp4", "--box", "1,2,3,4"], "no such video"),
+    (["--video", "README.md", "--box", "1,2,3,4"], "cannot read README.md as a video"),
+    (["--video", "{empty}", "--box", "1,2,3,4"], "no frames"),
+    (["--video", "{clip}", "--box", "1,2,3"], "four numbers"),
+    (["--video", "{clip}", "--box", "a,b,c,d"], "four numbers"),
+    (["--video", "{clip}", "--box", "10,10,10,50"], "empty or inverted"),
+    (["--video", "{clip}", "--box", "50,50,10,10"], "empty or inverted"),
+    (["--video", "{clip}", "--box", "1000,1000,1100,1100"], "outside"),
+    (["--video", "{clip}", "--box", "0,0,5,5", "--box-format", "xywh", "--text", "car"], "one of them"),
+    (["--video", "{clip}"], "one of them"),
+])
+def test_track_py_bad_input_is_one_line_before_loading_a_model(clip, tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
+    args = [a.format(clip=clip[0], empty=tmp_path / "empty") for a in args]
+    # the model does not exist: the input is refused before anything tries to load it
+    result = run_track(*args, "--model", "/no/such/model", "--out", tmp_path / "out")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr, result.stderr
+
+
+def test_track_py_missing_model_is_one_line(clip, tmp_path):
+    result = run_track("--video", clip[0], "--box", clip[1], "--model", "/no/such/model", "--out", tmp_path)
+    assert result.returncode == 2 and "cannot load the model" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_track_py_text_that_the_model_cannot_find(clip, tiny_model_dir, tmp_path):
+    result = run_track("--video", clip[0], "--text", "the patterned box", "--model", tiny_model_dir, "--out", tmp_path)
+    assert result.returncode == 2 and "could not find" in result.stderr and "Traceback" not in result.stderr
