@@ -473,16 +473,17 @@ def _adapter_base(name_or_path: str):
 
 def load_model(name_or_path: str, dtype=None, device=None, load_in_4bit=False, attn=None,
                merge_adapter=True, trainable=False):
-    """A Qwen2.5-VL model and its processor from a hub id or folder: a full checkpoint or
-    a peft adapter (its base model read from the adapter config).
+    """A Qwen2.5-VL model and its processor from a hub id or folder: a full checkpoint or a
+    peft adapter, whose base (read from the adapter config) may itself be an adapter, as a
+    GRPO adapter trained over an SFT adapter is.
 
     dtype: bfloat16 on GPU, float32 on CPU unless given. attn: flash_attention_2 when the
     flash-attn package is installed and the device is a GPU, else sdpa. merge_adapter folds
-    an adapter into the weights for speed (not with 4-bit weights). The checkpoint's
-    tracking settings are at `model.r1track_settings`.
+    the adapter into the weights for speed (not with 4-bit weights); trainable keeps it a
+    trainable peft adapter. The checkpoint's tracking settings are at `model.r1track_settings`.
     """
     import torch
-    from transformers import BitsAndBytesConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import BitsAndBytesConfig
 
     device = device or default_device()
     on_gpu = str(device).startswith("cuda")
@@ -496,28 +497,44 @@ def load_model(name_or_path: str, dtype=None, device=None, load_in_4bit=False, a
 
         attn = "flash_attention_2" if on_gpu and importlib.util.find_spec("flash_attn") else "sdpa"
 
-    base = _adapter_base(name_or_path)
     # Straight onto the device: a 3B model never passes through CPU memory on its way.
     kwargs = {"dtype": dtype, "attn_implementation": attn, "device_map": {"": str(device)}}
     if load_in_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(base or name_or_path, **kwargs)
-    if base is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, name_or_path, is_trainable=trainable)
-        if merge_adapter and not load_in_4bit and not trainable:
-            model = model.merge_and_unload()
+    model = _load_weights(name_or_path, kwargs, trainable=trainable,
+                          merge=merge_adapter and not trainable and not load_in_4bit)
     if not trainable:
         model.eval()
-    try:  # an adapter folder saved by this project carries the processor; a hub adapter may not
-        processor = load_processor(name_or_path)
-    except (OSError, ValueError, TypeError):
-        processor = load_processor(base or name_or_path)
     model.r1track_settings = load_settings(name_or_path)
-    return model, processor
+    return model, _load_processor_of(name_or_path)
+
+
+def _load_weights(name_or_path: str, from_pretrained_kwargs: dict, trainable=False, merge=True):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    base = _adapter_base(name_or_path)
+    if base is None:
+        return Qwen2_5_VLForConditionalGeneration.from_pretrained(name_or_path, **from_pretrained_kwargs)
+    from peft import PeftModel
+
+    model = _load_weights(base, from_pretrained_kwargs, trainable=False, merge=True)  # lower adapters: merged
+    model = PeftModel.from_pretrained(model, name_or_path, is_trainable=trainable)
+    return model.merge_and_unload() if merge else model
+
+
+def _load_processor_of(name_or_path: str) -> Processor:
+    """The processor saved with a checkpoint, or with the nearest base below it (a hub
+    adapter may carry none)."""
+    while True:
+        try:
+            return load_processor(name_or_path)
+        except (OSError, ValueError, TypeError):
+            base = _adapter_base(name_or_path)
+            if base is None:
+                raise
+            name_or_path = base
 
 
 def build_inputs(processor, template_img, search_img, box_xyxy, answer=None, think=False,
@@ -591,6 +608,15 @@ def collate(examples: list[dict], pad_token_id: int, padding_side="right") -> di
     return batch
 
 
+VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+
+
+def vision_token_ids(tokenizer) -> list[int]:
+    """Placeholders an answer must never contain: fed back to the model (as GRPO does),
+    an <|image_pad|> would stand for image features that are not there."""
+    return [tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS]
+
+
 def greedy_config(processor, max_new_tokens=64):
     """Plain greedy decoding, whatever sampling defaults the checkpoint ships with."""
     from transformers import GenerationConfig
@@ -598,7 +624,8 @@ def greedy_config(processor, max_new_tokens=64):
     tokenizer = processor.tokenizer
     end_ids = [tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.pad_token_id]
     return GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=end_ids,
-                            pad_token_id=tokenizer.pad_token_id, repetition_penalty=1.0)
+                            pad_token_id=tokenizer.pad_token_id, repetition_penalty=1.0,
+                            suppress_tokens=vision_token_ids(tokenizer))
 
 
 def generate_answers(model, processor, batch: dict, generation_config=None) -> list[str]:

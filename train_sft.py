@@ -77,11 +77,11 @@ def add_model_args(parser, default_model="Qwen/Qwen2.5-VL-3B-Instruct", default_
     group.add_argument("--lr", type=float, default=default_lr, help="peak learning rate")
 
 
-def add_data_args(parser):
+def add_data_args(parser, default_data="r1track5k"):
     group = parser.add_argument_group("data")
-    group.add_argument("--data", required=True, help="r1track5k | r1track100k (hub datasets) | a parquet file or "
-                       "folder (EasyR1 layout) | a ShareGPT .json | a GOT-10k split folder with list.txt "
-                       "(fresh pairs sampled on the fly)")
+    group.add_argument("--data", default=default_data, help="r1track5k | r1track100k (hub datasets) | a parquet file "
+                       "or folder (EasyR1 layout) | a ShareGPT .json | a GOT-10k split folder with list.txt "
+                       f"(fresh pairs sampled on the fly) (default: {default_data})")
     group.add_argument("--val-data", default=None, help="validation data, any form --data takes (default: the "
                        "dataset's own val split when it has one, else --val-fraction of --data)")
     group.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction of a stored --data")
@@ -90,9 +90,9 @@ def add_data_args(parser):
     group.add_argument("--wording", default="seed", choices=r1track.WORDINGS, help="question wording")
 
 
-def add_run_args(parser, default_batch=4, default_accum=4, default_save=100, default_eval=50):
+def add_run_args(parser, default_out="runs/sft", default_batch=4, default_accum=4, default_save=100, default_eval=50):
     group = parser.add_argument_group("run")
-    group.add_argument("--out", required=True, help="output folder: final model, checkpoints, metrics")
+    group.add_argument("--out", default=default_out, help=f"output folder: final model, checkpoints, metrics (default: {default_out})")
     group.add_argument("--max-steps", type=positive_int, default=None, help="optimizer steps (default: --epochs over the data)")
     group.add_argument("--epochs", type=float, default=2.0, help="passes over the training data, if no --max-steps")
     group.add_argument("--batch-size", type=positive_int, default=default_batch, help="pairs per micro-batch, per rank")
@@ -189,23 +189,30 @@ def weights_dtype(args, device):
     return torch.float32 if args.full else torch.bfloat16
 
 
-def build_model(args, dist, init=None, resume_dir=None):
+def build_model(args, dist, init=None, resume_dir=None, fresh_adapter=False):
     """The trainable model and its processor. `init` (default --model) is where the weights
-    start; `resume_dir` a checkpoint of this run to continue."""
+    start: a full model, or an adapter that is trained on (fresh_adapter=False) or merged
+    into its base under a new adapter (fresh_adapter=True). `resume_dir`: a checkpoint of
+    this run to continue."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    source = str(resume_dir or init or args.model)
+    init = str(init or args.model)
+    source = str(resume_dir or init)
+    trainable = not (fresh_adapter and resume_dir is None)
     try:
         model, processor = r1track.load_model(source, dtype=weights_dtype(args, dist.device), device=dist.device,
-                                              load_in_4bit=args.load_in_4bit, attn=args.attn, trainable=True)
+                                              load_in_4bit=args.load_in_4bit, attn=args.attn, trainable=trainable)
     except (OSError, ValueError) as error:
         raise UserError(f"cannot load the model {source}: {str(error).splitlines()[0]}") from None
+    settings = model.r1track_settings
     is_adapter = hasattr(model, "peft_config")
     if args.load_in_4bit and not is_adapter:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
     if not args.full and not is_adapter:
         torch.manual_seed(args.seed)  # the same adapter initialisation on every rank and rerun
         model = get_peft_model(model, lora_config(args))
+        # the weights under the adapter are `init` (an adapter chain is merged when loaded)
+        model.peft_config["default"].base_model_name_or_path = init
     if args.full:
         model.requires_grad_(True)
         if args.freeze_vision:
@@ -214,6 +221,8 @@ def build_model(args, dist, init=None, resume_dir=None):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         base.activation_checkpointing_enable({"use_reentrant": False})
     model.config.use_cache = False
+    model.train()
+    model.r1track_settings = settings
     return model, processor
 
 
@@ -240,7 +249,7 @@ def trainable_parameters(model):
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def make_optimizer(model, args, dist, total_steps):
+def make_optimizer(model, args, dist, total_steps, schedule_kind="cosine"):
     params = trainable_parameters(model)
     if not params:
         raise UserError("nothing to train: every weight is frozen")
@@ -248,9 +257,11 @@ def make_optimizer(model, args, dist, total_steps):
                                   fused=dist.device.type == "cuda")
     warmup = int(round(args.warmup_ratio * total_steps))
 
-    def schedule(step):  # linear warmup, then cosine to zero
+    def schedule(step):  # linear warmup, then cosine to zero (or constant)
         if step < warmup:
             return (step + 1) / (warmup + 1)
+        if schedule_kind == "constant":
+            return 1.0
         progress = (step - warmup) / max(1, total_steps - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
@@ -358,9 +369,9 @@ def to_device(batch, device):
 
 
 @torch.no_grad()
-def evaluate(model, processor, pairs, args, dist, think=False):
-    """Validation loss (teacher forced) and mean IoU of greedy answers, an unparsable
-    answer counting 0; each rank takes its share of the pairs."""
+def evaluate(model, processor, pairs, args, dist, think=False, with_loss=True):
+    """Validation loss (teacher forced; None without with_loss) and mean IoU of greedy
+    answers, an unparsable answer counting 0; each rank takes its share of the pairs."""
     was_training = model.training
     model.eval()
     pad = processor.tokenizer.pad_token_id
@@ -369,11 +380,11 @@ def evaluate(model, processor, pairs, args, dist, think=False):
     config = r1track.greedy_config(processor, max_new_tokens=512 if think else 32)
     for start in range(0, len(mine), args.batch_size):
         chunk = mine[start:start + args.batch_size]
-        examples = sft_examples(processor, chunk, args.wording)
-        batch = to_device(r1track.collate(examples, pad, "left"), dist.device)
         with autocast(dist):
-            loss_sum += float(answer_loss_sum(model, batch))
-            tokens += float((batch["labels"] != -100).sum())
+            if with_loss:
+                batch = to_device(r1track.collate(sft_examples(processor, chunk, args.wording), pad, "left"), dist.device)
+                loss_sum += float(answer_loss_sum(model, batch))
+                tokens += float((batch["labels"] != -100).sum())
             prompts = [r1track.build_inputs(processor, p.template, p.search, p.template_box_xyxy, think=think,
                                             wording=args.wording, return_tensors=False) for p in chunk]
             answers = r1track.generate_answers(model, processor, r1track.collate(prompts, pad, "left"), config)
@@ -382,7 +393,7 @@ def evaluate(model, processor, pairs, args, dist, think=False):
             iou_sum += r1track.iou_xyxy(box, pair.search_box_xyxy) if box else 0.0
     loss_sum, tokens, iou_sum, count = dist.all_sum([loss_sum, tokens, iou_sum, float(len(mine))])
     model.train(was_training)
-    return loss_sum / max(tokens, 1.0), iou_sum / max(count, 1.0)
+    return (loss_sum / max(tokens, 1.0) if with_loss else None), iou_sum / max(count, 1.0)
 
 
 # -----------------------------------------------------------------------------

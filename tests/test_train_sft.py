@@ -20,15 +20,6 @@ def run(args, **kwargs):
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, **kwargs)
 
 
-@pytest.fixture(scope="session")
-def pairs16(got10k_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pairs") / "pairs16.parquet"
-    result = run(["prepare_data.py", "pairs", "--got10k", str(got10k_root / "val"), "--out", str(out),
-                  "--num", "16", "--size", "112", "--seed", "0"])
-    assert result.returncode == 0, result.stderr
-    return out
-
-
 def sft_args(model_dir, data, out, *extra):
     return ["train_sft.py", "--model", str(model_dir), "--data", str(data), "--out", str(out), "--crop-size", "112",
             "--no-gradient-checkpointing", *extra]

@@ -1,0 +1,226 @@
+"""train_grpo.py: the GRPO maths against values worked out by hand, and runs of the tiny
+model that learn, resume exactly and keep torchrun ranks identical."""
+import json
+import math
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import r1track
+import train_grpo
+from conftest import ROOT, run_script
+from train_grpo import group_advantages, kl_low_var, policy_loss
+
+# -- the maths --
+
+
+def test_group_advantages_by_hand():
+    # group (1, 2, 3): mean 2, Bessel std 1 -> (-1, 0, 1); group (5, 5, 5): all equal -> 0, not NaN
+    advantages = group_advantages(torch.tensor([1.0, 2.0, 3.0, 5.0, 5.0, 5.0]), 3)
+    assert advantages.tolist() == pytest.approx([-1 / (1 + 1e-6), 0, 1 / (1 + 1e-6), 0, 0, 0])
+    # group (0, 4): mean 2, Bessel std sqrt(8) = 2.828
+    assert group_advantages(torch.tensor([0.0, 4.0]), 2).tolist() == pytest.approx([-2 / math.sqrt(8), 2 / math.sqrt(8)])
+    # a group of one: mean 0, std 1
+    assert group_advantages(torch.tensor([3.0, -2.0]), 1).tolist() == pytest.approx([3 / (1 + 1e-6), -2 / (1 + 1e-6)])
+    assert not torch.isnan(group_advantages(torch.tensor([-1.0] * 5), 5)).any()
+
+
+def test_kl_low_var_by_hand():
+    logp, ref = torch.log(torch.tensor([0.5, 0.3, 0.9])), torch.log(torch.tensor([0.25, 0.3, 0.1]))
+    # d = ref - logp: exp(d) - d - 1 with exp(d) = 0.5, 1, 1/9
+    expected = [0.5 - math.log(0.5) - 1, 0.0, 1 / 9 - math.log(1 / 9) - 1]
+    assert kl_low_var(logp, ref).tolist() == pytest.approx(expected, abs=1e-6)
+    assert kl_low_var(torch.tensor([-30.0]), torch.tensor([0.0])).item() == 10.0  # clamped
+
+
+def test_policy_loss_by_hand():
+    old = torch.zeros(2, 3)
+    logp = torch.full((2, 3), math.log(1.5))          # ratio 1.5 everywhere, beyond the 1.2 clip
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    # advantage +1: min(1.5, 1.2) * 1 -> loss -1.2, clipped on every token
+    loss, clipped = policy_loss(logp, old, torch.tensor([1.0, 1.0]), mask, clip=0.2)
+    assert loss.item() == pytest.approx(-1.2) and clipped.item() == pytest.approx(1.0)
+    # advantage -1: the unclipped 1.5 is the larger loss -> 1.5, no clipping
+    loss, clipped = policy_loss(logp, old, torch.tensor([-1.0, -1.0]), mask, clip=0.2)
+    assert loss.item() == pytest.approx(1.5) and clipped.item() == 0.0
+    # token-level mean: row 0 (3 tokens, A=+1 -> -1.2 each), row 1 (1 token, A=-1 -> 1.5): (-3.6 + 1.5) / 4
+    loss, clipped = policy_loss(logp, old, torch.tensor([1.0, -1.0]), mask, clip=0.2)
+    assert loss.item() == pytest.approx((-3.6 + 1.5) / 4) and clipped.item() == pytest.approx(3 / 4)
+    # ratio 1: the loss is minus the mean advantage per token, and its gradient raises logp where A > 0
+    logp = torch.zeros(2, 3, requires_grad=True)
+    loss, _ = policy_loss(logp, old, torch.tensor([2.0, -1.0]), mask)
+    loss.backward()
+    assert loss.item() == pytest.approx(-(2 * 3 - 1) / 4)
+    assert (logp.grad[0] < 0).all() and logp.grad[1, 0] > 0 and (logp.grad[1, 1:] == 0).all()
+
+
+def test_logprobs_are_those_of_the_rollout_distribution(sft_warm, pairs16):
+    """What the loss computes for a sampled answer is what generate sampled it from."""
+    model, processor = r1track.load_model(str(sft_warm), device="cpu")
+    pairs = [r1track.open_pairs(str(pairs16), 112).load(i) for i in range(3)]
+    examples = [r1track.build_inputs(processor, p.template, p.search, p.template_box_xyxy, return_tensors=False)
+                for p in pairs]
+    pad, suppressed = processor.tokenizer.pad_token_id, r1track.vision_token_ids(processor.tokenizer)
+    config = r1track.greedy_config(processor, 16)
+    config.do_sample, config.temperature, config.top_k = True, 0.7, 0
+    config.output_logits, config.return_dict_in_generate = True, True
+    torch.manual_seed(0)
+    batch = r1track.collate(examples, pad, "left")
+    with torch.no_grad():
+        out = model.generate(**batch, generation_config=config)
+    answers = out.sequences[:, batch["input_ids"].shape[1]:]
+    scores = torch.stack(out.logits, 1).float() / 0.7
+    scores[..., suppressed] = float("-inf")
+    sampled = torch.log_softmax(scores, -1).gather(-1, answers[..., None]).squeeze(-1)
+    end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    rows = []
+    for example, answer in zip(examples, answers.tolist()):
+        n = answer.index(end) + 1 if end in answer else len(answer)
+        rows.append({**example, "answer": answer[:n] + [pad] * (len(answer) - n),
+                     "answer_mask": [1] * n + [0] * (len(answer) - n)})
+    inputs, answer_ids, mask = train_grpo.sample_batch(rows, pad, "cpu")
+    with torch.no_grad():
+        logp, _ = train_grpo.token_logprobs(model, inputs, answer_ids, 0.7, suppressed)
+    assert ((logp - sampled).abs() * mask).max() < 1e-4
+
+
+# -- runs --
+
+
+def grpo_args(init, data, out, *extra):
+    return ["train_grpo.py", "--init", str(init), "--data", str(data), "--out", str(out), "--crop-size", "112",
+            "--no-gradient-checkpointing", *extra]
+
+
+def read_metrics(out):
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_grpo_raises_the_reward(sft_warm, pairs4, pairs16, tmp_path):
+    """Warm-started by a short SFT, GRPO on 4 of its questions raises the mean reward of its
+    last 5 steps over its first 5 by at least 0.1; the KL is exactly 0 before any update.
+    (Measured here over 5 seeds at 30 steps: gains of 0.59 to 0.86. Temperature 0.5 keeps
+    the tiny vocabulary's long tail from breaking most samples' format.)"""
+    out = tmp_path / "grpo"
+    result = run_script(*grpo_args(sft_warm, pairs4, out, "--prompts-per-step", "4", "--group-size", "16",
+                                   "--updates-per-batch", "2", "--batch-size", "32", "--max-steps", "20", "--lr", "1e-3",
+                                   "--temperature", "0.5", "--max-new-tokens", "24", "--val-data", str(pairs4),
+                                   "--eval-every", "20"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [m for m in read_metrics(out) if "reward_mean" in m]
+    assert len(steps) == 20
+    assert steps[0]["kl"] == 0.0  # the sampling policy is the reference before any update
+    first, last = (sum(m["reward_mean"] for m in chunk) / 5 for chunk in (steps[:5], steps[-5:]))
+    assert last - first >= 0.1, (first, last)
+    expected = {"reward_mean", "reward_std", "iou_mean", "format_rate", "kl", "clip_frac", "response_len", "entropy",
+                "step_s", "reward_errors", "loss", "grad_norm", "lr"}
+    assert expected <= set(steps[0])
+    assert any("val_iou" in m for m in read_metrics(out))
+    assert (out / "curves.png").is_file()
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(sft_warm)  # a fresh adapter over the SFT weights
+    model, _ = r1track.load_model(str(out), device="cpu")
+    assert model.r1track_settings.crop_size == 112 and model.r1track_settings.think is False
+
+
+def test_grpo_over_an_sft_adapter_chains_the_adapters(tiny_model_dir, pairs16, tmp_path):
+    """--init an SFT LoRA adapter: it is merged under a fresh adapter, the reference is the
+    merged weights (KL 0 at the start), and the result loads through the chain."""
+    sft = tmp_path / "sft_lora"
+    assert run_script("train_sft.py", "--model", tiny_model_dir, "--data", pairs16, "--out", sft, "--crop-size", "112",
+                      "--lora-rank", "4", "--max-steps", "2", "--batch-size", "4", "--grad-accum", "1",
+                      "--lr", "1e-3", "--no-gradient-checkpointing").returncode == 0
+    out = tmp_path / "grpo"
+    result = run_script(*grpo_args(sft, pairs16, out, "--prompts-per-step", "2", "--group-size", "2",
+                                   "--updates-per-batch", "1", "--max-steps", "2", "--lr", "1e-3", "--think",
+                                   "--max-new-tokens", "8"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(sft)
+    assert read_metrics(out)[0]["kl"] == 0.0
+    model, _ = r1track.load_model(str(out), device="cpu")
+    assert model.r1track_settings.think is True
+
+
+@pytest.mark.parametrize("mode", ["--full", "--continue-adapter"])
+def test_frozen_reference_copy_starts_with_zero_kl(sft_warm, tiny_model_dir, pairs16, tmp_path, mode):
+    init = sft_warm
+    if mode == "--continue-adapter":
+        init = tmp_path / "sft_lora"
+        assert run_script("train_sft.py", "--model", tiny_model_dir, "--data", pairs16, "--out", init, "--crop-size",
+                          "112", "--lora-rank", "4", "--max-steps", "2", "--batch-size", "4", "--grad-accum", "1",
+                          "--lr", "1e-3", "--no-gradient-checkpointing").returncode == 0
+    out = tmp_path / "grpo"
+    result = run_script(*grpo_args(init, pairs16, out, mode, "--ref-on-cpu", "--prompts-per-step", "4", "--group-size",
+                                   "2", "--updates-per-batch", "2", "--max-steps", "2", "--lr", "1e-4"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [m for m in read_metrics(out) if "kl" in m]
+    assert steps[0]["kl"] == 0.0 and steps[1]["kl"] > 0.0
+
+
+def test_torchrun_two_ranks_keep_identical_weights(sft_warm, pairs16, tmp_path):
+    out = tmp_path / "ddp"
+    result = run_script("-m", "torch.distributed.run", "--nproc_per_node", "2", "tests/ranks_probe.py",
+                        *grpo_args(sft_warm, pairs16, out, "--prompts-per-step", "2", "--group-size", "4",
+                                   "--updates-per-batch", "2", "--batch-size", "2", "--max-steps", "2", "--lr", "1e-3",
+                                   "--temperature", "0.5"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors")
+    assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert any(v.abs().sum() > 0 for k, v in rank0.items() if "lora_B" in k)
+
+
+def test_killed_run_resumes_to_the_same_weights(sft_warm, pairs16, tmp_path):
+    """Sampling is drawn from (seed, step, rank): a run killed after a checkpoint and resumed
+    draws the same answers and ends with the same adapter as a run never interrupted."""
+    extra = ["--prompts-per-step", "4", "--group-size", "2", "--updates-per-batch", "2", "--max-steps", "6",
+             "--save-every", "2", "--keep-checkpoints", "5", "--lr", "1e-3", "--max-new-tokens", "16"]
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert run_script(*grpo_args(sft_warm, pairs16, whole, *extra)).returncode == 0
+    process = subprocess.Popen([sys.executable, *grpo_args(sft_warm, pairs16, broken, *extra)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    from test_train_sft import wait_for
+
+    wait_for(broken / "checkpoint-2" / "trainer_state.json", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    resumed = run_script(*grpo_args(sft_warm, pairs16, broken, *extra, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = load_file(whole / "adapter_model.safetensors"), load_file(broken / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rewards = lambda out: [m["reward_mean"] for m in read_metrics(out) if "reward_mean" in m]  # noqa: E731
+    assert rewards(whole) == rewards(broken)
+
+
+def test_broken_rewards_and_truncated_answers_are_scored_not_fatal(sft_warm, pairs16, tmp_path, monkeypatch):
+    """A reward that raises scores -1 and is counted; one-token (truncated) answers are scored."""
+    real, calls = r1track.reward, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) % 3 == 0:
+            raise RuntimeError("a reward that breaks")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(r1track, "reward", flaky)
+    out = tmp_path / "grpo"
+    code = train_grpo.main(grpo_args(sft_warm, pairs16, out, "--prompts-per-step", "3", "--group-size", "2",
+                                     "--updates-per-batch", "1", "--max-steps", "1", "--max-new-tokens", "1")[1:])
+    assert code == 0
+    step = read_metrics(out)[0]
+    assert step["reward_errors"] == 2 and step["response_len"] <= 1
+    assert math.isfinite(step["loss"]) and step["reward_mean"] == -1.0  # 1 token can never be a box
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--group-size", "1"], "at least 2"),
+    (["--prompts-per-step", "3", "--group-size", "2", "--updates-per-batch", "4"], "divide"),
+])
+def test_bad_grpo_flags(sft_warm, pairs16, tmp_path, extra, message):
+    result = run_script(*grpo_args(sft_warm, pairs16, tmp_path / "out", *extra))
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,415 @@
+"""Minimal GRPO for tracking: group sampling, format and IoU rewards, KL to the reference.
+
+  torchrun --nproc_per_node 4 train_grpo.py --init runs/sft --out runs/grpo
+  python train_grpo.py --init runs/sft --think          # reason in <think>, answer in <answer>
+
+Each step: take --prompts-per-step tracking questions; sample --group-size answers to each
+(temperature 1.0); score every answer with the published R1-Track reward (or plain IoU);
+turn rewards into advantages within each group; then --updates-per-batch PPO-clip updates
+against the sampling policy, with a KL penalty to the reference model (the --init weights).
+
+With LoRA (the default) a fresh adapter goes on top of the --init weights (an SFT adapter
+is merged into its base first), and the reference is the same model with the adapter off:
+no second copy. With --full or --continue-adapter the reference is a frozen copy
+(--ref-on-cpu keeps it off the GPU).
+
+Outputs and run-time contract as train_sft.py: OUT holds the final model, checkpoint-<step>/
+folders (sampling resumes identically), metrics.jsonl and curves.png; Ctrl-C saves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import r1track
+from train_sft import (Dist, Metrics, PairStream, StopFlag, UserError, add_data_args, add_model_args, add_run_args,
+                       autocast, build_model, evaluate, find_resume, make_optimizer, open_data, positive_int,
+                       restore_checkpoint, save_checkpoint, save_final, to_device, trainable_parameters,
+                       validation_pairs, wrap_distributed)
+
+# -----------------------------------------------------------------------------
+# The GRPO maths (REFERENCE.md), importable and tested on their own
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """(r - group mean) / (group std + eps), std with Bessel's correction; a group of one
+    has mean 0 and std 1. A group of equal rewards gets zero advantage, never NaN."""
+    groups = rewards.view(-1, group_size).double()                           # [prompts, G]
+    if group_size == 1:
+        mean, std = torch.zeros_like(groups), torch.ones_like(groups)
+    else:
+        mean, std = groups.mean(1, keepdim=True), groups.std(1, keepdim=True)  # unbiased
+    return ((groups - mean) / (std + eps)).view(-1).to(rewards.dtype)
+
+
+def kl_low_var(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL estimate to the reference, "low_var_kl": exp(d) - d - 1 with
+    d = ref_logp - logp, clamped to [-10, 10]. Non-negative; zero where they agree."""
+    d = ref_logp - logp
+    return (torch.exp(d) - d - 1).clamp(-10, 10)
+
+
+def policy_loss(logp, old_logp, advantages, mask, clip=0.2):
+    """PPO-clip loss as a token-level masked mean, and the share of tokens where clipping
+    took over. logp, old_logp, mask: [B, T]; advantages: [B]."""
+    ratio = torch.exp(logp - old_logp)
+    unclipped = -advantages[:, None] * ratio
+    clipped = -advantages[:, None] * ratio.clamp(1 - clip, 1 + clip)
+    per_token = torch.maximum(unclipped, clipped)
+    tokens = mask.sum().clamp(min=1)
+    return (per_token * mask).sum() / tokens, ((clipped > unclipped).float() * mask).sum() / tokens
+
+
+# -----------------------------------------------------------------------------
+# Command line
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(parser, default_lr=1e-6)
+    parser.add_argument("--init", default=None, help="where the policy and the reference start: an SFT output "
+                        "folder (adapter or full), a hub id or a base model (default: --model)")
+    parser.add_argument("--continue-adapter", action="store_true", help="with an adapter --init: train that adapter "
+                        "on (the reference is then a frozen copy) instead of a fresh one over it")
+    parser.add_argument("--ref-on-cpu", action="store_true", help="keep a frozen reference copy in CPU memory")
+    add_data_args(parser)
+    add_run_args(parser, default_out="runs/grpo", default_batch=8, default_accum=1, default_save=20, default_eval=10)
+    parser.set_defaults(weight_decay=1e-2, warmup_ratio=0.0, epochs=1.0)
+    group = parser.add_argument_group("GRPO")
+    group.add_argument("--prompts-per-step", type=positive_int, default=32, help="questions per step, per rank")
+    group.add_argument("--group-size", type=positive_int, default=5, help="answers sampled per question")
+    group.add_argument("--updates-per-batch", type=positive_int, default=4, help="PPO updates per step: the sampled "
+                       "answers are split into this many mini-batches (the published run: 512 / 128)")
+    group.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling")
+    group.add_argument("--max-new-tokens", type=positive_int, default=None,
+                       help="longest answer (default: 64, or 512 with --think)")
+    group.add_argument("--clip", type=float, default=0.2, help="PPO clip range")
+    group.add_argument("--kl-coef", type=float, default=1e-2, help="weight of the KL-to-reference loss")
+    group.add_argument("--reward", choices=["r1track", "iou"], default="r1track",
+                       help="r1track: the published shaped-GIoU reward; iou: plain IoU + a 0/1 format term")
+    group.add_argument("--think", action="store_true", help="ask for <think> reasoning then an <answer>; "
+                       "scores the format and length as the published think models were")
+    group.add_argument("--rollout-batch", type=positive_int, default=64, help="sequences per generate call")
+    return parser
+
+
+def check_args(parser, args):
+    from train_sft import check_args as check_common
+
+    check_common(parser, args)
+    if args.group_size < 2:
+        parser.error("--group-size must be at least 2: advantages compare answers to the same question")
+    if (args.prompts_per_step * args.group_size) % args.updates_per_batch:
+        parser.error("--updates-per-batch must divide --prompts-per-step x --group-size")
+    args.init = args.init or args.model
+    args.max_new_tokens = args.max_new_tokens or (512 if args.think else 64)
+
+
+# -----------------------------------------------------------------------------
+# Rollout: sample answers through the KV cache
+
+
+def rollout(raw, processor, pairs, args, dist, step):
+    """G sampled answers per question, through the KV cache. Returns rows (each a prompt's
+    inputs with an answer's token ids and mask, answers right-padded to one width T, so
+    that with left-padded prompts every answer sits in the same last T columns), the
+    decoded texts, and the answers' lengths in tokens (the end token not counted)."""
+    tokenizer = processor.tokenizer
+    pad, end = tokenizer.pad_token_id, tokenizer.convert_tokens_to_ids(r1track.END_OF_TURN)
+    # sampling is a function of (seed, step, rank): a resumed run draws the same answers
+    torch.manual_seed(int(np.random.SeedSequence([args.seed, step, dist.rank]).generate_state(1)[0]))
+    prompts = [r1track.build_inputs(processor, p.template, p.search, p.template_box_xyxy, think=args.think,
+                                    wording=args.wording, return_tensors=False) for p in pairs]
+    examples = [e for e in prompts for _ in range(args.group_size)]            # [P*G]
+    config = r1track.greedy_config(processor, args.max_new_tokens)
+    # sample from the policy itself: temperature and top-p only, no library default top-k
+    config.do_sample, config.temperature, config.top_p, config.top_k = True, args.temperature, args.top_p, 0
+    answers = []
+    was_training = raw.training
+    raw.eval()
+    for start in range(0, len(examples), args.rollout_batch):
+        batch = to_device(r1track.collate(examples[start:start + args.rollout_batch], pad, "left"), dist.device)
+        with torch.inference_mode(), autocast(dist):
+            out = raw.generate(**batch, generation_config=config)
+        for row in out[:, batch["input_ids"].shape[1]:].tolist():
+            stop = row.index(end) + 1 if end in row else len(row)             # keep the end token, drop padding
+            answers.append(row[:stop])
+    raw.train(was_training)
+    texts = tokenizer.batch_decode(answers, skip_special_tokens=True)
+    width = max(len(a) for a in answers)
+    rows = []
+    for example, answer in zip(examples, answers):
+        rows.append({**example, "answer": answer + [pad] * (width - len(answer)),
+                     "answer_mask": [1] * len(answer) + [0] * (width - len(answer))})
+    return rows, texts, [len(a) - (a[-1] == end) for a in answers]
+
+
+def sample_batch(rows, pad, device):
+    """Rollout rows as model inputs, answer ids and answer mask ([B, T] each)."""
+    prompts = r1track.collate(rows, pad_token_id=pad, padding_side="left")
+    answer = torch.tensor([r["answer"] for r in rows])
+    mask = torch.tensor([r["answer_mask"] for r in rows])
+    batch = {
+        "input_ids": torch.cat([prompts["input_ids"], answer], 1),
+        "attention_mask": torch.cat([prompts["attention_mask"], mask], 1),
+        "mm_token_type_ids": torch.cat([prompts["mm_token_type_ids"], torch.zeros_like(answer)], 1),
+        "pixel_values": prompts["pixel_values"], "image_grid_thw": prompts["image_grid_thw"],
+    }
+    return to_device(batch, device), answer.to(device), mask.to(device).float()
+
+
+def token_logprobs(model, batch, answer, temperature, suppressed, with_entropy=False):
+    """Log-probabilities of the answer tokens, [B, T] (and their entropy), under the
+    distribution the rollout sampled from: logits / temperature, without the tokens
+    generation may not emit. Logits are computed for the last T+1 positions only."""
+    width = answer.shape[1]
+    logits = model(**batch, logits_to_keep=width + 1).logits[:, :-1].float() / temperature   # [B, T, V]
+    logits[..., suppressed] = float("-inf")
+    logp_all = torch.log_softmax(logits, -1)
+    logp = logp_all.gather(-1, answer[..., None]).squeeze(-1)
+    if not with_entropy:
+        return logp, None
+    return logp, -(logp_all.exp() * logp_all.masked_fill(logp_all.isinf(), 0)).sum(-1)
+
+
+# -----------------------------------------------------------------------------
+# One step: rollout -> reward -> advantage -> loss
+
+
+def grpo_step(step, model, raw, reference, processor, optimizer, scheduler, stream, args, dist):
+    started = time.perf_counter()
+    pairs = stream.next_pairs(args.prompts_per_step)                           # P questions
+
+    # 1. rollout: G sampled answers to each question                              P*G rows
+    rows, texts, lengths = rollout(raw, processor, pairs, args, dist, step)
+
+    # 2. reward: the published R1-Track reward (or plain IoU) of every answer      [P*G]
+    truths = [pairs[k // args.group_size].search_box_xyxy for k in range(len(texts))]
+    scores, reward_errors = score_answers(texts, lengths, truths, args)
+    rewards = torch.tensor([s["overall"] for s in scores])
+
+    # 3. advantage: each answer against the other answers to the same question     [P*G]
+    advantages = group_advantages(rewards, args.group_size).to(dist.device)
+
+    # 4. loss: PPO-clip against the sampling policy + KL to the reference, token-level
+    #    mean; the answers are split into --updates-per-batch mini-batches, a step each
+    updates = split_updates(len(rows), args)                                    # [U][micro][row]
+    old, ref, sampling = sampling_logprobs(raw, reference, rows, updates, processor, args, dist)
+    trained = ppo_updates(model, optimizer, rows, updates, old, ref, advantages, processor, args, dist)
+    scheduler.step()
+
+    totals = dist.all_sum([float(rewards.sum()), float((rewards ** 2).sum()), float(len(rewards)),
+                           sum(s["iou"] for s in scores), sum(s["format"] for s in scores), float(reward_errors),
+                           float(sum(lengths)), *sampling.values(), *trained.values()])
+    (reward_sum, reward_sq, n, iou, fmt, errors, length, kl, entropy, tokens, loss, clip, grad_norm) = totals
+    mean = reward_sum / n
+    return {"step": step, "reward_mean": mean, "reward_std": math.sqrt(max(reward_sq / n - mean ** 2, 0.0)),
+            "iou_mean": iou / n, "format_rate": fmt / n, "reward_errors": int(errors),
+            "kl": kl / max(tokens, 1.0), "entropy": entropy / max(tokens, 1.0), "response_len": length / n,
+            "loss": loss / dist.world, "clip_frac": clip / dist.world, "grad_norm": grad_norm / dist.world,
+            "lr": scheduler.get_last_lr()[0], "step_s": time.perf_counter() - started}
+
+
+def score_answers(texts, lengths, truths, args):
+    """Rewards of the answers; one whose reward breaks scores -1 and is counted."""
+    scores, errors = [], 0
+    for text, length, truth in zip(texts, lengths, truths):
+        try:
+            scores.append(r1track.reward(text, truth, think=args.think, response_len=length, kind=args.reward))
+        except Exception:
+            errors += 1
+            scores.append({"overall": -1.0, "format": 0.0, "iou": 0.0, "giou": -1.0})
+    return scores, errors
+
+
+def split_updates(count, args):
+    """Row indices in a random order, cut into mini-batches (one optimizer step each) of
+    micro-batches (one forward/backward each)."""
+    order = torch.randperm(count).tolist()
+    per_update = count // args.updates_per_batch
+    return [[order[u + i:u + min(i + args.batch_size, per_update)] for i in range(0, per_update, args.batch_size)]
+            for u in range(0, count, per_update)]
+
+
+@torch.no_grad()
+def sampling_logprobs(raw, reference, rows, updates, processor, args, dist):
+    """The sampling policy's and the reference's log-probs of every answer token, on the
+    very micro-batches the updates will use, so that before any update ratio = 1 and
+    KL = 0 exactly. Also the rollout's summed KL and entropy, and its answer tokens."""
+    pad, suppressed = processor.tokenizer.pad_token_id, r1track.vision_token_ids(processor.tokenizer)
+    old, ref, kl_sum, entropy_sum, tokens = {}, {}, 0.0, 0.0, 0.0
+    raw.eval()
+    with autocast(dist):
+        for chunk in (chunk for update in updates for chunk in update):
+            batch, answer, mask = sample_batch([rows[i] for i in chunk], pad, dist.device)
+            key = tuple(chunk)
+            old[key], entropy = token_logprobs(raw, batch, answer, args.temperature, suppressed, with_entropy=True)
+            with reference(raw) as ref_model:
+                ref[key], _ = token_logprobs(ref_model, batch, answer, args.temperature, suppressed)
+            kl_sum += float((kl_low_var(old[key], ref[key]) * mask).sum())
+            entropy_sum += float((entropy * mask).sum())
+            tokens += float(mask.sum())
+    raw.train()
+    return old, ref, {"kl": kl_sum, "entropy": entropy_sum, "tokens": tokens}
+
+
+def ppo_updates(model, optimizer, rows, updates, old, ref, advantages, processor, args, dist):
+    """One optimizer step per mini-batch; returns the mean loss, clip fraction and gradient norm."""
+    pad, suppressed = processor.tokenizer.pad_token_id, r1track.vision_token_ids(processor.tokenizer)
+    losses, clip_fracs, grad_norms = [], [], []
+    for update in updates:
+        tokens = sum(sum(rows[i]["answer_mask"]) for chunk in update for i in chunk)
+        for c, chunk in enumerate(update):
+            batch, answer, mask = sample_batch([rows[i] for i in chunk], pad, dist.device)
+            key = tuple(chunk)
+            syncing = c == len(update) - 1 or dist.world == 1 or args.fsdp
+            with (contextlib.nullcontext() if syncing else model.no_sync()), autocast(dist):
+                logp, _ = token_logprobs(model, batch, answer, args.temperature, suppressed)          # [B, T]
+                pg, clip_frac = policy_loss(logp, old[key], advantages[list(chunk)], mask, args.clip)
+                kl = (kl_low_var(logp, ref[key]) * mask).sum() / mask.sum().clamp(min=1)
+                share = float(mask.sum()) / tokens  # micro-batch means, weighted into the update's token mean
+                loss = (pg + args.kl_coef * kl) * share
+            loss.backward()
+            losses.append(float(loss.detach()) / share)
+            clip_fracs.append(float(clip_frac))
+        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(trainable_parameters(model), args.grad_clip)))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return {"loss": float(np.mean(losses)), "clip_frac": float(np.mean(clip_fracs)),
+            "grad_norm": float(np.mean(grad_norms))}
+
+
+# -----------------------------------------------------------------------------
+# The reference model
+
+
+def make_reference(raw, args, dist):
+    """reference(policy) -> a context giving the reference model: the policy with its
+    adapter switched off when that adapter is fresh over the --init weights, else a frozen
+    copy of --init (kept on the CPU with --ref-on-cpu)."""
+    if hasattr(raw, "disable_adapter") and not args.continue_adapter:
+        return adapter_off
+    device = torch.device("cpu") if args.ref_on_cpu else dist.device
+    frozen, _ = r1track.load_model(args.init, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+                                   device=device, attn=args.attn)
+    frozen.requires_grad_(False)
+    model = frozen if device == dist.device else _DeviceBridge(frozen, dist.device)
+    return lambda policy: contextlib.nullcontext(model)
+
+
+@contextlib.contextmanager
+def adapter_off(policy):
+    with policy.disable_adapter():
+        yield policy
+
+
+class _DeviceBridge:
+    """Runs a CPU-kept reference on inputs from the GPU and hands its logits back there."""
+
+    def __init__(self, model, device):
+        self.model, self.device = model, device
+
+    def __call__(self, **batch):
+        out = self.model(**{k: v.to("cpu") if torch.is_tensor(v) else v for k, v in batch.items()})
+        out.logits = out.logits.float().to(self.device)
+        return out
+
+
+# -----------------------------------------------------------------------------
+# The training loop
+
+
+def train(args, dist):
+    from tqdm import tqdm
+
+    out = Path(args.out)
+    resume_dir = find_resume(args, dist)
+    train_source, val_source = open_data(args, dist)
+    model, processor = build_model(args, dist, init=args.init, resume_dir=resume_dir,
+                                   fresh_adapter=not (args.full or args.continue_adapter))
+    settings = r1track.TrackSettings(wording=args.wording, think=args.think, crop_size=args.crop_size)
+    model, raw = wrap_distributed(model, args, dist)
+    reference = make_reference(raw, args, dist)
+
+    total_steps = args.max_steps or max(1, math.ceil(args.epochs * len(train_source) /
+                                                      (args.prompts_per_step * dist.world)))
+    optimizer, scheduler = make_optimizer(model, args, dist, total_steps, schedule_kind="constant")
+    state = {"step": 0, "position": 0, "skipped": 0}
+    if resume_dir is not None:
+        state = restore_checkpoint(resume_dir, model, optimizer, scheduler, dist)
+        if dist.main:
+            print(f"resumed from {resume_dir} at step {state['step']}")
+    stream = PairStream(train_source, args.seed, dist, state["position"], state["skipped"])
+    val_pairs = validation_pairs(val_source, args.val_size, args.seed + 1)
+    metrics = Metrics(out, dist, resume_step=state["step"])
+    stop = StopFlag()
+    if dist.main:
+        print(f"GRPO: {sum(p.numel() for p in trainable_parameters(raw)):,} weights, {total_steps} steps of "
+              f"{args.prompts_per_step} questions x {args.group_size} answers on {dist.world} x {dist.device}")
+
+    step = state["step"]
+    bar = tqdm(total=total_steps, initial=step, desc="grpo", unit="step", disable=not dist.main, dynamic_ncols=True)
+    while step < total_steps:
+        step += 1
+        record = grpo_step(step, model, raw, reference, processor, optimizer, scheduler, stream, args, dist)
+        metrics.log(record)
+        bar.update()
+        bar.set_postfix(reward=f"{record['reward_mean']:.3f}", iou=f"{record['iou_mean']:.3f}", kl=f"{record['kl']:.4f}")
+        if val_pairs and (step % args.eval_every == 0 or step == total_steps):
+            _, val_iou = evaluate(model if args.fsdp else raw, processor, val_pairs, args, dist, think=args.think,
+                                  with_loss=False)
+            metrics.log({"step": step, "val_iou": val_iou})
+            if dist.main:
+                bar.write(f"step {step}: val_iou {val_iou:.3f}")
+        metrics.plot()
+        state.update(step=step, position=stream.position, skipped=stream.skipped, epoch=stream.epoch())
+        if stop.agreed(dist):
+            save_checkpoint(out, step, raw, model, optimizer, scheduler, processor, settings, state, dist,
+                            args.keep_checkpoints)
+            bar.close()
+            if dist.main:
+                print(f"interrupted: saved {out / f'checkpoint-{step}'}; rerun with --resume to continue")
+            return 130
+        if step % args.save_every == 0 or step == total_steps:
+            save_checkpoint(out, step, raw, model, optimizer, scheduler, processor, settings, state, dist,
+                            args.keep_checkpoints)
+    bar.close()
+    save_final(out, raw, model, processor, settings, dist)
+    if dist.main:
+        print(f"final model: {out}")
+    if args.merge_lora and hasattr(raw, "peft_config"):
+        from train_sft import merge_lora
+
+        merge_lora(out, dist)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    r1track.quiet_libraries()
+    dist = None
+    try:
+        dist = Dist(args.device)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        return train(args, dist)
+    except (UserError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if dist is not None:
+            dist.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
