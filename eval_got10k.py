@@ -1,0 +1,380 @@
+"""Run and score R1-Track on GOT-10k by the official rules.
+
+  python eval_got10k.py --data GOT-10k --split val --model runs/sft --out results/sft
+  torchrun --nproc_per_node 8 eval_got10k.py --data GOT-10k --split test --out results/r1 --batch 8
+  python eval_got10k.py --data GOT-10k --split val --eval-only results/sft results/grpo
+
+Tracking writes the official layout, RESULTS/<seq>/<seq>_001.txt (x,y,w,h per frame, the
+first row the given box) and <seq>_time.txt (seconds per frame). A finished sequence is
+skipped when the run is started again, and every file is written whole or not at all, so a
+killed run resumes losing nothing. --batch B tracks B sequences at once through one
+batched model call per frame; under torchrun the ranks share the sequences.
+
+Scoring (val; --eval-only for any result folders) follows the official toolkit: frame 1
+left out, only frames where the target is visible (cover > 0), both boxes clipped to the
+image, IoUs pooled over all frames of all sequences. It reports AO, SR0.5, SR0.75, the
+success curve (101 thresholds), FPS and a per-sequence table, and writes success_plot.png.
+The test split's results are packed into RESULTS.zip for the evaluation server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import r1track
+
+
+class InputError(Exception):
+    """Bad input: reported as one line, never a traceback."""
+
+
+# -----------------------------------------------------------------------------
+# Result files
+
+
+def result_files(results: Path, name: str) -> tuple[Path, Path]:
+    return results / name / f"{name}_001.txt", results / name / f"{name}_time.txt"
+
+
+def is_complete(results: Path, name: str, frames: int) -> bool:
+    boxes, times = result_files(results, name)
+    if not (boxes.is_file() and times.is_file()):
+        return False
+    return len(boxes.read_text().splitlines()) == frames
+
+
+def write_sequence(results: Path, name: str, boxes_xywh, seconds):
+    boxes_file, times_file = result_files(results, name)
+    # the time file first: a sequence counts as done once its boxes are there
+    r1track.write_atomic(times_file, "".join(f"{t:.8f}\n" for t in seconds))
+    r1track.write_atomic(boxes_file, "".join(",".join(f"{v:.3f}" for v in box) + "\n" for box in boxes_xywh))
+
+
+def read_boxes(path: Path, rows: int) -> np.ndarray:
+    """An x,y,w,h result file, or InputError naming the file and what is wrong with it."""
+    try:
+        boxes = np.loadtxt(path, delimiter=",", ndmin=2)
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: not a file of x,y,w,h rows ({str(error).splitlines()[0]})") from None
+    if boxes.shape != (rows, 4):
+        raise InputError(f"{path}: expected {rows} rows of x,y,w,h, found {boxes.shape[0]} rows of {boxes.shape[1]}")
+    if not np.isfinite(boxes).all():
+        raise InputError(f"{path}: holds NaN or infinite values")
+    return boxes
+
+
+def read_times(path: Path) -> np.ndarray:
+    if not path.is_file():
+        return np.zeros(0)
+    try:
+        times = np.loadtxt(path, delimiter=",", ndmin=1)
+    except ValueError as error:
+        raise InputError(f"{path}: not a file of seconds per frame ({str(error).splitlines()[0]})") from None
+    times = times.reshape(-1)
+    return times[np.isfinite(times) & (times > 0)]
+
+
+# -----------------------------------------------------------------------------
+# Tracking
+
+
+def load_sequences(root: Path, split: str, wanted=None) -> list[str]:
+    split_dir = root / split
+    try:
+        names = r1track.read_got10k_split(split_dir)
+    except FileNotFoundError as error:
+        raise InputError(str(error)) from None
+    if wanted:
+        unknown = [n for n in wanted if n not in names]
+        if unknown:
+            raise InputError(f"not in {split_dir / 'list.txt'}: {', '.join(unknown)}")
+        names = [n for n in names if n in wanted]
+    return names
+
+
+class SequenceRun:
+    """One sequence being tracked: its frames, its tracker and what it has produced."""
+
+    def __init__(self, tracker, split_dir: Path, name: str):
+        sequence = r1track.read_got10k_sequence(split_dir / name)
+        self.name, self.frames, self.tracker = name, sequence["frames"], tracker
+        started = time.perf_counter()
+        tracker.init(r1track.as_pil(_open(self.frames[0])), sequence["boxes_xywh"][0])
+        self.boxes, self.seconds = [list(sequence["boxes_xywh"][0])], [time.perf_counter() - started]
+
+    @property
+    def done(self):
+        return len(self.boxes) == len(self.frames)
+
+
+def _open(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def track_sequences(tracker, split_dir: Path, names: list[str], results: Path, batch: int, progress=True):
+    """Track `names` B at a time: each frame step asks the answerer about the next frame of
+    every active sequence in one call; a sequence's files are written when it ends."""
+    from tqdm import tqdm
+
+    pending, active = list(names), []
+    bar = tqdm(total=len(names), desc="sequences", unit="seq", disable=not progress, dynamic_ncols=True)
+    while pending or active:
+        while pending and len(active) < batch:
+            # every sequence has its own tracker state; all share one answerer (one model)
+            active.append(SequenceRun(copy.copy(tracker), split_dir, pending.pop(0)))
+        started = time.perf_counter()
+        frames = [_open(run.frames[len(run.boxes)]) for run in active]
+        requests = [run.tracker.request(frame) for run, frame in zip(active, frames)]
+        answers = tracker.answerer(requests)
+        boxes = [run.tracker.accept(answer) for run, answer in zip(active, answers)]
+        seconds = (time.perf_counter() - started) / len(active)  # the batch's time, shared out
+        for run, box in zip(active, boxes):
+            run.boxes.append(box)
+            run.seconds.append(seconds)
+        for run in [run for run in active if run.done]:
+            write_sequence(results, run.name, run.boxes, run.seconds)
+            active.remove(run)
+            bar.update()
+    bar.close()
+
+
+# -----------------------------------------------------------------------------
+# Scoring, by the official toolkit's rules
+
+
+def bounded_iou(boxes_a, boxes_b, width, height) -> np.ndarray:
+    """IoU of x,y,w,h rows after clipping both to the image exactly as the official toolkit
+    does: x into [0, W], then w into [0, W - x] (so a box hanging over the left edge keeps
+    its width), likewise y and h."""
+    clipped = []
+    for boxes in (boxes_a, boxes_b):
+        boxes = np.array(boxes, dtype=float)
+        boxes[:, 0] = np.clip(boxes[:, 0], 0, width)
+        boxes[:, 1] = np.clip(boxes[:, 1], 0, height)
+        boxes[:, 2] = np.clip(boxes[:, 2], 0, width - boxes[:, 0])
+        boxes[:, 3] = np.clip(boxes[:, 3], 0, height - boxes[:, 1])
+        clipped.append(boxes)
+    a, b = clipped
+    w = np.maximum(np.minimum(a[:, 0] + a[:, 2], b[:, 0] + b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0)
+    h = np.maximum(np.minimum(a[:, 1] + a[:, 3], b[:, 1] + b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0)
+    inter = w * h
+    union = a[:, 2] * a[:, 3] + b[:, 2] * b[:, 3] - inter
+    return np.clip(inter / (union + np.finfo(float).eps), 0.0, 1.0)
+
+
+THRESHOLDS = np.linspace(0, 1, 101)
+
+
+def summarise(ious: np.ndarray, times: np.ndarray) -> dict:
+    return {"ao": float(np.mean(ious)) if len(ious) else 0.0,
+            "sr50": float(np.mean(ious > 0.5)) if len(ious) else 0.0,
+            "sr75": float(np.mean(ious > 0.75)) if len(ious) else 0.0,
+            "fps": float(np.mean(1.0 / times)) if len(times) else -1.0,
+            "succ_curve": [float(np.mean(ious > t)) if len(ious) else 0.0 for t in THRESHOLDS]}
+
+
+def score(results: Path, split_dir: Path, names: list[str]) -> dict:
+    """The report of one result folder: overall AO, SR0.5, SR0.75, FPS, success curve, and
+    the same per sequence. Every result file is checked before anything is computed."""
+    pooled_ious, pooled_times, per_sequence, missing = [], [], {}, []
+    checked = []
+    for name in names:
+        sequence = r1track.read_got10k_sequence(split_dir / name)
+        truth = sequence["boxes_xywh"]
+        repetitions = sorted((results / name).glob(f"{name}_[0-9][0-9][0-9].txt"))
+        if not repetitions:
+            missing.append(name)
+            continue
+        checked.append((name, sequence, [read_boxes(f, len(truth)) for f in repetitions]))
+    if missing:
+        raise InputError(f"{results}: no results for {len(missing)} of {len(names)} sequences "
+                         f"(first: {missing[0]}); track them first or pass --sequences")
+    for name, sequence, runs in checked:
+        truth = sequence["boxes_xywh"]
+        if "resolution" not in sequence:
+            raise InputError(f"{split_dir / name / 'meta_info.ini'}: no resolution")
+        width, height = sequence["resolution"]
+        visible = sequence["cover"][1:] > 0 if "cover" in sequence else np.ones(len(truth) - 1, bool)
+        ious = np.concatenate([bounded_iou(run[1:], truth[1:], width, height)[visible] for run in runs])
+        times = read_times(result_files(results, name)[1])
+        pooled_ious.append(ious)
+        pooled_times.append(times)
+        report = summarise(ious, times)
+        del report["succ_curve"]
+        per_sequence[name] = {**report, "frames": len(truth)}
+    report = summarise(np.concatenate(pooled_ious), np.concatenate(pooled_times))
+    return {**report, "per_sequence": per_sequence}
+
+
+def print_reports(reports: dict, per_sequence=True):
+    labels = list(reports)
+    if per_sequence and len(reports) == 1:
+        table = reports[labels[0]]["per_sequence"]
+        width = max(len(n) for n in table)
+        print(f"{'sequence':<{width}}  frames     AO  SR0.5  SR0.75     FPS")
+        for name, row in table.items():
+            print(f"{name:<{width}}  {row['frames']:>6}  {row['ao']:.3f}  {row['sr50']:.3f}   {row['sr75']:.3f}  "
+                  f"{row['fps']:>6.2f}")
+    width = max(10, *(len(label) for label in labels))
+    print(f"{'':<8}" + "".join(f"{label:>{width + 2}}" for label in labels))
+    for key, title in (("ao", "AO"), ("sr50", "SR0.5"), ("sr75", "SR0.75"), ("fps", "FPS")):
+        print(f"{title:<8}" + "".join(f"{reports[label][key]:>{width + 2}.3f}" for label in labels))
+
+
+def plot_success(reports: dict, png: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for label, report in sorted(reports.items(), key=lambda item: -item[1]["ao"]):
+        ax.plot(THRESHOLDS, report["succ_curve"], label=f"{label} [AO {report['ao']:.3f}]")
+    ax.set(xlabel="overlap threshold", ylabel="success rate", xlim=(0, 1), ylim=(0, 1), title="Success plot on GOT-10k")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png.with_name(f".{png.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, png)
+
+
+def pack_for_server(results: Path) -> Path:
+    """RESULTS.zip: <seq>/<seq>_001.txt and <seq>_time.txt, as the evaluation server takes them."""
+    archive = results.with_name(results.name + ".zip")
+    packed = shutil.make_archive(str(results.with_name(f".{results.name}.tmp")), "zip", root_dir=results)
+    os.replace(packed, archive)
+    return archive
+
+
+# -----------------------------------------------------------------------------
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="the GOT-10k root (holding val/ and test/)")
+    parser.add_argument("--split", default="val", choices=["val", "test", "train"], help="the split (default: val)")
+    parser.add_argument("--sequences", nargs="+", metavar="NAME", help="only these sequences (default: all in list.txt)")
+    parser.add_argument("--out", help="result folder (default: results/<model name>)")
+    parser.add_argument("--model", default=r1track.DEFAULT_MODEL, help=f"hub id or folder (default: {r1track.DEFAULT_MODEL})")
+    parser.add_argument("--server", help="an OpenAI-compatible server URL to ask instead of a local model")
+    parser.add_argument("--server-model", help="the model name the server serves (default: its first)")
+    parser.add_argument("--batch", type=int, default=1, help="sequences tracked at once, in one batched call (default: 1)")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available; under torchrun the "
+                        "LOCAL_RANK GPU)")
+    parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="weights dtype")
+    parser.add_argument("--think", action=argparse.BooleanOptionalAction, default=None,
+                        help="ask for reasoning first (default: as the model was trained)")
+    parser.add_argument("--recover", action="store_true", help="widen the search after a failed answer")
+    parser.add_argument("--eval-only", nargs="+", metavar="RESULTS", help="score these result folders, track nothing")
+    parser.add_argument("--report", help="write the report(s) as JSON here (default: RESULTS/report.json)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def make_tracker(args, device):
+    import torch
+
+    if args.server:
+        return r1track.Tracker(server=args.server, server_model=args.server_model, think=args.think,
+                               recover=args.recover)
+    try:
+        loaded = r1track.load_model(args.model, dtype=getattr(torch, args.dtype) if args.dtype else None, device=device)
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot load the model {args.model}: {str(error).splitlines()[0]}") from None
+    return r1track.Tracker(loaded, think=args.think, recover=args.recover)
+
+
+def run(args) -> int:
+    if args.eval_only and args.split == "test":
+        raise InputError("the test split has no ground truth: its RESULTS.zip goes to the evaluation server")
+    if args.batch < 1:
+        raise InputError("--batch must be at least 1")
+    root = Path(args.data)
+    names = load_sequences(root, args.split, args.sequences)
+    split_dir = root / args.split
+
+    if args.eval_only:
+        reports = {Path(folder).name: score(Path(folder), split_dir, names) for folder in args.eval_only}
+        first = Path(args.eval_only[0])
+        return finish(args, reports, first)
+
+    results = Path(args.out or f"results/{Path(args.model.rstrip('/')).name}")
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = args.device or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if _cuda() else "cpu")
+    todo = []
+    for name in names[rank::world]:  # each rank its share
+        frames = len(r1track.read_got10k_sequence(split_dir / name)["frames"])
+        if not is_complete(results, name, frames):
+            todo.append(name)
+    if rank == 0:
+        print(f"{len(names)} sequences in {split_dir}; {_done(results, split_dir, names)} already tracked in {results}")
+    if todo:
+        tracker = make_tracker(args, device)
+        track_sequences(tracker, split_dir, todo, results, args.batch, progress=not args.no_progress and rank == 0)
+    if world > 1:
+        _barrier()
+    if rank != 0:
+        return 0
+    if args.split == "test":
+        archive = pack_for_server(results)
+        print(f"results for the evaluation server: {archive}")
+        return 0
+    return finish(args, {results.name: score(results, split_dir, names)}, results)
+
+
+def finish(args, reports: dict, folder: Path) -> int:
+    print_reports(reports)
+    report_file = Path(args.report) if args.report else folder / "report.json"
+    single = len(reports) == 1
+    r1track.write_atomic(report_file, json.dumps(next(iter(reports.values())) if single else reports, indent=2))
+    plot_success(reports, report_file.with_name("success_plot.png"))
+    print(f"report: {report_file}, plot: {report_file.with_name('success_plot.png')}")
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _done(results: Path, split_dir: Path, names) -> int:
+    return sum(is_complete(results, n, len(r1track.read_got10k_sequence(split_dir / n)["frames"])) for n in names)
+
+
+def _barrier():
+    import torch.distributed as torch_dist
+
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group("gloo")
+    torch_dist.barrier()
+    torch_dist.destroy_process_group()
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    r1track.quiet_libraries()
+    try:
+        return run(args)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
