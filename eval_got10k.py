@@ -136,9 +136,7 @@ def track_sequences(tracker, split_dir: Path, names: list[str], results: Path, b
             active.append(SequenceRun(copy.copy(tracker), split_dir, pending.pop(0)))
         started = time.perf_counter()
         frames = [_open(run.frames[len(run.boxes)]) for run in active]
-        requests = [run.tracker.request(frame) for run, frame in zip(active, frames)]
-        answers = tracker.answerer(requests)
-        boxes = [run.tracker.accept(answer) for run, answer in zip(active, answers)]
+        boxes = r1track.update_batch([run.tracker for run in active], frames)
         seconds = (time.perf_counter() - started) / len(active)  # the batch's time, shared out
         for run, box in zip(active, boxes):
             run.boxes.append(box)

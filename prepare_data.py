@@ -57,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--sequences", type=positive_int, default=8, help="number of sequences")
     synthetic.add_argument("--frames", type=positive_int, default=30, help="frames per sequence")
     synthetic.add_argument("--size", type=parse_size, default=(320, 240), help="frame size WIDTHxHEIGHT")
-    synthetic.add_argument("--distractors", type=int, default=2, help="look-alike objects per sequence")
+    synthetic.add_argument("--style", default="clutter", choices=r1track.SYNTHETIC_STYLES,
+                           help="clutter: textured background, look-alikes, occlusion, absence; "
+                           "plain: the target alone on a flat background")
+    synthetic.add_argument("--distractors", type=int, default=None,
+                           help="look-alike objects per sequence (default: 2 for clutter, 0 for plain)")
     synthetic.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same data")
     return parser
 
@@ -116,7 +120,7 @@ def main(argv=None) -> int:
         try:
             split_dir = r1track.make_synthetic_got10k(
                 args.out, split=args.split, sequences=args.sequences, frames=args.frames,
-                size=args.size, seed=args.seed, distractors=args.distractors)
+                size=args.size, seed=args.seed, distractors=args.distractors, style=args.style)
         except OSError as error:
             print(f"error: cannot write the dataset: {error}", file=sys.stderr)
             return 2

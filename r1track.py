@@ -776,6 +776,13 @@ def _smooth_noise(rng, width, height, cells, channels=3) -> np.ndarray:
     return np.asarray(Image.fromarray(grid).resize((width, height), Image.BICUBIC), dtype=np.float32)
 
 
+def _saturated(rng) -> np.ndarray:
+    """A random fully saturated colour (a random hue)."""
+    import colorsys
+
+    return np.array(colorsys.hsv_to_rgb(rng.uniform(), 1.0, rng.uniform(0.7, 1.0))) * 255
+
+
 def _patterned_patch(rng, colours) -> np.ndarray:
     """A 32x32 two-colour pattern (stripes or checks) that identifies an object."""
     yy, xx = np.mgrid[0:32, 0:32]
@@ -821,15 +828,24 @@ def _random_walk(rng, frames, start, low, high, speed):
     return np.array(path)
 
 
+SYNTHETIC_STYLES = ("clutter", "plain")
+
+
 def make_synthetic_got10k(root, split="val", sequences=8, frames=30, size=(320, 240), seed=0,
-                          distractors=2) -> Path:
+                          distractors=None, style="clutter") -> Path:
     """Write a small dataset in the official GOT-10k layout under `root/split`.
 
-    Each sequence has a patterned target that moves and changes scale over a textured
-    background, look-alike distractors, an occluder that sometimes passes over the target,
-    and, in some sequences, frames where the target leaves the image or is fully hidden.
+    style="clutter": each sequence has a patterned target that moves and changes scale over
+    a textured background, look-alike distractors (2 unless given), an occluder that
+    sometimes passes over the target, and, in some sequences, frames where the target leaves
+    the image or is fully hidden. style="plain": the target alone on a flat background (no
+    distractors unless given, no occluder), the easy case a very small model can learn.
     Labels (cover, absence, cut_by_image) are computed from what is really drawn.
     """
+    if style not in SYNTHETIC_STYLES:
+        raise ValueError(f"unknown style {style!r}; choose one of {', '.join(SYNTHETIC_STYLES)}")
+    plain = style == "plain"
+    distractors = (0 if plain else 2) if distractors is None else distractors
     width, height = size
     split_dir = Path(root) / split
     split_dir.mkdir(parents=True, exist_ok=True)
@@ -841,14 +857,18 @@ def make_synthetic_got10k(root, split="val", sequences=8, frames=30, size=(320, 
         seq_dir = split_dir / name
         seq_dir.mkdir(exist_ok=True)
 
-        background = 0.7 * _smooth_noise(rng, width, height, (8, 6)) + 0.3 * _smooth_noise(rng, width, height, (40, 30))
-        colours = rng.uniform(0, 255, size=(distractors + 1, 2, 3))
+        if plain:  # a grey background and targets in saturated colours: easy to tell apart
+            background = np.full((height, width, 3), rng.uniform(60, 190), dtype=np.float32)
+            colours = np.array([[_saturated(rng), _saturated(rng)] for _ in range(distractors + 1)])
+        else:
+            background = 0.7 * _smooth_noise(rng, width, height, (8, 6)) + 0.3 * _smooth_noise(rng, width, height, (40, 30))
+            colours = rng.uniform(0, 255, size=(distractors + 1, 2, 3))
         patches = [_patterned_patch(rng, c) for c in colours]
         base_w = rng.uniform(0.08, 0.25) * width
         base_h = base_w * rng.uniform(0.5, 2.0)
         scale_wave = 1 + 0.3 * np.sin(np.linspace(0, rng.uniform(1, 4), frames) + rng.uniform(0, 6))
         margin = np.array([base_w, base_h]) * 0.5
-        leaves = rng.random() < 0.3  # this target walks out of the image for a while
+        leaves = rng.random() < 0.3 and not plain  # this target walks out of the image for a while
         low = -margin * (2.5 if leaves else 0.0)
         high = np.array([width, height]) - margin * (1.0 if not leaves else -1.5) - np.array([base_w, base_h]) * 0.3
         start = rng.uniform([base_w * 0.2, base_h * 0.2], [width - base_w * 1.2, height - base_h * 1.2])
@@ -857,7 +877,7 @@ def make_synthetic_got10k(root, split="val", sequences=8, frames=30, size=(320, 
         path[0] = start  # the first frame always shows the whole target
         others = [_random_walk(rng, frames, rng.uniform([0, 0], [width * 0.8, height * 0.8]),
                                (0, 0), (width * 0.85, height * 0.85), speed) for _ in range(distractors)]
-        occluder_on = rng.random() < 0.6
+        occluder_on = rng.random() < 0.6 and not plain
         occluder_w = rng.uniform(0.6, 1.6) * base_w
         occluder_x = np.linspace(-occluder_w, width, frames) if rng.random() < 0.5 else np.linspace(width, -occluder_w, frames)
         occluder_colour = rng.uniform(60, 200, size=3)
@@ -1122,20 +1142,190 @@ class Request(NamedTuple):
     template: Image.Image
     search: Image.Image
     template_box_xyxy: list
+    state: dict | None = None  # the sequence's scratch space, kept by its tracker for the answerer
 
 
 class ModelAnswerer:
-    """Greedy answers from a local Qwen2.5-VL, batched with left padding."""
+    """Greedy answers from a local Qwen2.5-VL through `generate`, the whole prompt every
+    frame, batched with left padding. min_new_tokens holds the end back (for timing
+    random weights with answers of a realistic length)."""
 
-    def __init__(self, model, processor, settings: TrackSettings, max_new_tokens=None):
+    def __init__(self, model, processor, settings: TrackSettings, max_new_tokens=None, min_new_tokens=0):
         self.model, self.processor, self.settings = model, processor, settings
         self.config = greedy_config(processor, max_new_tokens or (512 if settings.think else 48))
+        self.config.min_new_tokens = min_new_tokens
 
     def __call__(self, requests: list[Request]) -> list[str]:
         examples = [build_inputs(self.processor, r.template, r.search, r.template_box_xyxy, think=self.settings.think,
                                  wording=self.settings.wording, return_tensors=False) for r in requests]
         batch = collate(examples, self.processor.tokenizer.pad_token_id, padding_side="left")
         return generate_answers(self.model, self.processor, batch, self.config)
+
+
+class FastAnswerer:
+    """The greedy answers of ModelAnswerer with less work per frame.
+
+    - Template reuse: the prompt up to the search image (system text, template image) is the
+      same on every frame of a sequence; its KV cache is computed once and each frame runs
+      only the search image and the question. The 3D positions are taken from the full
+      prompt, so the model sees exactly what a full-prompt forward would.
+    - Batching: one call answers many sequences; their prefix caches are stacked and the
+      questions (whose box digits differ in length) left-padded against them.
+    - Drafting: the answer is guessed from the previous frame's answer (at first, from the
+      template box: both crops are centred alike) and checked in one forward pass; the
+      longest run the model agrees with is kept, so greedy output is unchanged.
+    `decode_passes` counts the forward passes after the first token.
+    """
+
+    def __init__(self, model, processor, settings: TrackSettings, max_new_tokens=None, reuse_template=True,
+                 draft=True, draft_tokens=8, min_new_tokens=0):
+        self.model, self.processor, self.settings = model, processor, settings
+        self.max_new_tokens = max_new_tokens or (512 if settings.think else 48)
+        self.min_new_tokens = min_new_tokens
+        self.reuse_template = reuse_template
+        self.draft_tokens = draft_tokens if draft and not settings.think else 0
+        tokenizer = processor.tokenizer
+        self.end_ids = {tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.pad_token_id}
+        self.pad = tokenizer.pad_token_id
+        self.suppressed = vision_token_ids(tokenizer)
+        self.decode_passes = 0
+
+    def __call__(self, requests: list[Request]) -> list[str]:
+        import torch
+
+        with torch.inference_mode():
+            states = [self._sequence(r) for r in requests]
+            cache, mask, first = self._prefill(requests, states)
+            answers = self._decode(states, cache, mask, first)
+        texts = []
+        for state, answer in zip(states, answers):
+            answer = answer[:self.max_new_tokens]  # a last pass may have accepted drafts past the limit
+            state["draft"] = answer  # the next frame's guess
+            texts.append(self.processor.tokenizer.decode(answer, skip_special_tokens=True))
+        return texts
+
+    def _forward(self, **inputs):
+        import torch
+
+        device = self.model.device
+        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        return self.model(**inputs, use_cache=True)
+
+    def _sequence(self, request: Request) -> dict:
+        """What stays the same over a sequence, computed at its first frame: token ids, 3D
+        positions, the template's pixels and (with template reuse) the prefix's KV cache."""
+        state = request.state if request.state is not None else {}
+        if "ids" in state:
+            return state
+        import torch
+
+        s = self.settings
+        inputs = build_inputs(self.processor, request.template, request.search, request.template_box_xyxy,
+                              think=s.think, wording=s.wording)
+        qwen = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        positions, _ = qwen.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
+                                                 image_grid_thw=inputs["image_grid_thw"])
+        ids = inputs["input_ids"][0].tolist()
+        vision_start = self.processor.tokenizer.convert_tokens_to_ids("<|vision_start|>")
+        search_start = [i for i, t in enumerate(ids) if t == vision_start][1]
+        prefix = search_start if self.reuse_template else 0
+        template_patches = int(inputs["image_grid_thw"][0].prod())
+        state.update(ids=ids, types=inputs["mm_token_type_ids"][0], positions=positions[:, 0], prefix=prefix,
+                     next_position=int(positions.max()) + 1, grids=inputs["image_grid_thw"],
+                     template_pixels=inputs["pixel_values"][:template_patches])
+        if prefix:
+            out = self._forward(input_ids=inputs["input_ids"][:, :prefix],
+                                attention_mask=torch.ones(1, prefix, dtype=torch.long),
+                                position_ids=positions[:, :, :prefix],
+                                mm_token_type_ids=inputs["mm_token_type_ids"][:, :prefix],
+                                pixel_values=state["template_pixels"], image_grid_thw=inputs["image_grid_thw"][:1],
+                                logits_to_keep=1)
+            state["prefix_cache"] = [(layer.keys, layer.values) for layer in out.cache.layers]
+        answer_ids = self.processor.tokenizer(format_box_xyxy(request.template_box_xyxy), add_special_tokens=False)
+        state["draft"] = answer_ids["input_ids"] + [self.processor.tokenizer.convert_tokens_to_ids(END_OF_TURN)]
+        return state
+
+    def _prefill(self, requests, states):
+        """Run every row's search image and question (left-padded to one width) against its
+        prefix; returns the cache, the attention mask so far and each row's first token."""
+        import torch
+        from transformers import DynamicCache
+
+        search = self.processor.image_processor(images=[r.search for r in requests], return_tensors="pt")
+        prefix = states[0]["prefix"]
+        suffixes = [state["ids"][prefix:] for state in states]
+        rows, width = len(states), max(len(x) for x in suffixes)
+        ids = torch.full((rows, width), self.pad, dtype=torch.long)
+        positions = torch.ones(3, rows, width, dtype=torch.long)
+        types = torch.zeros(rows, width, dtype=torch.long)
+        mask = torch.zeros(rows, prefix + width, dtype=torch.long)
+        mask[:, :prefix] = 1
+        for row, (state, suffix) in enumerate(zip(states, suffixes)):
+            n = len(suffix)
+            ids[row, width - n:] = torch.tensor(suffix)
+            positions[:, row, width - n:] = state["positions"][:, prefix:]
+            types[row, width - n:] = state["types"][prefix:]
+            mask[row, prefix + width - n:] = 1
+        if prefix:  # stack the rows' prefix caches; only the search images are new
+            layers = zip(*(state["prefix_cache"] for state in states))
+            cache = DynamicCache(ddp_cache_data=[(torch.cat([k for k, _ in layer]), torch.cat([v for _, v in layer]))
+                                                 for layer in layers])
+            pixels, grids = search["pixel_values"], search["image_grid_thw"]
+        else:
+            cache = DynamicCache()
+            per_image = search["pixel_values"].chunk(rows)
+            pixels = torch.cat([torch.cat([state["template_pixels"], p]) for state, p in zip(states, per_image)])
+            grids = torch.cat([state["grids"] for state in states])
+        out = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, mm_token_type_ids=types,
+                            pixel_values=pixels, image_grid_thw=grids, cache=cache, logits_to_keep=1)
+        return out.cache, mask, self._greedy(out.logits, [0] * rows)[:, -1].tolist()
+
+    def _greedy(self, logits, answer_lengths):
+        """Argmax tokens [rows, positions]; position i of a row would be token answer_length + i
+        of its answer (before min_new_tokens the end is held back)."""
+        import torch
+
+        logits = logits.float()
+        logits[..., self.suppressed] = float("-inf")
+        if self.min_new_tokens:
+            index = torch.as_tensor(answer_lengths)[:, None] + torch.arange(logits.shape[1])
+            early = (index < self.min_new_tokens).to(logits.device)
+            for end in self.end_ids:
+                logits[..., end] = logits[..., end].masked_fill(early, float("-inf"))
+        return logits.argmax(-1).cpu()
+
+    def _decode(self, states, cache, mask, first):
+        """Greedy decoding, each pass feeding every row its last token and K drafted ones."""
+        import torch
+
+        rows, k = len(states), self.draft_tokens
+        answers = [[token] for token in first]
+        done = [token in self.end_ids for token in first]
+        position = torch.tensor([state["next_position"] for state in states])  # where the next fed token goes
+        while not all(done) and max(len(a) for a in answers) < self.max_new_tokens:
+            fed = torch.full((rows, k + 1), self.pad, dtype=torch.long)
+            for row, (state, answer) in enumerate(zip(states, answers)):
+                drafted = state["draft"][len(answer):len(answer) + k]  # aligned by place in the answer
+                fed[row, :1 + len(drafted)] = torch.tensor([answer[-1], *drafted])
+            positions = (position[:, None] + torch.arange(k + 1)).expand(3, rows, k + 1)
+            mask = torch.cat([mask, torch.ones(rows, k + 1, dtype=torch.long)], 1)
+            out = self._forward(input_ids=fed, attention_mask=mask, position_ids=positions, cache=cache)
+            self.decode_passes += 1
+            # best[row][i]: the model's token after fed[row][i]
+            cache, best = out.cache, self._greedy(out.logits, [len(a) for a in answers]).tolist()
+            for row in range(rows):
+                if done[row]:
+                    continue
+                kept = 0  # drafted tokens the model agrees with
+                while kept < k and fed[row, 1 + kept] == best[row][kept] and best[row][kept] not in self.end_ids:
+                    kept += 1
+                answers[row] += best[row][:kept + 1]
+                done[row] = answers[row][-1] in self.end_ids or len(answers[row]) >= self.max_new_tokens
+                mask[row, mask.shape[1] - k + kept:] = 0  # the drafts after a disagreement were never said
+                position[row] += kept + 1
+        return answers
 
 
 class ServerAnswerer:
@@ -1232,6 +1422,8 @@ class Tracker:
     a loaded `(model, processor)`, an OpenAI-compatible server (`Tracker(server=URL)`), or
     `answer_fn(template_img, search_img, template_box_xyxy) -> str`. The prompt wording,
     think mode, crop size and factors come from the checkpoint's settings unless given.
+    A local model answers through FastAnswerer (template reuse, drafting; the same greedy
+    answers); fast=False asks plain `generate` with the whole prompt every frame.
 
     Each frame: search crop around the previous box (factor 4) -> answer -> box clamped to
     the crop; an unparsable or empty answer reuses the previous answer -> back to the frame
@@ -1242,7 +1434,7 @@ class Tracker:
 
     def __init__(self, model=None, *, server=None, answer_fn=None, server_model=None, crop_size=None,
                  template_factor=None, search_factor=None, think=None, wording=None, device=None, dtype=None,
-                 recover=False, max_new_tokens=None, name=None):
+                 recover=False, max_new_tokens=None, name=None, fast=True):
         if sum(x is not None for x in (model, server, answer_fn)) != 1:
             raise ValueError("give exactly one of: a model (name, folder or (model, processor)), server=, answer_fn=")
         loaded = None
@@ -1258,7 +1450,8 @@ class Tracker:
                          think=think, wording=wording)
         self.settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
         if loaded is not None:
-            self.answerer = ModelAnswerer(*loaded, self.settings, max_new_tokens)
+            answerer = FastAnswerer if fast else ModelAnswerer
+            self.answerer = answerer(*loaded, self.settings, max_new_tokens)
         elif server is not None:
             self.answerer = ServerAnswerer(server, self.settings, server_model, max_new_tokens)
         else:
@@ -1277,9 +1470,10 @@ class Tracker:
         self.previous_answer_xyxy = self.template_box_xyxy  # the answer reused before a first good one
         self.box_xywh, self.frame_size = box_xywh, frame.size
         self.fallbacks = self.misses = 0
+        self.state = {}  # the answerer's per-sequence cache (e.g. the template's keys and values)
 
     def update(self, image) -> list[float]:
-        return self.accept(self.answerer([self.request(image)])[0])
+        return update_batch([self], [image])[0]
 
     # -- one frame in two halves, so that many sequences can share one model call --
 
@@ -1292,7 +1486,7 @@ class Tracker:
             factor = min(s.search_factor * RECOVERY_GROWTH ** self.misses, max(RECOVERY_MAX_FACTOR, s.search_factor))
         search, _, scale, origin = crop_around(frame, self.box_xywh, factor, s.crop_size)
         self._search_geometry = (scale, origin, frame.size)
-        return Request(self.template, search, self.template_box_xyxy)
+        return Request(self.template, search, self.template_box_xyxy, self.state)
 
     def accept(self, answer: str) -> list[float]:
         """The frame box (x, y, w, h) from the answer to the last request."""
@@ -1342,6 +1536,13 @@ class Tracker:
                 boxes[f] = self.update(image)
             times[f] = time.perf_counter() - start
         return boxes, times
+
+
+def update_batch(trackers: list[Tracker], images) -> list[list[float]]:
+    """One frame for each of several trackers (copies of one tracker, one per sequence,
+    sharing its answerer) in a single answerer call: a batch for a local model."""
+    answers = trackers[0].answerer([tracker.request(image) for tracker, image in zip(trackers, images)])
+    return [tracker.accept(answer) for tracker, answer in zip(trackers, answers)]
 
 
 # -----------------------------------------------------------------------------

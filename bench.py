@@ -1,0 +1,300 @@
+"""Measure R1-Track's tracking speed: the naive loop against template reuse, drafting and
+batched streams, in one process, on one model and the same clips, checking that every
+variant gives exactly the naive loop's boxes.
+
+  python bench.py                                 # the demo checkpoint on this machine
+  python bench.py --model runs/sft --device cuda --json bench.json
+  python bench.py --architecture 3b --device cuda # Qwen2.5-VL-3B's shape, random weights
+  python bench.py --train --device cuda           # SFT tokens/s and peak memory: LoRA, QLoRA, full
+
+Variants (per-frame latency and frames/s, medians of --repeats runs):
+  naive           the whole prompt through `generate` every frame, one sequence at a time
+  template_reuse  the template's KV cache computed once per sequence
+  draft           the answer guessed from the last one and checked in one pass
+  fast            both
+  naive_batch     --streams sequences per `generate` call
+  fast_batch      --streams sequences per call, template reuse and drafting
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import r1track
+
+DEMO_MODEL = Path(__file__).resolve().parent / "demo_model"
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(DEMO_MODEL), help="hub id or folder (default: the demo checkpoint)")
+    parser.add_argument("--architecture", choices=["3b"], help="instead of --model: random weights in the shape of "
+                        "Qwen2.5-VL-3B (answers held to --answer-tokens tokens)")
+    parser.add_argument("--answer-tokens", type=int, default=17, help="answer length forced on random weights")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="weights dtype")
+    parser.add_argument("--streams", type=int, default=8, help="sequences, and the batch of the batched variants")
+    parser.add_argument("--frames", type=int, default=30, help="frames per sequence")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each variant; medians are reported")
+    parser.add_argument("--train", action="store_true", help="measure SFT throughput instead of tracking")
+    parser.add_argument("--train-steps", type=int, default=10, help="optimizer steps timed per training mode")
+    parser.add_argument("--json", help="write the results here")
+    return parser
+
+
+# -----------------------------------------------------------------------------
+# Models
+
+
+def qwen2_5_vl_3b_config(tokenizer):
+    """Qwen2.5-VL-3B-Instruct's published architecture, with this tokenizer's special ids."""
+    from transformers import Qwen2_5_VLConfig
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in r1track.QWEN_SPECIAL_TOKENS}
+    return Qwen2_5_VLConfig(
+        text_config={"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
+                     "num_attention_heads": 16, "num_key_value_heads": 2, "max_position_embeddings": 128000,
+                     "rms_norm_eps": 1e-6, "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
+                                                                "mrope_section": [16, 24, 24]},
+                     "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+                     "pad_token_id": ids["<|endoftext|>"]},
+        vision_config={"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+                       "out_hidden_size": 2048, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                       "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31]},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True)
+
+
+def load(args):
+    """(model, processor, settings): a checkpoint, or random weights of the 3B architecture."""
+    import torch
+
+    device = args.device or r1track.default_device()
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    if not args.architecture:
+        model, processor = r1track.load_model(args.model, dtype=dtype, device=device)
+        return model, processor, model.r1track_settings
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    with tempfile.TemporaryDirectory() as folder:  # its tokenizer and image processor, with no download
+        processor = r1track.load_processor(str(r1track.save_tiny_model(Path(folder) / "tiny")))
+    dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(
+            qwen2_5_vl_3b_config(processor.tokenizer), dtype=dtype,
+            attn_implementation="flash_attention_2" if _flash_attn(device) else "sdpa")
+    return model.eval(), processor, r1track.TrackSettings(crop_size=336)
+
+
+def _flash_attn(device) -> bool:
+    import importlib.util
+
+    return str(device).startswith("cuda") and importlib.util.find_spec("flash_attn") is not None
+
+
+# -----------------------------------------------------------------------------
+# Tracking speed
+
+
+def make_clips(streams, frames, seed=0):
+    """Synthetic sequences (frames as images, first boxes) made on the spot."""
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as folder:
+        split = r1track.make_synthetic_got10k(folder, "val", sequences=streams, frames=frames, seed=seed, style="plain")
+        clips = []
+        for name in r1track.read_got10k_split(split):
+            sequence = r1track.read_got10k_sequence(split / name)
+            clips.append(([Image.open(f).convert("RGB") for f in sequence["frames"]], sequence["boxes_xywh"][0]))
+    return clips
+
+
+def run_variant(answerer, settings, clips, batch):
+    """Track every clip, `batch` of them per answerer call; returns (boxes, seconds per
+    frame, answerer calls)."""
+    base = r1track.Tracker(answer_fn=lambda *a: "", crop_size=settings.crop_size, think=settings.think,
+                           wording=settings.wording, template_factor=settings.template_factor,
+                           search_factor=settings.search_factor)
+    base.answerer = answerer
+    boxes, tracked, elapsed, calls = [], 0, 0.0, 0
+    for start in range(0, len(clips), batch):
+        group = clips[start:start + batch]
+        trackers = [copy.copy(base) for _ in group]
+        for tracker, (frames, first_box) in zip(trackers, group):
+            tracker.init(frames[0], first_box)
+        group_boxes = [[list(box)] for _, box in group]
+        started = time.perf_counter()
+        for t in range(1, len(group[0][0])):
+            for row, box in enumerate(r1track.update_batch(trackers, [frames[t] for frames, _ in group])):
+                group_boxes[row].append(box)
+            calls += 1
+        elapsed += time.perf_counter() - started
+        tracked += len(group) * (len(group[0][0]) - 1)
+        boxes += group_boxes
+    return boxes, elapsed / tracked, calls
+
+
+def count_forwards(model):
+    """A counter of the model's forward calls (for the naive loop's decode steps)."""
+    calls = {"n": 0}
+
+    def hook(module, args, kwargs):
+        calls["n"] += 1
+
+    return calls, model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def bench_tracking(args) -> dict:
+    model, processor, settings = load(args)
+    forced = args.answer_tokens if args.architecture else 0
+    clips = make_clips(args.streams, args.frames)
+
+    def naive():
+        return r1track.ModelAnswerer(model, processor, settings, max_new_tokens=forced or None, min_new_tokens=forced)
+
+    def fast(**kwargs):
+        return r1track.FastAnswerer(model, processor, settings, max_new_tokens=forced or None, min_new_tokens=forced,
+                                    **kwargs)
+
+    variants = {
+        "naive": (naive, 1), "template_reuse": (lambda: fast(draft=False), 1),
+        "draft": (lambda: fast(reuse_template=False), 1), "fast": (fast, 1),
+        "naive_batch": (naive, args.streams), "fast_batch": (fast, args.streams),
+    }
+    results, boxes, passes = {}, {}, {}
+    run_variant(fast(), settings, clips[:1], 1)  # warm up (allocator, kernels)
+    for name, (make, batch) in variants.items():
+        timings = []
+        for _ in range(args.repeats):
+            answerer = make()
+            forwards, hook = count_forwards(model)
+            boxes[name], seconds, calls = run_variant(answerer, settings, clips, batch)
+            hook.remove()
+            timings.append(seconds)
+            # forward passes after the first token, per answerer call (a call answers a whole batch)
+            if isinstance(answerer, r1track.FastAnswerer):
+                passes[name] = answerer.decode_passes / calls
+            else:  # generate: one forward for the prompt, then one per further token
+                passes[name] = (forwards["n"] - calls) / calls
+        ms = 1000 * statistics.median(timings)
+        results[name] = {"ms_per_frame": ms, "frames_per_s": 1000 / ms, "decode_steps_per_frame": passes[name],
+                         "batch": batch}
+        print(f"{name:<15} batch {batch:>2}  {ms:8.2f} ms/frame  {1000 / ms:8.2f} frames/s  "
+              f"{passes[name]:5.2f} decode passes per call", flush=True)
+    identical = all(boxes[name] == boxes["naive"] for name in boxes)
+    speed = {name: results[name]["frames_per_s"] for name in results}
+    summary = {
+        "template_reuse_speedup": speed["template_reuse"] / speed["naive"],
+        "draft_speedup": speed["draft"] / speed["naive"],
+        "fast_speedup": speed["fast"] / speed["naive"],
+        "batch8_speedup": speed["fast_batch"] / speed["fast"],
+        "naive_batch8_speedup": speed["naive_batch"] / speed["naive"],
+        "all_speedup": speed["fast_batch"] / speed["naive"],
+        "identical_boxes": identical,
+        "decode_steps_per_frame": {"naive": passes["naive"], "draft": passes["fast"]},
+    }
+    print("\n".join(f"{key}: {value:.2f}x" for key, value in summary.items() if key.endswith("speedup")))
+    print(f"identical boxes: {identical}")
+    return {**summary, "variants": results, "streams": args.streams, "frames": args.frames, "repeats": args.repeats}
+
+
+# -----------------------------------------------------------------------------
+# Training throughput
+
+
+def bench_training(args) -> dict:
+    """Tokens/s and peak GPU memory of a few SFT steps in each mode, on synthetic pairs."""
+    import torch
+
+    import train_sft
+
+    device = torch.device(args.device or r1track.default_device())
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        split = r1track.make_synthetic_got10k(folder, "train", sequences=8, frames=10, style="plain")
+        model_source = args.model
+        if args.architecture:  # random 3B weights saved once, loaded like any checkpoint
+            model, processor, _ = load(args)
+            model_source = str(Path(folder) / "model")
+            model.save_pretrained(model_source)
+            processor.save_pretrained(model_source)
+            del model
+        modes = {"lora": [], "full": ["--full"]}
+        if device.type == "cuda":
+            modes["qlora"] = ["--load-in-4bit"]
+        for mode, flags in modes.items():
+            train_args = train_sft.build_parser().parse_args(
+                ["--model", model_source, "--data", str(split), "--out", str(Path(folder) / mode),
+                 "--device", str(device), *flags])
+            dist = train_sft.Dist(str(device))
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            model, processor = train_sft.build_model(train_args, dist)
+            optimizer, _ = train_sft.make_optimizer(model, train_args, dist, args.train_steps)
+            source = r1track.Got10kPairs(split, train_args.crop_size)
+            stream = train_sft.PairStream(source, 0, dist)
+            tokens, elapsed = 0, 0.0
+            for step in range(args.train_steps + 1):  # the first step warms up and is not timed
+                pairs = stream.next_pairs(train_args.batch_size)
+                batch = r1track.collate(train_sft.sft_examples(processor, pairs, "seed"), processor.tokenizer.pad_token_id,
+                                        "left")
+                started = time.perf_counter()
+                with train_sft.autocast(dist):
+                    labels = int((batch["labels"] != -100).sum())
+                    loss = train_sft.answer_loss_sum(model, train_sft.to_device(batch, device)) / labels
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                if step:
+                    elapsed += time.perf_counter() - started
+                    tokens += int(batch["attention_mask"].sum())
+            peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None
+            results[mode] = {"tokens_per_s": tokens / elapsed, "peak_memory_gib": peak,
+                             "batch_size": train_args.batch_size, "trained_weights":
+                             sum(p.numel() for p in model.parameters() if p.requires_grad)}
+            print(f"{mode:<6} {tokens / elapsed:10.0f} tokens/s  peak memory "
+                  f"{'n/a (CPU)' if peak is None else f'{peak:.1f} GiB'}", flush=True)
+            del model, optimizer
+    return {"training": results}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    r1track.quiet_libraries()
+    if not args.architecture and args.model == str(DEMO_MODEL) and not DEMO_MODEL.is_dir():
+        print(f"error: no demo checkpoint at {DEMO_MODEL}; make it with make_demo_model.py or pass --model",
+              file=sys.stderr)
+        return 2
+    if args.streams < 1 or args.frames < 2 or args.repeats < 1:
+        print("error: --streams and --repeats must be at least 1, --frames at least 2", file=sys.stderr)
+        return 2
+    try:
+        result = bench_training(args) if args.train else bench_tracking(args)
+    except (OSError, ValueError) as error:
+        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 2
+    import torch
+
+    device = args.device or r1track.default_device()
+    result.update(date=datetime.date.today().isoformat(), device=str(device),
+                  device_name=torch.cuda.get_device_name(device) if str(device).startswith("cuda") else "CPU",
+                  threads=torch.get_num_threads(), model=args.architecture or args.model)
+    if args.json:
+        r1track.write_atomic(args.json, json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
