@@ -6,6 +6,7 @@ variant gives exactly the naive loop's boxes.
   python bench.py --model runs/sft --device cuda --json bench.json
   python bench.py --architecture 3b --device cuda # Qwen2.5-VL-3B's shape, random weights
   python bench.py --train --device cuda           # SFT tokens/s and peak memory: LoRA, QLoRA, full
+  python bench.py --recovery                      # AO with and without target-loss recovery
 
 Variants (per-frame latency and frames/s, medians of --repeats runs):
   naive           the whole prompt through `generate` every frame, one sequence at a time
@@ -45,6 +46,8 @@ def build_parser():
     parser.add_argument("--frames", type=int, default=30, help="frames per sequence")
     parser.add_argument("--repeats", type=int, default=5, help="runs of each variant; medians are reported")
     parser.add_argument("--train", action="store_true", help="measure SFT throughput instead of tracking")
+    parser.add_argument("--recovery", action="store_true", help="measure target-loss recovery: AO with and without "
+                        "--recover on synthetic clips with occlusion and absence, answered by an ideal detector")
     parser.add_argument("--train-steps", type=int, default=10, help="optimizer steps timed per training mode")
     parser.add_argument("--json", help="write the results here")
     return parser
@@ -208,6 +211,67 @@ def bench_tracking(args) -> dict:
 
 
 # -----------------------------------------------------------------------------
+# Target-loss recovery
+
+
+def oracle_answer(tracker, box_xywh, visible=True) -> str:
+    """What an ideal detector answers: the true box in the tracker's current search crop,
+    rounded as a model writes it, or nothing when the target is hidden or outside the crop."""
+    scale, origin, _ = tracker.search_geometry
+    x, y, w, h = box_xywh
+    box = [(x - origin[0]) * scale, (y - origin[1]) * scale, (x + w - origin[0]) * scale, (y + h - origin[1]) * scale]
+    size = tracker.settings.crop_size
+    in_view = visible and box[0] < size and box[1] < size and box[2] > 0 and box[3] > 0
+    return json.dumps([round(v) for v in box]) if in_view else "I cannot see the target."
+
+
+def bench_recovery(args) -> dict:
+    """AO of the published loop and of the loop with recovery, both answered by the ideal
+    detector, on synthetic clutter clips where targets get occluded, hidden or leave the view."""
+    results = {}
+    for motion, speed in (("usual motion", (1.0, 4.0)), ("fast motion", (6.0, 12.0))):
+        results[motion] = recovery_on_clips(args, speed)
+    return {"recovery": results, "sequences": args.streams, "frames": args.frames}
+
+
+def recovery_on_clips(args, speed) -> dict:
+    import eval_got10k
+    from PIL import Image
+
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        split = r1track.make_synthetic_got10k(folder, "val", sequences=args.streams, frames=args.frames, seed=7,
+                                              speed=speed)
+        names = r1track.read_got10k_split(split)
+        for recover in (False, True):
+            out = Path(folder) / f"recover-{recover}"
+            fallbacks = 0
+            for name in names:
+                sequence = r1track.read_got10k_sequence(split / name)
+                truth, cover = sequence["boxes_xywh"], sequence["cover"]
+                tracker = r1track.Tracker(answer_fn=lambda *a: "", recover=recover)
+                frame_index = {"t": 0}
+                tracker.answerer = r1track.function_answerer(
+                    lambda *a: oracle_answer(tracker, truth[frame_index["t"]], cover[frame_index["t"]] > 0))
+                boxes = [list(truth[0])]
+                for t, path in enumerate(sequence["frames"]):
+                    frame = Image.open(path).convert("RGB")
+                    frame_index["t"] = t
+                    if t == 0:
+                        tracker.init(frame, truth[0])
+                    else:
+                        boxes.append(tracker.update(frame))
+                fallbacks += tracker.fallbacks
+                eval_got10k.write_sequence(out, name, boxes, [1.0] * len(boxes))
+            report = eval_got10k.score(out, split, names)
+            key = "with_recovery" if recover else "published_loop"
+            results[key] = {"ao": report["ao"], "sr50": report["sr50"], "sr75": report["sr75"], "fallbacks": fallbacks}
+            print(f"speed {speed[0]:g}-{speed[1]:g} px/frame  {key:<15} AO {report['ao']:.3f}  SR0.5 {report['sr50']:.3f}  "
+                  f"SR0.75 {report['sr75']:.3f}  ({fallbacks} frames without an answer)", flush=True)
+    return results
+
+
+# -----------------------------------------------------------------------------
 # Training throughput
 
 
@@ -273,7 +337,7 @@ def bench_training(args) -> dict:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     r1track.quiet_libraries()
-    if not args.architecture and args.model == str(DEMO_MODEL) and not DEMO_MODEL.is_dir():
+    if not args.architecture and not args.recovery and args.model == str(DEMO_MODEL) and not DEMO_MODEL.is_dir():
         print(f"error: no demo checkpoint at {DEMO_MODEL}; make it with make_demo_model.py or pass --model",
               file=sys.stderr)
         return 2
@@ -281,7 +345,10 @@ def main(argv=None) -> int:
         print("error: --streams and --repeats must be at least 1, --frames at least 2", file=sys.stderr)
         return 2
     try:
-        result = bench_training(args) if args.train else bench_tracking(args)
+        if args.recovery:
+            result = bench_recovery(args)
+        else:
+            result = bench_training(args) if args.train else bench_tracking(args)
     except (OSError, ValueError) as error:
         print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2

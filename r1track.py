@@ -832,7 +832,7 @@ SYNTHETIC_STYLES = ("clutter", "plain")
 
 
 def make_synthetic_got10k(root, split="val", sequences=8, frames=30, size=(320, 240), seed=0,
-                          distractors=None, style="clutter") -> Path:
+                          distractors=None, style="clutter", speed=(1.0, 4.0)) -> Path:
     """Write a small dataset in the official GOT-10k layout under `root/split`.
 
     style="clutter": each sequence has a patterned target that moves and changes scale over
@@ -840,6 +840,7 @@ def make_synthetic_got10k(root, split="val", sequences=8, frames=30, size=(320, 
     sometimes passes over the target, and, in some sequences, frames where the target leaves
     the image or is fully hidden. style="plain": the target alone on a flat background (no
     distractors unless given, no occluder), the easy case a very small model can learn.
+    speed: the range of the objects' typical speed, in pixels per frame.
     Labels (cover, absence, cut_by_image) are computed from what is really drawn.
     """
     if style not in SYNTHETIC_STYLES:
@@ -872,11 +873,11 @@ def make_synthetic_got10k(root, split="val", sequences=8, frames=30, size=(320, 
         low = -margin * (2.5 if leaves else 0.0)
         high = np.array([width, height]) - margin * (1.0 if not leaves else -1.5) - np.array([base_w, base_h]) * 0.3
         start = rng.uniform([base_w * 0.2, base_h * 0.2], [width - base_w * 1.2, height - base_h * 1.2])
-        speed = rng.uniform(1.0, 4.0)
-        path = _random_walk(rng, frames, start, low, high, speed)
+        pace = rng.uniform(*speed)
+        path = _random_walk(rng, frames, start, low, high, pace)
         path[0] = start  # the first frame always shows the whole target
         others = [_random_walk(rng, frames, rng.uniform([0, 0], [width * 0.8, height * 0.8]),
-                               (0, 0), (width * 0.85, height * 0.85), speed) for _ in range(distractors)]
+                               (0, 0), (width * 0.85, height * 0.85), pace) for _ in range(distractors)]
         occluder_on = rng.random() < 0.6 and not plain
         occluder_w = rng.uniform(0.6, 1.6) * base_w
         occluder_x = np.linspace(-occluder_w, width, frames) if rng.random() < 0.5 else np.linspace(width, -occluder_w, frames)
@@ -1485,7 +1486,7 @@ class Tracker:
         if self.recover and self.misses:
             factor = min(s.search_factor * RECOVERY_GROWTH ** self.misses, max(RECOVERY_MAX_FACTOR, s.search_factor))
         search, _, scale, origin = crop_around(frame, self.box_xywh, factor, s.crop_size)
-        self._search_geometry = (scale, origin, frame.size)
+        self.search_geometry = (scale, origin, frame.size)  # the crop's scale, corner and frame size
         return Request(self.template, search, self.template_box_xyxy, self.state)
 
     def accept(self, answer: str) -> list[float]:
@@ -1504,7 +1505,7 @@ class Tracker:
             box = self.previous_answer_xyxy
         self.misses = 0
         self.previous_answer_xyxy = box
-        scale, origin, (width, height) = self._search_geometry
+        scale, origin, (width, height) = self.search_geometry
         self.box_xywh = clamp_box_xywh_to_frame(crop_to_frame(box, scale, origin), width, height)
         self.frame_size = (width, height)
         return list(self.box_xywh)

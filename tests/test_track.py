@@ -36,7 +36,7 @@ class Oracle:
     def __call__(self, template, search, template_box_xyxy):
         if self.visible is not None and not self.visible[self.frame]:
             return "I cannot see it"
-        scale, origin, _ = self.tracker._search_geometry
+        scale, origin, _ = self.tracker.search_geometry
         x, y, w, h = self.boxes[self.frame]
         box = [(x - origin[0]) * scale, (y - origin[1]) * scale, (x + w - origin[0]) * scale, (y + h - origin[1]) * scale]
         return json.dumps([round(v) for v in box])
@@ -152,7 +152,7 @@ def test_recovery_finds_a_target_that_jumped_while_hidden():
 
         def answer(template, search, template_box, oracle=oracle, tracker=tracker):
             # a detector that sees the target only when it lies inside the search crop
-            scale, origin, _ = tracker._search_geometry
+            scale, origin, _ = tracker.search_geometry
             x, y, w, h = truth[oracle.frame]
             inside = 0 <= (x - origin[0]) * scale and (x + w - origin[0]) * scale <= 336 and \
                 0 <= (y - origin[1]) * scale and (y + h - origin[1]) * scale <= 336
