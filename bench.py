@@ -31,17 +31,16 @@ from pathlib import Path
 
 import r1track
 
-DEMO_MODEL = Path(__file__).resolve().parent / "demo_model"
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(DEMO_MODEL), help="hub id or folder (default: the demo checkpoint)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=r1track.HelpFormatter)
+    parser.add_argument("--model", default=str(r1track.DEMO_MODEL), help="hub id or folder (default: the demo checkpoint)")
     parser.add_argument("--architecture", choices=["3b"], help="instead of --model: random weights in the shape of "
                         "Qwen2.5-VL-3B (answers held to --answer-tokens tokens)")
     parser.add_argument("--answer-tokens", type=int, default=17, help="answer length forced on random weights")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="weights dtype")
+    parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--streams", type=int, default=8, help="sequences, and the batch of the batched variants")
     parser.add_argument("--frames", type=int, default=30, help="frames per sequence")
     parser.add_argument("--repeats", type=int, default=5, help="runs of each variant; medians are reported")
@@ -337,8 +336,8 @@ def bench_training(args) -> dict:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     r1track.quiet_libraries()
-    if not args.architecture and not args.recovery and args.model == str(DEMO_MODEL) and not DEMO_MODEL.is_dir():
-        print(f"error: no demo checkpoint at {DEMO_MODEL}; make it with make_demo_model.py or pass --model",
+    if not args.architecture and not args.recovery and args.model == str(r1track.DEMO_MODEL) and not r1track.DEMO_MODEL.is_dir():
+        print(f"error: no demo checkpoint at {r1track.DEMO_MODEL}; make it with make_demo_model.py or pass --model",
               file=sys.stderr)
         return 2
     if args.streams < 1 or args.frames < 2 or args.repeats < 1:

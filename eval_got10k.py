@@ -263,7 +263,7 @@ def pack_for_server(results: Path) -> Path:
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=r1track.HelpFormatter)
     parser.add_argument("--data", required=True, help="the GOT-10k root (holding val/ and test/)")
     parser.add_argument("--split", default="val", choices=["val", "test", "train"], help="the split (default: val)")
     parser.add_argument("--sequences", nargs="+", metavar="NAME", help="only these sequences (default: all in list.txt)")
@@ -274,7 +274,7 @@ def build_parser():
     parser.add_argument("--batch", type=int, default=1, help="sequences tracked at once, in one batched call (default: 1)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available; under torchrun the "
                         "LOCAL_RANK GPU)")
-    parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="weights dtype")
+    parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--think", action=argparse.BooleanOptionalAction, default=None,
                         help="ask for reasoning first (default: as the model was trained)")
     parser.add_argument("--recover", action="store_true", help="widen the search after a failed answer")

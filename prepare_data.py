@@ -35,12 +35,12 @@ def positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=r1track.HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
     pairs = commands.add_parser(
         "pairs", help="sample training pairs from a GOT-10k split into an EasyR1 parquet file",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=r1track.HelpFormatter)
     pairs.add_argument("--got10k", required=True, help="a GOT-10k-layout split folder (holding list.txt)")
     pairs.add_argument("--out", required=True, help="the parquet file to write")
     pairs.add_argument("--num", type=positive_int, default=5000, help="number of pairs")
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     synthetic = commands.add_parser(
         "synthetic", help="write a synthetic dataset in the GOT-10k layout",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=r1track.HelpFormatter)
     synthetic.add_argument("--out", required=True, help="dataset root; the split goes to OUT/SPLIT")
     synthetic.add_argument("--split", default="val", choices=["train", "val", "test"],
                            help="split folder to write (test keeps only the first box, as GOT-10k does)")

@@ -11,6 +11,7 @@ and rewards use. Frames and crops are PIL RGB images.
 
 from __future__ import annotations
 
+import argparse
 import configparser
 import dataclasses
 import json
@@ -363,6 +364,7 @@ PUBLISHED_SETTINGS = {
     "WangBiao/R1-Track-GRPO-wo-Think-100k": TrackSettings(wording="r1track-100k"),
 }
 DEFAULT_MODEL = "WangBiao/R1-Track-GRPO-wo-Think-100k"
+DEMO_MODEL = Path(__file__).resolve().parent / "demo_model"  # made by make_demo_model.py; ships with the project
 
 
 def load_settings(name_or_path: str) -> TrackSettings:
@@ -396,6 +398,21 @@ def write_atomic(path, data) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help for the project's scripts: the description as written, and every option's
+    default after its help unless the help already says it (or there is none to say)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False or not action.option_strings \
+                or action.default == argparse.SUPPRESS:
+            return text
+        default = action.default
+        if isinstance(default, (tuple, list)):
+            default = "x".join(map(str, default)) if len(default) == 2 and "size" in action.dest else default
+        return f"{text} (default: {default})"
 
 
 # -----------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def policy_loss(logp, old_logp, advantages, mask, clip=0.2):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=r1track.HelpFormatter)
     add_model_args(parser, default_lr=1e-6)
     parser.add_argument("--init", default=None, help="where the policy and the reference start: an SFT output "
                         "folder (adapter or full), a hub id or a base model (default: --model)")

@@ -110,7 +110,7 @@ def add_run_args(parser, default_out="runs/sft", default_batch=4, default_accum=
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=r1track.HelpFormatter)
     add_model_args(parser)
     add_data_args(parser)
     add_run_args(parser)
