@@ -4,6 +4,11 @@
   python track.py --video frames/ --box 10,20,50,80 --box-format xywh --model runs/sft
   python track.py --video "shots/*.png" --text "the red car"
   python track.py --video clip.mp4 --box 241,66,329,154 --server http://localhost:8000
+  python track.py --demo
+
+--demo needs nothing but this folder: it draws synthetic clips the bundled model never saw,
+tracks them with demo_model/ (made by make_demo_model.py), scores them as eval_got10k.py
+does, and writes tracked.mp4 (ground truth in white, the tracker's box in green).
 
 --video takes a video file (mp4, avi, mkv, webm, mov, ...), a folder of frames or a glob.
 The model runs in-process (a hub id or a folder), or behind an OpenAI-compatible server
@@ -15,12 +20,19 @@ tracked.mp4 (every frame with its box).
 from __future__ import annotations
 
 import argparse
+import copy
 import glob
+import json
 import sys
 import time
 from pathlib import Path
 
+import eval_got10k
 import r1track
+
+# The demo's clips: drawn as the demo model's training data (make_demo_model.py), with a seed
+# its training and validation never used.
+DEMO_CLIPS = dict(split="val", sequences=8, frames=40, seed=2026, style="plain")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -188,7 +200,9 @@ def write_rows(path: Path, rows):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=r1track.HelpFormatter)
+    parser.add_argument("--demo", action="store_true", help="offline demo: track synthetic clips with the "
+                        "bundled demo_model/ (or --model), print their AO, write tracked.mp4")
     parser.add_argument("--video", help="a video file, a folder of frames, or a glob such as 'frames/*.jpg'")
     parser.add_argument("--box", help="the target in the first frame, in frame pixels: x1,y1,x2,y2 "
                         "(or x,y,w,h with --box-format xywh)")
@@ -196,8 +210,8 @@ def build_parser():
                         help="how --box is written (default: xyxy; xywh as in GOT-10k files)")
     parser.add_argument("--text", help="find the target from a description in the first frame instead of --box, "
                         "with Qwen2.5-VL's grounding (local model only)")
-    parser.add_argument("--model", default=r1track.DEFAULT_MODEL,
-                        help=f"hub id or folder of the model (default: {r1track.DEFAULT_MODEL})")
+    parser.add_argument("--model", default=None, help=f"hub id or folder of the model (default: "
+                        f"{r1track.DEFAULT_MODEL}; with --demo, demo_model/)")
     parser.add_argument("--server", help="an OpenAI-compatible server URL (e.g. vLLM) to ask instead of a local model")
     parser.add_argument("--server-model", help="the model name the server serves (default: its first model); "
                         "also picks the prompt settings of a published R1-Track id")
@@ -208,7 +222,7 @@ def build_parser():
                         help="ask for reasoning before the answer (default: as the model was trained)")
     parser.add_argument("--recover", action="store_true", help="after a failed answer, widen the search region "
                         "until the target is found again (not part of the published loop)")
-    parser.add_argument("--out", help="output folder (default: runs/track-<video name>)")
+    parser.add_argument("--out", help="output folder (default: runs/track-<video name>, or runs/demo)")
     parser.add_argument("--fps", type=float, help="frame rate of tracked.mp4 (default: the video's, or 30)")
     parser.add_argument("--no-video", action="store_true", help="skip writing tracked.mp4")
     return parser
@@ -239,6 +253,7 @@ def load_tracker(args, first_frame):
 def track(args) -> int:
     from tqdm import tqdm
 
+    args.model = args.model or r1track.DEFAULT_MODEL
     if not args.video:
         raise InputError("--video is required")
     if (args.box is None) == (args.text is None):
@@ -292,11 +307,97 @@ def track(args) -> int:
     return 0
 
 
+# -----------------------------------------------------------------------------
+# The offline demo
+
+
+def demo(args) -> int:
+    """Synthetic clips -> the batched tracker -> the official score -> tracked.mp4."""
+    if args.video or args.box or args.text or args.server:
+        raise InputError("--demo makes its own clips and uses a local model: leave out --video, --box, --text, --server")
+    model = args.model or str(r1track.DEMO_MODEL)
+    if args.model is None and not (r1track.DEMO_MODEL / "config.json").is_file():
+        raise InputError(f"no demo model in {r1track.DEMO_MODEL}: run `python make_demo_model.py` to make it")
+    out = Path(args.out or "runs/demo")
+    clips = r1track.make_synthetic_got10k(out / "clips", **DEMO_CLIPS)
+    names = r1track.read_got10k_split(clips)
+    print(f"{len(names)} synthetic clips of {DEMO_CLIPS['frames']} frames in {clips}, never seen in training")
+
+    tracker = eval_got10k.make_tracker(argparse.Namespace(
+        server=None, model=model, dtype=args.dtype, think=args.think, recover=args.recover), args.device or ("cuda" if eval_got10k._cuda() else "cpu"))
+    results = out / "results"
+    eval_got10k.track_sequences(tracker, clips, names, results, batch=len(names))
+    report = eval_got10k.score(results, clips, names)
+    eval_got10k.print_reports({"demo": report})
+    r1track.write_atomic(out / "report.json", json.dumps(report, indent=2))
+    eval_got10k.plot_success({Path(model).name: report}, out / "success_plot.png")
+    write_example(out / "example.png", tracker, clips, names[0], results)
+    if not args.no_video:
+        write_demo_video(out / "tracked.mp4", clips, names, results, args.fps or 10.0)
+    print(f"AO {report['ao']:.3f} on {len(names)} held-out synthetic clips; "
+          f"{'' if args.no_video else 'tracked.mp4, '}example.png, boxes, report and success plot in {out}")
+    return 0
+
+
+def write_example(path: Path, tracker, clips: Path, name: str, results: Path, frame_index=10):
+    """One question as the model sees it: the template crop with the given box (white), the
+    search crop with the model's answer (green), the question and the answer text."""
+    import textwrap
+
+    from PIL import Image, ImageDraw
+
+    sequence = r1track.read_got10k_sequence(clips / name)
+    tracked = eval_got10k.read_boxes(eval_got10k.result_files(results, name)[0], len(sequence["frames"]))
+    tracker = copy.copy(tracker)
+    tracker.init(read_image(sequence["frames"][0]), sequence["boxes_xywh"][0])
+    tracker.box_xywh = list(tracked[frame_index - 1])  # where the tracker stood before this frame
+    request = tracker.request(read_image(sequence["frames"][frame_index]))
+    answer = tracker.answerer([request])[0]
+    side = 224
+    text = r1track.build_messages(request.template_box_xyxy, tracker.settings.think,
+                                  tracker.settings.wording)[1]["content"][-1]["text"]
+    lines = ["", ""] + textwrap.wrap(text.replace("\n", " "), 76) + [
+        "", f"answer: {answer.strip()}"]
+    canvas = Image.new("RGB", (2 * side + 24, side + 24 + 14 * len(lines)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for column, (crop, box_xyxy, colour) in enumerate(
+            [(request.template, request.template_box_xyxy, (255, 255, 255)),
+             (request.search, r1track.parse_answer(answer, think=tracker.settings.think), (0, 255, 0))]):
+        left, ratio = 8 + column * (side + 8), side / crop.width
+        canvas.paste(crop.resize((side, side)), (left, 8))
+        draw.text((left, side + 16), ["image 1: template", "image 2: search"][column], fill=(0, 0, 0))
+        if box_xyxy:
+            draw.rectangle([left + box_xyxy[0] * ratio, 8 + box_xyxy[1] * ratio,
+                            left + box_xyxy[2] * ratio, 8 + box_xyxy[3] * ratio], outline=colour, width=2)
+    for row, line in enumerate(lines):
+        draw.text((8, side + 16 + 14 * row), line, fill=(0, 0, 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+
+
+def write_demo_video(path: Path, clips: Path, names, results: Path, fps: float):
+    """Every clip one after the other, the truth in white and the tracker's box in green."""
+    from PIL import ImageDraw
+
+    writer = None
+    for name in names:
+        sequence = r1track.read_got10k_sequence(clips / name)
+        tracked = eval_got10k.read_boxes(eval_got10k.result_files(results, name)[0], len(sequence["frames"]))
+        for index, (frame, truth_xywh) in enumerate(zip(sequence["frames"], sequence["boxes_xywh"])):
+            image = draw_box(read_image(frame), tracked[index], index)
+            x, y, w, h = truth_xywh
+            ImageDraw.Draw(image).rectangle([x, y, x + w, y + h], outline=(255, 255, 255), width=1)
+            ImageDraw.Draw(image).text((6, image.height - 14), name, fill=(255, 255, 0))
+            writer = writer or VideoWriter(path, image.size, fps)
+            writer.write(image)
+    writer.close()
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         r1track.quiet_libraries()
-        return track(args)
+        return demo(args) if args.demo else track(args)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

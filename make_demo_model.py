@@ -1,0 +1,82 @@
+"""Make demo_model/, the small tracker behind `python track.py --demo`, from nothing.
+
+  python make_demo_model.py                      # about an hour on 2 CPU cores
+  python make_demo_model.py --work runs/demo-recipe --out demo_model
+
+Each step runs one of the project's own scripts, so this is also the whole recipe in small:
+  1. prepare_data.py synthetic: training clips and validation clips (flat background, one
+     moving target of a random shape and colour);
+  2. a random tiny Qwen2.5-VL (about a million weights) to start from;
+  3. train_sft.py: full fine-tuning on pairs sampled afresh every step from the training clips,
+     with the published crop jitter;
+  4. eval_got10k.py on held-out clips, the score the demo prints too;
+  5. the final model copied to --out.
+A stopped run continues where it was when started again (data is kept, training resumes from
+its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import r1track
+
+ROOT = Path(__file__).resolve().parent
+TRAIN_CLIPS = dict(split="train", sequences=1000, frames=30, seed=100)
+VAL_CLIPS = dict(split="val", sequences=12, frames=40, seed=200)
+SFT_FLAGS = ["--full", "--crop-size", "112", "--lr", "1e-3", "--batch-size", "16", "--grad-accum", "1",
+             "--eval-every", "500", "--save-every", "250", "--val-size", "64"]
+MODEL_FILES = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+               "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json", r1track.SETTINGS_FILE]
+
+
+def run(script: str, *args) -> None:
+    command = [sys.executable, str(ROOT / script), *map(str, args)]
+    print("$", " ".join(command[1:]), flush=True)
+    if subprocess.run(command).returncode != 0:
+        sys.exit(f"error: {script} failed; fix the cause and run make_demo_model.py again to continue")
+
+
+def make_clips(root: Path, clips: dict) -> None:
+    if (root / clips["split"] / "list.txt").is_file():
+        return
+    run("prepare_data.py", "synthetic", "--out", root, "--split", clips["split"], "--sequences", clips["sequences"],
+        "--frames", clips["frames"], "--seed", clips["seed"], "--style", "plain")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=r1track.HelpFormatter)
+    parser.add_argument("--work", default="runs/demo-recipe",
+                        help="folder for the clips, the training run and the evaluation (default: runs/demo-recipe)")
+    parser.add_argument("--out", default=str(r1track.DEMO_MODEL), help="where the model goes (default: demo_model/)")
+    parser.add_argument("--steps", type=int, default=6000, help="SFT steps of 16 pairs")
+    args = parser.parse_args(argv)
+    work = Path(args.work)
+
+    make_clips(work / "clips", TRAIN_CLIPS)
+    make_clips(work / "clips", VAL_CLIPS)
+    start = work / "tiny-random"
+    if not (start / "config.json").is_file():
+        r1track.save_tiny_model(start, seed=0)
+    sft = work / "sft"
+    run("train_sft.py", "--model", start, "--data", work / "clips/train", "--val-data", work / "clips/val",
+        "--out", sft, "--max-steps", args.steps, "--resume", *SFT_FLAGS)
+    run("eval_got10k.py", "--data", work / "clips", "--split", "val", "--model", sft, "--out", work / "eval",
+        "--batch", VAL_CLIPS["sequences"], "--no-progress")
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        shutil.copy2(sft / name, out / name)
+    ao = json.loads((work / "eval/report.json").read_text())["ao"]
+    print(f"demo model in {out}: AO {ao:.3f} on {VAL_CLIPS['sequences']} held-out synthetic clips")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
