@@ -1016,10 +1016,17 @@ class Got10kPairs:
     two frames of one sequence where the target is visible, each cropped around its own box
     with a factor ~ U(2, 8) and a centre shift ~ U(-0.2, 0.2) x side; boxes truncated to
     integers (and kept inside the crop). Each `load(index, rng)` is a fresh pair of sequence
-    `index`, reproducible from `rng`."""
+    `index`, reproducible from `rng`.
 
-    def __init__(self, split_dir, crop_size: int):
+    tracking_share: the share of pairs cut the way the tracker asks instead: both crops with
+    the tracking factor, the template centred on its box, the search around a slightly wrong
+    box (the last frame's answer, off by up to a quarter of the target's size and 15% in
+    scale). Not how the published data was made; it teaches the small step every frame
+    needs, which a small model learns much sooner than the published jitter's big jumps."""
+
+    def __init__(self, split_dir, crop_size: int, tracking_share: float = 0.0):
         self.split_dir, self.crop_size, self.name = Path(split_dir), crop_size, str(split_dir)
+        self.tracking_share = tracking_share
         self.sequences, self.skipped = [], 0
         for name in read_got10k_split(split_dir):
             try:
@@ -1045,10 +1052,17 @@ class Got10kPairs:
     def load(self, index: int, rng) -> Pair:
         frames, boxes, visible = self.sequences[index]
         picks = rng.choice(visible, size=2, replace=len(visible) < 2)
+        like_tracking = self.tracking_share > 0 and rng.random() < self.tracking_share
         crops = []
-        for frame in picks:
+        for role, frame in enumerate(picks):  # 0: template, 1: search
             image = _open_image(frames[frame])
-            factor, shift = rng.uniform(2, 8), rng.uniform(-0.2, 0.2, size=2)
+            if not like_tracking:
+                factor, shift = rng.uniform(2, 8), rng.uniform(-0.2, 0.2, size=2)
+            elif role == 0:
+                factor, shift = TrackSettings.template_factor, np.zeros(2)
+            else:  # a shift of 1/16 of the side is a quarter of the target's size at factor 4
+                factor = TrackSettings.search_factor * math.exp(rng.uniform(-0.15, 0.15))
+                shift = rng.uniform(-1 / 16, 1 / 16, size=2)
             crop, box_xyxy, _, _ = crop_around(image, boxes[frame], factor, self.crop_size, shift_xy=shift)
             crops.append((crop, [float(int(v)) for v in clamp_box_xyxy(box_xyxy, self.crop_size)]))
         (template, template_box), (search, search_box) = crops
@@ -1095,17 +1109,18 @@ def _split_files(folder: Path, split: str) -> list:
     return chosen or (files if split == "train" else [])
 
 
-def open_pairs(spec: str, crop_size: int, split="train"):
+def open_pairs(spec: str, crop_size: int, split="train", tracking_share: float = 0.0):
     """A pair source from a data spec: `r1track5k` / `r1track100k` (the published hub
     datasets), a parquet file or folder in the EasyR1 layout (train/val files chosen by
-    name), a LLaMA-Factory ShareGPT JSON, or a GOT-10k-layout split folder (list.txt)."""
+    name), a LLaMA-Factory ShareGPT JSON, or a GOT-10k-layout split folder (list.txt), whose
+    pairs are cut with `tracking_share` (see Got10kPairs)."""
     path = Path(spec)
     if spec in HUB_DATASETS and not path.exists():
         from huggingface_hub import snapshot_download
 
         path = Path(snapshot_download(HUB_DATASETS[spec], repo_type="dataset", allow_patterns=["*.parquet", "*.json"]))
     if (path / "list.txt").is_file():
-        return Got10kPairs(path, crop_size)
+        return Got10kPairs(path, crop_size, tracking_share)
     if path.is_dir():
         files = _split_files(path, split)
         if not files:

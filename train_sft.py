@@ -48,6 +48,13 @@ def positive_int(text):
     return value
 
 
+def share(text):
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text}")
+    return value
+
+
 def crop_size(text):
     value = positive_int(text)
     if value % 28:
@@ -88,6 +95,9 @@ def add_data_args(parser, default_data="r1track5k"):
     group.add_argument("--val-size", type=positive_int, default=64, help="validation pairs per evaluation")
     group.add_argument("--crop-size", type=crop_size, default=336, help="crop side in pixels")
     group.add_argument("--wording", default="seed", choices=r1track.WORDINGS, help="question wording")
+    group.add_argument("--tracking-pairs", type=share, default=0.0, metavar="SHARE",
+                       help="with a GOT-10k folder: this share of the pairs cut as the tracker asks (both crops "
+                       "factor 4, the search around a slightly wrong box) instead of with the published jitter")
 
 
 def add_run_args(parser, default_out="runs/sft", default_batch=4, default_accum=4, default_save=100, default_eval=50):
@@ -281,10 +291,10 @@ def autocast(dist):
 def open_data(args, dist):
     """(train source, validation source or None); one clear error for bad data."""
     try:
-        train = r1track.open_pairs(args.data, args.crop_size, split="train")
+        train = r1track.open_pairs(args.data, args.crop_size, split="train", tracking_share=args.tracking_pairs)
         val = None
         if args.val_data:
-            val = r1track.open_pairs(args.val_data, args.crop_size, split="val")
+            val = r1track.open_pairs(args.val_data, args.crop_size, split="val", tracking_share=args.tracking_pairs)
         elif args.val_fraction > 0:
             if not isinstance(train, r1track.StoredPairs):
                 raise UserError("--val-fraction holds out stored pairs; for a GOT-10k folder give --val-data")

@@ -108,6 +108,33 @@ def test_got10k_pairs_follow_the_published_sampling(tmp_path):
     assert max(sizes) - min(sizes) > 20  # the factor really varies
 
 
+def test_got10k_pairs_cut_as_the_tracker_asks(tmp_path):
+    split = red_box_split(tmp_path, [(60, 50, 40, 40), (250, 150, 40, 40)])
+    source = r1track.Got10kPairs(split, 112, tracking_share=1.0)
+    search_centres = []
+    for k in range(40):
+        pair = source.load(0, r1track.pair_rng(0, k, 0))
+        for image, box in ((pair.template, pair.template_box_xyxy), (pair.search, pair.search_box_xyxy)):
+            assert red_extent(image) == pytest.approx(box, abs=2)
+        # the template exactly as tracking cuts it: factor 4, centred
+        assert pair.template_box_xyxy == pytest.approx([42, 42, 70, 70], abs=1)
+        # the search around a box off by at most a quarter of the target, scale within 15%
+        side = pair.search_box_xyxy[2] - pair.search_box_xyxy[0]
+        assert 28 * 0.85 - 1 <= side <= 28 * 1.17 + 1
+        centre = (pair.search_box_xyxy[0] + pair.search_box_xyxy[2]) / 2
+        assert abs(centre - 56) <= 112 / 16 + 1
+        search_centres.append(centre)
+    assert max(search_centres) - min(search_centres) > 4  # the search really is jittered
+
+
+def test_got10k_pairs_mix_tracking_and_published_cuts(tmp_path):
+    split = red_box_split(tmp_path, [(60, 50, 40, 40), (250, 150, 40, 40)])
+    mixed = r1track.Got10kPairs(split, 112, tracking_share=0.5)
+    as_tracked = [mixed.load(0, r1track.pair_rng(0, k, 0)).template_box_xyxy == [42.0, 42.0, 70.0, 70.0]
+                  for k in range(60)]
+    assert 15 <= sum(as_tracked) <= 45
+
+
 def test_got10k_pairs_skip_invisible_frames(tmp_path):
     split = red_box_split(tmp_path, [(60, 50, 40, 40), (250, 150, 40, 40), (10, 10, 40, 40)])
     (split / "seq1" / "absence.label").write_text("0\n1\n1\n")
