@@ -106,6 +106,18 @@ def test_bench_training_smoke(tiny_model_dir, tmp_path):
     assert training["lora"]["trained_weights"] < training["full"]["trained_weights"]
 
 
+def test_bench_recovery_smoke(tmp_path):
+    out = tmp_path / "recovery.json"
+    result = run_script("bench.py", "--recovery", "--streams", "3", "--frames", "20", "--json", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    recovery = json.loads(out.read_text())["recovery"]
+    for motion in ("usual motion", "fast motion"):
+        for loop in ("published_loop", "with_recovery"):
+            assert 0 <= recovery[motion][loop]["ao"] <= 1
+    # an ideal detector on usual motion: the published loop follows the target closely
+    assert recovery["usual motion"]["published_loop"]["ao"] > 0.8
+
+
 def test_the_3b_shape_matches_the_published_model(tiny):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
