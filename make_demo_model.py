@@ -7,8 +7,10 @@ Each step runs one of the project's own scripts, so this is also the whole recip
   1. prepare_data.py synthetic: training clips and validation clips (flat background, one
      moving target of a random shape and colour);
   2. a random tiny Qwen2.5-VL (about a million weights) to start from;
-  3. train_sft.py: full fine-tuning on pairs sampled afresh every step from the training clips,
-     with the published crop jitter;
+  3. train_sft.py, full fine-tuning on pairs sampled afresh every step from the training clips,
+     in two stages: first with the published jitter (crops of any scale, the target anywhere),
+     which makes the model look for the target; then with pairs cut as the tracker asks
+     (--tracking-pairs 1), which teaches the small, exact step each frame needs;
   4. eval_got10k.py on held-out clips, the score the demo prints too;
   5. the final model copied to --out.
 A stopped run continues where it was when started again (data is kept, training resumes from
@@ -29,8 +31,11 @@ import r1track
 ROOT = Path(__file__).resolve().parent
 TRAIN_CLIPS = dict(split="train", sequences=1000, frames=30, seed=100)
 VAL_CLIPS = dict(split="val", sequences=12, frames=40, seed=200)
-SFT_FLAGS = ["--full", "--crop-size", "112", "--lr", "1e-3", "--batch-size", "16", "--grad-accum", "1",
-             "--eval-every", "500", "--save-every", "250", "--val-size", "64"]
+COMMON_FLAGS = ["--full", "--crop-size", "112", "--batch-size", "16", "--grad-accum", "1", "--save-every", "250"]
+STAGES = {  # name: (steps, flags)
+    "sft-published-jitter": (4000, ["--lr", "1e-3", "--eval-every", "500"]),
+    "sft-tracking-pairs": (1000, ["--lr", "3e-4", "--eval-every", "200", "--tracking-pairs", "1"]),
+}
 MODEL_FILES = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json", r1track.SETTINGS_FILE]
 
@@ -54,7 +59,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default="runs/demo-recipe",
                         help="folder for the clips, the training run and the evaluation (default: runs/demo-recipe)")
     parser.add_argument("--out", default=str(r1track.DEMO_MODEL), help="where the model goes (default: demo_model/)")
-    parser.add_argument("--steps", type=int, default=6000, help="SFT steps of 16 pairs")
+    parser.add_argument("--steps", type=float, default=1.0, help="scale every stage's number of steps by this")
     args = parser.parse_args(argv)
     work = Path(args.work)
 
@@ -63,16 +68,18 @@ def main(argv=None) -> int:
     start = work / "tiny-random"
     if not (start / "config.json").is_file():
         r1track.save_tiny_model(start, seed=0)
-    sft = work / "sft"
-    run("train_sft.py", "--model", start, "--data", work / "clips/train", "--val-data", work / "clips/val",
-        "--out", sft, "--max-steps", args.steps, "--resume", *SFT_FLAGS)
-    run("eval_got10k.py", "--data", work / "clips", "--split", "val", "--model", sft, "--out", work / "eval",
+    model = start
+    for name, (steps, flags) in STAGES.items():
+        run("train_sft.py", "--model", model, "--data", work / "clips/train", "--val-data", work / "clips/val",
+            "--out", work / name, "--max-steps", max(1, round(steps * args.steps)), "--resume", *COMMON_FLAGS, *flags)
+        model = work / name
+    run("eval_got10k.py", "--data", work / "clips", "--split", "val", "--model", model, "--out", work / "eval",
         "--batch", VAL_CLIPS["sequences"], "--no-progress")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in MODEL_FILES:
-        shutil.copy2(sft / name, out / name)
+        shutil.copy2(model / name, out / name)
     ao = json.loads((work / "eval/report.json").read_text())["ao"]
     print(f"demo model in {out}: AO {ao:.3f} on {VAL_CLIPS['sequences']} held-out synthetic clips")
     return 0

@@ -43,9 +43,10 @@ def test_demo_model_recipe_runs_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(make_demo_model.VAL_CLIPS, "sequences", 2)
     monkeypatch.setitem(make_demo_model.VAL_CLIPS, "frames", 4)
     out = tmp_path / "model"
-    assert make_demo_model.main(["--work", str(tmp_path / "work"), "--out", str(out), "--steps", "2"]) == 0
+    assert make_demo_model.main(["--work", str(tmp_path / "work"), "--out", str(out), "--steps", "0.0005"]) == 0
     assert "AO" in capsys.readouterr().out
     model, _ = r1track.load_model(str(out), device="cpu")
     assert r1track.load_settings(str(out)).crop_size == 112
-    lines = [json.loads(line) for line in (tmp_path / "work/sft/metrics.jsonl").read_text().splitlines()]
-    assert max(line["step"] for line in lines) == 2 and any("val_iou" in line for line in lines)
+    for stage, steps in zip(make_demo_model.STAGES, (2, 1)):  # 4000 and 1000 steps, scaled down
+        lines = [json.loads(line) for line in (tmp_path / "work" / stage / "metrics.jsonl").read_text().splitlines()]
+        assert max(line["step"] for line in lines) == steps and any("val_iou" in line for line in lines)
