@@ -32,8 +32,8 @@ import torch
 import r1track
 from train_sft import (Dist, Metrics, PairStream, StopFlag, UserError, add_data_args, add_model_args, add_run_args,
                        autocast, build_model, evaluate, find_resume, make_optimizer, open_data, positive_int,
-                       restore_checkpoint, save_checkpoint, save_final, to_device, trainable_parameters,
-                       validation_pairs, wrap_distributed)
+                       restore_checkpoint, run_training, save_checkpoint, save_final, to_device,
+                       trainable_parameters, validation_pairs, wrap_distributed)
 
 # -----------------------------------------------------------------------------
 # The GRPO maths (REFERENCE.md), importable and tested on their own
@@ -394,21 +394,7 @@ def train(args, dist):
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    check_args(parser, args)
-    r1track.quiet_libraries()
-    dist = None
-    try:
-        dist = Dist(args.device)
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        return train(args, dist)
-    except (UserError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    finally:
-        if dist is not None:
-            dist.close()
+    return run_training(build_parser, check_args, train, argv)
 
 
 if __name__ == "__main__":

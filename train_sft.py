@@ -691,7 +691,9 @@ def train(args, dist):
     return 0
 
 
-def main(argv=None) -> int:
+def run_training(build_parser, check_args, train, argv=None) -> int:
+    """The `main` of both training scripts: parse and check the flags, train; bad input or
+    an unwritable output is one line and exit status 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
@@ -701,15 +703,16 @@ def main(argv=None) -> int:
         dist = Dist(args.device)
         Path(args.out).mkdir(parents=True, exist_ok=True)
         return train(args, dist)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:
+    except (UserError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     finally:
         if dist is not None:
             dist.close()
+
+
+def main(argv=None) -> int:
+    return run_training(build_parser, check_args, train, argv)
 
 
 if __name__ == "__main__":
