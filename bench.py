@@ -248,10 +248,9 @@ def recovery_on_clips(args, speed) -> dict:
             for name in names:
                 sequence = r1track.read_got10k_sequence(split / name)
                 truth, cover = sequence["boxes_xywh"], sequence["cover"]
-                tracker = r1track.Tracker(answer_fn=lambda *a: "", recover=recover)
-                frame_index = {"t": 0}
-                tracker.answerer = r1track.function_answerer(
-                    lambda *a: oracle_answer(tracker, truth[frame_index["t"]], cover[frame_index["t"]] > 0))
+                frame_index = {"t": 0}  # the frame being answered, for the detector
+                tracker = r1track.Tracker(answer_fn=lambda *a: oracle_answer(
+                    tracker, truth[frame_index["t"]], cover[frame_index["t"]] > 0), recover=recover)
                 boxes = [list(truth[0])]
                 for t, path in enumerate(sequence["frames"]):
                     frame = Image.open(path).convert("RGB")

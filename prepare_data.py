@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="split folder to write (test keeps only the first box, as GOT-10k does)")
     synthetic.add_argument("--sequences", type=positive_int, default=8, help="number of sequences")
     synthetic.add_argument("--frames", type=positive_int, default=30, help="frames per sequence")
-    synthetic.add_argument("--size", type=parse_size, default=(320, 240), help="frame size WIDTHxHEIGHT")
+    synthetic.add_argument("--size", type=parse_size, default="320x240", help="frame size WIDTHxHEIGHT")
     synthetic.add_argument("--style", default="clutter", choices=r1track.SYNTHETIC_STYLES,
                            help="clutter: textured background, look-alikes, occlusion, absence; "
                            "plain: the target alone on a flat background")

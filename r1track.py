@@ -409,10 +409,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if "default" in text or action.default is None or action.default is False or not action.option_strings \
                 or action.default == argparse.SUPPRESS:
             return text
-        default = action.default
-        if isinstance(default, (tuple, list)):
-            default = "x".join(map(str, default)) if len(default) == 2 and "size" in action.dest else default
-        return f"{text} (default: {default})"
+        return f"{text} (default: {action.default})"
 
 
 # -----------------------------------------------------------------------------

@@ -315,22 +315,21 @@ def demo(args) -> int:
     """Synthetic clips -> the batched tracker -> the official score -> tracked.mp4."""
     if args.video or args.box or args.text or args.server:
         raise InputError("--demo makes its own clips and uses a local model: leave out --video, --box, --text, --server")
-    model = args.model or str(r1track.DEMO_MODEL)
     if args.model is None and not (r1track.DEMO_MODEL / "config.json").is_file():
         raise InputError(f"no demo model in {r1track.DEMO_MODEL}: run `python make_demo_model.py` to make it")
+    args.model = args.model or str(r1track.DEMO_MODEL)
     out = Path(args.out or "runs/demo")
     clips = r1track.make_synthetic_got10k(out / "clips", **DEMO_CLIPS)
     names = r1track.read_got10k_split(clips)
     print(f"{len(names)} synthetic clips of {DEMO_CLIPS['frames']} frames in {clips}, never seen in training")
 
-    tracker = eval_got10k.make_tracker(argparse.Namespace(
-        server=None, model=model, dtype=args.dtype, think=args.think, recover=args.recover), args.device or ("cuda" if eval_got10k._cuda() else "cpu"))
+    tracker, _ = load_tracker(args, None)
     results = out / "results"
     eval_got10k.track_sequences(tracker, clips, names, results, batch=len(names))
     report = eval_got10k.score(results, clips, names)
     eval_got10k.print_reports({"demo": report})
     r1track.write_atomic(out / "report.json", json.dumps(report, indent=2))
-    eval_got10k.plot_success({Path(model).name: report}, out / "success_plot.png")
+    eval_got10k.plot_success({Path(args.model).name: report}, out / "success_plot.png")
     write_example(out / "example.png", tracker, clips, names[0], results)
     if not args.no_video:
         write_demo_video(out / "tracked.mp4", clips, names, results, args.fps or 10.0)
@@ -398,7 +397,7 @@ def main(argv=None) -> int:
     try:
         r1track.quiet_libraries()
         return demo(args) if args.demo else track(args)
-    except InputError as error:
+    except (InputError, eval_got10k.InputError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -32,7 +32,7 @@ import torch
 import r1track
 from train_sft import (Dist, Metrics, PairStream, StopFlag, UserError, add_data_args, add_model_args, add_run_args,
                        autocast, build_model, evaluate, find_resume, make_optimizer, open_data, positive_int,
-                       restore_checkpoint, run_training, save_checkpoint, save_final, to_device,
+                       run_training, save_checkpoint, save_final, start_state, to_device,
                        trainable_parameters, validation_pairs, wrap_distributed)
 
 # -----------------------------------------------------------------------------
@@ -343,11 +343,7 @@ def train(args, dist):
     total_steps = args.max_steps or max(1, math.ceil(args.epochs * len(train_source) /
                                                       (args.prompts_per_step * dist.world)))
     optimizer, scheduler = make_optimizer(model, args, dist, total_steps, schedule_kind="constant")
-    state = {"step": 0, "position": 0, "skipped": 0}
-    if resume_dir is not None:
-        state = restore_checkpoint(resume_dir, model, optimizer, scheduler, dist)
-        if dist.main:
-            print(f"resumed from {resume_dir} at step {state['step']}")
+    state = start_state(resume_dir, model, optimizer, scheduler, dist)
     stream = PairStream(train_source, args.seed, dist, state["position"], state["skipped"])
     val_pairs = validation_pairs(val_source, args.val_size, args.seed + 1)
     metrics = Metrics(out, dist, resume_step=state["step"])

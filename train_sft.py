@@ -481,6 +481,17 @@ def save_checkpoint(out: Path, step: int, raw, model, optimizer, scheduler, proc
     dist.barrier()
 
 
+def start_state(resume_dir: Path | None, model, optimizer, scheduler, dist) -> dict:
+    """The run's position (step, data position, skipped rows): restored with the weights and
+    optimizer from `resume_dir`, or the beginning."""
+    if resume_dir is None:
+        return {"step": 0, "position": 0, "skipped": 0}
+    state = restore_checkpoint(resume_dir, model, optimizer, scheduler, dist)
+    if dist.main:
+        print(f"resumed from {resume_dir} at step {state['step']}")
+    return state
+
+
 def restore_checkpoint(resume_dir: Path, model, optimizer, scheduler, dist) -> dict:
     """Optimizer, scheduler and RNG from a checkpoint (the weights came with the model)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
@@ -601,17 +612,12 @@ def train(args, dist):
     train_source, val_source = open_data(args, dist)
     model, processor = build_model(args, dist, resume_dir=resume_dir)
     settings = r1track.TrackSettings(wording=args.wording, think=False, crop_size=args.crop_size)
-    raw = model
     model, raw = wrap_distributed(model, args, dist)
 
     per_step = args.batch_size * args.grad_accum * dist.world
     total_steps = args.max_steps or max(1, math.ceil(args.epochs * len(train_source) / per_step))
     optimizer, scheduler = make_optimizer(model, args, dist, total_steps)
-    state = {"step": 0, "position": 0, "skipped": 0}
-    if resume_dir is not None:
-        state = restore_checkpoint(resume_dir, model, optimizer, scheduler, dist)
-        if dist.main:
-            print(f"resumed from {resume_dir} at step {state['step']}")
+    state = start_state(resume_dir, model, optimizer, scheduler, dist)
     stream = PairStream(train_source, args.seed, dist, state["position"], state["skipped"])
     val_pairs = validation_pairs(val_source, args.val_size, args.seed + 1)
     metrics = Metrics(out, dist, resume_step=state["step"])

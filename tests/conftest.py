@@ -38,24 +38,23 @@ def run_script(*args, **kwargs):
     return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, **kwargs)
 
 
-@pytest.fixture(scope="session")
-def pairs16(got10k_root, tmp_path_factory):
-    """16 training pairs of 112-px crops, made by prepare_data.py from the synthetic split."""
-    out = tmp_path_factory.mktemp("pairs") / "pairs16.parquet"
+def make_pairs(got10k_root, out, num):
+    """`num` training pairs of 112-px crops, made by prepare_data.py from the synthetic split."""
     result = run_script("prepare_data.py", "pairs", "--got10k", got10k_root / "val", "--out", out,
-                        "--num", "16", "--size", "112", "--seed", "0")
+                        "--num", str(num), "--size", "112", "--seed", "0")
     assert result.returncode == 0, result.stderr
     return out
+
+
+@pytest.fixture(scope="session")
+def pairs16(got10k_root, tmp_path_factory):
+    return make_pairs(got10k_root, tmp_path_factory.mktemp("pairs") / "pairs16.parquet", 16)
 
 
 @pytest.fixture(scope="session")
 def pairs4(got10k_root, tmp_path_factory):
     """The first 4 of pairs16 (same sampler, same seed): a small fixed question set."""
-    out = tmp_path_factory.mktemp("pairs") / "pairs4.parquet"
-    result = run_script("prepare_data.py", "pairs", "--got10k", got10k_root / "val", "--out", out,
-                        "--num", "4", "--size", "112", "--seed", "0")
-    assert result.returncode == 0, result.stderr
-    return out
+    return make_pairs(got10k_root, tmp_path_factory.mktemp("pairs") / "pairs4.parquet", 4)
 
 
 @pytest.fixture(scope="session")

@@ -30,10 +30,14 @@ def test_demo_model_is_small_and_loads_as_a_hub_model_would():
     assert r1track.load_settings(str(r1track.DEMO_MODEL)).crop_size == 112
 
 
-def test_demo_refuses_arguments_it_does_not_use(tmp_path):
-    result = run_script("track.py", "--demo", "--video", "clip.mp4", "--out", tmp_path)
-    assert result.returncode == 2 and "--demo makes its own clips" in result.stderr
-    assert "Traceback" not in result.stderr
+@pytest.mark.parametrize("args, message", [
+    (["--video", "clip.mp4"], "--demo makes its own clips"),
+    (["--model", "/no/such/model"], "cannot load the model"),
+])
+def test_demo_bad_input_is_one_line(tmp_path, args, message):
+    result = run_script("track.py", "--demo", *args, "--out", tmp_path)
+    assert result.returncode == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
 def test_demo_model_recipe_runs_end_to_end(tmp_path, monkeypatch, capsys):

@@ -180,7 +180,8 @@ def test_bad_input_is_one_line(tiny_model_dir, pairs16, tmp_path, extra, message
 
 
 @pytest.mark.parametrize("extra", [["--crop-size", "100"], ["--fsdp"], ["--full", "--load-in-4bit"],
-                                   ["--max-steps", "0"], ["--val-fraction", "1.5"]])
+                                   ["--max-steps", "0"], ["--val-fraction", "1.5"],
+                                   ["--tracking-pairs", "2"]])
 def test_bad_flags_are_refused(tiny_model_dir, pairs16, tmp_path, extra):
     result = run(sft_args(tiny_model_dir, pairs16, tmp_path / "bad", *extra))
     assert result.returncode == 2 and "error:" in result.stderr and "Traceback" not in result.stderr
