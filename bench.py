@@ -19,7 +19,6 @@ Variants (per-frame latency and frames/s, medians of --repeats runs):
 
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime
 import json
@@ -34,7 +33,7 @@ import r1track
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=r1track.HelpFormatter)
+    parser = r1track.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=str(r1track.DEMO_MODEL), help="hub id or folder (default: the demo checkpoint)")
     parser.add_argument("--architecture", choices=["3b"], help="instead of --model: random weights in the shape of "
                         "Qwen2.5-VL-3B (answers held to --answer-tokens tokens)")
@@ -84,7 +83,7 @@ def load(args):
     dtype = getattr(torch, args.dtype) if args.dtype else None
     if not args.architecture:
         model, processor = r1track.load_model(args.model, dtype=dtype, device=device)
-        return model, processor, model.r1track_settings
+        return model, processor, model.r1track_settings or r1track.load_settings(args.model)
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     with tempfile.TemporaryDirectory() as folder:  # its tokenizer and image processor, with no download
@@ -125,7 +124,7 @@ def run_variant(answerer, settings, clips, batch):
     frame, answerer calls)."""
     base = r1track.Tracker(answer_fn=lambda *a: "", crop_size=settings.crop_size, think=settings.think,
                            wording=settings.wording, template_factor=settings.template_factor,
-                           search_factor=settings.search_factor)
+                           search_factor=settings.search_factor, loop=settings.loop)
     base.answerer = answerer
     boxes, tracked, elapsed, calls = [], 0, 0.0, 0
     for start in range(0, len(clips), batch):
@@ -297,18 +296,19 @@ def bench_training(args) -> dict:
             train_args = train_sft.build_parser().parse_args(
                 ["--model", model_source, "--data", str(split), "--out", str(Path(folder) / mode),
                  "--device", str(device), *flags])
+            train_sft.fill_settings(train_args, r1track.TrackSettings())
             dist = train_sft.Dist(str(device))
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
             model, processor = train_sft.build_model(train_args, dist)
             optimizer, _ = train_sft.make_optimizer(model, train_args, dist, args.train_steps)
-            source = r1track.Got10kPairs(split, train_args.crop_size)
+            source = r1track.Got10kPairs(split, train_args.crop_size, loop=train_args.loop)
             stream = train_sft.PairStream(source, 0, dist)
             tokens, elapsed = 0, 0.0
             for step in range(args.train_steps + 1):  # the first step warms up and is not timed
                 pairs = stream.next_pairs(train_args.batch_size)
-                batch = r1track.collate(train_sft.sft_examples(processor, pairs, "seed"), processor.tokenizer.pad_token_id,
+                batch = r1track.collate(train_sft.sft_examples(processor, pairs, train_args), processor.tokenizer.pad_token_id,
                                         "left")
                 started = time.perf_counter()
                 with train_sft.autocast(dist):

@@ -5,16 +5,19 @@
   python eval_got10k.py --data GOT-10k --split val --eval-only results/sft results/grpo
 
 Tracking writes the official layout, RESULTS/<seq>/<seq>_001.txt (x,y,w,h per frame, the
-first row the given box) and <seq>_time.txt (seconds per frame). A finished sequence is
-skipped when the run is started again, and every file is written whole or not at all, so a
-killed run resumes losing nothing. --batch B tracks B sequences at once through one
-batched model call per frame; under torchrun the ranks share the sequences.
+first row the given box) and <seq>_time.txt (seconds per frame), and beside them
+<seq>_fallbacks.txt: one number per frame, 1 where the model's answer could not be used
+(the previous answer was reused), 2 where the published frame-edge rule refused the box,
+else 0. A finished sequence is skipped when the run is started again, and every file is
+written whole or not at all, so a killed run resumes losing nothing. --batch B tracks B
+sequences at once through one batched model call per frame; under torchrun the ranks share
+the sequences. The loop is the published one unless the model's settings or --loop say.
 
 Scoring (val; --eval-only for any result folders) follows the official toolkit: frame 1
 left out, only frames where the target is visible (cover > 0), both boxes clipped to the
 image, IoUs pooled over all frames of all sequences. It reports AO, SR0.5, SR0.75, the
-success curve (101 thresholds), FPS and a per-sequence table, and writes success_plot.png.
-The test split's results are packed into RESULTS.zip for the evaluation server.
+success curve (101 thresholds), FPS, the fallbacks and a per-sequence table, and writes
+success_plot.png. The test split's results are packed into RESULTS.zip for the evaluation server.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import argparse
 import copy
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -45,6 +47,13 @@ def result_files(results: Path, name: str) -> tuple[Path, Path]:
     return results / name / f"{name}_001.txt", results / name / f"{name}_time.txt"
 
 
+def fallbacks_file(results: Path, name: str) -> Path:
+    return results / name / f"{name}_fallbacks.txt"
+
+
+ANSWER_USED, ANSWER_UNUSABLE, EDGE_HOLD = 0, 1, 2  # the codes of a fallbacks file
+
+
 def is_complete(results: Path, name: str, frames: int) -> bool:
     boxes, times = result_files(results, name)
     if not (boxes.is_file() and times.is_file()):
@@ -52,9 +61,11 @@ def is_complete(results: Path, name: str, frames: int) -> bool:
     return len(boxes.read_text().splitlines()) == frames
 
 
-def write_sequence(results: Path, name: str, boxes_xywh, seconds):
+def write_sequence(results: Path, name: str, boxes_xywh, seconds, answer_codes=None):
     boxes_file, times_file = result_files(results, name)
-    # the time file first: a sequence counts as done once its boxes are there
+    # the boxes last: a sequence counts as done once they are there
+    if answer_codes is not None:
+        r1track.write_atomic(fallbacks_file(results, name), "".join(f"{code}\n" for code in answer_codes))
     r1track.write_atomic(times_file, "".join(f"{t:.8f}\n" for t in seconds))
     r1track.write_atomic(boxes_file, "".join(",".join(f"{v:.3f}" for v in box) + "\n" for box in boxes_xywh))
 
@@ -108,19 +119,30 @@ class SequenceRun:
         sequence = r1track.read_got10k_sequence(split_dir / name)
         self.name, self.frames, self.tracker = name, sequence["frames"], tracker
         started = time.perf_counter()
-        tracker.init(r1track.as_pil(_open(self.frames[0])), sequence["boxes_xywh"][0])
+        tracker.init(read_frame(self.frames[0]), sequence["boxes_xywh"][0])
         self.boxes, self.seconds = [list(sequence["boxes_xywh"][0])], [time.perf_counter() - started]
+        self.answer_codes = [ANSWER_USED]
+
+    def add(self, box_xywh, seconds, fallbacks_before: int, edge_holds_before: int):
+        self.boxes.append(box_xywh)
+        self.seconds.append(seconds)
+        code = ANSWER_USED
+        if self.tracker.fallbacks > fallbacks_before:
+            code = ANSWER_UNUSABLE
+        elif self.tracker.edge_holds > edge_holds_before:
+            code = EDGE_HOLD
+        self.answer_codes.append(code)
 
     @property
     def done(self):
         return len(self.boxes) == len(self.frames)
 
 
-def _open(path):
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.convert("RGB")
+def read_frame(path):
+    try:
+        return r1track.read_frame(path)
+    except ValueError as error:
+        raise InputError(str(error)) from None
 
 
 def track_sequences(tracker, split_dir: Path, names: list[str], results: Path, batch: int, progress=True):
@@ -135,17 +157,32 @@ def track_sequences(tracker, split_dir: Path, names: list[str], results: Path, b
             # every sequence has its own tracker state; all share one answerer (one model)
             active.append(SequenceRun(copy.copy(tracker), split_dir, pending.pop(0)))
         started = time.perf_counter()
-        frames = [_open(run.frames[len(run.boxes)]) for run in active]
+        frames = [read_frame(run.frames[len(run.boxes)]) for run in active]
+        before = [(run.tracker.fallbacks, run.tracker.edge_holds) for run in active]
         boxes = r1track.update_batch([run.tracker for run in active], frames)
         seconds = (time.perf_counter() - started) / len(active)  # the batch's time, shared out
-        for run, box in zip(active, boxes):
-            run.boxes.append(box)
-            run.seconds.append(seconds)
+        for run, box, counts in zip(active, boxes, before):
+            run.add(box, seconds, *counts)
         for run in [run for run in active if run.done]:
-            write_sequence(results, run.name, run.boxes, run.seconds)
+            write_sequence(results, run.name, run.boxes, run.seconds, run.answer_codes)
             active.remove(run)
             bar.update()
     bar.close()
+
+
+def read_answer_codes(results: Path, name: str, frames: int):
+    """The fallbacks file of a sequence as counts, or None when there is none (results from
+    another tracker)."""
+    path = fallbacks_file(results, name)
+    if not path.is_file():
+        return None
+    try:
+        codes = np.loadtxt(path, dtype=int, ndmin=1)
+    except ValueError as error:
+        raise InputError(f"{path}: not a file of answer codes ({str(error).splitlines()[0]})") from None
+    if codes.shape != (frames,):
+        raise InputError(f"{path}: expected {frames} rows, found {codes.shape[0]}")
+    return {"fallbacks": int((codes == ANSWER_UNUSABLE).sum()), "edge_holds": int((codes == EDGE_HOLD).sum())}
 
 
 # -----------------------------------------------------------------------------
@@ -211,8 +248,13 @@ def score(results: Path, split_dir: Path, names: list[str]) -> dict:
         pooled_times.append(times)
         report = summarise(ious, times)
         del report["succ_curve"]
-        per_sequence[name] = {**report, "frames": len(truth)}
+        answers = read_answer_codes(results, name, len(truth)) or {"fallbacks": None, "edge_holds": None}
+        per_sequence[name] = {**report, "frames": len(truth), **answers}
     report = summarise(np.concatenate(pooled_ious), np.concatenate(pooled_times))
+    for count in ("fallbacks", "edge_holds"):  # None when some sequence has no fallbacks file
+        values = [row[count] for row in per_sequence.values()]
+        report[count] = None if None in values else sum(values)
+    report["tracked_frames"] = sum(row["frames"] - 1 for row in per_sequence.values())
     return {**report, "per_sequence": per_sequence}
 
 
@@ -221,14 +263,34 @@ def print_reports(reports: dict, per_sequence=True):
     if per_sequence and len(reports) == 1:
         table = reports[labels[0]]["per_sequence"]
         width = max(len(n) for n in table)
-        print(f"{'sequence':<{width}}  frames     AO  SR0.5  SR0.75     FPS")
+        print(f"{'sequence':<{width}}  frames     AO  SR0.5  SR0.75     FPS  fallbacks")
         for name, row in table.items():
             print(f"{name:<{width}}  {row['frames']:>6}  {row['ao']:.3f}  {row['sr50']:.3f}   {row['sr75']:.3f}  "
-                  f"{row['fps']:>6.2f}")
+                  f"{row['fps']:>6.2f}  {_count(row.get('fallbacks')):>9}")
     width = max(10, *(len(label) for label in labels))
-    print(f"{'':<8}" + "".join(f"{label:>{width + 2}}" for label in labels))
+    print(f"{'':<10}" + "".join(f"{label:>{width + 2}}" for label in labels))
     for key, title in (("ao", "AO"), ("sr50", "SR0.5"), ("sr75", "SR0.75"), ("fps", "FPS")):
-        print(f"{title:<8}" + "".join(f"{reports[label][key]:>{width + 2}.3f}" for label in labels))
+        print(f"{title:<10}" + "".join(f"{reports[label][key]:>{width + 2}.3f}" for label in labels))
+    print(f"{'fallbacks':<10}" + "".join(f"{_share(reports[label]):>{width + 2}}" for label in labels))
+    unusable = [label for label in labels if (reports[label].get("fallbacks") or 0) > 0.5 * _tracked(reports[label])]
+    for label in unusable:
+        print(f"warning: {label}: most answers could not be used; its boxes are mostly held, not tracked",
+              file=sys.stderr)
+
+
+def _count(value) -> str:
+    return "-" if value is None else str(value)
+
+
+def _tracked(report) -> int:
+    return report.get("tracked_frames") or 0
+
+
+def _share(report) -> str:
+    """`12 (0.5%)` of the tracked frames; `-` for results without fallback files."""
+    if report.get("fallbacks") is None:
+        return "-"
+    return f"{report['fallbacks']} ({100 * report['fallbacks'] / max(_tracked(report), 1):.1f}%)"
 
 
 def plot_success(reports: dict, png: Path):
@@ -251,11 +313,18 @@ def plot_success(reports: dict, png: Path):
     os.replace(tmp, png)
 
 
-def pack_for_server(results: Path) -> Path:
-    """RESULTS.zip: <seq>/<seq>_001.txt and <seq>_time.txt, as the evaluation server takes them."""
+def pack_for_server(results: Path, names: list[str]) -> Path:
+    """RESULTS.zip: <seq>/<seq>_001.txt and <seq>_time.txt, as the evaluation server takes
+    them, and nothing else."""
+    import zipfile
+
     archive = results.with_name(results.name + ".zip")
-    packed = shutil.make_archive(str(results.with_name(f".{results.name}.tmp")), "zip", root_dir=results)
-    os.replace(packed, archive)
+    tmp = results.with_name(f".{results.name}.zip.tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as packed:
+        for name in names:
+            for file in result_files(results, name):
+                packed.write(file, f"{name}/{file.name}")
+    os.replace(tmp, archive)
     return archive
 
 
@@ -263,14 +332,21 @@ def pack_for_server(results: Path) -> Path:
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=r1track.HelpFormatter)
+    parser = r1track.ArgumentParser(description=__doc__)
     parser.add_argument("--data", required=True, help="the GOT-10k root (holding val/ and test/)")
     parser.add_argument("--split", default="val", choices=["val", "test", "train"], help="the split (default: val)")
     parser.add_argument("--sequences", nargs="+", metavar="NAME", help="only these sequences (default: all in list.txt)")
     parser.add_argument("--out", help="result folder (default: results/<model name>)")
     parser.add_argument("--model", default=r1track.DEFAULT_MODEL, help=f"hub id or folder (default: {r1track.DEFAULT_MODEL})")
     parser.add_argument("--server", help="an OpenAI-compatible server URL to ask instead of a local model")
-    parser.add_argument("--server-model", help="the model name the server serves (default: its first)")
+    parser.add_argument("--server-model", help="the model name the server serves (default: its first); also "
+                        "where the tracking settings are read from, unless --settings says")
+    parser.add_argument("--settings", help="where the tracking settings (wording, think, crop size, loop) come from: "
+                        "a checkpoint folder, a hub id or an r1track.json (default: the model's own; with --server, "
+                        "those of the served model's name)")
+    parser.add_argument("--loop", choices=r1track.LOOPS, help="published: the published inference loop detail by "
+                        "detail; lenient: antialiased crops, lenient parsing, no frame-edge rule (default: as the "
+                        "model's settings say)")
     parser.add_argument("--batch", type=int, default=1, help="sequences tracked at once, in one batched call (default: 1)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available; under torchrun the "
                         "LOCAL_RANK GPU)")
@@ -287,14 +363,17 @@ def build_parser():
 def make_tracker(args, device):
     import torch
 
+    options = dict(think=args.think, recover=args.recover, loop=args.loop, settings=args.settings)
     if args.server:
-        return r1track.Tracker(server=args.server, server_model=args.server_model, think=args.think,
-                               recover=args.recover)
+        try:
+            return r1track.Tracker(server=args.server, server_model=args.server_model, **options)
+        except r1track.LoadError as error:
+            raise InputError(f"{error}; name the tracking settings with --settings") from None
     try:
         loaded = r1track.load_model(args.model, dtype=getattr(torch, args.dtype) if args.dtype else None, device=device)
     except (OSError, ValueError) as error:
         raise InputError(f"cannot load the model {args.model}: {str(error).splitlines()[0]}") from None
-    return r1track.Tracker(loaded, think=args.think, recover=args.recover)
+    return r1track.Tracker(loaded, **options)
 
 
 def run(args) -> int:
@@ -323,13 +402,15 @@ def run(args) -> int:
         print(f"{len(names)} sequences in {split_dir}; {_done(results, split_dir, names)} already tracked in {results}")
     if todo:
         tracker = make_tracker(args, device)
+        if rank == 0:
+            print(f"tracking settings: {tracker.settings.describe()}")
         track_sequences(tracker, split_dir, todo, results, args.batch, progress=not args.no_progress and rank == 0)
     if world > 1:
         _barrier()
     if rank != 0:
         return 0
     if args.split == "test":
-        archive = pack_for_server(results)
+        archive = pack_for_server(results, names)
         print(f"results for the evaluation server: {archive}")
         return 0
     return finish(args, {results.name: score(results, split_dir, names)}, results)
@@ -369,7 +450,7 @@ def main(argv=None) -> int:
     r1track.quiet_libraries()
     try:
         return run(args)
-    except InputError as error:
+    except (InputError, r1track.LoadError, r1track.ServerError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -34,8 +34,8 @@ def positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=r1track.HelpFormatter)
+def build_parser() -> r1track.ArgumentParser:
+    parser = r1track.ArgumentParser(description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     pairs = commands.add_parser(
@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     pairs.add_argument("--num", type=positive_int, default=5000, help="number of pairs")
     pairs.add_argument("--size", type=positive_int, default=336, help="crop size in pixels")
     pairs.add_argument("--wording", default="seed", choices=r1track.WORDINGS, help="question wording of `problem`")
+    pairs.add_argument("--loop", default="published", choices=r1track.LOOPS,
+                       help="published: crops cut by OpenCV and stored as JPEG quality 95, as R1-Track-5k/100k were; "
+                       "lenient: antialiased crops")
     pairs.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same pairs")
 
     synthetic = commands.add_parser(
@@ -76,7 +79,7 @@ def write_pairs(args) -> int:
     from tqdm import tqdm
 
     try:
-        source = r1track.Got10kPairs(args.got10k, args.size)
+        source = r1track.Got10kPairs(args.got10k, args.size, loop=args.loop)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -96,7 +99,7 @@ def write_pairs(args) -> int:
                     print("error: almost no usable pairs in this split", file=sys.stderr)
                     return 2
                 continue
-            rows.append(r1track.pair_to_row(pair, args.wording))
+            rows.append(r1track.pair_to_row(pair, args.wording, args.loop))
             bar.update()
     out = Path(args.out)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -54,6 +54,15 @@ QUESTIONS = {
 }
 WORDINGS = tuple(QUESTIONS)
 
+# How a tracker cuts its crops and reads the answers (TrackSettings.loop):
+# - "published": the published inference loop detail by detail: crops cut and resized as
+#   OpenCV does (no antialiasing), sent through a JPEG quality-95 round trip, the question as
+#   the published client sent it, strict JSON answers, the frame-edge rule. The published
+#   checkpoints were trained and scored this way.
+# - "lenient": antialiased crops without JPEG, the first [a,b,c,d] anywhere in the answer, no
+#   frame-edge rule (a box may follow the target up to the border).
+LOOPS = ("published", "lenient")
+
 # Qwen2.5-VL's own chat template (the processor's chat_template.json on the hub). Used
 # when a tokenizer carries a text-only template, and written into the tiny checkpoint.
 QWEN2_5_VL_CHAT_TEMPLATE = (
@@ -80,23 +89,36 @@ def format_box_xyxy(box_xyxy) -> str:
     return "[" + ",".join(str(int(v)) for v in box_xyxy) + "]"
 
 
-def build_messages(box_xyxy, think=False, wording="seed", images=(None, None)) -> list[dict]:
-    """The chat of one tracking question: image 1 is the template crop with the target at
-    `box_xyxy` (template-crop pixels), image 2 the search crop."""
+def question_text(box_xyxy, think=False, wording="seed", loop="published") -> str:
+    """The text of one tracking question about the target at `box_xyxy` in image 1.
+
+    loop="published": the seed wording as the published inference client sent it, single
+    spaces where the README has " \\n " (and the think instruction stripped, then one space),
+    which is what the published 5k models were scored with. Other loops: the README text.
+    """
     if wording not in QUESTIONS:
         raise ValueError(f"unknown wording {wording!r}; choose one of {', '.join(WORDINGS)}")
+    if loop not in LOOPS:
+        raise ValueError(f"unknown loop {loop!r}; choose one of {', '.join(LOOPS)}")
     text = QUESTIONS[wording].format(box=format_box_xyxy(box_xyxy))
-    if think:
-        text = THINK_INSTRUCTION + text
+    if loop == "published" and wording == "seed":
+        text = text.replace(" \n ", " ")
+        return f"{THINK_INSTRUCTION.strip()} {text}" if think else text
+    return THINK_INSTRUCTION + text if think else text
+
+
+def build_messages(box_xyxy, think=False, wording="seed", images=(None, None), loop="published") -> list[dict]:
+    """The chat of one tracking question: image 1 is the template crop with the target at
+    `box_xyxy` (template-crop pixels), image 2 the search crop. The published client sent
+    no system message: Qwen2.5-VL's chat template then puts in the same default one."""
+    text = question_text(box_xyxy, think, wording, loop)
     template, search = ({"type": "image", "image": image} for image in images)
     if wording == "seed":
         content = [template, search, {"type": "text", "text": text}]
     else:
         content = [template, {"type": "text", "text": " "}, search, {"type": "text", "text": text}]
-    return [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": content},
-    ]
+    user = {"role": "user", "content": content}
+    return [user] if loop == "published" else [{"role": "system", "content": SYSTEM_PROMPT}, user]
 
 
 _NUMBER = r"-?\d+(?:\.\d+)?"
@@ -176,12 +198,15 @@ def clamp_box_xywh_to_frame(box_xywh, width: int, height: int) -> list[float]:
 # Crops: the published square crop, zero padding outside the frame.
 
 
-def crop_around(image: Image.Image, box_xywh, factor: float, size: int, shift_xy=(0.0, 0.0)):
+def crop_around(frame, box_xywh, factor: float, size: int, shift_xy=(0.0, 0.0), loop="published"):
     """A `size` x `size` crop of a square of side ceil(sqrt(w*h) * factor) centred on the
-    box (moved by `shift_xy` times the side, for training jitter).
+    box (moved by `shift_xy` times the side, for training jitter), black outside the frame.
 
-    Returns (crop, box_xyxy_in_crop, scale, origin_xy): the box in crop pixels, crop pixels
-    per frame pixel, and the square's top-left corner in the frame.
+    loop="published": cut and resized as the published scripts do with OpenCV (bilinear, no
+    antialiasing, the far edge padded one pixel early); "lenient": PIL's antialiased resize.
+    `frame`: an RGB uint8 array or a PIL image. Returns (crop as an RGB uint8 array,
+    box_xyxy_in_crop, scale, origin_xy): the box in crop pixels, crop pixels per frame pixel,
+    and the square's top-left corner in the frame.
     """
     x, y, w, h = (float(v) for v in box_xywh)
     if not (w > 0 and h > 0) or not all(math.isfinite(v) for v in (x, y, w, h)):
@@ -190,15 +215,39 @@ def crop_around(image: Image.Image, box_xywh, factor: float, size: int, shift_xy
     x1 = round(x + w / 2 + shift_xy[0] * side - side / 2)
     y1 = round(y + h / 2 + shift_xy[1] * side - side / 2)
     scale = size / side
-    crop = _resample_square(image, x1, y1, side, size)
-    box_xyxy_in_crop = [(x - x1) * scale, (y - y1) * scale, (x - x1 + w) * scale, (y - y1 + h) * scale]
-    return crop, box_xyxy_in_crop, scale, (x1, y1)
+    if loop == "published":
+        crop = _opencv_square(as_array(frame), x1, y1, side, size)
+    else:
+        crop = np.asarray(_antialiased_square(as_pil(frame), x1, y1, side, size))
+    # the same float operations as the published scripts, so boxes agree to the last bit
+    left, top = (x - x1) * scale, (y - y1) * scale
+    return crop, [left, top, left + w * scale, top + h * scale], scale, (x1, y1)
 
 
-def _resample_square(image: Image.Image, x1: int, y1: int, side: int, size: int) -> Image.Image:
+MAX_OPENCV_SIDE = 16384  # the published crop pads the whole square first: 800 MB at this side
+
+
+def _opencv_square(frame: np.ndarray, x1: int, y1: int, side: int, size: int) -> np.ndarray:
+    import cv2
+
+    if side > MAX_OPENCV_SIDE:
+        raise ValueError(f"a {side}-px square is too large to cut the published way (at most {MAX_OPENCV_SIDE})")
+    height, width = frame.shape[:2]
+    x2, y2 = x1 + side, y1 + side
+    # As the published crop: where the square reaches the right or bottom edge, the padding
+    # starts one pixel early (the frame's last column or row is replaced by black).
+    left, top = max(0, -x1), max(0, -y1)
+    right, bottom = max(x2 - width + 1, 0), max(y2 - height + 1, 0)
+    inside = frame[y1 + top:y2 - bottom, x1 + left:x2 - right]
+    if inside.shape[0] <= 0 or inside.shape[1] <= 0:  # the square lies off the frame
+        return np.zeros((size, size, 3), np.uint8)
+    square = cv2.copyMakeBorder(inside, top, bottom, left, right, cv2.BORDER_CONSTANT, value=0)
+    return cv2.resize(square, (size, size))
+
+
+def _antialiased_square(image: Image.Image, x1: int, y1: int, side: int, size: int) -> Image.Image:
     # Resample only the part of the square inside the frame and paste it on black: the
     # same picture as padding the frame first, without allocating side x side pixels.
-    image = image.convert("RGB") if image.mode != "RGB" else image
     crop = Image.new("RGB", (size, size))
     left, top = max(x1, 0), max(y1, 0)
     right, bottom = min(x1 + side, image.width), min(y1 + side, image.height)
@@ -215,27 +264,95 @@ def _resample_square(image: Image.Image, x1: int, y1: int, side: int, size: int)
 
 
 def crop_to_frame(box_xyxy_in_crop, scale: float, origin_xy) -> list[float]:
-    """A box in crop pixels back to a frame box (x, y, w, h)."""
+    """A box in crop pixels back to a frame box (x, y, w, h), with the published float operations."""
     x1, y1, x2, y2 = (float(v) for v in box_xyxy_in_crop)
-    return [x1 / scale + origin_xy[0], y1 / scale + origin_xy[1], (x2 - x1) / scale, (y2 - y1) / scale]
+    left, top = x1 / scale + origin_xy[0], y1 / scale + origin_xy[1]
+    right, bottom = x2 / scale + origin_xy[0], y2 / scale + origin_xy[1]
+    return [left, top, right - left, bottom - top]
+
+
+JPEG_QUALITY = 95  # what the published client (cv2.imencode) and data (cv2.imwrite) used
+
+
+def jpeg_round_trip(crop: np.ndarray):
+    """An RGB crop as the published pipeline handed it to the model: encoded as JPEG quality
+    95 (as OpenCV encodes it), then decoded (as PIL, and so a vLLM server, decodes it).
+    Returns (the decoded PIL image, the JPEG bytes)."""
+    import io
+
+    import cv2
+
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise ValueError("OpenCV could not encode a crop as JPEG")
+    data = encoded.tobytes()
+    return Image.open(io.BytesIO(data)).convert("RGB"), data
+
+
+def as_array(image) -> np.ndarray:
+    """A frame as an RGB uint8 array (PIL images and arrays are accepted)."""
+    if isinstance(image, Image.Image):
+        image = image if image.mode == "RGB" else image.convert("RGB")
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        array = np.clip(array, 0, 255).astype(np.uint8)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    return array
+
+
+def as_pil(image) -> Image.Image:
+    """A frame as a PIL RGB image (PIL images and RGB arrays are accepted)."""
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    return Image.fromarray(as_array(image))
+
+
+def read_frame(path) -> np.ndarray:
+    """An image file as an RGB uint8 array, decoded by OpenCV as the published scripts read
+    frames; ValueError when it cannot be decoded."""
+    import cv2
+
+    frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if frame is None:
+        raise ValueError(f"cannot decode the image {path}")
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
 
 # -----------------------------------------------------------------------------
 # Answers and rewards
 
 _LIST_OF_FOUR = re.compile(r"\[\s*(" + r"\s*,\s*".join([_NUMBER] * 4) + r")\s*\]")
-_THINK_ANSWER = re.compile(r"<think>(.*?)</think>\s*<answer>(.*?)</answer>", re.DOTALL)
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
 
-def _think_answer_content(text: str):
-    """The <answer> content of a well-formed `<think>…</think><answer>…</answer>`
-    response (each tag exactly once, nothing outside but whitespace), else None."""
-    stripped = text.strip()
-    if any(stripped.count(tag) != 1 for tag in _TAGS):
+def answer_tag_content(text: str):
+    """What the published scripts read out of a think response: the text between the last
+    `<answer>` and the closing `</answer>`, in a response that starts with `<think>`, has a
+    `</think>` before that `<answer>` and ends with `</answer>` (anything else may stand
+    between). None when the response is not of that shape."""
+    if not (text.startswith("<think>") and text.endswith("</answer>")):
         return None
-    match = _THINK_ANSWER.fullmatch(stripped)
-    return match.group(2) if match else None
+    body = text[len("<think>"):-len("</answer>")]
+    answer_start = body.rfind("<answer>")
+    think_end = body.find("</think>")
+    if answer_start < 0 or think_end < 0 or think_end + len("</think>") > answer_start:
+        return None
+    return body[answer_start + len("<answer>"):]
+
+
+def think_format_ok(text: str) -> bool:
+    """The published reward's format check: `<think>…</think>…<answer>…</answer>` and nothing
+    around it; no think tag inside the thinking, no tag at all between the two parts, no
+    answer tag inside the answer (text without tags may stand between them)."""
+    if not (text.startswith("<think>") and text.endswith("</answer>")):
+        return False
+    thinking, closed, rest = text[len("<think>"):-len("</answer>")].partition("</think>")
+    if not closed or "<think>" in thinking:
+        return False
+    between, opened, answer = rest.partition("<answer>")
+    return bool(opened) and not any(tag in between for tag in _TAGS) \
+        and "<answer>" not in answer and "</answer>" not in answer
 
 
 def _json_box(text: str):
@@ -256,12 +373,13 @@ def _json_box(text: str):
 def parse_answer(text: str, think=False, strict=False):
     """The box in a model's answer, or None.
 
-    Lenient (tracking): the first `[a, b, c, d]` of numbers anywhere in the text.
-    Strict (rewards): the whole answer must be a JSON list of four numbers.
-    think=True: only from the <answer> of a well-formed think response.
+    Lenient: the first `[a, b, c, d]` of numbers anywhere in the text.
+    Strict (the published loop, rewards): the whole answer must be a JSON list of four numbers.
+    think=True: only from the <answer> of a think response, read as the published scripts
+    read it (answer_tag_content); lenient parsing forgives whitespace around the response.
     """
     if think:
-        text = _think_answer_content(text)
+        text = answer_tag_content(text if strict else text.strip())
         if text is None:
             return None
     if strict:
@@ -307,9 +425,9 @@ def reward(text: str, gt_xyxy, think=False, response_len=None, kind="r1track") -
     failed = {"overall": -1.0, "format": 0.0, "iou": 0.0, "giou": -1.0}
     content = text
     if think:
-        content = _think_answer_content(text)
-        if content is None:
+        if not think_format_ok(text):
             return failed
+        content = answer_tag_content(text)
         if response_len is not None and response_len < 128:
             return {**failed, "format": 1.0}
     try:
@@ -335,6 +453,11 @@ def reward(text: str, gt_xyxy, think=False, response_len=None, kind="r1track") -
 SETTINGS_FILE = "r1track.json"
 
 
+class LoadError(ValueError):
+    """A model, adapter or settings file that cannot be used as it is: said in one line,
+    never replaced by defaults or random weights."""
+
+
 @dataclass
 class TrackSettings:
     wording: str = "seed"
@@ -342,16 +465,35 @@ class TrackSettings:
     crop_size: int = 336
     template_factor: float = 4.0
     search_factor: float = 4.0
+    loop: str = "published"
 
     def save(self, folder) -> None:
         write_atomic(Path(folder) / SETTINGS_FILE, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
+    def describe(self) -> str:
+        return (f"wording {self.wording}, think {'on' if self.think else 'off'}, {self.crop_size}-px crops, "
+                f"template/search factors {self.template_factor:g}/{self.search_factor:g}, loop {self.loop}")
+
     @classmethod
     def from_dict(cls, values: dict) -> "TrackSettings":
+        if not isinstance(values, dict):
+            raise ValueError("tracking settings are a JSON object")
         known = {f.name for f in dataclasses.fields(cls)}
-        settings = cls(**{k: v for k, v in values.items() if k in known})
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown tracking settings {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        settings = cls(**values)
         if settings.wording not in QUESTIONS:
-            raise ValueError(f"unknown wording {settings.wording!r} in tracking settings")
+            raise ValueError(f"unknown wording {settings.wording!r}; choose one of {', '.join(WORDINGS)}")
+        if settings.loop not in LOOPS:
+            raise ValueError(f"unknown loop {settings.loop!r}; choose one of {', '.join(LOOPS)}")
+        if not isinstance(settings.think, bool):
+            raise ValueError(f"think is true or false, not {settings.think!r}")
+        if not (isinstance(settings.crop_size, int) and settings.crop_size >= 28):
+            raise ValueError(f"crop_size is a whole number of pixels (at least 28), not {settings.crop_size!r}")
+        for factor in (settings.template_factor, settings.search_factor):
+            if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
+                raise ValueError(f"crop factors are positive numbers, not {factor!r}")
         return settings
 
 
@@ -367,22 +509,70 @@ DEFAULT_MODEL = "WangBiao/R1-Track-GRPO-wo-Think-100k"
 DEMO_MODEL = Path(__file__).resolve().parent / "demo_model"  # made by make_demo_model.py; ships with the project
 
 
-def load_settings(name_or_path: str) -> TrackSettings:
-    """The tracking settings of a checkpoint: its r1track.json, the known settings of a
-    published R1-Track model, or the published defaults."""
-    local = Path(name_or_path) / SETTINGS_FILE
-    if local.is_file():
-        return TrackSettings.from_dict(json.loads(local.read_text()))
-    if name_or_path in PUBLISHED_SETTINGS:
-        return dataclasses.replace(PUBLISHED_SETTINGS[name_or_path])
-    if not Path(name_or_path).exists():  # a hub id: a checkpoint this project pushed has the file
-        try:
-            from huggingface_hub import hf_hub_download
+def hub_file(repo_id: str, filename: str):
+    """The local path of one file of a hub repository, downloaded if need be, or None when
+    the repository has no such file. Offline (HF_HUB_OFFLINE=1): what the local copy has.
+    LoadError for everything else: no such repository, no access, no network."""
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-            return TrackSettings.from_dict(json.loads(Path(hf_hub_download(name_or_path, SETTINGS_FILE)).read_text()))
-        except Exception:  # no such file, or no network: the defaults below
-            pass
-    return TrackSettings()
+    try:
+        if constants.HF_HUB_OFFLINE:
+            cached = try_to_load_from_cache(repo_id, filename)
+            return Path(cached) if isinstance(cached, str) else None
+        return Path(hf_hub_download(repo_id, filename))
+    except LocalEntryNotFoundError:
+        raise LoadError(f"cannot reach the Hugging Face hub for {filename} of {repo_id}, and no copy is cached "
+                        "(set HF_HUB_OFFLINE=1 to use only local copies)") from None
+    except EntryNotFoundError:
+        return None
+    except (OSError, ValueError) as error:  # no such repository, no access, a bad id, the network
+        raise LoadError(f"cannot read {filename} of {repo_id}: {_first_line(error)}") from None
+
+
+def _first_line(error) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[0].strip() if lines else type(error).__name__
+
+
+def read_settings(name_or_path: str):
+    """The tracking settings saved with a checkpoint: its r1track.json (in a folder, the file
+    itself, or on the hub), or the built-in settings of a published R1-Track id; None when
+    the checkpoint has none. LoadError when they exist but cannot be read."""
+    path = Path(name_or_path)
+    if path.is_dir() and (path / SETTINGS_FILE).is_file():
+        path = path / SETTINGS_FILE
+    elif name_or_path in PUBLISHED_SETTINGS:
+        return dataclasses.replace(PUBLISHED_SETTINGS[name_or_path])
+    elif path.is_dir():
+        return None
+    elif not path.is_file():
+        if path.is_absolute() or name_or_path.startswith((".", "~")) or path.suffix == ".json":
+            raise LoadError(f"{name_or_path}: no such settings file or checkpoint folder")
+        path = hub_file(name_or_path, SETTINGS_FILE)
+        if path is None:
+            return None
+    try:
+        return TrackSettings.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError, UnicodeDecodeError) as error:
+        raise LoadError(f"{path}: not valid tracking settings ({_first_line(error)})") from None
+
+
+def load_settings(name_or_path: str) -> TrackSettings:
+    """read_settings, or the published defaults when the checkpoint has no settings, which
+    is said on stderr (the model may have been trained for another question)."""
+    settings = read_settings(name_or_path)
+    if settings is None:
+        settings = TrackSettings()
+        say_default_settings(name_or_path, settings)
+    return settings
+
+
+def say_default_settings(name, settings: TrackSettings) -> None:
+    import sys
+
+    print(f"note: {name} has no {SETTINGS_FILE}; tracking with the default settings ({settings.describe()})",
+          file=sys.stderr)
 
 
 def write_atomic(path, data) -> None:
@@ -410,6 +600,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
                 or action.default == argparse.SUPPRESS:
             return text
         return f"{text} (default: {action.default})"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The project's scripts' parser: HelpFormatter, and a bad flag said in one line."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 # -----------------------------------------------------------------------------
@@ -472,17 +673,18 @@ def default_device() -> str:
 def _adapter_base(name_or_path: str):
     """The base model named by a peft adapter folder or hub id, or None for a full model."""
     local = Path(name_or_path)
-    if local.is_dir():
-        config = local / "adapter_config.json"
-        return json.loads(config.read_text())["base_model_name_or_path"] if config.is_file() else None
     if local.exists():
-        return None
+        config = local / "adapter_config.json"
+        if not config.is_file():
+            return None
+    else:
+        config = hub_file(name_or_path, "adapter_config.json")
+        if config is None:
+            return None
     try:
-        from peft import PeftConfig
-
-        return PeftConfig.from_pretrained(name_or_path).base_model_name_or_path
-    except Exception:  # not an adapter (or not reachable): load it as a full model
-        return None
+        return json.loads(config.read_text())["base_model_name_or_path"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise LoadError(f"{config}: not a peft adapter config ({_first_line(error)})") from None
 
 
 def load_model(name_or_path: str, dtype=None, device=None, load_in_4bit=False, attn=None,
@@ -494,7 +696,9 @@ def load_model(name_or_path: str, dtype=None, device=None, load_in_4bit=False, a
     dtype: bfloat16 on GPU, float32 on CPU unless given. attn: flash_attention_2 when the
     flash-attn package is installed and the device is a GPU, else sdpa. merge_adapter folds
     the adapter into the weights for speed (not with 4-bit weights); trainable keeps it a
-    trainable peft adapter. The checkpoint's tracking settings are at `model.r1track_settings`.
+    trainable peft adapter. The checkpoint's tracking settings are at `model.r1track_settings`
+    (None when it has none). A checkpoint or adapter whose weights do not all load is a
+    LoadError, never random values.
     """
     import torch
     from transformers import BitsAndBytesConfig
@@ -521,21 +725,69 @@ def load_model(name_or_path: str, dtype=None, device=None, load_in_4bit=False, a
                           merge=merge_adapter and not trainable and not load_in_4bit)
     if not trainable:
         model.eval()
-    model.r1track_settings = load_settings(name_or_path)
+    model.r1track_settings = read_settings(name_or_path)  # None: the checkpoint has none
     return model, _load_processor_of(name_or_path)
 
 
 def _load_weights(name_or_path: str, from_pretrained_kwargs: dict, trainable=False, merge=True):
+    """Every weight of a checkpoint or adapter, or LoadError naming those that do not fit."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     base = _adapter_base(name_or_path)
     if base is None:
-        return Qwen2_5_VLForConditionalGeneration.from_pretrained(name_or_path, **from_pretrained_kwargs)
+        model, report = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            name_or_path, output_loading_info=True, **from_pretrained_kwargs)
+        _refuse_partial_load(name_or_path, report["missing_keys"], report["unexpected_keys"],
+                             [key for key, *_ in report.get("mismatched_keys", ())])
+        return model
+    import warnings
+
     from peft import PeftModel
 
     model = _load_weights(base, from_pretrained_kwargs, trainable=False, merge=True)  # lower adapters: merged
-    model = PeftModel.from_pretrained(model, name_or_path, is_trainable=trainable)
+    key_mapping = older_layout_key_mapping(model)
+    with warnings.catch_warnings():  # peft warns of missing keys; they are checked below, and refused
+        warnings.filterwarnings("ignore", message="Found missing adapter keys")
+        model = PeftModel.from_pretrained(model, name_or_path, is_trainable=trainable, key_mapping=key_mapping)
+    _check_adapter_weights(model, name_or_path, key_mapping)
     return model.merge_and_unload() if merge else model
+
+
+def older_layout_key_mapping(model) -> dict:
+    """transformers' renaming rules for checkpoints saved before 4.52, when Qwen2.5-VL kept
+    the text model at `model.` and the vision tower at `visual.` (the published R1-Track
+    LoRA adapters were saved so), as the `key_mapping` peft applies to adapter keys."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming
+
+    mapping = {}
+    for rule in get_model_conversion_mapping(model):
+        if type(rule) is WeightRenaming:  # plain renames; peft applies the first that matches
+            mapping.update(zip(rule.source_patterns, rule.target_patterns))
+    return mapping
+
+
+def _check_adapter_weights(model, name_or_path: str, key_mapping: dict) -> None:
+    """Every weight of the adapter file went into the model, and every adapter weight of the
+    model came from the file: peft itself only warns, and leaves the rest at their initial values."""
+    from peft import get_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    stored = set(load_peft_weights(name_or_path, device="cpu", key_mapping=key_mapping))
+    expected = set(get_peft_model_state_dict(model))
+    _refuse_partial_load(name_or_path, expected - stored, stored - expected, [], kind="adapter")
+
+
+def _refuse_partial_load(name, missing, unexpected, mismatched, kind="checkpoint") -> None:
+    def listed(keys):
+        keys = sorted(keys)
+        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    problems = [f"{len(keys)} {what} ({listed(keys)})" for keys, what in (
+        (missing, "weights missing from it"), (unexpected, "weights the model has no place for"),
+        (mismatched, "weights of the wrong shape")) if keys]
+    if problems:
+        raise LoadError(f"{name}: not every weight of this {kind} loads into Qwen2.5-VL: {'; '.join(problems)}")
 
 
 def _load_processor_of(name_or_path: str) -> Processor:
@@ -552,7 +804,7 @@ def _load_processor_of(name_or_path: str) -> Processor:
 
 
 def build_inputs(processor, template_img, search_img, box_xyxy, answer=None, think=False,
-                 wording="seed", return_tensors=True) -> dict:
+                 wording="seed", return_tensors=True, loop="published") -> dict:
     """The model inputs of one tracking question (a batch of one).
 
     Keys: input_ids, attention_mask, mm_token_type_ids (1 on image tokens: Qwen2.5-VL
@@ -560,7 +812,7 @@ def build_inputs(processor, template_img, search_img, box_xyxy, answer=None, thi
     also labels, -100 everywhere but the answer and its end-of-turn token. Image tokens
     are expanded as Qwen2.5-VL's own processor expands them.
     """
-    messages = build_messages(box_xyxy, think=think, wording=wording, images=(template_img, search_img))
+    messages = build_messages(box_xyxy, think=think, wording=wording, images=(template_img, search_img), loop=loop)
     return encode_chat(processor, messages, [template_img, search_img], answer=answer, return_tensors=return_tensors)
 
 
@@ -947,6 +1199,7 @@ class Pair(NamedTuple):
     template_box_xyxy: list
     search: Image.Image
     search_box_xyxy: list
+    jpegs: tuple | None = None  # the crops' JPEG bytes, when they were cut the published way
 
 
 class BadRow(ValueError):
@@ -1013,7 +1266,8 @@ class Got10kPairs:
     two frames of one sequence where the target is visible, each cropped around its own box
     with a factor ~ U(2, 8) and a centre shift ~ U(-0.2, 0.2) x side; boxes truncated to
     integers (and kept inside the crop). Each `load(index, rng)` is a fresh pair of sequence
-    `index`, reproducible from `rng`.
+    `index`, reproducible from `rng`. loop="published" cuts the crops as the published data
+    was cut (OpenCV, then stored as JPEG quality 95); "lenient" cuts them as that loop does.
 
     tracking_share: the share of pairs cut the way the tracker asks instead: both crops with
     the tracking factor, the template centred on its box, the search around a slightly wrong
@@ -1021,9 +1275,9 @@ class Got10kPairs:
     scale). Not how the published data was made; it teaches the small step every frame
     needs, which a small model learns much sooner than the published jitter's big jumps."""
 
-    def __init__(self, split_dir, crop_size: int, tracking_share: float = 0.0):
+    def __init__(self, split_dir, crop_size: int, tracking_share: float = 0.0, loop="published"):
         self.split_dir, self.crop_size, self.name = Path(split_dir), crop_size, str(split_dir)
-        self.tracking_share = tracking_share
+        self.tracking_share, self.loop = tracking_share, loop
         self.sequences, self.skipped = [], 0
         for name in read_got10k_split(split_dir):
             try:
@@ -1052,7 +1306,10 @@ class Got10kPairs:
         like_tracking = self.tracking_share > 0 and rng.random() < self.tracking_share
         crops = []
         for role, frame in enumerate(picks):  # 0: template, 1: search
-            image = _open_image(frames[frame])
+            try:
+                image = read_frame(frames[frame])
+            except ValueError as error:
+                raise BadRow(str(error)) from None
             if not like_tracking:
                 factor, shift = rng.uniform(2, 8), rng.uniform(-0.2, 0.2, size=2)
             elif role == 0:
@@ -1060,12 +1317,16 @@ class Got10kPairs:
             else:  # a shift of 1/16 of the side is a quarter of the target's size at factor 4
                 factor = TrackSettings.search_factor * math.exp(rng.uniform(-0.15, 0.15))
                 shift = rng.uniform(-1 / 16, 1 / 16, size=2)
-            crop, box_xyxy, _, _ = crop_around(image, boxes[frame], factor, self.crop_size, shift_xy=shift)
+            crop, box_xyxy, _, _ = crop_around(image, boxes[frame], factor, self.crop_size, shift_xy=shift,
+                                               loop=self.loop)
             crops.append((crop, [float(int(v)) for v in clamp_box_xyxy(box_xyxy, self.crop_size)]))
         (template, template_box), (search, search_box) = crops
         if not (search_box[2] > search_box[0] and search_box[3] > search_box[1]):
             raise BadRow("the target has no area in the search crop")
-        return Pair(template, template_box, search, search_box)
+        if self.loop != "published":
+            return Pair(Image.fromarray(template), template_box, Image.fromarray(search), search_box)
+        (template, template_jpeg), (search, search_jpeg) = jpeg_round_trip(template), jpeg_round_trip(search)
+        return Pair(template, template_box, search, search_box, jpegs=(template_jpeg, search_jpeg))
 
 
 def _parquet_rows(paths) -> list:
@@ -1099,25 +1360,53 @@ def _sharegpt_rows(path: Path) -> list:
 HUB_DATASETS = {"r1track5k": "WangBiao/R1-Track-5k", "r1track100k": "WangBiao/R1-Track-100k"}
 
 
+SPLIT_WORDS = {"train": ("train", "training"), "val": ("val", "valid", "validation", "dev"), "test": ("test", "testing")}
+
+
+def _split_of(file: Path, root: Path):
+    """The split a parquet file belongs to: the split word in its name, else in the nearest
+    folder name below `root` that has one; None when neither says."""
+    for name in [file.stem, *reversed(file.relative_to(root).parts[:-1])]:
+        words = set(re.split(r"[^a-z0-9]+", name.lower()))
+        found = [split for split, names in SPLIT_WORDS.items() if words & set(names)]
+        if len(found) == 1:
+            return found[0]
+        if found:  # e.g. train_val.parquet: it cannot belong to both
+            return None
+    return None
+
+
 def _split_files(folder: Path, split: str) -> list:
+    """The parquet files of one split of a dataset folder: by the split word in the file name or
+    a folder name (train/, val/, validation/, test/, train-00000-of-00001.parquet, ...). A file
+    of no split is refused, so that validation or test rows never become training data. The
+    validation split falls back on the test files when there are no validation files."""
     files = sorted(folder.rglob("*.parquet"))
-    names = {"train": ("train",), "val": ("val", "validation", "test")}[split]
-    chosen = [f for f in files if any(n in f.stem.lower() for n in names)]
-    return chosen or (files if split == "train" else [])
+    if not files:
+        raise ValueError(f"{folder}: no parquet files in this folder")
+    splits = {file: _split_of(file, folder) for file in files}
+    unknown = [str(file.relative_to(folder)) for file, found in splits.items() if found is None]
+    if unknown:
+        raise ValueError(f"{folder}: cannot tell the split of {', '.join(unknown)} (name each file or its folder "
+                         f"train, val or test; files found: {', '.join(str(f.relative_to(folder)) for f in files)})")
+    chosen = [file for file, found in splits.items() if found == split]
+    if not chosen and split == "val":
+        chosen = [file for file, found in splits.items() if found == "test"]
+    return chosen
 
 
-def open_pairs(spec: str, crop_size: int, split="train", tracking_share: float = 0.0):
+def open_pairs(spec: str, crop_size: int, split="train", tracking_share: float = 0.0, loop="published"):
     """A pair source from a data spec: `r1track5k` / `r1track100k` (the published hub
     datasets), a parquet file or folder in the EasyR1 layout (train/val files chosen by
-    name), a LLaMA-Factory ShareGPT JSON, or a GOT-10k-layout split folder (list.txt), whose
-    pairs are cut with `tracking_share` (see Got10kPairs)."""
+    name or folder), a LLaMA-Factory ShareGPT JSON, or a GOT-10k-layout split folder
+    (list.txt), whose pairs are cut with `tracking_share` and `loop` (see Got10kPairs)."""
     path = Path(spec)
     if spec in HUB_DATASETS and not path.exists():
         from huggingface_hub import snapshot_download
 
         path = Path(snapshot_download(HUB_DATASETS[spec], repo_type="dataset", allow_patterns=["*.parquet", "*.json"]))
     if (path / "list.txt").is_file():
-        return Got10kPairs(path, crop_size, tracking_share)
+        return Got10kPairs(path, crop_size, tracking_share, loop)
     if path.is_dir():
         files = _split_files(path, split)
         if not files:
@@ -1148,17 +1437,24 @@ def pair_rng(seed: int, epoch: int, index: int):
     return np.random.default_rng([seed, epoch, index])
 
 
-def pair_to_row(pair: Pair, wording="seed") -> dict:
-    """A pair as an EasyR1 parquet row (`images`, `problem`, `answer`), JPEG images."""
+def pair_to_row(pair: Pair, wording="seed", loop="published") -> dict:
+    """A pair as an EasyR1 parquet row (`images`, `problem`, `answer`): JPEG images quality
+    95 (the crops' own JPEG bytes when they have them), the question after an <image> for
+    each image (with a space between them in the 100k wording, as the published data has)."""
     import io
 
     images = []
-    for image in (pair.template, pair.search):
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=95)
-        images.append({"bytes": buffer.getvalue(), "path": None})
-    question = QUESTIONS[wording].format(box=format_box_xyxy(pair.template_box_xyxy))
-    return {"images": images, "problem": "<image><image>" + question, "answer": format_box_xyxy(pair.search_box_xyxy)}
+    for index, image in enumerate((pair.template, pair.search)):
+        if pair.jpegs:
+            data = pair.jpegs[index]
+        else:
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+            data = buffer.getvalue()
+        images.append({"bytes": data, "path": None})
+    images_text = "<image> <image>" if wording == "r1track-100k" else "<image><image>"
+    question = question_text(pair.template_box_xyxy, wording=wording, loop=loop)
+    return {"images": images, "problem": images_text + question, "answer": format_box_xyxy(pair.search_box_xyxy)}
 
 
 # -----------------------------------------------------------------------------
@@ -1173,6 +1469,7 @@ class Request(NamedTuple):
     search: Image.Image
     template_box_xyxy: list
     state: dict | None = None  # the sequence's scratch space, kept by its tracker for the answerer
+    jpegs: tuple | None = None  # the crops' JPEG bytes (the published loop): what a server is sent
 
 
 class ModelAnswerer:
@@ -1186,8 +1483,9 @@ class ModelAnswerer:
         self.config.min_new_tokens = min_new_tokens
 
     def __call__(self, requests: list[Request]) -> list[str]:
-        examples = [build_inputs(self.processor, r.template, r.search, r.template_box_xyxy, think=self.settings.think,
-                                 wording=self.settings.wording, return_tensors=False) for r in requests]
+        s = self.settings
+        examples = [build_inputs(self.processor, r.template, r.search, r.template_box_xyxy, think=s.think,
+                                 wording=s.wording, return_tensors=False, loop=s.loop) for r in requests]
         batch = collate(examples, self.processor.tokenizer.pad_token_id, padding_side="left")
         return generate_answers(self.model, self.processor, batch, self.config)
 
@@ -1253,7 +1551,7 @@ class FastAnswerer:
 
         s = self.settings
         inputs = build_inputs(self.processor, request.template, request.search, request.template_box_xyxy,
-                              think=s.think, wording=s.wording)
+                              think=s.think, wording=s.wording, loop=s.loop)
         qwen = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         positions, _ = qwen.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
                                                  image_grid_thw=inputs["image_grid_thw"])
@@ -1358,46 +1656,80 @@ class FastAnswerer:
         return answers
 
 
+class ServerError(Exception):
+    """An answer server that cannot be reached or does not answer as OpenAI's chat API does."""
+
+
+def _post_json(url: str, payload=None, timeout=120):
+    import urllib.error
+    import urllib.request
+
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        detail = error.read().decode(errors="replace").strip().splitlines()
+        raise ServerError(f"{url} answered HTTP {error.code}{': ' + detail[0][:200] if detail else ''}") from None
+    except (urllib.error.URLError, OSError) as error:
+        raise ServerError(f"cannot reach {url}: {getattr(error, 'reason', error)}") from None
+    except ValueError:
+        raise ServerError(f"{url} did not answer JSON") from None
+
+
+def server_v1_url(url: str) -> str:
+    url = url.rstrip("/")
+    return url if url.endswith("/v1") else url + "/v1"
+
+
+def served_model_name(url: str, timeout=120) -> str:
+    """The first model an OpenAI-compatible server serves (its /v1/models)."""
+    listing = _post_json(server_v1_url(url) + "/models", timeout=timeout)
+    try:
+        return listing["data"][0]["id"]
+    except (KeyError, IndexError, TypeError):
+        raise ServerError(f"{url}/models lists no model") from None
+
+
 class ServerAnswerer:
     """Answers from an OpenAI-compatible chat server (vLLM, SGLang, ...), the deployment the
-    published R1-Track scripts used: the same messages, images as data URLs, temperature 0."""
+    published R1-Track scripts used, temperature 0. The published loop sends what the
+    published client sent: no system message, the crops as JPEG data URLs; the lenient loop
+    sends the system message and lossless PNG crops. A server that fails is a ServerError
+    (the published client quietly reused the previous answer instead)."""
 
     def __init__(self, url: str, settings: TrackSettings, model_name=None, max_new_tokens=None, timeout=120):
-        self.url = url.rstrip("/")
-        if not self.url.endswith("/v1"):
-            self.url += "/v1"
+        self.url = server_v1_url(url)
         self.settings, self.timeout = settings, timeout
         self.max_tokens = max_new_tokens or (512 if settings.think else 48)
-        self.model_name = model_name or self._served_model()
-
-    def _post(self, path, payload=None):
-        import urllib.request
-
-        data = None if payload is None else json.dumps(payload).encode()
-        request = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            return json.loads(response.read())
-
-    def _served_model(self) -> str:
-        return self._post("/models")["data"][0]["id"]
+        self.model_name = model_name or served_model_name(url, timeout)
 
     @staticmethod
-    def _data_url(image: Image.Image) -> str:
+    def _data_url(image: Image.Image, jpeg: bytes | None) -> str:
         import base64
         import io
 
+        if jpeg is not None:
+            return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
     def _chat(self, request: Request) -> str:
-        messages = build_messages(request.template_box_xyxy, think=self.settings.think, wording=self.settings.wording,
-                                  images=(request.template, request.search))
-        messages[1]["content"] = [
-            {"type": "image_url", "image_url": {"url": self._data_url(part["image"])}} if part["type"] == "image" else part
-            for part in messages[1]["content"]]
+        s = self.settings
+        messages = build_messages(request.template_box_xyxy, think=s.think, wording=s.wording,
+                                  images=(0, 1), loop=s.loop)
+        crops, jpegs = (request.template, request.search), request.jpegs or (None, None)
+        messages[-1]["content"] = [
+            {"type": "image_url", "image_url": {"url": self._data_url(crops[part["image"]], jpegs[part["image"]])}}
+            if part["type"] == "image" else part for part in messages[-1]["content"]]
         payload = {"model": self.model_name, "messages": messages, "temperature": 0.0, "max_tokens": self.max_tokens}
-        return self._post("/chat/completions", payload)["choices"][0]["message"]["content"] or ""
+        reply = _post_json(self.url + "/chat/completions", payload, self.timeout)
+        try:
+            return reply["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise ServerError(f"{self.url}/chat/completions answered without a message: {str(reply)[:200]}") from None
 
     def __call__(self, requests: list[Request]) -> list[str]:
         from concurrent.futures import ThreadPoolExecutor
@@ -1406,20 +1738,9 @@ class ServerAnswerer:
             return list(pool.map(self._chat, requests))
 
 
-
 def function_answerer(answer_fn):
     """An answerer over `answer_fn(template_img, search_img, template_box_xyxy) -> str`."""
     return lambda requests: [answer_fn(r.template, r.search, r.template_box_xyxy) for r in requests]
-
-
-def as_pil(image) -> Image.Image:
-    """A frame as a PIL RGB image (PIL images and numpy RGB arrays are accepted)."""
-    if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
-    array = np.asarray(image)
-    if array.dtype != np.uint8:
-        array = np.clip(array, 0, 255).astype(np.uint8)
-    return Image.fromarray(array).convert("RGB")
 
 
 def check_init_box(box_xywh, width: int, height: int) -> list[float]:
@@ -1445,40 +1766,59 @@ RECOVERY_MAX_FACTOR = 12.0
 
 
 class Tracker:
-    """The published R1-Track loop behind the GOT-10k toolkit's interface (init, update,
-    name, is_deterministic) and pytracking's (initialize, track).
+    """The R1-Track loop behind the GOT-10k toolkit's interface (init, update, name,
+    is_deterministic) and pytracking's (initialize, track).
 
     Built from a model name or folder (`Tracker("WangBiao/R1-Track-GRPO-wo-Think-100k")`),
     a loaded `(model, processor)`, an OpenAI-compatible server (`Tracker(server=URL)`), or
     `answer_fn(template_img, search_img, template_box_xyxy) -> str`. The prompt wording,
-    think mode, crop size and factors come from the checkpoint's settings unless given.
+    think mode, crop size, factors and loop come from `settings` (a TrackSettings, or the
+    checkpoint folder, hub id or r1track.json to read them from), else from the model's own,
+    else (a server) from the served model's name; keyword arguments override single values.
     A local model answers through FastAnswerer (template reuse, drafting; the same greedy
     answers); fast=False asks plain `generate` with the whole prompt every frame.
 
-    Each frame: search crop around the previous box (factor 4) -> answer -> box clamped to
-    the crop; an unparsable or empty answer reuses the previous answer -> back to the frame
-    -> clamped to the frame. `fallbacks` counts the reused answers of the sequence.
+    Each frame: search crop around the previous box -> answer -> box clamped to the crop; an
+    unusable or empty answer reuses the previous answer -> back to the frame. loop="published"
+    then applies the published frame-edge rule (a box touching the frame's edge is not taken:
+    the previous box and answer stay); "lenient" clamps the box into the frame. `fallbacks`
+    counts the answers of the sequence that could not be used, `edge_holds` the boxes refused
+    by the frame-edge rule.
     """
 
     is_deterministic = True  # greedy decoding
 
-    def __init__(self, model=None, *, server=None, answer_fn=None, server_model=None, crop_size=None,
-                 template_factor=None, search_factor=None, think=None, wording=None, device=None, dtype=None,
-                 recover=False, max_new_tokens=None, name=None, fast=True):
+    def __init__(self, model=None, *, server=None, answer_fn=None, server_model=None, settings=None, crop_size=None,
+                 template_factor=None, search_factor=None, think=None, wording=None, loop=None, device=None,
+                 dtype=None, recover=False, max_new_tokens=None, name=None, fast=True):
         if sum(x is not None for x in (model, server, answer_fn)) != 1:
             raise ValueError("give exactly one of: a model (name, folder or (model, processor)), server=, answer_fn=")
         loaded = None
         if isinstance(model, (str, os.PathLike)):
             loaded = load_model(str(model), dtype=dtype, device=device)
-            settings, name = loaded[0].r1track_settings, name or f"R1-Track[{Path(str(model)).name}]"
+            name = name or f"R1-Track[{Path(str(model)).name}]"
         elif model is not None:
             loaded = model
-            settings = getattr(model[0], "r1track_settings", None) or TrackSettings()
+        if server is not None and server_model is None:
+            server_model = served_model_name(server)
+        own = getattr(loaded[0], "r1track_settings", None) if loaded is not None else None
+        if isinstance(settings, TrackSettings):
+            settings = dataclasses.replace(settings)
+        elif settings is not None:
+            settings = load_settings(str(settings))
+        elif own is not None:
+            settings = dataclasses.replace(own)
+        elif server is not None:
+            settings = load_settings(server_model)
         else:
-            settings = load_settings(server_model) if server_model else TrackSettings()
+            settings = TrackSettings()
+            if loaded is not None:
+                say_default_settings(getattr(loaded[0], "name_or_path", None) or "the model", settings)
         overrides = dict(crop_size=crop_size, template_factor=template_factor, search_factor=search_factor,
-                         think=think, wording=wording)
+                         think=think, wording=wording, loop=loop)
         self.settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+        if self.settings.loop not in LOOPS:
+            raise ValueError(f"unknown loop {self.settings.loop!r}; choose one of {', '.join(LOOPS)}")
         if loaded is not None:
             answerer = FastAnswerer if fast else ModelAnswerer
             self.answerer = answerer(*loaded, self.settings, max_new_tokens)
@@ -1488,18 +1828,19 @@ class Tracker:
             self.answerer = function_answerer(answer_fn)
         self.name = name or "R1-Track"
         self.recover = recover
-        self.fallbacks = 0
+        self.fallbacks = self.edge_holds = 0
 
     # -- the GOT-10k toolkit's interface --
 
     def init(self, image, box_xywh):
-        frame = as_pil(image)
-        box_xywh = check_init_box(box_xywh, *frame.size)
+        frame = self._frame(image)
+        box_xywh = check_init_box(box_xywh, *_frame_size(frame))
         s = self.settings
-        self.template, self.template_box_xyxy, _, _ = crop_around(frame, box_xywh, s.template_factor, s.crop_size)
+        crop, self.template_box_xyxy, _, _ = crop_around(frame, box_xywh, s.template_factor, s.crop_size, loop=s.loop)
+        self.template, self.template_jpeg = self._model_image(crop)
         self.previous_answer_xyxy = self.template_box_xyxy  # the answer reused before a first good one
-        self.box_xywh, self.frame_size = box_xywh, frame.size
-        self.fallbacks = self.misses = 0
+        self.box_xywh = box_xywh
+        self.fallbacks = self.edge_holds = self.misses = 0
         self.state = {}  # the answerer's per-sequence cache (e.g. the template's keys and values)
 
     def update(self, image) -> list[float]:
@@ -1509,21 +1850,23 @@ class Tracker:
 
     def request(self, image) -> Request:
         """The question for this frame: template, search crop around the last box, template box."""
-        frame = as_pil(image)
+        frame = self._frame(image)
         s = self.settings
         factor = s.search_factor
         if self.recover and self.misses:
             factor = min(s.search_factor * RECOVERY_GROWTH ** self.misses, max(RECOVERY_MAX_FACTOR, s.search_factor))
-        search, _, scale, origin = crop_around(frame, self.box_xywh, factor, s.crop_size)
-        self.search_geometry = (scale, origin, frame.size)  # the crop's scale, corner and frame size
-        return Request(self.template, search, self.template_box_xyxy, self.state)
+        crop, _, scale, origin = crop_around(frame, self.box_xywh, factor, s.crop_size, loop=s.loop)
+        search, search_jpeg = self._model_image(crop)
+        self.search_geometry = (scale, origin, _frame_size(frame))  # the crop's scale, corner and frame size
+        jpegs = (self.template_jpeg, search_jpeg) if search_jpeg else None
+        return Request(self.template, search, self.template_box_xyxy, self.state, jpegs)
 
     def accept(self, answer: str) -> list[float]:
         """The frame box (x, y, w, h) from the answer to the last request."""
-        size = self.settings.crop_size
-        box = parse_answer(answer, think=self.settings.think)
+        published = self.settings.loop == "published"
+        box = parse_answer(answer, think=self.settings.think, strict=published)
         if box is not None:
-            box = clamp_box_xyxy(box, size)
+            box = clamp_box_xyxy(box, self.settings.crop_size)
             if box[2] <= box[0] or box[3] <= box[1]:
                 box = None
         if box is None:
@@ -1533,11 +1876,24 @@ class Tracker:
                 return list(self.box_xywh)
             box = self.previous_answer_xyxy
         self.misses = 0
-        self.previous_answer_xyxy = box
         scale, origin, (width, height) = self.search_geometry
-        self.box_xywh = clamp_box_xywh_to_frame(crop_to_frame(box, scale, origin), width, height)
-        self.frame_size = (width, height)
+        box_xywh = crop_to_frame(box, scale, origin)
+        if published and touches_frame_edge(box_xywh, width, height):
+            self.edge_holds += 1  # the published rule: keep the last box, and the last answer
+            return list(self.box_xywh)
+        self.previous_answer_xyxy = box
+        self.box_xywh = box_xywh if published else clamp_box_xywh_to_frame(box_xywh, width, height)
         return list(self.box_xywh)
+
+    def _frame(self, image):
+        """Frames as each loop cuts them: arrays for OpenCV, PIL images for PIL."""
+        return as_array(image) if self.settings.loop == "published" else as_pil(image)
+
+    def _model_image(self, crop: np.ndarray):
+        """(the crop as the model sees it, its JPEG bytes or None)."""
+        if self.settings.loop == "published":
+            return jpeg_round_trip(crop)
+        return Image.fromarray(crop), None
 
     # -- pytracking's interface; track() also runs a whole sequence, as the GOT-10k toolkit calls it --
 
@@ -1557,7 +1913,7 @@ class Tracker:
 
         boxes, times = np.zeros((len(img_files), 4)), np.zeros(len(img_files))
         for f, path in enumerate(img_files):
-            image = Image.open(path).convert("RGB")
+            image = read_frame(path)
             start = time.perf_counter()
             if f == 0:
                 self.init(image, box_xywh)
@@ -1566,6 +1922,20 @@ class Tracker:
                 boxes[f] = self.update(image)
             times[f] = time.perf_counter() - start
         return boxes, times
+
+
+def _frame_size(frame) -> tuple[int, int]:
+    return frame.size if isinstance(frame, Image.Image) else (frame.shape[1], frame.shape[0])
+
+
+def touches_frame_edge(box_xywh, width: int, height: int) -> bool:
+    """The published frame-edge rule: a box that, clamped into the frame, starts at its left or
+    top edge, ends at its right or bottom edge, or is one pixel wide or high, is not taken."""
+    x, y, w, h = box_xywh
+    left, top = max(0, x), max(0, y)
+    clamped_w, clamped_h = max(1, min(w, width - left)), max(1, min(h, height - top))
+    return (left == 0 or top == 0 or clamped_w == 1 or clamped_h == 1
+            or clamped_w == width - left or clamped_h == height - top)
 
 
 def update_batch(trackers: list[Tracker], images) -> list[list[float]]:

@@ -200,7 +200,7 @@ def write_rows(path: Path, rows):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=r1track.HelpFormatter)
+    parser = r1track.ArgumentParser(description=__doc__)
     parser.add_argument("--demo", action="store_true", help="offline demo: track synthetic clips with the "
                         "bundled demo_model/ (or --model), print their AO, write tracked.mp4")
     parser.add_argument("--video", help="a video file, a folder of frames, or a glob such as 'frames/*.jpg'")
@@ -214,7 +214,13 @@ def build_parser():
                         f"{r1track.DEFAULT_MODEL}; with --demo, demo_model/)")
     parser.add_argument("--server", help="an OpenAI-compatible server URL (e.g. vLLM) to ask instead of a local model")
     parser.add_argument("--server-model", help="the model name the server serves (default: its first model); "
-                        "also picks the prompt settings of a published R1-Track id")
+                        "also where the tracking settings are read from, unless --settings says")
+    parser.add_argument("--settings", help="where the tracking settings (wording, think, crop size, loop) come from: "
+                        "a checkpoint folder, a hub id or an r1track.json (default: the model's own; with --server, "
+                        "those of the served model's name)")
+    parser.add_argument("--loop", choices=r1track.LOOPS, help="published: crops, JPEG, question, answer parsing and "
+                        "frame-edge rule as the published inference script; lenient: antialiased crops, lenient "
+                        "parsing, no edge rule (default: as the model's settings say)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
                         help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
@@ -232,9 +238,13 @@ def load_tracker(args, first_frame):
     """The tracker and the first box (from --box, or found by --text)."""
     import torch
 
-    kwargs = dict(think=args.think, recover=args.recover)
+    kwargs = dict(think=args.think, recover=args.recover, loop=args.loop, settings=args.settings)
     if args.server:
-        tracker = r1track.Tracker(server=args.server, server_model=args.server_model, **kwargs)
+        try:
+            tracker = r1track.Tracker(server=args.server, server_model=args.server_model, **kwargs)
+        except r1track.LoadError as error:
+            raise InputError(f"{error}; name the tracking settings with --settings") from None
+        print(f"tracking settings: {tracker.settings.describe()}")
         return tracker, None
     dtype = getattr(torch, args.dtype) if args.dtype else None
     try:
@@ -242,6 +252,7 @@ def load_tracker(args, first_frame):
     except (OSError, ValueError) as error:
         raise InputError(f"cannot load the model {args.model}: {str(error).splitlines()[0]}") from None
     tracker = r1track.Tracker(loaded, name=f"R1-Track[{Path(args.model).name}]", **kwargs)
+    print(f"tracking settings: {tracker.settings.describe()}")
     box = None
     if args.text:
         box = r1track.locate_text(*loaded, first_frame, args.text)
@@ -299,8 +310,9 @@ def track(args) -> int:
             writer.close()
     tracked = [t for t in times[1:] if t > 0]
     fps_measured = len(tracked) / sum(tracked) if tracked else 0.0
+    edge = f", {tracker.edge_holds} boxes held at the frame edge" if tracker.settings.loop == "published" else ""
     print(f"{len(boxes)} frames, {fps_measured:.2f} FPS, {tracker.fallbacks} fallbacks "
-          f"(unparsable or empty answers), {decode_failures} undecodable frames -> {out}")
+          f"(unusable answers: the previous one reused){edge}, {decode_failures} undecodable frames -> {out}")
     if interrupted:
         print("interrupted: the frames tracked so far are saved")
         return 130
@@ -353,8 +365,8 @@ def write_example(path: Path, tracker, clips: Path, name: str, results: Path, fr
     request = tracker.request(read_image(sequence["frames"][frame_index]))
     answer = tracker.answerer([request])[0]
     side = 224
-    text = r1track.build_messages(request.template_box_xyxy, tracker.settings.think,
-                                  tracker.settings.wording)[1]["content"][-1]["text"]
+    s = tracker.settings
+    text = r1track.question_text(request.template_box_xyxy, s.think, s.wording, s.loop)
     lines = ["", ""] + textwrap.wrap(text.replace("\n", " "), 76) + [
         "", f"answer: {answer.strip()}"]
     canvas = Image.new("RGB", (2 * side + 24, side + 24 + 14 * len(lines)), (255, 255, 255))
@@ -397,7 +409,7 @@ def main(argv=None) -> int:
     try:
         r1track.quiet_libraries()
         return demo(args) if args.demo else track(args)
-    except (InputError, eval_got10k.InputError, OSError) as error:
+    except (InputError, eval_got10k.InputError, r1track.LoadError, r1track.ServerError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -19,7 +19,6 @@ folders (sampling resumes identically), metrics.jsonl and curves.png; Ctrl-C sav
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import sys
@@ -30,10 +29,10 @@ import numpy as np
 import torch
 
 import r1track
-from train_sft import (Dist, Metrics, PairStream, StopFlag, UserError, add_data_args, add_model_args, add_run_args,
-                       autocast, build_model, evaluate, find_resume, make_optimizer, open_data, positive_int,
-                       run_training, save_checkpoint, save_final, start_state, to_device,
-                       trainable_parameters, validation_pairs, wrap_distributed)
+from train_sft import (Metrics, PairStream, StopFlag, add_data_args, add_model_args, add_run_args, autocast,
+                       build_model, evaluate, fill_settings, find_resume, make_optimizer, open_data, positive_int,
+                       run_training, save_checkpoint, save_final, start_state, to_device, trainable_parameters,
+                       validation_pairs, wrap_distributed)
 
 # -----------------------------------------------------------------------------
 # The GRPO maths (REFERENCE.md), importable and tested on their own
@@ -73,14 +72,14 @@ def policy_loss(logp, old_logp, advantages, mask, clip=0.2):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=r1track.HelpFormatter)
+    parser = r1track.ArgumentParser(description=__doc__)
     add_model_args(parser, default_lr=1e-6)
     parser.add_argument("--init", default=None, help="where the policy and the reference start: an SFT output "
                         "folder (adapter or full), a hub id or a base model (default: --model)")
     parser.add_argument("--continue-adapter", action="store_true", help="with an adapter --init: train that adapter "
                         "on (the reference is then a frozen copy) instead of a fresh one over it")
     parser.add_argument("--ref-on-cpu", action="store_true", help="keep a frozen reference copy in CPU memory")
-    add_data_args(parser)
+    add_data_args(parser, inherited="as --init was trained, else ")
     add_run_args(parser, default_out="runs/grpo", default_batch=8, default_accum=1, default_save=20, default_eval=10)
     parser.set_defaults(weight_decay=1e-2, warmup_ratio=0.0, epochs=1.0)
     group = parser.add_argument_group("GRPO")
@@ -105,12 +104,16 @@ def build_parser():
 def check_args(parser, args):
     from train_sft import check_args as check_common
 
+    args.init = args.init or args.model
+    try:  # the questions the --init model was trained on, unless the flags say otherwise
+        fill_settings(args, r1track.read_settings(args.init) or r1track.TrackSettings())
+    except r1track.LoadError as error:
+        parser.error(str(error))
     check_common(parser, args)
     if args.group_size < 2:
         parser.error("--group-size must be at least 2: advantages compare answers to the same question")
     if (args.prompts_per_step * args.group_size) % args.updates_per_batch:
         parser.error("--updates-per-batch must divide --prompts-per-step x --group-size")
-    args.init = args.init or args.model
     args.max_new_tokens = args.max_new_tokens or (512 if args.think else 64)
 
 
@@ -128,7 +131,7 @@ def rollout(raw, processor, pairs, args, dist, step):
     # sampling is a function of (seed, step, rank): a resumed run draws the same answers
     torch.manual_seed(int(np.random.SeedSequence([args.seed, step, dist.rank]).generate_state(1)[0]))
     prompts = [r1track.build_inputs(processor, p.template, p.search, p.template_box_xyxy, think=args.think,
-                                    wording=args.wording, return_tensors=False) for p in pairs]
+                                    wording=args.wording, return_tensors=False, loop=args.loop) for p in pairs]
     examples = [e for e in prompts for _ in range(args.group_size)]            # [P*G]
     config = r1track.greedy_config(processor, args.max_new_tokens)
     # sample from the policy itself: temperature and top-p only, no library default top-k
@@ -336,7 +339,7 @@ def train(args, dist):
     train_source, val_source = open_data(args, dist)
     model, processor = build_model(args, dist, init=args.init, resume_dir=resume_dir,
                                    fresh_adapter=not (args.full or args.continue_adapter))
-    settings = r1track.TrackSettings(wording=args.wording, think=args.think, crop_size=args.crop_size)
+    settings = r1track.TrackSettings(wording=args.wording, think=args.think, crop_size=args.crop_size, loop=args.loop)
     model, raw = wrap_distributed(model, args, dist)
     reference = make_reference(raw, args, dist)
 

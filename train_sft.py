@@ -84,7 +84,7 @@ def add_model_args(parser, default_model="Qwen/Qwen2.5-VL-3B-Instruct", default_
     group.add_argument("--lr", type=float, default=default_lr, help="peak learning rate")
 
 
-def add_data_args(parser, default_data="r1track5k"):
+def add_data_args(parser, default_data="r1track5k", inherited=""):
     group = parser.add_argument_group("data")
     group.add_argument("--data", default=default_data, help="r1track5k | r1track100k (hub datasets) | a parquet file "
                        "or folder (EasyR1 layout) | a ShareGPT .json | a GOT-10k split folder with list.txt "
@@ -93,8 +93,14 @@ def add_data_args(parser, default_data="r1track5k"):
                        "dataset's own val split when it has one, else --val-fraction of --data)")
     group.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction of a stored --data")
     group.add_argument("--val-size", type=positive_int, default=64, help="validation pairs per evaluation")
-    group.add_argument("--crop-size", type=crop_size, default=336, help="crop side in pixels")
-    group.add_argument("--wording", default="seed", choices=r1track.WORDINGS, help="question wording")
+    group.add_argument("--crop-size", type=crop_size, default=None, help=f"crop side in pixels (default: {inherited}336)")
+    group.add_argument("--wording", default=None, choices=r1track.WORDINGS,
+                       help=f"question wording (default: {inherited}seed)")
+    group.add_argument("--loop", default=None, choices=r1track.LOOPS,
+                       help="how pairs cut from a GOT-10k folder look and how questions are worded, saved for "
+                       "tracking: published (OpenCV crops stored as JPEG, as R1-Track-5k was made, and the question "
+                       "as the published client asked it) or lenient (antialiased crops, the README's question) "
+                       f"(default: {inherited}published)")
     group.add_argument("--tracking-pairs", type=share, default=0.0, metavar="SHARE",
                        help="with a GOT-10k folder: this share of the pairs cut as the tracker asks (both crops "
                        "factor 4, the search around a slightly wrong box) instead of with the published jitter")
@@ -120,7 +126,7 @@ def add_run_args(parser, default_out="runs/sft", default_batch=4, default_accum=
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=r1track.HelpFormatter)
+    parser = r1track.ArgumentParser(description=__doc__)
     add_model_args(parser)
     add_data_args(parser)
     add_run_args(parser)
@@ -136,6 +142,14 @@ def check_args(parser, args):
         parser.error("--freeze-vision is for --full; with LoRA use --no-lora-vision")
     if not 0.0 <= args.val_fraction < 1.0:
         parser.error("--val-fraction must be in [0, 1)")
+    fill_settings(args, r1track.TrackSettings())
+
+
+def fill_settings(args, settings):
+    """Tracking settings not given as flags are taken from `settings`."""
+    args.crop_size = args.crop_size or settings.crop_size
+    args.wording = args.wording or settings.wording
+    args.loop = args.loop or settings.loop
 
 
 # -----------------------------------------------------------------------------
@@ -291,10 +305,12 @@ def autocast(dist):
 def open_data(args, dist):
     """(train source, validation source or None); one clear error for bad data."""
     try:
-        train = r1track.open_pairs(args.data, args.crop_size, split="train", tracking_share=args.tracking_pairs)
+        train = r1track.open_pairs(args.data, args.crop_size, split="train", tracking_share=args.tracking_pairs,
+                                   loop=args.loop)
         val = None
         if args.val_data:
-            val = r1track.open_pairs(args.val_data, args.crop_size, split="val", tracking_share=args.tracking_pairs)
+            val = r1track.open_pairs(args.val_data, args.crop_size, split="val", tracking_share=args.tracking_pairs,
+                                     loop=args.loop)
         elif args.val_fraction > 0:
             if not isinstance(train, r1track.StoredPairs):
                 raise UserError("--val-fraction holds out stored pairs; for a GOT-10k folder give --val-data")
@@ -339,10 +355,10 @@ class PairStream:
         return self.position / max(1, len(self.source) // self.dist.world)
 
 
-def sft_examples(processor, pairs, wording):
+def sft_examples(processor, pairs, args):
     return [r1track.build_inputs(processor, p.template, p.search, p.template_box_xyxy,
-                                 answer=r1track.format_box_xyxy(p.search_box_xyxy), wording=wording,
-                                 return_tensors=False) for p in pairs]
+                                 answer=r1track.format_box_xyxy(p.search_box_xyxy), wording=args.wording,
+                                 return_tensors=False, loop=args.loop) for p in pairs]
 
 
 def validation_pairs(source, size, seed):
@@ -392,11 +408,11 @@ def evaluate(model, processor, pairs, args, dist, think=False, with_loss=True):
         chunk = mine[start:start + args.batch_size]
         with autocast(dist):
             if with_loss:
-                batch = to_device(r1track.collate(sft_examples(processor, chunk, args.wording), pad, "left"), dist.device)
+                batch = to_device(r1track.collate(sft_examples(processor, chunk, args), pad, "left"), dist.device)
                 loss_sum += float(answer_loss_sum(model, batch))
                 tokens += float((batch["labels"] != -100).sum())
             prompts = [r1track.build_inputs(processor, p.template, p.search, p.template_box_xyxy, think=think,
-                                            wording=args.wording, return_tensors=False) for p in chunk]
+                                            wording=args.wording, return_tensors=False, loop=args.loop) for p in chunk]
             answers = r1track.generate_answers(model, processor, r1track.collate(prompts, pad, "left"), config)
         for pair, answer in zip(chunk, answers):
             box = r1track.parse_answer(answer, think=think)
@@ -611,7 +627,7 @@ def train(args, dist):
     resume_dir = find_resume(args, dist)
     train_source, val_source = open_data(args, dist)
     model, processor = build_model(args, dist, resume_dir=resume_dir)
-    settings = r1track.TrackSettings(wording=args.wording, think=False, crop_size=args.crop_size)
+    settings = r1track.TrackSettings(wording=args.wording, think=False, crop_size=args.crop_size, loop=args.loop)
     model, raw = wrap_distributed(model, args, dist)
 
     per_step = args.batch_size * args.grad_accum * dist.world
@@ -629,7 +645,7 @@ def train(args, dist):
 
     def next_step_batches():  # built in a background thread while the model works
         pairs = stream.next_pairs(args.batch_size * args.grad_accum)
-        batches = [r1track.collate(sft_examples(processor, pairs[i:i + args.batch_size], args.wording), pad, "left")
+        batches = [r1track.collate(sft_examples(processor, pairs[i:i + args.batch_size], args), pad, "left")
                    for i in range(0, len(pairs), args.batch_size)]
         # where the stream stands once these are consumed (it runs ahead while prefetching)
         return batches, {"position": stream.position, "skipped": stream.skipped, "epoch": stream.epoch()}

@@ -67,3 +67,52 @@ def sft_warm(tiny_model_dir, pairs16, tmp_path_factory):
                         "--no-gradient-checkpointing")
     assert result.returncode == 0, result.stderr[-3000:]
     return out
+
+
+class ChatServer:
+    """An OpenAI-compatible chat server on 127.0.0.1 (a context manager): `answer(index,
+    payload) -> str` gives the content of the index-th chat answer; every request body is
+    kept in `payloads`; /v1/models lists `model`."""
+
+    def __init__(self, answer, model="served-model"):
+        import http.server
+        import json
+        import threading
+
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.reply({"data": [{"id": model, "object": "model"}]})
+
+            def do_POST(self):
+                payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    index = len(server.payloads)
+                    server.payloads.append(payload)
+                self.reply({"choices": [{"index": 0, "message": {"role": "assistant",
+                                                                 "content": answer(index, payload)}}]})
+
+            def reply(self, body):
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.payloads, self.lock = [], threading.Lock()
+        self.http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_port}"
+        self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.http.shutdown()
+        self.http.server_close()

@@ -1,5 +1,6 @@
 """The published crop (REFERENCE.md): a square of side ceil(sqrt(w*h)*factor) around the box
-centre, zero padding outside the frame, resized to size x size."""
+centre, zero padding outside the frame, resized to size x size; in the published loop cut as
+OpenCV cuts it, in the lenient loop with PIL's antialiasing."""
 import math
 import random
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import published_r1track
 from r1track import crop_around, crop_to_frame
 
 RED = (255, 0, 0)
@@ -42,25 +44,27 @@ def test_geometry_matches_reference_on_random_boxes():
         factor, size = rng.uniform(2, 8), rng.choice([112, 336])
         crop, box_in_crop, scale, origin = crop_around(Image.new("RGB", (640, 480)), box, factor, size)
         expected_box, expected_scale, expected_origin = reference_geometry(box, factor, size)
-        assert crop.size == (size, size) and crop.mode == "RGB"
+        assert crop.shape == (size, size, 3) and crop.dtype == np.uint8
         assert box_in_crop == pytest.approx(expected_box)
         assert scale == pytest.approx(expected_scale)
         assert tuple(origin) == expected_origin
 
 
-def test_target_pixels_land_on_the_box_in_crop():
+@pytest.mark.parametrize("loop", ["published", "lenient"])
+def test_target_pixels_land_on_the_box_in_crop(loop):
     rng = random.Random(1)
     for _ in range(40):
         w, h = rng.randrange(10, 80), rng.randrange(10, 80)
         box = [rng.randrange(0, 320 - w), rng.randrange(0, 240 - h), w, h]
         factor = rng.uniform(2, 5)
-        crop, box_in_crop, _, _ = crop_around(frame_with_box(320, 240, box), box, factor, 336)
+        crop, box_in_crop, _, _ = crop_around(frame_with_box(320, 240, box), box, factor, 336, loop=loop)
         assert red_extent(crop) == pytest.approx(box_in_crop, abs=1.5)
 
 
-def test_outside_the_frame_is_black_padding():
+@pytest.mark.parametrize("loop", ["published", "lenient"])
+def test_outside_the_frame_is_black_padding(loop):
     box = [0, 0, 40, 40]  # in the top-left corner: the crop's top-left part lies outside
-    crop, box_in_crop, scale, origin = crop_around(frame_with_box(200, 200, box), box, 4, 160)
+    crop, box_in_crop, scale, origin = crop_around(frame_with_box(200, 200, box), box, 4, 160, loop=loop)
     assert origin == (-60, -60)
     pixels = np.asarray(crop)
     pad = round(60 * scale)
@@ -68,15 +72,47 @@ def test_outside_the_frame_is_black_padding():
     assert (pixels[pad + 1:, pad + 1:].sum(-1) > 0).all()  # the frame itself: red or white
 
 
-def test_box_wholly_outside_the_frame_gives_a_black_crop():
-    crop, _, _, _ = crop_around(Image.new("RGB", (100, 100), "white"), [500, 500, 20, 20], 4, 112)
+@pytest.mark.parametrize("loop", ["published", "lenient"])
+def test_box_wholly_outside_the_frame_gives_a_black_crop(loop):
+    crop, _, _, _ = crop_around(Image.new("RGB", (100, 100), "white"), [500, 500, 20, 20], 4, 112, loop=loop)
     assert not np.asarray(crop).any()
 
 
-def test_huge_crop_does_not_allocate_the_square():
+def test_huge_crop_does_not_allocate_the_square_in_the_lenient_loop():
     # a factor-8 square of a 4000 x 3000 box would be 27,713 px a side (2.3 GB padded)
-    crop, _, _, _ = crop_around(Image.new("RGB", (4000, 3000), "white"), [0, 0, 4000, 3000], 8, 336)
-    assert crop.size == (336, 336)
+    crop, _, _, _ = crop_around(Image.new("RGB", (4000, 3000), "white"), [0, 0, 4000, 3000], 8, 336, loop="lenient")
+    assert crop.shape == (336, 336, 3)
+    with pytest.raises(ValueError, match="too large"):  # the published way pads it first: refused
+        crop_around(Image.new("RGB", (4000, 3000), "white"), [0, 0, 4000, 3000], 8, 336)
+
+
+def test_published_crop_equals_the_published_scripts_opencv_crop():
+    """Bit for bit, boxes and pixels, against the transcription of the published crop (the
+    far-edge padding included), on boxes everywhere in a 1920x1080 frame and off it."""
+    rng = np.random.default_rng(3)
+    frame_rgb = rng.integers(0, 256, size=(1080, 1920, 3), dtype=np.uint8)
+    frame_bgr = np.ascontiguousarray(frame_rgb[..., ::-1])
+    for _ in range(60):
+        w, h = rng.uniform(4, 700), rng.uniform(4, 500)
+        box = [float(rng.uniform(-w, 1920)), float(rng.uniform(-h, 1080)), float(w), float(h)]
+        factor = float(rng.uniform(2, 8))
+        ours, box_in_crop, scale, origin = crop_around(frame_rgb, box, factor, 336)
+        theirs, their_scale, their_box, their_corner = published_r1track.sample_target(frame_bgr, box, factor, 336)
+        assert box_in_crop == their_box and scale == their_scale and list(origin) == their_corner
+        assert np.array_equal(ours, theirs[..., ::-1]), box
+        assert crop_to_frame(box_in_crop, scale, origin) == published_r1track.map_bbox_back(
+            their_scale, their_corner, their_box)
+
+
+def test_lenient_crop_is_antialiased():
+    """A one-pixel checkerboard shrunk threefold: PIL's filter averages it to grey, OpenCV's
+    two-tap resize keeps sampling single pixels."""
+    board = (np.indices((1008, 1008)).sum(0) % 2 * 255).astype(np.uint8)[..., None].repeat(3, 2)
+    box = [252, 252, 504, 504]
+    lenient, _, _, _ = crop_around(board, box, 2, 336, loop="lenient")
+    published, _, _, _ = crop_around(board, box, 2, 336)
+    assert np.abs(lenient.astype(int) - 128).max() <= 2
+    assert np.abs(published.astype(int) - 128).mean() > 60
 
 
 @pytest.mark.parametrize("box", [[10, 10, 0, 5], [10, 10, 5, 0], [10, 10, -3, 5], [10, 10, float("nan"), 5]])

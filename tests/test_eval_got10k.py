@@ -13,7 +13,7 @@ import pytest
 
 import eval_got10k
 import r1track
-from conftest import ROOT, run_script
+from conftest import ROOT, ChatServer, run_script
 
 
 def noisy_results(root, result_dir, seed=0):
@@ -187,3 +187,53 @@ def test_test_split_is_packed_for_the_server(tiny_model_dir, tmp_path):
 def test_bad_input_is_one_line(got10k_root, args, message):
     result = run_script("eval_got10k.py", *[a.format(root=got10k_root) for a in args], "--model", "/no/such/model")
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_fallbacks_are_counted_for_a_server_that_answers_garbage(got10k_root, tmp_path):
+    """A model whose answers never parse is scored on a frozen box: the report says so."""
+    settings = tmp_path / "r1track.json"
+    r1track.TrackSettings(crop_size=112).save(tmp_path)
+    names = r1track.read_got10k_split(got10k_root / "val")[:3]
+    with ChatServer(lambda index, payload: ["I cannot see it", "[1,2,3]", "[50,50,50,90]"][index % 3]) as server:
+        result = run_script("eval_got10k.py", "--data", got10k_root, "--server", server.url, "--settings", settings,
+                            "--out", tmp_path / "garbage", "--sequences", *names, "--no-progress")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "garbage" / "report.json").read_text())
+    assert report["fallbacks"] == report["tracked_frames"] == 3 * 23
+    assert all(row["fallbacks"] == 23 and row["edge_holds"] == 0 for row in report["per_sequence"].values())
+    assert "69 (100.0%)" in result.stdout and "most answers could not be used" in result.stderr
+    codes = np.loadtxt(tmp_path / "garbage" / names[0] / f"{names[0]}_fallbacks.txt")
+    assert codes.tolist() == [0] + [1] * 23
+    assert "tracking settings: wording seed, think off, 112-px crops" in result.stdout
+
+
+def test_results_of_other_trackers_have_no_fallback_count(got10k_root, tmp_path):
+    noisy_results(got10k_root, tmp_path / "noisy")
+    result = run_script("eval_got10k.py", "--data", got10k_root, "--eval-only", tmp_path / "noisy")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "noisy" / "report.json").read_text())["fallbacks"] is None
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--server", "http://127.0.0.1:{port}"], "cannot reach http://127.0.0.1:{port}/v1/models"),
+    (["--server", "http://127.0.0.1:{port}", "--server-model", "R1-Track", "--settings", "/no/such/r1track.json"],
+     "/no/such/r1track.json: no such settings file"),
+    (["--batch", "0"], "--batch must be at least 1"),
+    (["--loop", "mine"], "invalid choice: 'mine'"),
+    (["--split", "nope"], "invalid choice: 'nope'"),
+])
+def test_user_errors_are_one_line(got10k_root, tmp_path, args, message):
+    port = closed_port()
+    args = [a.format(port=port) for a in args]
+    result = run_script("eval_got10k.py", "--data", got10k_root, "--out", tmp_path / "out", *args)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert message.format(port=port) in lines[0] and "Traceback" not in result.stderr

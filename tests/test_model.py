@@ -1,5 +1,8 @@
 """The tiny checkpoint, loading, and model inputs (compared with transformers' own processor)."""
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -7,6 +10,7 @@ import torch
 from PIL import Image
 
 import r1track
+from conftest import ROOT
 
 BOX = [12.7, 30, 80, 99.9]
 
@@ -148,11 +152,92 @@ def test_right_padding_keeps_labels_aligned(tiny):
 
 
 def test_settings_round_trip_and_published_defaults(tmp_path):
-    r1track.TrackSettings(wording="r1track-100k", think=True, crop_size=224).save(tmp_path)
-    assert r1track.load_settings(str(tmp_path)) == r1track.TrackSettings("r1track-100k", True, 224)
+    r1track.TrackSettings(wording="r1track-100k", think=True, crop_size=224, loop="lenient").save(tmp_path)
+    assert r1track.load_settings(str(tmp_path)) == r1track.TrackSettings("r1track-100k", True, 224, loop="lenient")
+    assert r1track.load_settings(str(tmp_path / "r1track.json")).crop_size == 224  # the file itself
     assert r1track.load_settings("WangBiao/R1-Track-GRPO-wo-Think-100k").wording == "r1track-100k"
     assert r1track.load_settings("WangBiao/R1-Track-GRPO-5k").think is True
     assert r1track.load_settings("WangBiao/R1-Track-SFT-5k-lora") == r1track.TrackSettings()
-    (tmp_path / "r1track.json").write_text('{"wording": "nonsense"}')
-    with pytest.raises(ValueError, match="wording"):
+    assert all(s.loop == "published" for s in r1track.PUBLISHED_SETTINGS.values())
+
+
+def test_a_checkpoint_without_settings_gets_the_defaults_said_on_stderr(tmp_path, capsys):
+    assert r1track.read_settings(str(tmp_path)) is None
+    assert r1track.load_settings(str(tmp_path)) == r1track.TrackSettings()
+    note = capsys.readouterr().err.strip().splitlines()
+    assert len(note) == 1 and str(tmp_path) in note[0] and "default settings (wording seed" in note[0]
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"wording": "nonsense"}', "wording"), ("{not json", "not valid tracking settings"),
+    ('{"wording": "seed", "crop": 336}', "unknown tracking settings crop"), ('{"loop": "mine"}', "loop"),
+    ('{"think": "yes"}', "think"), ('{"crop_size": 0}', "crop_size"), ('{"search_factor": -4}', "factors"),
+    ("[1, 2]", "JSON object"),
+])
+def test_unreadable_settings_are_an_error_not_the_defaults(tmp_path, text, message):
+    (tmp_path / "r1track.json").write_text(text)
+    with pytest.raises(r1track.LoadError, match=message) as error:
         r1track.load_settings(str(tmp_path))
+    assert str(tmp_path) in str(error.value) and "\n" not in str(error.value)
+
+
+HUB_SCRIPT = """
+import json, r1track
+out = {}
+for repo in ["org/with-settings", "org/no-settings", "org/private"]:
+    try:
+        out[repo] = r1track.read_settings(repo).describe() if r1track.read_settings(repo) else None
+    except r1track.LoadError as error:
+        out[repo] = "LoadError: " + str(error)
+print(json.dumps(out))
+"""
+
+
+def test_hub_settings_through_a_hub_on_this_machine(tmp_path):
+    """huggingface_hub itself asks a hub served on 127.0.0.1: a repository with settings, one
+    without (404, EntryNotFound: the defaults), and one the user may not read (401: an error)."""
+    import http.server
+    import threading
+
+    settings = json.dumps({"wording": "r1track-100k", "crop_size": 224, "loop": "lenient"}).encode()
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def answer(self, with_body):
+            repo, file = "/".join(self.path.strip("/").split("/")[:2]), self.path.rsplit("/", 1)[-1]
+            code, body, headers = 500, b"", {}
+            if repo == "org/with-settings" and file == "r1track.json":
+                code, body, headers = 200, settings, {"X-Repo-Commit": "a" * 40, "ETag": '"e1"'}
+            elif repo == "org/no-settings":
+                code, body, headers = 404, b"Entry not found", {"X-Error-Code": "EntryNotFound"}
+            elif repo == "org/private":
+                code, body, headers = 401, b"Invalid credentials", {"X-Error-Code": "RepoNotFound"}
+            self.send_response(code)
+            for key, value in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(key, value)
+            self.end_headers()
+            if with_body:
+                self.wfile.write(body)
+
+        def do_HEAD(self):
+            self.answer(False)
+
+        def do_GET(self):
+            self.answer(True)
+
+        def log_message(self, *args):
+            pass
+
+    hub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    try:
+        env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{hub.server_port}", "HF_HUB_OFFLINE": "0",
+               "HF_HOME": str(tmp_path / "hf")}
+        result = subprocess.run([sys.executable, "-c", HUB_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=120)
+    finally:
+        hub.shutdown()
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = json.loads(result.stdout)
+    assert found["org/with-settings"].startswith("wording r1track-100k, think off, 224-px crops")
+    assert found["org/no-settings"] is None
+    assert found["org/private"].startswith("LoadError: cannot read r1track.json of org/private: 401")

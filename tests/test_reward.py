@@ -61,9 +61,17 @@ def test_think_response_under_128_tokens_scores_minus_one():
 
 
 @pytest.mark.parametrize("text", ["[0,0,10,10]", "<think>x</think>[0,0,10,10]",
-                                  "<think>a</think><think>b</think><answer>[0,0,10,10]</answer>"])
+                                  "<think>a</think><think>b</think><answer>[0,0,10,10]</answer>",
+                                  "<think>a</think> <answer> </answer> <answer>[0,0,10,10]</answer>",
+                                  " <think>a</think><answer>[0,0,10,10]</answer>",      # the published check
+                                  "<think>a</think><answer>[0,0,10,10]</answer>\n"])    # is anchored at both ends
 def test_think_malformed_scores_minus_one(text):
     assert reward(text, GT, think=True, response_len=200)["overall"] == -1.0
+
+
+def test_think_text_between_the_tags_is_accepted_as_the_published_check_does():
+    text = "<think>the target moved</think>\nSo:\n<answer>[0,0,10,10]</answer>"
+    assert reward(text, GT, think=True, response_len=200)["overall"] == pytest.approx(1.55)
 
 
 def test_think_answer_not_json_scores_minus_one():

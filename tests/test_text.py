@@ -1,7 +1,10 @@
 """Prompts (exact published text) and answer parsing."""
+import random
+import re
+
 import pytest
 
-from r1track import build_messages, parse_answer, parse_prompt_box
+from r1track import answer_tag_content, build_messages, parse_answer, parse_prompt_box, think_format_ok
 
 SEED_TEXT = ("Please identify the target specified by the bounding box [241,66,329,154] in the first image "
              "and locate it in the second image. \n Return the coordinates in [x_min,y_min,x_max,y_max] format.")
@@ -13,35 +16,51 @@ TEXT_100K = ("Given two images, you need to:\n1. Analyze and Identify the target
              "x_max, y_max] coordinates of the target in <image_2>.")
 
 
-def test_seed_messages_are_the_published_ones():
-    assert build_messages([241, 66, 329, 154], images=("T", "S")) == [
+# The question the published inference client sent (infer_script/r1track.py): the seed wording
+# with single spaces, the think instruction stripped and joined with one space, no system message.
+CLIENT_TEXT = SEED_TEXT.replace(" \n ", " ")
+CLIENT_THINK_TEXT = ("You FIRST think about the reasoning process as an internal monologue and then provide the "
+                     "final answer. \n The reasoning process MUST BE enclosed within <think> </think> tags. The final "
+                     "answer MUST BE put in <answer> </answer> tags. " + CLIENT_TEXT)
+
+
+def test_seed_messages_in_the_lenient_loop_are_the_readme_ones():
+    assert build_messages([241, 66, 329, 154], images=("T", "S"), loop="lenient") == [
         {"role": "system", "content": "You are a helpful assistant."},
         {"role": "user", "content": [{"type": "image", "image": "T"}, {"type": "image", "image": "S"},
                                      {"type": "text", "text": SEED_TEXT}]},
     ]
+    assert build_messages([241, 66, 329, 154], think=True, loop="lenient")[1]["content"][2]["text"] == THINK_TEXT
 
 
-def test_think_messages_put_the_instruction_first():
-    assert build_messages([241, 66, 329, 154], think=True)[1]["content"][2]["text"] == THINK_TEXT
+def test_published_loop_asks_as_the_published_client_did():
+    assert build_messages([241, 66, 329, 154], images=("T", "S")) == [
+        {"role": "user", "content": [{"type": "image", "image": "T"}, {"type": "image", "image": "S"},
+                                     {"type": "text", "text": CLIENT_TEXT}]},
+    ]
+    assert build_messages([241, 66, 329, 154], think=True)[0]["content"][2]["text"] == CLIENT_THINK_TEXT
 
 
-def test_100k_wording_has_a_space_between_the_images():
-    content = build_messages([241, 66, 329, 154], wording="r1track-100k", images=("T", "S"))[1]["content"]
+@pytest.mark.parametrize("loop", ["published", "lenient"])
+def test_100k_wording_has_a_space_between_the_images(loop):
+    content = build_messages([241, 66, 329, 154], wording="r1track-100k", images=("T", "S"), loop=loop)[-1]["content"]
     assert content == [{"type": "image", "image": "T"}, {"type": "text", "text": " "},
                        {"type": "image", "image": "S"}, {"type": "text", "text": TEXT_100K}]
 
 
 def test_box_is_written_as_integers():
-    text = build_messages([241.9, 66.2, 329.5, 154.0])[1]["content"][2]["text"]
+    text = build_messages([241.9, 66.2, 329.5, 154.0])[-1]["content"][2]["text"]
     assert "[241,66,329,154]" in text
 
 
-def test_unknown_wording_is_refused():
+def test_unknown_wording_or_loop_is_refused():
     with pytest.raises(ValueError, match="wording"):
         build_messages([1, 2, 3, 4], wording="other")
+    with pytest.raises(ValueError, match="loop"):
+        build_messages([1, 2, 3, 4], loop="other")
 
 
-@pytest.mark.parametrize("text", [SEED_TEXT, THINK_TEXT, TEXT_100K])
+@pytest.mark.parametrize("text", [SEED_TEXT, THINK_TEXT, TEXT_100K, CLIENT_TEXT, CLIENT_THINK_TEXT])
 def test_template_box_is_read_back_from_either_wording(text):
     assert parse_prompt_box(text) == [241, 66, 329, 154]
     assert parse_prompt_box(text.replace("<image>", "")) == [241, 66, 329, 154]
@@ -90,7 +109,9 @@ GOOD_THINK = "<think> It moved left. </think>\n<answer>[1,2,3,4]</answer>"
 
 @pytest.mark.parametrize("text, box", [
     (GOOD_THINK, [1, 2, 3, 4]),
-    ("  <think>a</think><answer> [5, 6, 7, 8] </answer>\n", [5, 6, 7, 8]),
+    ("  <think>a</think><answer> [5, 6, 7, 8] </answer>\n", [5, 6, 7, 8]),       # lenient: whitespace forgiven
+    ("<think>x</think> so <answer>[1,2,3,4]</answer>", [1, 2, 3, 4]),            # text between, as published
+    ("<think>x</think><answer>[9,9,9,9]</answer><answer>[1,2,3,4]</answer>", [1, 2, 3, 4]),  # the last answer
 ])
 def test_think_parse_reads_the_answer_tag(text, box):
     assert parse_answer(text, think=True) == box
@@ -101,11 +122,8 @@ def test_think_parse_reads_the_answer_tag(text, box):
     "<think>x</think>[1,2,3,4]",                                          # no answer tag
     "<answer>[1,2,3,4]</answer>",                                         # no think tag
     "<think>[1,2,3,4]</think><answer>none</answer>",                      # box only in the thinking
-    "<think><think>x</think></think><answer>[1,2,3,4]</answer>",          # nested
-    "<think>x</think><answer>[1,2,3,4]</answer><answer>[1,2,3,4]</answer>",  # repeated
     "<answer>[1,2,3,4]</answer><think>x</think>",                         # wrong order
     "<think>x</think><answer>[1,2,3,4]",                                  # unclosed
-    "<think>x</think> so <answer>[1,2,3,4]</answer>",                     # text between the tags
 ])
 def test_think_parse_refuses_malformed_responses(text):
     assert parse_answer(text, think=True) is None
@@ -114,3 +132,46 @@ def test_think_parse_refuses_malformed_responses(text):
 def test_strict_think_parse_needs_json_inside_the_answer():
     assert parse_answer("<think>x</think><answer>[1,2,3,4]</answer>", think=True, strict=True) == [1, 2, 3, 4]
     assert parse_answer("<think>x</think><answer>box [1,2,3,4]</answer>", think=True, strict=True) is None
+    # strict is the published loop: the response must start and end with its tags
+    assert parse_answer(" <think>x</think><answer>[1,2,3,4]</answer>", think=True, strict=True) is None
+
+
+# The published patterns (infer_script/r1track.py and EasyR1/verl/utils/reward_score/track.py),
+# the specification our tag handling must agree with on every response.
+PUBLISHED_EXTRACT = re.compile(r"^<think>.*</think>.*<answer>(.*?)</answer>$", re.DOTALL)
+PUBLISHED_FORMAT = re.compile(r"^<think>(?:(?!<think>|</think>).)*</think>(?:(?!<think>|</think>|<answer>|</answer>)"
+                              r".)*<answer>(?:(?!<answer>|</answer>).)*</answer>$", re.DOTALL)
+PIECES = ["<think>", "</think>", "<answer>", "</answer>", "x", " ", "\n", "[1,2,3,4]", "<think", "answer>"]
+
+
+def random_responses(count=20000, seed=0):
+    """Free strings of tag pieces, and the four parts of a think response each filled with
+    random pieces (so that well-formed, nearly well-formed and broken ones all come up)."""
+    rng = random.Random(seed)
+
+    def filler():
+        return "".join(rng.choice(PIECES) for _ in range(rng.choice([0, 0, 1, 1, 2, 3])))
+
+    for _ in range(count):
+        if rng.random() < 0.3:
+            yield "".join(rng.choice(PIECES) for _ in range(rng.randint(0, 9)))
+        else:
+            yield (f"{filler() if rng.random() < 0.1 else ''}<think>{filler()}</think>{filler()}<answer>{filler()}"
+                   f"</answer>{filler() if rng.random() < 0.1 else ''}")
+
+
+def test_answer_extraction_agrees_with_the_published_pattern():
+    checked = 0
+    for text in random_responses():
+        match = PUBLISHED_EXTRACT.fullmatch(text)
+        assert answer_tag_content(text) == (match.group(1) if match else None), repr(text)
+        checked += match is not None
+    assert checked > 5000  # the generator reaches well-formed responses, not only rejections
+
+
+def test_think_format_check_agrees_with_the_published_reward():
+    accepted = 0
+    for text in random_responses():
+        assert think_format_ok(text) == bool(PUBLISHED_FORMAT.fullmatch(text)), repr(text)
+        accepted += think_format_ok(text)
+    assert accepted > 2000

@@ -1,5 +1,7 @@
 """The Tracker (the published loop) and track.py."""
+import base64
 import http.server
+import io
 import json
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import pytest
 from PIL import Image
 
 import r1track
+from conftest import ChatServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,7 +167,8 @@ def test_recovery_finds_a_target_that_jumped_while_hidden():
     assert final_ious[False] < 0.1 and final_ious[True] > 0.9, final_ious
 
 
-def test_server_answerer_speaks_the_openai_chat_api():
+@pytest.mark.parametrize("loop", ["published", "lenient"])
+def test_server_answerer_speaks_the_openai_chat_api(loop):
     received = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -190,7 +194,7 @@ def test_server_answerer_speaks_the_openai_chat_api():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         tracker = r1track.Tracker(server=f"http://127.0.0.1:{server.server_port}",
-                                  server_model="WangBiao/R1-Track-GRPO-wo-Think-100k")
+                                  server_model="WangBiao/R1-Track-GRPO-wo-Think-100k", loop=loop)
         frame = Image.new("RGB", (640, 480), "white")
         tracker.init(frame, [300, 200, 42, 42])
         box = tracker.update(frame)
@@ -198,11 +202,13 @@ def test_server_answerer_speaks_the_openai_chat_api():
         server.shutdown()
     payload = received[0]
     assert payload["model"] == "WangBiao/R1-Track-GRPO-wo-Think-100k" and payload["temperature"] == 0
-    system, user = payload["messages"]
-    assert system == {"role": "system", "content": "You are a helpful assistant."}
+    *system, user = payload["messages"]
+    # the published client sent no system message (the chat template adds the same default)
+    assert system == ([] if loop == "published" else [{"role": "system", "content": "You are a helpful assistant."}])
     kinds = [part["type"] for part in user["content"]]
     assert kinds == ["image_url", "text", "image_url", "text"]  # the 100k model's wording, from its id
-    assert user["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+    image_type = "jpeg" if loop == "published" else "png"
+    assert user["content"][0]["image_url"]["url"].startswith(f"data:image/{image_type};base64,")
     assert "Re-locate this target" in user["content"][3]["text"]
     # side = ceil(42 * 4) = 168 around (321, 221): origin (237, 137), scale 2; answer -> frame
     assert box == pytest.approx([237 + 50, 137 + 55, 50, 55])
@@ -288,6 +294,7 @@ def test_track_py_frame_folder_with_a_broken_frame(got10k_root, tiny_model_dir, 
     (["--video", "{clip}", "--box", "1000,1000,1100,1100"], "outside"),
     (["--video", "{clip}", "--box", "0,0,5,5", "--box-format", "xywh", "--text", "car"], "one of them"),
     (["--video", "{clip}"], "one of them"),
+    (["--video", "{clip}", "--box", "1,2,3,4", "--loop", "nope"], "invalid choice: 'nope'"),
 ])
 def test_track_py_bad_input_is_one_line_before_loading_a_model(clip, tmp_path, args, message):
     (tmp_path / "empty").mkdir()
@@ -307,3 +314,41 @@ def test_track_py_missing_model_is_one_line(clip, tmp_path):
 def test_track_py_text_that_the_model_cannot_find(clip, tiny_model_dir, tmp_path):
     result = run_track("--video", clip[0], "--text", "the patterned box", "--model", tiny_model_dir, "--out", tmp_path)
     assert result.returncode == 2 and "could not find" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_settings_named_apart_from_the_served_name(tmp_path):
+    """A server serving a fine-tuned folder under another name: without --settings the
+    defaults are said on stderr (and 336-px crops sent); --settings names the checkpoint whose
+    settings to use (the demo model: 112-px crops, the lenient loop, PNG crops)."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for t, frame in enumerate(moving_red_box_clip([(60 + 4 * t, 60) for t in range(4)])):
+        frame.save(frames / f"{t:04d}.png")
+    sizes = {}
+    for settings in (None, r1track.DEMO_MODEL):
+        with ChatServer(lambda index, payload: "[40,40,80,80]", model="my-finetune") as server:
+            extra = ["--settings", settings] if settings else []
+            result = run_track("--video", frames, "--box", "60,60,100,100", "--server", server.url, "--out",
+                               tmp_path / "out", "--no-video", *extra)
+            assert result.returncode == 0, result.stderr[-2000:]
+            url = server.payloads[0]["messages"][-1]["content"][1]["image_url"]["url"]
+            assert server.payloads[0]["model"] == "my-finetune"
+        image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+        sizes[settings] = (image.format, image.size, result.stdout, result.stderr)
+    fmt, size, stdout, stderr = sizes[None]
+    assert (fmt, size) == ("JPEG", (336, 336)) and "my-finetune has no r1track.json" in stderr
+    assert "tracking settings: wording seed, think off, 336-px crops" in stdout
+    fmt, size, stdout, stderr = sizes[r1track.DEMO_MODEL]
+    assert (fmt, size) == ("PNG", (112, 112)) and "note:" not in stderr
+    assert "112-px crops, template/search factors 4/4, loop lenient" in stdout
+
+
+def test_track_py_unreachable_server_is_one_line(clip, tmp_path):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = run_track("--video", clip[0], "--box", clip[1], "--server", f"http://127.0.0.1:{port}", "--out", tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "cannot reach" in lines[0], result.stderr
