@@ -308,7 +308,7 @@ def bench_training(args) -> dict:
             tokens, elapsed = 0, 0.0
             for step in range(args.train_steps + 1):  # the first step warms up and is not timed
                 pairs = stream.next_pairs(train_args.batch_size)
-                batch = r1track.collate(train_sft.sft_examples(processor, pairs, train_args), processor.tokenizer.pad_token_id,
+                batch = r1track.collate(train_sft.sft_examples(processor, pairs, train_args.wording), processor.tokenizer.pad_token_id,
                                         "left")
                 started = time.perf_counter()
                 with train_sft.autocast(dist):

@@ -7,8 +7,8 @@
 Tracking writes the official layout, RESULTS/<seq>/<seq>_001.txt (x,y,w,h per frame, the
 first row the given box) and <seq>_time.txt (seconds per frame), and beside them
 <seq>_fallbacks.txt: one number per frame, 1 where the model's answer could not be used
-(the previous answer was reused), 2 where the published frame-edge rule refused the box,
-else 0. A finished sequence is skipped when the run is started again, and every file is
+(the previous answer was reused, whatever the frame-edge rule then did), 2 where the
+published frame-edge rule refused the box of a usable answer, else 0. A finished sequence is skipped when the run is started again, and every file is
 written whole or not at all, so a killed run resumes losing nothing. --batch B tracks B
 sequences at once through one batched model call per frame; under torchrun the ranks share
 the sequences. The loop is the published one unless the model's settings or --loop say.
@@ -22,7 +22,6 @@ success_plot.png. The test split's results are packed into RESULTS.zip for the e
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -263,19 +262,21 @@ def print_reports(reports: dict, per_sequence=True):
     if per_sequence and len(reports) == 1:
         table = reports[labels[0]]["per_sequence"]
         width = max(len(n) for n in table)
-        print(f"{'sequence':<{width}}  frames     AO  SR0.5  SR0.75     FPS  fallbacks")
+        print(f"{'sequence':<{width}}  frames     AO  SR0.5  SR0.75     FPS  fallbacks  edge holds")
         for name, row in table.items():
             print(f"{name:<{width}}  {row['frames']:>6}  {row['ao']:.3f}  {row['sr50']:.3f}   {row['sr75']:.3f}  "
-                  f"{row['fps']:>6.2f}  {_count(row.get('fallbacks')):>9}")
-    width = max(10, *(len(label) for label in labels))
-    print(f"{'':<10}" + "".join(f"{label:>{width + 2}}" for label in labels))
+                  f"{row['fps']:>6.2f}  {_count(row.get('fallbacks')):>9}  {_count(row.get('edge_holds')):>10}")
+    width = max(12, *(len(label) for label in labels))
+    print(f"{'':<11}" + "".join(f"{label:>{width + 2}}" for label in labels))
     for key, title in (("ao", "AO"), ("sr50", "SR0.5"), ("sr75", "SR0.75"), ("fps", "FPS")):
-        print(f"{title:<10}" + "".join(f"{reports[label][key]:>{width + 2}.3f}" for label in labels))
-    print(f"{'fallbacks':<10}" + "".join(f"{_share(reports[label]):>{width + 2}}" for label in labels))
-    unusable = [label for label in labels if (reports[label].get("fallbacks") or 0) > 0.5 * _tracked(reports[label])]
-    for label in unusable:
-        print(f"warning: {label}: most answers could not be used; its boxes are mostly held, not tracked",
-              file=sys.stderr)
+        print(f"{title:<11}" + "".join(f"{reports[label][key]:>{width + 2}.3f}" for label in labels))
+    for key, title in (("fallbacks", "fallbacks"), ("edge_holds", "edge holds")):
+        print(f"{title:<11}" + "".join(f"{_share(reports[label], key):>{width + 2}}" for label in labels))
+    for label, report in reports.items():
+        held = (report.get("fallbacks") or 0) + (report.get("edge_holds") or 0)
+        if held > 0.5 * _tracked(report):
+            print(f"warning: {label}: most answers could not be used or were refused at the frame edge; its boxes "
+                  "are mostly held, not tracked", file=sys.stderr)
 
 
 def _count(value) -> str:
@@ -286,11 +287,11 @@ def _tracked(report) -> int:
     return report.get("tracked_frames") or 0
 
 
-def _share(report) -> str:
+def _share(report, key) -> str:
     """`12 (0.5%)` of the tracked frames; `-` for results without fallback files."""
-    if report.get("fallbacks") is None:
+    if report.get(key) is None:
         return "-"
-    return f"{report['fallbacks']} ({100 * report['fallbacks'] / max(_tracked(report), 1):.1f}%)"
+    return f"{report[key]} ({100 * report[key] / max(_tracked(report), 1):.1f}%)"
 
 
 def plot_success(reports: dict, png: Path):
@@ -341,18 +342,11 @@ def build_parser():
     parser.add_argument("--server", help="an OpenAI-compatible server URL to ask instead of a local model")
     parser.add_argument("--server-model", help="the model name the server serves (default: its first); also "
                         "where the tracking settings are read from, unless --settings says")
-    parser.add_argument("--settings", help="where the tracking settings (wording, think, crop size, loop) come from: "
-                        "a checkpoint folder, a hub id or an r1track.json (default: the model's own; with --server, "
-                        "those of the served model's name)")
-    parser.add_argument("--loop", choices=r1track.LOOPS, help="published: the published inference loop detail by "
-                        "detail; lenient: antialiased crops, lenient parsing, no frame-edge rule (default: as the "
-                        "model's settings say)")
+    r1track.add_settings_args(parser)
     parser.add_argument("--batch", type=int, default=1, help="sequences tracked at once, in one batched call (default: 1)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available; under torchrun the "
                         "LOCAL_RANK GPU)")
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
-    parser.add_argument("--think", action=argparse.BooleanOptionalAction, default=None,
-                        help="ask for reasoning first (default: as the model was trained)")
     parser.add_argument("--recover", action="store_true", help="widen the search after a failed answer")
     parser.add_argument("--eval-only", nargs="+", metavar="RESULTS", help="score these result folders, track nothing")
     parser.add_argument("--report", help="write the report(s) as JSON here (default: RESULTS/report.json)")

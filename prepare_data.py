@@ -99,7 +99,7 @@ def write_pairs(args) -> int:
                     print("error: almost no usable pairs in this split", file=sys.stderr)
                     return 2
                 continue
-            rows.append(r1track.pair_to_row(pair, args.wording, args.loop))
+            rows.append(r1track.pair_to_row(pair, args.wording))
             bar.update()
     out = Path(args.out)
     tmp = out.with_name(f".{out.name}.tmp")

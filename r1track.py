@@ -54,13 +54,13 @@ QUESTIONS = {
 }
 WORDINGS = tuple(QUESTIONS)
 
-# How a tracker cuts its crops and reads the answers (TrackSettings.loop):
+# How a tracker cuts its crops, asks and reads the answers (TrackSettings.loop):
 # - "published": the published inference loop detail by detail: crops cut and resized as
 #   OpenCV does (no antialiasing), sent through a JPEG quality-95 round trip, the question as
 #   the published client sent it, strict JSON answers, the frame-edge rule. The published
-#   checkpoints were trained and scored this way.
-# - "lenient": antialiased crops without JPEG, the first [a,b,c,d] anywhere in the answer, no
-#   frame-edge rule (a box may follow the target up to the border).
+#   checkpoints were trained on such crops and scored this way.
+# - "lenient": antialiased crops without JPEG, the README's question, the first [a,b,c,d]
+#   anywhere in the answer, no frame-edge rule (a box may follow the target up to the border).
 LOOPS = ("published", "lenient")
 
 # Qwen2.5-VL's own chat template (the processor's chat_template.json on the hub). Used
@@ -89,36 +89,36 @@ def format_box_xyxy(box_xyxy) -> str:
     return "[" + ",".join(str(int(v)) for v in box_xyxy) + "]"
 
 
-def question_text(box_xyxy, think=False, wording="seed", loop="published") -> str:
+def question_text(box_xyxy, think=False, wording="seed", as_published_client=False) -> str:
     """The text of one tracking question about the target at `box_xyxy` in image 1.
 
-    loop="published": the seed wording as the published inference client sent it, single
-    spaces where the README has " \\n " (and the think instruction stripped, then one space),
-    which is what the published 5k models were scored with. Other loops: the README text.
+    The text the published models were trained on (the README's), unless
+    `as_published_client`: then the seed wording as the published inference client sent it,
+    which is how the published 5k models were scored: single spaces where the README has
+    " \\n ", and the think instruction stripped, then joined with one space.
     """
     if wording not in QUESTIONS:
         raise ValueError(f"unknown wording {wording!r}; choose one of {', '.join(WORDINGS)}")
-    if loop not in LOOPS:
-        raise ValueError(f"unknown loop {loop!r}; choose one of {', '.join(LOOPS)}")
     text = QUESTIONS[wording].format(box=format_box_xyxy(box_xyxy))
-    if loop == "published" and wording == "seed":
+    if as_published_client and wording == "seed":
         text = text.replace(" \n ", " ")
         return f"{THINK_INSTRUCTION.strip()} {text}" if think else text
     return THINK_INSTRUCTION + text if think else text
 
 
-def build_messages(box_xyxy, think=False, wording="seed", images=(None, None), loop="published") -> list[dict]:
+def build_messages(box_xyxy, think=False, wording="seed", images=(None, None), as_published_client=False) -> list[dict]:
     """The chat of one tracking question: image 1 is the template crop with the target at
     `box_xyxy` (template-crop pixels), image 2 the search crop. The published client sent
-    no system message: Qwen2.5-VL's chat template then puts in the same default one."""
-    text = question_text(box_xyxy, think, wording, loop)
+    no system message (Qwen2.5-VL's chat template then puts in the same default one) and
+    its own spacing of the question (question_text)."""
+    text = question_text(box_xyxy, think, wording, as_published_client)
     template, search = ({"type": "image", "image": image} for image in images)
     if wording == "seed":
         content = [template, search, {"type": "text", "text": text}]
     else:
         content = [template, {"type": "text", "text": " "}, search, {"type": "text", "text": text}]
     user = {"role": "user", "content": content}
-    return [user] if loop == "published" else [{"role": "system", "content": SYSTEM_PROMPT}, user]
+    return [user] if as_published_client else [{"role": "system", "content": SYSTEM_PROMPT}, user]
 
 
 _NUMBER = r"-?\d+(?:\.\d+)?"
@@ -230,17 +230,22 @@ MAX_OPENCV_SIDE = 16384  # the published crop pads the whole square first: 800 M
 def _opencv_square(frame: np.ndarray, x1: int, y1: int, side: int, size: int) -> np.ndarray:
     import cv2
 
-    if side > MAX_OPENCV_SIDE:
-        raise ValueError(f"a {side}-px square is too large to cut the published way (at most {MAX_OPENCV_SIDE})")
     height, width = frame.shape[:2]
     x2, y2 = x1 + side, y1 + side
+    if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:  # the square lies off the frame
+        return np.zeros((size, size, 3), np.uint8)
     # As the published crop: where the square reaches the right or bottom edge, the padding
     # starts one pixel early (the frame's last column or row is replaced by black).
     left, top = max(0, -x1), max(0, -y1)
     right, bottom = max(x2 - width + 1, 0), max(y2 - height + 1, 0)
     inside = frame[y1 + top:y2 - bottom, x1 + left:x2 - right]
-    if inside.shape[0] <= 0 or inside.shape[1] <= 0:  # the square lies off the frame
+    if inside.shape[0] <= 0 or inside.shape[1] <= 0:
         return np.zeros((size, size, 3), np.uint8)
+    if side > MAX_OPENCV_SIDE:  # too big to pad: the same bilinear samples, without the padded copy
+        ratio = side / size
+        to_frame = np.array([[ratio, 0, x1 + 0.5 * ratio - 0.5], [0, ratio, y1 + 0.5 * ratio - 0.5]])
+        return cv2.warpAffine(frame[:height - (bottom > 0), :width - (right > 0)], to_frame, (size, size),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT)
     square = cv2.copyMakeBorder(inside, top, bottom, left, right, cv2.BORDER_CONSTANT, value=0)
     return cv2.resize(square, (size, size))
 
@@ -297,8 +302,10 @@ def as_array(image) -> np.ndarray:
     if array.dtype != np.uint8:
         array = np.clip(array, 0, 255).astype(np.uint8)
     if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=2)
-    return array
+        array = array[..., None]
+    if array.shape[2] == 1:  # grey
+        array = np.repeat(array, 3, axis=2)
+    return array[..., :3]  # RGBA: the colour without the alpha
 
 
 def as_pil(image) -> Image.Image:
@@ -470,6 +477,11 @@ class TrackSettings:
     def save(self, folder) -> None:
         write_atomic(Path(folder) / SETTINGS_FILE, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
+    @property
+    def asks_as_client(self) -> bool:
+        """Whether a tracker words its questions as the published inference client did."""
+        return self.loop == "published"
+
     def describe(self) -> str:
         return (f"wording {self.wording}, think {'on' if self.think else 'off'}, {self.crop_size}-px crops, "
                 f"template/search factors {self.template_factor:g}/{self.search_factor:g}, loop {self.loop}")
@@ -482,7 +494,8 @@ class TrackSettings:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown tracking settings {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        settings = cls(**values)
+        # a file from before loops existed: its model was trained on antialiased crops, the lenient loop's
+        settings = cls(**{"loop": "lenient", **values})
         if settings.wording not in QUESTIONS:
             raise ValueError(f"unknown wording {settings.wording!r}; choose one of {', '.join(WORDINGS)}")
         if settings.loop not in LOOPS:
@@ -511,16 +524,25 @@ DEMO_MODEL = Path(__file__).resolve().parent / "demo_model"  # made by make_demo
 
 def hub_file(repo_id: str, filename: str):
     """The local path of one file of a hub repository, downloaded if need be, or None when
-    the repository has no such file. Offline (HF_HUB_OFFLINE=1): what the local copy has.
-    LoadError for everything else: no such repository, no access, no network."""
+    the repository has no such file. Offline (HF_HUB_OFFLINE=1): what the local copy of the
+    repository has. LoadError for everything else: no such repository, no access, no
+    network, nothing of it cached while offline."""
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
         if constants.HF_HUB_OFFLINE:
             cached = try_to_load_from_cache(repo_id, filename)
-            return Path(cached) if isinstance(cached, str) else None
+            if isinstance(cached, str):
+                return Path(cached)
+            # without the file: known absent, or a local copy of the repository that lacks it
+            if cached is not None or isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+                return None
+            raise LoadError(f"{repo_id} is not in the local hub cache and the hub may not be asked "
+                            f"(HF_HUB_OFFLINE=1): cannot tell whether it has {filename}")
         return Path(hf_hub_download(repo_id, filename))
+    except LoadError:
+        raise
     except LocalEntryNotFoundError:
         raise LoadError(f"cannot reach the Hugging Face hub for {filename} of {repo_id}, and no copy is cached "
                         "(set HF_HUB_OFFLINE=1 to use only local copies)") from None
@@ -611,6 +633,18 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def add_settings_args(parser) -> None:
+    """The flags of the tracking scripts that choose or override the tracking settings."""
+    parser.add_argument("--settings", help="where the tracking settings (wording, think, crop size, loop) come from: "
+                        "a checkpoint folder, a hub id or an r1track.json (default: the model's own; with --server, "
+                        "those of the served model's name)")
+    parser.add_argument("--loop", choices=LOOPS, help="published: crops, JPEG, question, answer parsing and frame-edge "
+                        "rule as the published inference script; lenient: antialiased crops, lenient parsing, no "
+                        "edge rule (default: as the settings say)")
+    parser.add_argument("--think", action=argparse.BooleanOptionalAction, default=None,
+                        help="ask for reasoning before the answer (default: as the settings say)")
 
 
 # -----------------------------------------------------------------------------
@@ -804,7 +838,7 @@ def _load_processor_of(name_or_path: str) -> Processor:
 
 
 def build_inputs(processor, template_img, search_img, box_xyxy, answer=None, think=False,
-                 wording="seed", return_tensors=True, loop="published") -> dict:
+                 wording="seed", return_tensors=True, as_published_client=False) -> dict:
     """The model inputs of one tracking question (a batch of one).
 
     Keys: input_ids, attention_mask, mm_token_type_ids (1 on image tokens: Qwen2.5-VL
@@ -812,7 +846,8 @@ def build_inputs(processor, template_img, search_img, box_xyxy, answer=None, thi
     also labels, -100 everywhere but the answer and its end-of-turn token. Image tokens
     are expanded as Qwen2.5-VL's own processor expands them.
     """
-    messages = build_messages(box_xyxy, think=think, wording=wording, images=(template_img, search_img), loop=loop)
+    messages = build_messages(box_xyxy, think=think, wording=wording, images=(template_img, search_img),
+                              as_published_client=as_published_client)
     return encode_chat(processor, messages, [template_img, search_img], answer=answer, return_tensors=return_tensors)
 
 
@@ -1265,8 +1300,9 @@ class Got10kPairs:
     """Pairs sampled on the fly from a GOT-10k-layout split, as R1-Track-5k/100k were made:
     two frames of one sequence where the target is visible, each cropped around its own box
     with a factor ~ U(2, 8) and a centre shift ~ U(-0.2, 0.2) x side; boxes truncated to
-    integers (and kept inside the crop). Each `load(index, rng)` is a fresh pair of sequence
-    `index`, reproducible from `rng`. loop="published" cuts the crops as the published data
+    integers. Unlike the published data, a box is first clamped into its crop: an answer
+    outside the image is not one the model can see. Each `load(index, rng)` is a fresh pair
+    of sequence `index`, reproducible from `rng`. loop="published" cuts the crops as the published data
     was cut (OpenCV, then stored as JPEG quality 95); "lenient" cuts them as that loop does.
 
     tracking_share: the share of pairs cut the way the tracker asks instead: both crops with
@@ -1365,7 +1401,8 @@ SPLIT_WORDS = {"train": ("train", "training"), "val": ("val", "valid", "validati
 
 def _split_of(file: Path, root: Path):
     """The split a parquet file belongs to: the split word in its name, else in the nearest
-    folder name below `root` that has one; None when neither says."""
+    folder name below `root` that has one, else `root`'s own name when it is a split word
+    (`--data data/train`); None when none says."""
     for name in [file.stem, *reversed(file.relative_to(root).parts[:-1])]:
         words = set(re.split(r"[^a-z0-9]+", name.lower()))
         found = [split for split, names in SPLIT_WORDS.items() if words & set(names)]
@@ -1373,7 +1410,7 @@ def _split_of(file: Path, root: Path):
             return found[0]
         if found:  # e.g. train_val.parquet: it cannot belong to both
             return None
-    return None
+    return next((split for split, names in SPLIT_WORDS.items() if root.name.lower() in names), None)
 
 
 def _split_files(folder: Path, split: str) -> list:
@@ -1437,7 +1474,7 @@ def pair_rng(seed: int, epoch: int, index: int):
     return np.random.default_rng([seed, epoch, index])
 
 
-def pair_to_row(pair: Pair, wording="seed", loop="published") -> dict:
+def pair_to_row(pair: Pair, wording="seed") -> dict:
     """A pair as an EasyR1 parquet row (`images`, `problem`, `answer`): JPEG images quality
     95 (the crops' own JPEG bytes when they have them), the question after an <image> for
     each image (with a space between them in the 100k wording, as the published data has)."""
@@ -1453,7 +1490,7 @@ def pair_to_row(pair: Pair, wording="seed", loop="published") -> dict:
             data = buffer.getvalue()
         images.append({"bytes": data, "path": None})
     images_text = "<image> <image>" if wording == "r1track-100k" else "<image><image>"
-    question = question_text(pair.template_box_xyxy, wording=wording, loop=loop)
+    question = question_text(pair.template_box_xyxy, wording=wording)
     return {"images": images, "problem": images_text + question, "answer": format_box_xyxy(pair.search_box_xyxy)}
 
 
@@ -1485,7 +1522,8 @@ class ModelAnswerer:
     def __call__(self, requests: list[Request]) -> list[str]:
         s = self.settings
         examples = [build_inputs(self.processor, r.template, r.search, r.template_box_xyxy, think=s.think,
-                                 wording=s.wording, return_tensors=False, loop=s.loop) for r in requests]
+                                 wording=s.wording, return_tensors=False, as_published_client=s.asks_as_client)
+                    for r in requests]
         batch = collate(examples, self.processor.tokenizer.pad_token_id, padding_side="left")
         return generate_answers(self.model, self.processor, batch, self.config)
 
@@ -1551,7 +1589,7 @@ class FastAnswerer:
 
         s = self.settings
         inputs = build_inputs(self.processor, request.template, request.search, request.template_box_xyxy,
-                              think=s.think, wording=s.wording, loop=s.loop)
+                              think=s.think, wording=s.wording, as_published_client=s.asks_as_client)
         qwen = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         positions, _ = qwen.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
                                                  image_grid_thw=inputs["image_grid_thw"])
@@ -1702,7 +1740,8 @@ class ServerAnswerer:
     def __init__(self, url: str, settings: TrackSettings, model_name=None, max_new_tokens=None, timeout=120):
         self.url = server_v1_url(url)
         self.settings, self.timeout = settings, timeout
-        self.max_tokens = max_new_tokens or (512 if settings.think else 48)
+        # 512: what the published client asked for (a greedy answer is the same, only not cut short)
+        self.max_tokens = max_new_tokens or (512 if settings.think or settings.loop == "published" else 48)
         self.model_name = model_name or served_model_name(url, timeout)
 
     @staticmethod
@@ -1719,7 +1758,7 @@ class ServerAnswerer:
     def _chat(self, request: Request) -> str:
         s = self.settings
         messages = build_messages(request.template_box_xyxy, think=s.think, wording=s.wording,
-                                  images=(0, 1), loop=s.loop)
+                                  images=(0, 1), as_published_client=s.asks_as_client)
         crops, jpegs = (request.template, request.search), request.jpegs or (None, None)
         messages[-1]["content"] = [
             {"type": "image_url", "image_url": {"url": self._data_url(crops[part["image"]], jpegs[part["image"]])}}

@@ -19,7 +19,6 @@ tracked.mp4 (every frame with its box).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import glob
 import json
@@ -62,13 +61,13 @@ def frame_files(spec: str) -> list[Path] | None:
 
 
 def read_image(path: Path):
-    """A frame from an image file, or None when it cannot be decoded."""
+    """A frame from an image file (decoded by OpenCV, as the published scripts read frames),
+    or None when it cannot be decoded."""
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError):
+        return Image.fromarray(r1track.read_frame(path))
+    except ValueError:
         return None
 
 
@@ -215,17 +214,10 @@ def build_parser():
     parser.add_argument("--server", help="an OpenAI-compatible server URL (e.g. vLLM) to ask instead of a local model")
     parser.add_argument("--server-model", help="the model name the server serves (default: its first model); "
                         "also where the tracking settings are read from, unless --settings says")
-    parser.add_argument("--settings", help="where the tracking settings (wording, think, crop size, loop) come from: "
-                        "a checkpoint folder, a hub id or an r1track.json (default: the model's own; with --server, "
-                        "those of the served model's name)")
-    parser.add_argument("--loop", choices=r1track.LOOPS, help="published: crops, JPEG, question, answer parsing and "
-                        "frame-edge rule as the published inference script; lenient: antialiased crops, lenient "
-                        "parsing, no edge rule (default: as the model's settings say)")
+    r1track.add_settings_args(parser)
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
                         help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
-    parser.add_argument("--think", action=argparse.BooleanOptionalAction, default=None,
-                        help="ask for reasoning before the answer (default: as the model was trained)")
     parser.add_argument("--recover", action="store_true", help="after a failed answer, widen the search region "
                         "until the target is found again (not part of the published loop)")
     parser.add_argument("--out", help="output folder (default: runs/track-<video name>, or runs/demo)")
@@ -366,7 +358,7 @@ def write_example(path: Path, tracker, clips: Path, name: str, results: Path, fr
     answer = tracker.answerer([request])[0]
     side = 224
     s = tracker.settings
-    text = r1track.question_text(request.template_box_xyxy, s.think, s.wording, s.loop)
+    text = r1track.question_text(request.template_box_xyxy, s.think, s.wording, s.asks_as_client)
     lines = ["", ""] + textwrap.wrap(text.replace("\n", " "), 76) + [
         "", f"answer: {answer.strip()}"]
     canvas = Image.new("RGB", (2 * side + 24, side + 24 + 14 * len(lines)), (255, 255, 255))

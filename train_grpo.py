@@ -131,7 +131,7 @@ def rollout(raw, processor, pairs, args, dist, step):
     # sampling is a function of (seed, step, rank): a resumed run draws the same answers
     torch.manual_seed(int(np.random.SeedSequence([args.seed, step, dist.rank]).generate_state(1)[0]))
     prompts = [r1track.build_inputs(processor, p.template, p.search, p.template_box_xyxy, think=args.think,
-                                    wording=args.wording, return_tensors=False, loop=args.loop) for p in pairs]
+                                    wording=args.wording, return_tensors=False) for p in pairs]
     examples = [e for e in prompts for _ in range(args.group_size)]            # [P*G]
     config = r1track.greedy_config(processor, args.max_new_tokens)
     # sample from the policy itself: temperature and top-p only, no library default top-k

@@ -97,10 +97,9 @@ def add_data_args(parser, default_data="r1track5k", inherited=""):
     group.add_argument("--wording", default=None, choices=r1track.WORDINGS,
                        help=f"question wording (default: {inherited}seed)")
     group.add_argument("--loop", default=None, choices=r1track.LOOPS,
-                       help="how pairs cut from a GOT-10k folder look and how questions are worded, saved for "
-                       "tracking: published (OpenCV crops stored as JPEG, as R1-Track-5k was made, and the question "
-                       "as the published client asked it) or lenient (antialiased crops, the README's question) "
-                       f"(default: {inherited}published)")
+                       help="how pairs cut from a GOT-10k folder look, saved as the model's tracking loop: "
+                       "published (OpenCV crops stored as JPEG, as R1-Track-5k was made) or lenient (antialiased "
+                       f"crops) (default: {inherited}published)")
     group.add_argument("--tracking-pairs", type=share, default=0.0, metavar="SHARE",
                        help="with a GOT-10k folder: this share of the pairs cut as the tracker asks (both crops "
                        "factor 4, the search around a slightly wrong box) instead of with the published jitter")
@@ -355,10 +354,10 @@ class PairStream:
         return self.position / max(1, len(self.source) // self.dist.world)
 
 
-def sft_examples(processor, pairs, args):
+def sft_examples(processor, pairs, wording):
     return [r1track.build_inputs(processor, p.template, p.search, p.template_box_xyxy,
-                                 answer=r1track.format_box_xyxy(p.search_box_xyxy), wording=args.wording,
-                                 return_tensors=False, loop=args.loop) for p in pairs]
+                                 answer=r1track.format_box_xyxy(p.search_box_xyxy), wording=wording,
+                                 return_tensors=False) for p in pairs]
 
 
 def validation_pairs(source, size, seed):
@@ -408,11 +407,11 @@ def evaluate(model, processor, pairs, args, dist, think=False, with_loss=True):
         chunk = mine[start:start + args.batch_size]
         with autocast(dist):
             if with_loss:
-                batch = to_device(r1track.collate(sft_examples(processor, chunk, args), pad, "left"), dist.device)
+                batch = to_device(r1track.collate(sft_examples(processor, chunk, args.wording), pad, "left"), dist.device)
                 loss_sum += float(answer_loss_sum(model, batch))
                 tokens += float((batch["labels"] != -100).sum())
             prompts = [r1track.build_inputs(processor, p.template, p.search, p.template_box_xyxy, think=think,
-                                            wording=args.wording, return_tensors=False, loop=args.loop) for p in chunk]
+                                            wording=args.wording, return_tensors=False) for p in chunk]
             answers = r1track.generate_answers(model, processor, r1track.collate(prompts, pad, "left"), config)
         for pair, answer in zip(chunk, answers):
             box = r1track.parse_answer(answer, think=think)
@@ -645,7 +644,7 @@ def train(args, dist):
 
     def next_step_batches():  # built in a background thread while the model works
         pairs = stream.next_pairs(args.batch_size * args.grad_accum)
-        batches = [r1track.collate(sft_examples(processor, pairs[i:i + args.batch_size], args), pad, "left")
+        batches = [r1track.collate(sft_examples(processor, pairs[i:i + args.batch_size], args.wording), pad, "left")
                    for i in range(0, len(pairs), args.batch_size)]
         # where the stream stands once these are consumed (it runs ahead while prefetching)
         return batches, {"position": stream.position, "skipped": stream.skipped, "epoch": stream.epoch()}

@@ -73,17 +73,36 @@ def test_outside_the_frame_is_black_padding(loop):
 
 
 @pytest.mark.parametrize("loop", ["published", "lenient"])
-def test_box_wholly_outside_the_frame_gives_a_black_crop(loop):
-    crop, _, _, _ = crop_around(Image.new("RGB", (100, 100), "white"), [500, 500, 20, 20], 4, 112, loop=loop)
+@pytest.mark.parametrize("box", [[500, 500, 20, 20], [40, -300, 20, 20], [-300, 40, 20, 20]])
+def test_box_wholly_outside_the_frame_gives_a_black_crop(loop, box):
+    crop, _, _, _ = crop_around(Image.new("RGB", (100, 100), "white"), box, 4, 112, loop=loop)
     assert not np.asarray(crop).any()
 
 
-def test_huge_crop_does_not_allocate_the_square_in_the_lenient_loop():
-    # a factor-8 square of a 4000 x 3000 box would be 27,713 px a side (2.3 GB padded)
-    crop, _, _, _ = crop_around(Image.new("RGB", (4000, 3000), "white"), [0, 0, 4000, 3000], 8, 336, loop="lenient")
+@pytest.mark.parametrize("loop", ["published", "lenient"])
+def test_huge_crop_does_not_allocate_the_square(loop):
+    # a factor-8 square of a 4000 x 3000 box is 27,713 px a side (2.3 GB padded)
+    crop, box_in_crop, _, _ = crop_around(Image.new("RGB", (4000, 3000), "white"), [0, 0, 4000, 3000], 8, 336,
+                                          loop=loop)
     assert crop.shape == (336, 336, 3)
-    with pytest.raises(ValueError, match="too large"):  # the published way pads it first: refused
-        crop_around(Image.new("RGB", (4000, 3000), "white"), [0, 0, 4000, 3000], 8, 336)
+    x1, y1, x2, y2 = (round(v) for v in box_in_crop)
+    assert (crop[y1 + 2:y2 - 2, x1 + 2:x2 - 2] == 255).all()  # the frame, white
+    assert not crop[:y1 - 2].any() and not crop[y2 + 2:].any()  # black around it
+
+
+def test_huge_published_crop_samples_as_opencv_resize(monkeypatch):
+    """Above MAX_OPENCV_SIDE the square is not padded first; its pixels are still OpenCV's
+    bilinear samples of the frame (nearly to the grey level: the warp's coordinates are
+    fixed-point)."""
+    import r1track
+
+    frame = np.random.default_rng(4).integers(0, 256, size=(700, 900, 3), dtype=np.uint8)
+    box = [600, -40, 300, 250]  # the square hangs over the top and right edges
+    exact, _, _, _ = crop_around(frame, box, 4, 336)
+    monkeypatch.setattr(r1track, "MAX_OPENCV_SIDE", 100)
+    warped, _, _, _ = crop_around(frame, box, 4, 336)
+    difference = np.abs(exact.astype(int) - warped.astype(int))
+    assert difference.mean() < 0.5 and np.percentile(difference, 99) <= 2
 
 
 def test_published_crop_equals_the_published_scripts_opencv_crop():

@@ -202,6 +202,7 @@ def test_fallbacks_are_counted_for_a_server_that_answers_garbage(got10k_root, tm
     assert report["fallbacks"] == report["tracked_frames"] == 3 * 23
     assert all(row["fallbacks"] == 23 and row["edge_holds"] == 0 for row in report["per_sequence"].values())
     assert "69 (100.0%)" in result.stdout and "most answers could not be used" in result.stderr
+    assert "edge holds" in result.stdout
     codes = np.loadtxt(tmp_path / "garbage" / names[0] / f"{names[0]}_fallbacks.txt")
     assert codes.tolist() == [0] + [1] * 23
     assert "tracking settings: wording seed, think off, 112-px crops" in result.stdout

@@ -161,6 +161,12 @@ def test_settings_round_trip_and_published_defaults(tmp_path):
     assert all(s.loop == "published" for s in r1track.PUBLISHED_SETTINGS.values())
 
 
+def test_a_settings_file_from_before_loops_means_the_lenient_loop(tmp_path):
+    """Checkpoints saved before the loop setting existed were trained on antialiased crops."""
+    (tmp_path / "r1track.json").write_text('{"wording": "seed", "think": false, "crop_size": 112}')
+    assert r1track.load_settings(str(tmp_path)).loop == "lenient"
+
+
 def test_a_checkpoint_without_settings_gets_the_defaults_said_on_stderr(tmp_path, capsys):
     assert r1track.read_settings(str(tmp_path)) is None
     assert r1track.load_settings(str(tmp_path)) == r1track.TrackSettings()

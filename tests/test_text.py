@@ -24,26 +24,28 @@ CLIENT_THINK_TEXT = ("You FIRST think about the reasoning process as an internal
                      "answer MUST BE put in <answer> </answer> tags. " + CLIENT_TEXT)
 
 
-def test_seed_messages_in_the_lenient_loop_are_the_readme_ones():
-    assert build_messages([241, 66, 329, 154], images=("T", "S"), loop="lenient") == [
+def test_seed_messages_are_the_readme_ones():
+    assert build_messages([241, 66, 329, 154], images=("T", "S")) == [
         {"role": "system", "content": "You are a helpful assistant."},
         {"role": "user", "content": [{"type": "image", "image": "T"}, {"type": "image", "image": "S"},
                                      {"type": "text", "text": SEED_TEXT}]},
     ]
-    assert build_messages([241, 66, 329, 154], think=True, loop="lenient")[1]["content"][2]["text"] == THINK_TEXT
+    assert build_messages([241, 66, 329, 154], think=True)[1]["content"][2]["text"] == THINK_TEXT
 
 
-def test_published_loop_asks_as_the_published_client_did():
-    assert build_messages([241, 66, 329, 154], images=("T", "S")) == [
+def test_the_published_client_asked_with_single_spaces_and_no_system_message():
+    assert build_messages([241, 66, 329, 154], images=("T", "S"), as_published_client=True) == [
         {"role": "user", "content": [{"type": "image", "image": "T"}, {"type": "image", "image": "S"},
                                      {"type": "text", "text": CLIENT_TEXT}]},
     ]
-    assert build_messages([241, 66, 329, 154], think=True)[0]["content"][2]["text"] == CLIENT_THINK_TEXT
+    assert build_messages([241, 66, 329, 154], think=True, as_published_client=True)[0]["content"][2]["text"] \
+        == CLIENT_THINK_TEXT
 
 
-@pytest.mark.parametrize("loop", ["published", "lenient"])
-def test_100k_wording_has_a_space_between_the_images(loop):
-    content = build_messages([241, 66, 329, 154], wording="r1track-100k", images=("T", "S"), loop=loop)[-1]["content"]
+@pytest.mark.parametrize("client", [False, True])
+def test_100k_wording_has_a_space_between_the_images(client):
+    content = build_messages([241, 66, 329, 154], wording="r1track-100k", images=("T", "S"),
+                             as_published_client=client)[-1]["content"]
     assert content == [{"type": "image", "image": "T"}, {"type": "text", "text": " "},
                        {"type": "image", "image": "S"}, {"type": "text", "text": TEXT_100K}]
 
@@ -53,11 +55,9 @@ def test_box_is_written_as_integers():
     assert "[241,66,329,154]" in text
 
 
-def test_unknown_wording_or_loop_is_refused():
+def test_unknown_wording_is_refused():
     with pytest.raises(ValueError, match="wording"):
         build_messages([1, 2, 3, 4], wording="other")
-    with pytest.raises(ValueError, match="loop"):
-        build_messages([1, 2, 3, 4], loop="other")
 
 
 @pytest.mark.parametrize("text", [SEED_TEXT, THINK_TEXT, TEXT_100K, CLIENT_TEXT, CLIENT_THINK_TEXT])

@@ -1,11 +1,9 @@
 """The Tracker (the published loop) and track.py."""
 import base64
-import http.server
 import io
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import av
@@ -169,38 +167,12 @@ def test_recovery_finds_a_target_that_jumped_while_hidden():
 
 @pytest.mark.parametrize("loop", ["published", "lenient"])
 def test_server_answerer_speaks_the_openai_chat_api(loop):
-    received = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.reply({"data": [{"id": "WangBiao/R1-Track-GRPO-wo-Think-100k"}]})
-
-        def do_POST(self):
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.reply({"choices": [{"message": {"content": "[100,110,200,220]"}}]})
-
-        def reply(self, payload):
-            body = json.dumps(payload).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        tracker = r1track.Tracker(server=f"http://127.0.0.1:{server.server_port}",
-                                  server_model="WangBiao/R1-Track-GRPO-wo-Think-100k", loop=loop)
+    with ChatServer(lambda index, payload: "[100,110,200,220]", model="WangBiao/R1-Track-GRPO-wo-Think-100k") as server:
+        tracker = r1track.Tracker(server=server.url, loop=loop)  # the served name picks the settings
         frame = Image.new("RGB", (640, 480), "white")
         tracker.init(frame, [300, 200, 42, 42])
         box = tracker.update(frame)
-    finally:
-        server.shutdown()
-    payload = received[0]
+    payload = server.payloads[0]
     assert payload["model"] == "WangBiao/R1-Track-GRPO-wo-Think-100k" and payload["temperature"] == 0
     *system, user = payload["messages"]
     # the published client sent no system message (the chat template adds the same default)
@@ -317,30 +289,41 @@ def test_track_py_text_that_the_model_cannot_find(clip, tiny_model_dir, tmp_path
 
 
 def test_settings_named_apart_from_the_served_name(tmp_path):
-    """A server serving a fine-tuned folder under another name: without --settings the
-    defaults are said on stderr (and 336-px crops sent); --settings names the checkpoint whose
-    settings to use (the demo model: 112-px crops, the lenient loop, PNG crops)."""
+    """A server serving a fine-tuned folder under another name: its settings cannot be found
+    by that name (an error that says what to do); --settings names the checkpoint whose
+    settings to use (the demo model: 112-px crops, the lenient loop, PNG crops); a served
+    checkpoint without settings gets the defaults, said on stderr (336-px JPEG crops)."""
     frames = tmp_path / "frames"
     frames.mkdir()
     for t, frame in enumerate(moving_red_box_clip([(60 + 4 * t, 60) for t in range(4)])):
         frame.save(frames / f"{t:04d}.png")
-    sizes = {}
-    for settings in (None, r1track.DEMO_MODEL):
-        with ChatServer(lambda index, payload: "[40,40,80,80]", model="my-finetune") as server:
-            extra = ["--settings", settings] if settings else []
+    bare = tmp_path / "bare-checkpoint"
+    bare.mkdir()
+
+    def run_against(served, *extra):
+        with ChatServer(lambda index, payload: "[40,40,80,80]", model=served) as server:
             result = run_track("--video", frames, "--box", "60,60,100,100", "--server", server.url, "--out",
                                tmp_path / "out", "--no-video", *extra)
-            assert result.returncode == 0, result.stderr[-2000:]
+            if result.returncode:
+                return result, None
+            assert {payload["model"] for payload in server.payloads} == {served}
             url = server.payloads[0]["messages"][-1]["content"][1]["image_url"]["url"]
-            assert server.payloads[0]["model"] == "my-finetune"
-        image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
-        sizes[settings] = (image.format, image.size, result.stdout, result.stderr)
-    fmt, size, stdout, stderr = sizes[None]
-    assert (fmt, size) == ("JPEG", (336, 336)) and "my-finetune has no r1track.json" in stderr
-    assert "tracking settings: wording seed, think off, 336-px crops" in stdout
-    fmt, size, stdout, stderr = sizes[r1track.DEMO_MODEL]
-    assert (fmt, size) == ("PNG", (112, 112)) and "note:" not in stderr
-    assert "112-px crops, template/search factors 4/4, loop lenient" in stdout
+        return result, Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+
+    result, _ = run_against("my-finetune")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "my-finetune" in lines[0] and "--settings" in lines[0]
+
+    result, image = run_against("my-finetune", "--settings", r1track.DEMO_MODEL)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (image.format, image.size) == ("PNG", (112, 112)) and "note:" not in result.stderr
+    assert "112-px crops, template/search factors 4/4, loop lenient" in result.stdout
+
+    result, image = run_against(str(bare))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (image.format, image.size) == ("JPEG", (336, 336))
+    assert f"note: {bare} has no r1track.json; tracking with the default settings" in result.stderr
+    assert "tracking settings: wording seed, think off, 336-px crops" in result.stdout
 
 
 def test_track_py_unreachable_server_is_one_line(clip, tmp_path):
@@ -352,3 +335,24 @@ def test_track_py_unreachable_server_is_one_line(clip, tmp_path):
     result = run_track("--video", clip[0], "--box", clip[1], "--server", f"http://127.0.0.1:{port}", "--out", tmp_path)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "cannot reach" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("loop", ["published", "lenient"])
+def test_grey_and_rgba_frames_track_as_their_rgb(loop):
+    colour = moving_red_box_clip([(60, 60), (64, 62)])
+    answers = ["[50,50,90,90]"] * 2
+    boxes = {}
+    for kind in ("rgb", "rgba", "grey"):
+        frames = [np.asarray(f) for f in colour]
+        if kind == "rgba":
+            frames = [np.concatenate([f, np.full(f.shape[:2] + (1,), 7, np.uint8)], axis=2) for f in frames]
+        if kind == "grey":  # against the RGB of the same grey picture
+            frames = [np.asarray(f.convert("L"))[..., None] for f in colour]
+        seen = []
+        tracker = r1track.Tracker(answer_fn=lambda t, s, b: seen.append(np.asarray(s)) or answers[len(seen) - 1],
+                                  loop=loop, crop_size=112)
+        tracker.init(frames[0], [60, 60, 40, 40])
+        boxes[kind] = (tracker.update(frames[1]), seen[0])
+    assert boxes["rgba"][0] == boxes["rgb"][0] and np.array_equal(boxes["rgba"][1], boxes["rgb"][1])
+    grey = boxes["grey"][1]
+    assert grey.shape == (112, 112, 3) and np.array_equal(grey[..., 0], grey[..., 2])
