@@ -112,7 +112,7 @@ def test_bench_recovery_smoke(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     recovery = json.loads(out.read_text())["recovery"]
     for motion in ("usual motion", "fast motion"):
-        for loop in ("published_loop", "with_recovery"):
+        for loop in ("published_loop", "with_recovery", "lenient_loop"):
             assert 0 <= recovery[motion][loop]["ao"] <= 1
     # an ideal detector on usual motion: the published loop follows the target closely
     assert recovery["usual motion"]["published_loop"]["ao"] > 0.8
