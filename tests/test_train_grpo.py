@@ -224,3 +224,20 @@ def test_broken_rewards_and_truncated_answers_are_scored_not_fatal(sft_warm, pai
 def test_bad_grpo_flags(sft_warm, pairs16, tmp_path, extra, message):
     result = run_script(*grpo_args(sft_warm, pairs16, tmp_path / "out", *extra))
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_questions_default_to_those_the_init_model_was_trained_on(tmp_path):
+    """GRPO from an SFT output asks the wording, crop size and loop it was trained with,
+    unless the flags say otherwise."""
+    r1track.TrackSettings(wording="r1track-100k", crop_size=224, loop="lenient").save(tmp_path)
+    parser = train_grpo.build_parser()
+
+    def checked(*flags):
+        args = parser.parse_args(["--init", str(tmp_path), *flags])
+        train_grpo.check_args(parser, args)
+        return args.wording, args.crop_size, args.loop
+
+    assert checked() == ("r1track-100k", 224, "lenient")
+    assert checked("--wording", "seed", "--crop-size", "112", "--loop", "published") == ("seed", 112, "published")
+    (tmp_path / "r1track.json").unlink()
+    assert checked() == ("seed", 336, "published")
