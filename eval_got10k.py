@@ -8,16 +8,18 @@ Tracking writes the official layout, RESULTS/<seq>/<seq>_001.txt (x,y,w,h per fr
 first row the given box) and <seq>_time.txt (seconds per frame), and beside them
 <seq>_fallbacks.txt: one number per frame, 1 where the model's answer could not be used
 (the previous answer was reused, whatever the frame-edge rule then did), 2 where the
-published frame-edge rule refused the box of a usable answer, else 0. A finished sequence is skipped when the run is started again, and every file is
-written whole or not at all, so a killed run resumes losing nothing. --batch B tracks B
-sequences at once through one batched model call per frame; under torchrun the ranks share
-the sequences. The loop is the published one unless the model's settings or --loop say.
+published frame-edge rule refused the box of a usable answer, else 0. A finished sequence
+is skipped when the run is started again, and every file is written whole or not at all,
+so a killed run resumes losing nothing. --batch B tracks B sequences at once through one
+batched model call per frame; under torchrun the ranks share the sequences. The loop is
+the published one unless the model's settings or --loop say.
 
 Scoring (val; --eval-only for any result folders) follows the official toolkit: frame 1
 left out, only frames where the target is visible (cover > 0), both boxes clipped to the
 image, IoUs pooled over all frames of all sequences. It reports AO, SR0.5, SR0.75, the
-success curve (101 thresholds), FPS, the fallbacks and a per-sequence table, and writes
-success_plot.png. The test split's results are packed into RESULTS.zip for the evaluation server.
+success curve (101 thresholds), FPS, the fallbacks and edge holds and a per-sequence table,
+and writes success_plot.png. The test split's results are packed into RESULTS.zip for the
+evaluation server.
 """
 
 from __future__ import annotations

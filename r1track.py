@@ -535,8 +535,9 @@ def hub_file(repo_id: str, filename: str):
             cached = try_to_load_from_cache(repo_id, filename)
             if isinstance(cached, str):
                 return Path(cached)
-            # without the file: known absent, or a local copy of the repository that lacks it
-            if cached is not None or isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+            # without the file: known absent, or a local copy of the repository (a model or an adapter) lacks it
+            if cached is not None or any(isinstance(try_to_load_from_cache(repo_id, name), str)
+                                         for name in ("config.json", "adapter_config.json")):
                 return None
             raise LoadError(f"{repo_id} is not in the local hub cache and the hub may not be asked "
                             f"(HF_HUB_OFFLINE=1): cannot tell whether it has {filename}")
@@ -570,7 +571,7 @@ def read_settings(name_or_path: str):
         return None
     elif not path.is_file():
         if path.is_absolute() or name_or_path.startswith((".", "~")) or path.suffix == ".json":
-            raise LoadError(f"{name_or_path}: no such settings file or checkpoint folder")
+            raise LoadError(f"{name_or_path}: no such file or folder")
         path = hub_file(name_or_path, SETTINGS_FILE)
         if path is None:
             return None
@@ -1302,8 +1303,9 @@ class Got10kPairs:
     with a factor ~ U(2, 8) and a centre shift ~ U(-0.2, 0.2) x side; boxes truncated to
     integers. Unlike the published data, a box is first clamped into its crop: an answer
     outside the image is not one the model can see. Each `load(index, rng)` is a fresh pair
-    of sequence `index`, reproducible from `rng`. loop="published" cuts the crops as the published data
-    was cut (OpenCV, then stored as JPEG quality 95); "lenient" cuts them as that loop does.
+    of sequence `index`, reproducible from `rng`. loop="published" cuts the crops as the
+    published data was cut (OpenCV, then stored as JPEG quality 95); "lenient" cuts them as
+    that loop does.
 
     tracking_share: the share of pairs cut the way the tracker asks instead: both crops with
     the tracking factor, the template centred on its box, the search around a slightly wrong
@@ -1757,6 +1759,7 @@ class ServerAnswerer:
 
     def _chat(self, request: Request) -> str:
         s = self.settings
+        # the images stand as their index (0 template, 1 search) until they become data URLs
         messages = build_messages(request.template_box_xyxy, think=s.think, wording=s.wording,
                                   images=(0, 1), as_published_client=s.asks_as_client)
         crops, jpegs = (request.template, request.search), request.jpegs or (None, None)

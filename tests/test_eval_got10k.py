@@ -226,7 +226,7 @@ def closed_port() -> int:
 @pytest.mark.parametrize("args, message", [
     (["--server", "http://127.0.0.1:{port}"], "cannot reach http://127.0.0.1:{port}/v1/models"),
     (["--server", "http://127.0.0.1:{port}", "--server-model", "R1-Track", "--settings", "/no/such/r1track.json"],
-     "/no/such/r1track.json: no such settings file"),
+     "/no/such/r1track.json: no such file or folder"),
     (["--batch", "0"], "--batch must be at least 1"),
     (["--loop", "mine"], "invalid choice: 'mine'"),
     (["--split", "nope"], "invalid choice: 'nope'"),

@@ -247,3 +247,48 @@ def test_hub_settings_through_a_hub_on_this_machine(tmp_path):
     assert found["org/with-settings"].startswith("wording r1track-100k, think off, 224-px crops")
     assert found["org/no-settings"] is None
     assert found["org/private"].startswith("LoadError: cannot read r1track.json of org/private: 401")
+
+OFFLINE_SCRIPT = """
+import json, r1track
+out = {}
+for repo in ["org/full", "org/adapter", "org/with-settings", "org/known-absent", "org/uncached"]:
+    try:
+        found = r1track.read_settings(repo)
+        out[repo] = found.describe() if found else None
+    except r1track.LoadError as error:
+        out[repo] = "LoadError: " + str(error)
+out["adapter base"] = r1track._adapter_base("org/adapter")
+print(json.dumps(out))
+"""
+
+
+def test_offline_settings_come_from_the_hub_cache(tmp_path):
+    """HF_HUB_OFFLINE=1 with repositories laid out in huggingface_hub's own cache: a cached
+    model or adapter without r1track.json has none (the defaults), a cached r1track.json is
+    read, and a name that is not in the cache at all is an error rather than a guess."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+
+    def cached(repo, files, absent=()):
+        folder = tmp_path / "hf" / "hub" / f"models--{repo.replace('/', '--')}"
+        (folder / "refs").mkdir(parents=True)
+        (folder / "refs" / "main").write_text(commit)
+        for name, text in files.items():
+            (folder / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
+            (folder / "snapshots" / commit / name).write_text(text)
+        for name in absent:
+            (folder / ".no_exist" / commit).mkdir(parents=True, exist_ok=True)
+            (folder / ".no_exist" / commit / name).touch()
+
+    cached("org/full", {"config.json": "{}"})
+    cached("org/adapter", {"adapter_config.json": json.dumps({"base_model_name_or_path": "org/full"})})
+    cached("org/with-settings", {"config.json": "{}", "r1track.json": json.dumps({"crop_size": 224, "loop": "lenient"})})
+    cached("org/known-absent", {}, absent=["r1track.json"])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run([sys.executable, "-c", OFFLINE_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = json.loads(result.stdout)
+    assert found["org/full"] is None and found["org/adapter"] is None and found["org/known-absent"] is None
+    assert found["org/with-settings"].startswith("wording seed, think off, 224-px crops")
+    assert found["org/uncached"].startswith("LoadError: org/uncached is not in the local hub cache")
+    assert found["adapter base"] == "org/full"
