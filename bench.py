@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import datetime
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -29,8 +30,12 @@ import time
 from pathlib import Path
 
 import r1track
+import scoring
+import synthetic
+from data import read_got10k_sequence, read_got10k_split
+from fast_decoder import FastAnswerer
 
-
+ROOT = Path(__file__).resolve().parent
 
 def build_parser():
     parser = r1track.ArgumentParser(description=__doc__)
@@ -55,26 +60,6 @@ def build_parser():
 # Models
 
 
-def qwen2_5_vl_3b_config(tokenizer):
-    """Qwen2.5-VL-3B-Instruct's published architecture, with this tokenizer's special ids."""
-    from transformers import Qwen2_5_VLConfig
-
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in r1track.QWEN_SPECIAL_TOKENS}
-    return Qwen2_5_VLConfig(
-        text_config={"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
-                     "num_attention_heads": 16, "num_key_value_heads": 2, "max_position_embeddings": 128000,
-                     "rms_norm_eps": 1e-6, "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
-                                                                "mrope_section": [16, 24, 24]},
-                     "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
-                     "pad_token_id": ids["<|endoftext|>"]},
-        vision_config={"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
-                       "out_hidden_size": 2048, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
-                       "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31]},
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True)
-
-
 def load(args):
     """(model, processor, settings): a checkpoint, or random weights of the 3B architecture."""
     import torch
@@ -87,11 +72,11 @@ def load(args):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     with tempfile.TemporaryDirectory() as folder:  # its tokenizer and image processor, with no download
-        processor = r1track.load_processor(str(r1track.save_tiny_model(Path(folder) / "tiny")))
+        processor = r1track.load_processor(str(synthetic.save_tiny_model(Path(folder) / "tiny")))
     dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
     with torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration._from_config(
-            qwen2_5_vl_3b_config(processor.tokenizer), dtype=dtype,
+            synthetic.qwen2_5_vl_config(processor.tokenizer, synthetic.QWEN2_5_VL_3B_SHAPE), dtype=dtype,
             attn_implementation="flash_attention_2" if _flash_attn(device) else "sdpa")
     return model.eval(), processor, r1track.TrackSettings(crop_size=336)
 
@@ -107,15 +92,13 @@ def _flash_attn(device) -> bool:
 
 
 def make_clips(streams, frames, seed=0):
-    """Synthetic sequences (frames as images, first boxes) made on the spot."""
-    from PIL import Image
-
+    """Synthetic sequences (frames as RGB arrays, first boxes) made on the spot."""
     with tempfile.TemporaryDirectory() as folder:
-        split = r1track.make_synthetic_got10k(folder, "val", sequences=streams, frames=frames, seed=seed, style="plain")
+        split = synthetic.make_synthetic_got10k(folder, "val", sequences=streams, frames=frames, seed=seed, style="plain")
         clips = []
-        for name in r1track.read_got10k_split(split):
-            sequence = r1track.read_got10k_sequence(split / name)
-            clips.append(([Image.open(f).convert("RGB") for f in sequence["frames"]], sequence["boxes_xywh"][0]))
+        for name in read_got10k_split(split):
+            sequence = read_got10k_sequence(split / name)
+            clips.append(([r1track.read_frame(f) for f in sequence["frames"]], sequence["boxes_xywh"][0]))
     return clips
 
 
@@ -163,7 +146,7 @@ def bench_tracking(args) -> dict:
         return r1track.ModelAnswerer(model, processor, settings, max_new_tokens=forced or None, min_new_tokens=forced)
 
     def fast(**kwargs):
-        return r1track.FastAnswerer(model, processor, settings, max_new_tokens=forced or None, min_new_tokens=forced,
+        return FastAnswerer(model, processor, settings, max_new_tokens=forced or None, min_new_tokens=forced,
                                     **kwargs)
 
     variants = {
@@ -182,7 +165,7 @@ def bench_tracking(args) -> dict:
             hook.remove()
             timings.append(seconds)
             # forward passes after the first token, per answerer call (a call answers a whole batch)
-            if isinstance(answerer, r1track.FastAnswerer):
+            if isinstance(answerer, FastAnswerer):
                 passes[name] = answerer.decode_passes / calls
             else:  # generate: one forward for the prompt, then one per further token
                 passes[name] = (forwards["n"] - calls) / calls
@@ -238,18 +221,16 @@ LOOP_VARIANTS = {"published_loop": ("published", False), "with_recovery": ("publ
 
 
 def recovery_on_clips(args, speed) -> dict:
-    import eval_got10k
-
     results = {}
     with tempfile.TemporaryDirectory() as folder:
-        split = r1track.make_synthetic_got10k(folder, "val", sequences=args.streams, frames=args.frames, seed=7,
+        split = synthetic.make_synthetic_got10k(folder, "val", sequences=args.streams, frames=args.frames, seed=7,
                                               speed=speed)
-        names = r1track.read_got10k_split(split)
+        names = read_got10k_split(split)
         for key, (loop, recover) in LOOP_VARIANTS.items():
             out = Path(folder) / key
             fallbacks = edge_holds = 0
             for name in names:
-                sequence = r1track.read_got10k_sequence(split / name)
+                sequence = read_got10k_sequence(split / name)
                 truth, cover = sequence["boxes_xywh"], sequence["cover"]
                 frame_index = {"t": 0}  # the frame being answered, for the detector
                 tracker = r1track.Tracker(answer_fn=lambda *a: oracle_answer(
@@ -263,8 +244,8 @@ def recovery_on_clips(args, speed) -> dict:
                     else:
                         boxes.append(tracker.update(frame))
                 fallbacks, edge_holds = fallbacks + tracker.fallbacks, edge_holds + tracker.edge_holds
-                eval_got10k.write_sequence(out, name, boxes, [1.0] * len(boxes))
-            report = eval_got10k.score(out, split, names)
+                scoring.write_sequence(out, name, boxes, [1.0] * len(boxes))
+            report = scoring.score(out, split, names)
             results[key] = {"ao": report["ao"], "sr50": report["sr50"], "sr75": report["sr75"], "fallbacks": fallbacks,
                             "edge_holds": edge_holds}
             print(f"speed {speed[0]:g}-{speed[1]:g} px/frame  {key:<15} AO {report['ao']:.3f}  SR0.5 {report['sr50']:.3f}  "
@@ -278,15 +259,14 @@ def recovery_on_clips(args, speed) -> dict:
 
 
 def bench_training(args) -> dict:
-    """Tokens/s and peak GPU memory of a few SFT steps in each mode, on synthetic pairs."""
-    import torch
+    """Tokens/s and peak GPU memory of train_sft.py itself, a few steps in each mode on
+    synthetic pairs: its own per-step metrics, the first step (warm-up) left out."""
+    import subprocess
 
-    import train_sft
-
-    device = torch.device(args.device or r1track.default_device())
+    device = args.device or r1track.default_device()
     results = {}
     with tempfile.TemporaryDirectory() as folder:
-        split = r1track.make_synthetic_got10k(folder, "train", sequences=8, frames=10, style="plain")
+        split = synthetic.make_synthetic_got10k(folder, "train", sequences=8, frames=10, style="plain")
         model_source = args.model
         if args.architecture:  # random 3B weights saved once, loaded like any checkpoint
             model, processor, _ = load(args)
@@ -295,66 +275,39 @@ def bench_training(args) -> dict:
             processor.save_pretrained(model_source)
             del model
         modes = {"lora": [], "full": ["--full"]}
-        if device.type == "cuda":
+        if str(device).startswith("cuda"):
             modes["qlora"] = ["--load-in-4bit"]
         for mode, flags in modes.items():
-            train_args = train_sft.build_parser().parse_args(
-                ["--model", model_source, "--data", str(split), "--out", str(Path(folder) / mode),
-                 "--device", str(device), *flags])
-            train_sft.fill_settings(train_args, r1track.TrackSettings())
-            dist = train_sft.Dist(str(device))
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-            model, processor = train_sft.build_model(train_args, dist)
-            optimizer, _ = train_sft.make_optimizer(model, train_args, dist, args.train_steps)
-            source = r1track.Got10kPairs(split, train_args.crop_size, loop=train_args.loop)
-            stream = train_sft.PairStream(source, 0, dist)
-            tokens, elapsed = 0, 0.0
-            for step in range(args.train_steps + 1):  # the first step warms up and is not timed
-                pairs = stream.next_pairs(train_args.batch_size)
-                batch = r1track.collate(train_sft.sft_examples(processor, pairs, train_args.wording), processor.tokenizer.pad_token_id,
-                                        "left")
-                started = time.perf_counter()
-                with train_sft.autocast(dist):
-                    labels = int((batch["labels"] != -100).sum())
-                    loss = train_sft.answer_loss_sum(model, train_sft.to_device(batch, device)) / labels
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                if step:
-                    elapsed += time.perf_counter() - started
-                    tokens += int(batch["attention_mask"].sum())
-            peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None
-            results[mode] = {"tokens_per_s": tokens / elapsed, "peak_memory_gib": peak,
-                             "batch_size": train_args.batch_size, "trained_weights":
-                             sum(p.numel() for p in model.parameters() if p.requires_grad)}
-            print(f"{mode:<6} {tokens / elapsed:10.0f} tokens/s  peak memory "
+            out = Path(folder) / mode
+            command = [sys.executable, str(ROOT / "train_sft.py"), "--model", model_source, "--data", str(split),
+                       "--out", str(out), "--device", str(device), "--max-steps", str(args.train_steps + 1),
+                       "--grad-accum", "1", *flags]
+            run = subprocess.run(command, capture_output=True, text=True)
+            if run.returncode != 0:
+                raise r1track.UserError(f"train_sft.py {mode} failed: {(run.stderr.strip().splitlines() or ['?'])[-1]}")
+            steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            timed = [record for record in steps if "tokens_per_s" in record and record["step"] > 1]
+            peak = max((record.get("peak_memory_gib", 0.0) for record in timed), default=0.0) or None
+            weights = re.search(r"training ([\d,]+) weights", run.stdout)
+            results[mode] = {"tokens_per_s": statistics.median(record["tokens_per_s"] for record in timed),
+                             "peak_memory_gib": peak, "batch_size": 4,
+                             "trained_weights": int(weights.group(1).replace(",", "")) if weights else None}
+            print(f"{mode:<6} {results[mode]['tokens_per_s']:10.0f} tokens/s  peak memory "
                   f"{'n/a (CPU)' if peak is None else f'{peak:.1f} GiB'}", flush=True)
-            del model, optimizer
     return {"training": results}
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    r1track.quiet_libraries()
-    if not args.architecture and not args.recovery and args.model == str(r1track.DEMO_MODEL) and not r1track.DEMO_MODEL.is_dir():
-        print(f"error: no demo checkpoint at {r1track.DEMO_MODEL}; make it with make_demo_model.py or pass --model",
-              file=sys.stderr)
-        return 2
+def run(args) -> int:
+    if not args.architecture and not args.recovery and args.model == str(r1track.DEMO_MODEL) \
+            and not r1track.DEMO_MODEL.is_dir():
+        raise r1track.UserError(f"no demo checkpoint at {r1track.DEMO_MODEL}; make it with make_demo_model.py or "
+                                "pass --model")
     if args.streams < 1 or args.frames < 2 or args.repeats < 1:
-        print("error: --streams and --repeats must be at least 1, --frames at least 2", file=sys.stderr)
-        return 2
-    try:
-        if args.recovery:
-            result = bench_recovery(args)
-        else:
-            result = bench_training(args) if args.train else bench_tracking(args)
-    except (OSError, ValueError) as error:
-        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
-        return 2
+        raise r1track.UserError("--streams and --repeats must be at least 1, --frames at least 2")
+    if args.recovery:
+        result = bench_recovery(args)
+    else:
+        result = bench_training(args) if args.train else bench_tracking(args)
     import torch
 
     device = args.device or r1track.default_device()
@@ -364,6 +317,10 @@ def main(argv=None) -> int:
     if args.json:
         r1track.write_atomic(args.json, json.dumps(result, indent=2))
     return 0
+
+
+def main(argv=None) -> int:
+    return r1track.script_main(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

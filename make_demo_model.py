@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 import r1track
+import synthetic
 
 ROOT = Path(__file__).resolve().parent
 TRAIN_CLIPS = dict(split="train", sequences=1000, frames=30, seed=100)
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
     make_clips(work / "clips", VAL_CLIPS)
     start = work / "tiny-random"
     if not (start / "config.json").is_file():
-        r1track.save_tiny_model(start, seed=0)
+        synthetic.save_tiny_model(start, seed=0)
     model = start
     for name, (steps, flags) in STAGES.items():
         run("train_sft.py", "--model", model, "--data", work / "clips/train", "--val-data", work / "clips/val",

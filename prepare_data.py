@@ -15,6 +15,9 @@ import sys
 from pathlib import Path
 
 import r1track
+import synthetic
+from data import Got10kPairs, PairStream, pair_to_row
+from r1track import UserError, positive_int
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -25,13 +28,6 @@ def parse_size(text: str) -> tuple[int, int]:
     if width < 32 or height < 32:
         raise argparse.ArgumentTypeError(f"frames must be at least 32x32, got {text!r}")
     return width, height
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def build_parser() -> r1track.ArgumentParser:
@@ -51,84 +47,60 @@ def build_parser() -> r1track.ArgumentParser:
                        "lenient: antialiased crops")
     pairs.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same pairs")
 
-    synthetic = commands.add_parser(
+    clips = commands.add_parser(
         "synthetic", help="write a synthetic dataset in the GOT-10k layout",
         formatter_class=r1track.HelpFormatter)
-    synthetic.add_argument("--out", required=True, help="dataset root; the split goes to OUT/SPLIT")
-    synthetic.add_argument("--split", default="val", choices=["train", "val", "test"],
-                           help="split folder to write (test keeps only the first box, as GOT-10k does)")
-    synthetic.add_argument("--sequences", type=positive_int, default=8, help="number of sequences")
-    synthetic.add_argument("--frames", type=positive_int, default=30, help="frames per sequence")
-    synthetic.add_argument("--size", type=parse_size, default="320x240", help="frame size WIDTHxHEIGHT")
-    synthetic.add_argument("--style", default="clutter", choices=r1track.SYNTHETIC_STYLES,
-                           help="clutter: textured background, look-alikes, occlusion, absence; "
-                           "plain: the target alone on a flat background")
-    synthetic.add_argument("--distractors", type=int, default=None,
-                           help="look-alike objects per sequence (default: 2 for clutter, 0 for plain)")
-    synthetic.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same data")
+    clips.add_argument("--out", required=True, help="dataset root; the split goes to OUT/SPLIT")
+    clips.add_argument("--split", default="val", choices=["train", "val", "test"],
+                       help="split folder to write (test keeps only the first box, as GOT-10k does)")
+    clips.add_argument("--sequences", type=positive_int, default=8, help="number of sequences")
+    clips.add_argument("--frames", type=positive_int, default=30, help="frames per sequence")
+    clips.add_argument("--size", type=parse_size, default="320x240", help="frame size WIDTHxHEIGHT")
+    clips.add_argument("--style", default="clutter", choices=synthetic.SYNTHETIC_STYLES,
+                       help="clutter: textured background, look-alikes, occlusion, absence; "
+                       "plain: the target alone on a flat background")
+    clips.add_argument("--distractors", type=int, default=None,
+                       help="look-alike objects per sequence (default: 2 for clutter, 0 for plain)")
+    clips.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same data")
     return parser
 
 
 def write_pairs(args) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from tqdm import tqdm
 
     schema = pa.schema([  # EasyR1's layout
         ("images", pa.list_(pa.struct([("bytes", pa.binary()), ("path", pa.string())]))),
         ("problem", pa.string()), ("answer", pa.string())])
-    from tqdm import tqdm
-
-    try:
-        source = r1track.Got10kPairs(args.got10k, args.size, loop=args.loop)
-    except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    source = Got10kPairs(args.got10k, args.size, loop=args.loop)
     if len(source) == 0:
-        print(f"error: {args.got10k} has no sequence with a visible target", file=sys.stderr)
-        return 2
-    rows, failed, position = [], 0, 0
-    with tqdm(total=args.num, desc="pairs", unit="pair") as bar:
-        while len(rows) < args.num:
-            epoch, index = r1track.stream_position(position, len(source), args.seed)
-            position += 1
-            try:
-                pair = source.load(index, r1track.pair_rng(args.seed, epoch, index))
-            except r1track.BadRow:
-                failed += 1
-                if failed > 10 * args.num:
-                    print("error: almost no usable pairs in this split", file=sys.stderr)
-                    return 2
-                continue
-            rows.append(r1track.pair_to_row(pair, args.wording))
-            bar.update()
+        raise UserError(f"{args.got10k} has no sequence with a visible target")
+    stream = PairStream(source, args.seed)
+    rows = []
+    for _ in tqdm(range(args.num), desc="pairs", unit="pair"):
+        rows.append(pair_to_row(stream.next_pairs(1)[0], args.wording))
     out = Path(args.out)
     tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
-        tmp.replace(out)
-    except OSError as error:
-        print(f"error: cannot write {out}: {error}", file=sys.stderr)
-        return 2
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    tmp.replace(out)
     print(f"wrote {len(rows)} pairs from {len(source)} sequences to {out} "
-          f"({source.skipped} sequences unusable, {failed} draws retried)")
+          f"({source.skipped} sequences unusable, {stream.skipped} draws retried)")
+    return 0
+
+
+def write_synthetic(args) -> int:
+    split_dir = synthetic.make_synthetic_got10k(
+        args.out, split=args.split, sequences=args.sequences, frames=args.frames,
+        size=args.size, seed=args.seed, distractors=args.distractors, style=args.style)
+    print(f"wrote {args.sequences} sequences of {args.frames} frames to {split_dir}")
     return 0
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "pairs":
-        return write_pairs(args)
-    if args.command == "synthetic":
-        try:
-            split_dir = r1track.make_synthetic_got10k(
-                args.out, split=args.split, sequences=args.sequences, frames=args.frames,
-                size=args.size, seed=args.seed, distractors=args.distractors, style=args.style)
-        except OSError as error:
-            print(f"error: cannot write the dataset: {error}", file=sys.stderr)
-            return 2
-        print(f"wrote {args.sequences} sequences of {args.frames} frames to {split_dir}")
-    return 0
+    return r1track.script_main(write_pairs if args.command == "pairs" else write_synthetic, args, quiet=False)
 
 
 if __name__ == "__main__":

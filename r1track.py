@@ -1,23 +1,25 @@
-"""R1-Track core: the shared vocabulary of every script in this project.
+"""R1-Track's core: the vocabulary every script and module of this project speaks.
 
 Prompts, box maths, crops, answer parsing and rewards, tracking settings, model and
-processor loading, model inputs, a tiny offline Qwen2.5-VL and synthetic GOT-10k data.
-Nothing here has a command line; the scripts beside this file import it.
+processor loading, model inputs, and the Tracker with its answerers (a local model, an
+OpenAI-compatible server, any function). Nothing here has a command line; the scripts
+beside this file import it, and the other modules build on it.
 
 Box formats are always in the name: `box_xywh` is (x, y, width, height), as GOT-10k
 files and frames use; `box_xyxy` is (x_min, y_min, x_max, y_max), as prompts, answers
-and rewards use. Frames and crops are PIL RGB images.
+and rewards use. Frames are RGB (PIL images or uint8 arrays); crops are uint8 arrays when
+cut and PIL images when the model sees them.
 """
 
 from __future__ import annotations
 
 import argparse
-import configparser
 import dataclasses
 import json
 import math
 import os
 import re
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,12 @@ from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
+
+
+class UserError(ValueError):
+    """Input that cannot be used as given (a flag, a file, a model, a server): every script
+    says it in one line and exits with status 2 (script_main), never with a traceback."""
+
 
 # -----------------------------------------------------------------------------
 # Prompts. The exact text matters: the published checkpoints were trained on it.
@@ -283,15 +291,13 @@ def jpeg_round_trip(crop: np.ndarray):
     """An RGB crop as the published pipeline handed it to the model: encoded as JPEG quality
     95 (as OpenCV encodes it), then decoded (as PIL, and so a vLLM server, decodes it).
     Returns (the decoded PIL image, the JPEG bytes)."""
-    import io
-
     import cv2
 
     ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         raise ValueError("OpenCV could not encode a crop as JPEG")
     data = encoded.tobytes()
-    return Image.open(io.BytesIO(data)).convert("RGB"), data
+    return open_image(data), data
 
 
 def as_array(image) -> np.ndarray:
@@ -316,14 +322,26 @@ def as_pil(image) -> Image.Image:
 
 
 def read_frame(path) -> np.ndarray:
-    """An image file as an RGB uint8 array, decoded by OpenCV as the published scripts read
-    frames; ValueError when it cannot be decoded."""
+    """A frame's image file as an RGB uint8 array, decoded by OpenCV as the published scripts
+    read frames; UserError when it cannot be decoded."""
     import cv2
 
     frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if frame is None:
-        raise ValueError(f"cannot decode the image {path}")
+        raise UserError(f"cannot decode the image {path}")
     return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+
+def open_image(source) -> Image.Image:
+    """A stored image (JPEG or PNG bytes, or a path) as a PIL RGB image, decoded by PIL as the
+    training data's images are (EasyR1, vLLM); UserError when it cannot be decoded."""
+    import io
+
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+        return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise UserError(f"unreadable image: {error}") from None
 
 
 # -----------------------------------------------------------------------------
@@ -460,7 +478,7 @@ def reward(text: str, gt_xyxy, think=False, response_len=None, kind="r1track") -
 SETTINGS_FILE = "r1track.json"
 
 
-class LoadError(ValueError):
+class LoadError(UserError):
     """A model, adapter or settings file that cannot be used as it is: said in one line,
     never replaced by defaults or random weights."""
 
@@ -592,8 +610,6 @@ def load_settings(name_or_path: str) -> TrackSettings:
 
 
 def say_default_settings(name, settings: TrackSettings) -> None:
-    import sys
-
     print(f"note: {name} has no {SETTINGS_FILE}; tracking with the default settings ({settings.describe()})",
           file=sys.stderr)
 
@@ -634,6 +650,26 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def script_main(run, args, quiet=True) -> int:
+    """Every script's body runs here: `run(args)`'s exit status; bad input (UserError) or a
+    file that cannot be read or written (OSError) is one line on stderr and status 2."""
+    if quiet:
+        quiet_libraries()
+    try:
+        return run(args)
+    except (UserError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 def add_settings_args(parser) -> None:
@@ -681,9 +717,6 @@ class Processor:
     def save_pretrained(self, folder) -> None:
         self.tokenizer.save_pretrained(folder)
         self.image_processor.save_pretrained(folder)
-
-    def decode(self, token_ids) -> str:
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
 
 def load_processor(name_or_path: str) -> Processor:
@@ -888,10 +921,10 @@ def encode_chat(processor, messages, images, answer=None, return_tensors=True) -
     return inputs
 
 
-def collate(examples: list[dict], pad_token_id: int, padding_side="right") -> dict:
-    """Pad a list of build_inputs(..., return_tensors=False) results into one batch.
-    Right padding for training; left padding for generation, so every row ends where its
-    answer begins."""
+def collate(examples: list[dict], pad_token_id: int) -> dict:
+    """Pad a list of build_inputs(..., return_tensors=False) results into one batch, on the
+    left: every row ends where its answer begins (generation) or ends (training), so the
+    answers of all rows sit in the same last columns."""
     import torch
 
     width = max(len(e["input_ids"]) for e in examples)
@@ -903,7 +936,7 @@ def collate(examples: list[dict], pad_token_id: int, padding_side="right") -> di
         rows = []
         for e in examples:
             filler = [pad] * (width - len(e[key]))
-            rows.append(e[key] + filler if padding_side == "right" else filler + e[key])
+            rows.append(filler + e[key])
         batch[key] = torch.tensor(rows)
     batch["pixel_values"] = torch.cat([e["pixel_values"] for e in examples])
     batch["image_grid_thw"] = torch.cat([e["image_grid_thw"] for e in examples])
@@ -919,7 +952,14 @@ def vision_token_ids(tokenizer) -> list[int]:
     return [tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS]
 
 
-def greedy_config(processor, max_new_tokens=64):
+def answer_token_limit(think: bool, as_published_client=False) -> int:
+    """The longest answer asked for: a box is about 20 tokens; reasoning gets the 512 the
+    published think models were trained with, which the published client asked for always
+    (a greedy answer is the same, only never cut short)."""
+    return 512 if think or as_published_client else 48
+
+
+def greedy_config(processor, max_new_tokens: int):
     """Plain greedy decoding, whatever sampling defaults the checkpoint ships with."""
     from transformers import GenerationConfig
 
@@ -934,566 +974,12 @@ def generate_answers(model, processor, batch: dict, generation_config=None) -> l
     """Decoded answers of a (left-padded) batch; greedy unless told otherwise."""
     import torch
 
-    generation_config = generation_config or greedy_config(processor)
+    generation_config = generation_config or greedy_config(processor, answer_token_limit(think=False))
     batch = {k: v.to(model.device) for k, v in batch.items() if k != "labels"}
     with torch.inference_mode():
         out = model.generate(**batch, generation_config=generation_config)
     new_tokens = out[:, batch["input_ids"].shape[1]:]
     return processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-
-
-# -----------------------------------------------------------------------------
-# A tiny Qwen2.5-VL that runs anywhere: the real model class and loading path, random
-# weights, a small tokenizer with Qwen's special tokens, digit-by-digit numbers and the
-# Qwen2.5-VL chat template.
-
-QWEN_SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
-]
-
-
-def _tokenizer_corpus() -> list[str]:
-    rng = np.random.default_rng(0)
-    texts = [SYSTEM_PROMPT, "user", "assistant", "system", THINK_INSTRUCTION,
-             "<think> The target moved to the right. </think> <answer> [1,2,3,4] </answer>"]
-    for wording in WORDINGS:
-        for _ in range(20):
-            box = rng.integers(0, 336, size=4)
-            texts.append(QUESTIONS[wording].format(box=format_box_xyxy(box)))
-            texts.append(format_box_xyxy(box) + " " + json.dumps([int(v) for v in box]))
-    return texts
-
-
-def build_tiny_tokenizer(vocab_size=400):
-    """A byte-level BPE tokenizer shaped like Qwen2's (same pre-tokenizer: digits one by
-    one) with a small vocabulary learnt from this project's prompts."""
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-
-    bpe = Tokenizer(models.BPE())
-    bpe.normalizer = normalizers.NFC()
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(_tokenizer_corpus(), trainer)
-    learnt = json.loads(bpe.to_str())["model"]
-    vocab = dict(learnt["vocab"])
-    for token in QWEN_SPECIAL_TOKENS:
-        vocab[token] = len(vocab)
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[tuple(m) for m in learnt["merges"]],
-                               eos_token=END_OF_TURN, pad_token="<|endoftext|>", unk_token=None)
-    tokenizer.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL_TOKENS[1:]})
-    tokenizer.chat_template = QWEN2_5_VL_CHAT_TEMPLATE
-    return tokenizer
-
-
-def save_tiny_model(path, seed=0, hidden_size=128, num_layers=4, vision_hidden_size=64,
-                    vision_depth=2, settings: TrackSettings | None = None) -> Path:
-    """Write a randomly initialised Qwen2_5_VLForConditionalGeneration (about a million
-    parameters), its tokenizer, image-processor config and tracking settings to `path`."""
-    import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    path = Path(path)
-    tokenizer = build_tiny_tokenizer()
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-    heads = 4
-    head_dim = hidden_size // heads
-    third = head_dim // 2 // 8  # M-RoPE sections in the 3B's proportions, [16, 24, 24] of 64
-    config = Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer), "hidden_size": hidden_size, "intermediate_size": hidden_size * 2,
-            "num_hidden_layers": num_layers, "num_attention_heads": heads, "num_key_value_heads": 2,
-            "max_position_embeddings": 4096, "rms_norm_eps": 1e-6,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
-                                "mrope_section": [2 * third, 3 * third, 3 * third]},
-            "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-        },
-        vision_config={
-            "depth": vision_depth, "hidden_size": vision_hidden_size, "intermediate_size": vision_hidden_size * 2,
-            "num_heads": 4, "out_hidden_size": hidden_size, "patch_size": 14, "spatial_merge_size": 2,
-            "temporal_patch_size": 2, "window_size": 112, "fullatt_block_indexes": [vision_depth - 1],
-        },
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    Qwen2VLImageProcessorPil(
-        min_pixels=56 * 56, max_pixels=28 * 28 * 16384, patch_size=14, temporal_patch_size=2, merge_size=2,
-        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
-    ).save_pretrained(path)
-    (settings or TrackSettings(crop_size=112)).save(path)
-    return path
-
-
-# -----------------------------------------------------------------------------
-# GOT-10k data
-
-
-def read_got10k_split(split_dir) -> list[str]:
-    """Sequence names of a GOT-10k split folder (its list.txt)."""
-    list_file = Path(split_dir) / "list.txt"
-    if not list_file.is_file():
-        raise FileNotFoundError(f"{split_dir} is not a GOT-10k split folder: no list.txt")
-    return [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
-
-
-def read_got10k_sequence(seq_dir) -> dict:
-    """One sequence: frame paths, ground truth (x, y, w, h per frame; only the first on the
-    test split), the labels that exist (cover, absence, cut_by_image) and the resolution."""
-    seq_dir = Path(seq_dir)
-    frames = sorted(seq_dir.glob("*.jpg"))
-    boxes_xywh = np.loadtxt(seq_dir / "groundtruth.txt", delimiter=",", ndmin=2)
-    sequence = {"name": seq_dir.name, "frames": frames, "boxes_xywh": boxes_xywh}
-    for label in ("cover", "absence", "cut_by_image"):
-        label_file = seq_dir / f"{label}.label"
-        if label_file.is_file():
-            sequence[label] = np.loadtxt(label_file, ndmin=1)
-    meta = seq_dir / "meta_info.ini"
-    if meta.is_file():
-        parser = configparser.ConfigParser()
-        parser.read_string(meta.read_text())
-        values = dict(parser.items(parser.sections()[0])) if parser.sections() else {}
-        if "resolution" in values:
-            sequence["resolution"] = tuple(int(v) for v in re.findall(r"\d+", values["resolution"])[:2])
-    return sequence
-
-
-def _smooth_noise(rng, width, height, cells, channels=3) -> np.ndarray:
-    grid = rng.uniform(0, 255, size=(cells[1], cells[0], channels)).astype(np.uint8)
-    return np.asarray(Image.fromarray(grid).resize((width, height), Image.BICUBIC), dtype=np.float32)
-
-
-def _saturated(rng) -> np.ndarray:
-    """A random fully saturated colour (a random hue)."""
-    import colorsys
-
-    return np.array(colorsys.hsv_to_rgb(rng.uniform(), 1.0, rng.uniform(0.7, 1.0))) * 255
-
-
-def _patterned_patch(rng, colours) -> np.ndarray:
-    """A 32x32 two-colour pattern (stripes or checks) that identifies an object."""
-    yy, xx = np.mgrid[0:32, 0:32]
-    period = int(rng.integers(4, 11))
-    if rng.random() < 0.5:
-        mask = ((xx // period + yy // period) % 2).astype(bool)
-    else:
-        mask = (((xx + yy) if rng.random() < 0.5 else xx) // period % 2).astype(bool)
-    return np.where(mask[..., None], colours[0], colours[1]).astype(np.float32)
-
-
-def _paste(frame, patch, box_xywh):
-    x, y, w, h = box_xywh
-    x1, y1, x2, y2 = int(round(x)), int(round(y)), int(round(x + w)), int(round(y + h))
-    if x2 - x1 < 1 or y2 - y1 < 1:
-        return
-    resized = np.asarray(Image.fromarray(patch.astype(np.uint8)).resize((x2 - x1, y2 - y1), Image.NEAREST))
-    H, W = frame.shape[:2]
-    cx1, cy1, cx2, cy2 = max(x1, 0), max(y1, 0), min(x2, W), min(y2, H)
-    if cx2 > cx1 and cy2 > cy1:
-        frame[cy1:cy2, cx1:cx2] = resized[cy1 - y1:cy2 - y1, cx1 - x1:cx2 - x1]
-
-
-def _cover_level(visible_fraction: float) -> int:
-    """GOT-10k's cover label: 0 absent, 1-7 for visible ratios in steps of 15%, 8 fully visible."""
-    if visible_fraction <= 0:
-        return 0
-    if visible_fraction >= 1:
-        return 8
-    return min(7, 1 + int(visible_fraction / 0.15))
-
-
-def _random_walk(rng, frames, start, low, high, speed):
-    position, velocity, path = np.array(start, float), rng.normal(0, speed, 2), []
-    for _ in range(frames):
-        velocity = 0.8 * velocity + rng.normal(0, speed * 0.5, 2)
-        position = position + velocity
-        for axis in range(2):  # bounce off the walls of the allowed region
-            if position[axis] < low[axis] or position[axis] > high[axis]:
-                velocity[axis] = -velocity[axis]
-                position[axis] = min(max(position[axis], low[axis]), high[axis])
-        path.append(position.copy())
-    return np.array(path)
-
-
-SYNTHETIC_STYLES = ("clutter", "plain")
-
-
-def make_synthetic_got10k(root, split="val", sequences=8, frames=30, size=(320, 240), seed=0,
-                          distractors=None, style="clutter", speed=(1.0, 4.0)) -> Path:
-    """Write a small dataset in the official GOT-10k layout under `root/split`.
-
-    style="clutter": each sequence has a patterned target that moves and changes scale over
-    a textured background, look-alike distractors (2 unless given), an occluder that
-    sometimes passes over the target, and, in some sequences, frames where the target leaves
-    the image or is fully hidden. style="plain": the target alone on a flat background (no
-    distractors unless given, no occluder), the easy case a very small model can learn.
-    speed: the range of the objects' typical speed, in pixels per frame.
-    Labels (cover, absence, cut_by_image) are computed from what is really drawn.
-    """
-    if style not in SYNTHETIC_STYLES:
-        raise ValueError(f"unknown style {style!r}; choose one of {', '.join(SYNTHETIC_STYLES)}")
-    plain = style == "plain"
-    distractors = (0 if plain else 2) if distractors is None else distractors
-    width, height = size
-    split_dir = Path(root) / split
-    split_dir.mkdir(parents=True, exist_ok=True)
-    names = []
-    for index in range(sequences):
-        rng = np.random.default_rng([seed, index])
-        name = f"GOT-10k_{split.capitalize()}_{index + 1:06d}"
-        names.append(name)
-        seq_dir = split_dir / name
-        seq_dir.mkdir(exist_ok=True)
-
-        if plain:  # a grey background and targets in saturated colours: easy to tell apart
-            background = np.full((height, width, 3), rng.uniform(60, 190), dtype=np.float32)
-            colours = np.array([[_saturated(rng), _saturated(rng)] for _ in range(distractors + 1)])
-        else:
-            background = 0.7 * _smooth_noise(rng, width, height, (8, 6)) + 0.3 * _smooth_noise(rng, width, height, (40, 30))
-            colours = rng.uniform(0, 255, size=(distractors + 1, 2, 3))
-        patches = [_patterned_patch(rng, c) for c in colours]
-        base_w = rng.uniform(0.08, 0.25) * width
-        base_h = base_w * rng.uniform(0.5, 2.0)
-        scale_wave = 1 + 0.3 * np.sin(np.linspace(0, rng.uniform(1, 4), frames) + rng.uniform(0, 6))
-        margin = np.array([base_w, base_h]) * 0.5
-        leaves = rng.random() < 0.3 and not plain  # this target walks out of the image for a while
-        low = -margin * (2.5 if leaves else 0.0)
-        high = np.array([width, height]) - margin * (1.0 if not leaves else -1.5) - np.array([base_w, base_h]) * 0.3
-        start = rng.uniform([base_w * 0.2, base_h * 0.2], [width - base_w * 1.2, height - base_h * 1.2])
-        pace = rng.uniform(*speed)
-        path = _random_walk(rng, frames, start, low, high, pace)
-        path[0] = start  # the first frame always shows the whole target
-        others = [_random_walk(rng, frames, rng.uniform([0, 0], [width * 0.8, height * 0.8]),
-                               (0, 0), (width * 0.85, height * 0.85), pace) for _ in range(distractors)]
-        occluder_on = rng.random() < 0.6 and not plain
-        occluder_w = rng.uniform(0.6, 1.6) * base_w
-        occluder_x = np.linspace(-occluder_w, width, frames) if rng.random() < 0.5 else np.linspace(width, -occluder_w, frames)
-        occluder_colour = rng.uniform(60, 200, size=3)
-
-        rows, cover, cut = [], [], []
-        for t in range(frames):
-            frame = background + rng.normal(0, 4, size=background.shape)
-            for k, other in enumerate(others):
-                _paste(frame, patches[k + 1], (other[t][0], other[t][1], base_w, base_h))
-            w, h = base_w * scale_wave[t], base_h * scale_wave[t]
-            x, y = path[t]
-            if t == 0:
-                x, y = min(max(x, 0), width - w - 1), min(max(y, 0), height - h - 1)
-            _paste(frame, patches[0], (x, y, w, h))
-            target = np.zeros((height, width), bool)
-            target[max(int(round(y)), 0):max(int(round(y + h)), 0), max(int(round(x)), 0):max(int(round(x + w)), 0)] = True
-            visible = target.copy()
-            if occluder_on and t > 0:
-                ox = occluder_x[t]
-                x1, x2 = max(int(round(ox)), 0), max(int(round(ox + occluder_w)), 0)
-                frame[:, x1:x2] = occluder_colour
-                visible[:, x1:x2] = False
-            full_area = max(int(round(x + w)) - int(round(x)), 1) * max(int(round(y + h)) - int(round(y)), 1)
-            rows.append(f"{x:.4f},{y:.4f},{w:.4f},{h:.4f}")
-            cover.append(_cover_level(visible.sum() / full_area))
-            cut.append(int(x < 0 or y < 0 or x + w > width or y + h > height))
-            Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8)).save(seq_dir / f"{t + 1:08d}.jpg", quality=92)
-
-        if split == "test":  # the test split only gives the first box
-            (seq_dir / "groundtruth.txt").write_text(rows[0] + "\n")
-        else:
-            (seq_dir / "groundtruth.txt").write_text("\n".join(rows) + "\n")
-            (seq_dir / "cover.label").write_text("\n".join(map(str, cover)) + "\n")
-            (seq_dir / "absence.label").write_text("\n".join(str(int(c == 0)) for c in cover) + "\n")
-            (seq_dir / "cut_by_image.label").write_text("\n".join(map(str, cut)) + "\n")
-        (seq_dir / "meta_info.ini").write_text(
-            "[METAINFO]\nurl: synthetic\nbegin: 00:00:00\nend: 00:00:03\nanno_fps: 10Hz\n"
-            "object_class: patterned box\nmotion_class: random walk\nmajor_class: synthetic\n"
-            f"root_class: synthetic\nmotion_adverb: smoothly\nresolution: ({width}, {height})\n")
-    (split_dir / "list.txt").write_text("\n".join(names) + "\n")
-    return split_dir
-
-
-# -----------------------------------------------------------------------------
-# Training pairs: (template crop, template box, search crop, answer box), from any source.
-
-
-class Pair(NamedTuple):
-    """One training example, boxes in crop pixels (the answer: the target in the search crop)."""
-
-    template: Image.Image
-    template_box_xyxy: list
-    search: Image.Image
-    search_box_xyxy: list
-    jpegs: tuple | None = None  # the crops' JPEG bytes, when they were cut the published way
-
-
-class BadRow(ValueError):
-    """A data row that cannot be used (bad image, no box, unparsable answer)."""
-
-
-def _open_image(source) -> Image.Image:
-    import io
-
-    try:
-        image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
-        return image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise BadRow(f"unreadable image: {error}") from None
-
-
-def _to_crop_size(image: Image.Image, box_xyxy, crop_size: int):
-    """Stored pairs are square crops of any size; bring one to the training crop size."""
-    if image.size == (crop_size, crop_size):
-        return image, box_xyxy
-    if image.width != image.height:
-        raise BadRow(f"pair images must be square crops, got {image.width}x{image.height}")
-    scale = crop_size / image.width
-    return image.resize((crop_size, crop_size), Image.BILINEAR), [v * scale for v in box_xyxy]
-
-
-class StoredPairs:
-    """Pairs kept as rows: (template image, search image, problem text, answer text), the
-    images as bytes or paths. Text is checked when the rows are read, images when a pair
-    is loaded."""
-
-    def __init__(self, rows: list, crop_size: int, name: str):
-        self.crop_size, self.name, self.rows, self.skipped = crop_size, name, [], 0
-        for template, search, problem, answer in rows:
-            template_box = parse_prompt_box(problem or "")
-            answer_box = parse_answer(answer or "")
-            if template is None or search is None or template_box is None or answer_box is None:
-                self.skipped += 1
-                continue
-            self.rows.append((template, search, template_box, answer_box))
-
-    def __len__(self):
-        return len(self.rows)
-
-    def load(self, index: int, rng=None) -> Pair:
-        template_src, search_src, template_box, answer_box = self.rows[index]
-        template, template_box = _to_crop_size(_open_image(template_src), template_box, self.crop_size)
-        search, answer_box = _to_crop_size(_open_image(search_src), answer_box, self.crop_size)
-        return Pair(template, template_box, search, answer_box)
-
-    def split(self, fraction: float, seed: int):
-        """(train, held-out) with `fraction` of the rows held out, chosen by `seed`."""
-        order = np.random.default_rng(seed).permutation(len(self.rows))
-        held = max(1, int(round(len(self.rows) * fraction)))
-        train, val = StoredPairs([], self.crop_size, self.name), StoredPairs([], self.crop_size, self.name + " (held out)")
-        train.rows = [self.rows[i] for i in sorted(order[held:])]
-        val.rows = [self.rows[i] for i in sorted(order[:held])]
-        train.skipped = self.skipped
-        return train, val
-
-
-class Got10kPairs:
-    """Pairs sampled on the fly from a GOT-10k-layout split, as R1-Track-5k/100k were made:
-    two frames of one sequence where the target is visible, each cropped around its own box
-    with a factor ~ U(2, 8) and a centre shift ~ U(-0.2, 0.2) x side; boxes truncated to
-    integers. Unlike the published data, a box is first clamped into its crop: an answer
-    outside the image is not one the model can see. Each `load(index, rng)` is a fresh pair
-    of sequence `index`, reproducible from `rng`. loop="published" cuts the crops as the
-    published data was cut (OpenCV, then stored as JPEG quality 95); "lenient" cuts them as
-    that loop does.
-
-    tracking_share: the share of pairs cut the way the tracker asks instead: both crops with
-    the tracking factor, the template centred on its box, the search around a slightly wrong
-    box (the last frame's answer, off by up to a quarter of the target's size and 15% in
-    scale). Not how the published data was made; it teaches the small step every frame
-    needs, which a small model learns much sooner than the published jitter's big jumps."""
-
-    def __init__(self, split_dir, crop_size: int, tracking_share: float = 0.0, loop="published"):
-        self.split_dir, self.crop_size, self.name = Path(split_dir), crop_size, str(split_dir)
-        self.tracking_share, self.loop = tracking_share, loop
-        self.sequences, self.skipped = [], 0
-        for name in read_got10k_split(split_dir):
-            try:
-                sequence = read_got10k_sequence(self.split_dir / name)
-            except (OSError, ValueError):
-                self.skipped += 1
-                continue
-            boxes = sequence["boxes_xywh"]
-            visible = (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
-            if "cover" in sequence and len(sequence["cover"]) == len(boxes):
-                visible &= sequence["cover"] > 0
-            if "absence" in sequence and len(sequence["absence"]) == len(boxes):
-                visible &= sequence["absence"] == 0
-            frames = [i for i in np.nonzero(visible)[0] if i < len(sequence["frames"])]
-            if len(boxes) != len(sequence["frames"]) or not frames:
-                self.skipped += 1
-                continue
-            self.sequences.append((sequence["frames"], boxes, frames))
-
-    def __len__(self):
-        return len(self.sequences)
-
-    def load(self, index: int, rng) -> Pair:
-        frames, boxes, visible = self.sequences[index]
-        picks = rng.choice(visible, size=2, replace=len(visible) < 2)
-        like_tracking = self.tracking_share > 0 and rng.random() < self.tracking_share
-        crops = []
-        for role, frame in enumerate(picks):  # 0: template, 1: search
-            try:
-                image = read_frame(frames[frame])
-            except ValueError as error:
-                raise BadRow(str(error)) from None
-            if not like_tracking:
-                factor, shift = rng.uniform(2, 8), rng.uniform(-0.2, 0.2, size=2)
-            elif role == 0:
-                factor, shift = TrackSettings.template_factor, np.zeros(2)
-            else:  # a shift of 1/16 of the side is a quarter of the target's size at factor 4
-                factor = TrackSettings.search_factor * math.exp(rng.uniform(-0.15, 0.15))
-                shift = rng.uniform(-1 / 16, 1 / 16, size=2)
-            crop, box_xyxy, _, _ = crop_around(image, boxes[frame], factor, self.crop_size, shift_xy=shift,
-                                               loop=self.loop)
-            crops.append((crop, [float(int(v)) for v in clamp_box_xyxy(box_xyxy, self.crop_size)]))
-        (template, template_box), (search, search_box) = crops
-        if not (search_box[2] > search_box[0] and search_box[3] > search_box[1]):
-            raise BadRow("the target has no area in the search crop")
-        if self.loop != "published":
-            return Pair(Image.fromarray(template), template_box, Image.fromarray(search), search_box)
-        (template, template_jpeg), (search, search_jpeg) = jpeg_round_trip(template), jpeg_round_trip(search)
-        return Pair(template, template_box, search, search_box, jpegs=(template_jpeg, search_jpeg))
-
-
-def _parquet_rows(paths) -> list:
-    import pyarrow.parquet as pq
-
-    rows = []
-    for path in paths:
-        table = pq.read_table(path, columns=["images", "problem", "answer"])
-        for images, problem, answer in zip(*(table.column(c).to_pylist() for c in ("images", "problem", "answer"))):
-            sources = [(image or {}).get("bytes") or (image or {}).get("path") for image in images or []]
-            rows.append((*(sources if len(sources) == 2 else [None, None]), problem, answer))
-    return rows
-
-
-def _sharegpt_rows(path: Path) -> list:
-    records = json.loads(path.read_text())
-    if not isinstance(records, list):
-        raise ValueError(f"{path}: expected a JSON list of ShareGPT records")
-    rows = []
-    for record in records:
-        record = record if isinstance(record, dict) else {}
-        turns = record.get("messages") or record.get("conversations") or []
-        user = next((t for t in turns if t.get("role", t.get("from")) in ("user", "human")), {})
-        assistant = next((t for t in turns if t.get("role", t.get("from")) in ("assistant", "gpt")), {})
-        images = [str(path.parent / p) if not os.path.isabs(p) else p for p in record.get("images") or []]
-        rows.append((*(images if len(images) == 2 else [None, None]),
-                     user.get("content", user.get("value")), assistant.get("content", assistant.get("value"))))
-    return rows
-
-
-HUB_DATASETS = {"r1track5k": "WangBiao/R1-Track-5k", "r1track100k": "WangBiao/R1-Track-100k"}
-
-
-SPLIT_WORDS = {"train": ("train", "training"), "val": ("val", "valid", "validation", "dev"), "test": ("test", "testing")}
-
-
-def _split_of(file: Path, root: Path):
-    """The split a parquet file belongs to: the split word in its name, else in the nearest
-    folder name below `root` that has one, else `root`'s own name when it is a split word
-    (`--data data/train`); None when none says."""
-    for name in [file.stem, *reversed(file.relative_to(root).parts[:-1])]:
-        words = set(re.split(r"[^a-z0-9]+", name.lower()))
-        found = [split for split, names in SPLIT_WORDS.items() if words & set(names)]
-        if len(found) == 1:
-            return found[0]
-        if found:  # e.g. train_val.parquet: it cannot belong to both
-            return None
-    return next((split for split, names in SPLIT_WORDS.items() if root.name.lower() in names), None)
-
-
-def _split_files(folder: Path, split: str) -> list:
-    """The parquet files of one split of a dataset folder: by the split word in the file name or
-    a folder name (train/, val/, validation/, test/, train-00000-of-00001.parquet, ...). A file
-    of no split is refused, so that validation or test rows never become training data. The
-    validation split falls back on the test files when there are no validation files."""
-    files = sorted(folder.rglob("*.parquet"))
-    if not files:
-        raise ValueError(f"{folder}: no parquet files in this folder")
-    splits = {file: _split_of(file, folder) for file in files}
-    unknown = [str(file.relative_to(folder)) for file, found in splits.items() if found is None]
-    if unknown:
-        raise ValueError(f"{folder}: cannot tell the split of {', '.join(unknown)} (name each file or its folder "
-                         f"train, val or test; files found: {', '.join(str(f.relative_to(folder)) for f in files)})")
-    chosen = [file for file, found in splits.items() if found == split]
-    if not chosen and split == "val":
-        chosen = [file for file, found in splits.items() if found == "test"]
-    return chosen
-
-
-def open_pairs(spec: str, crop_size: int, split="train", tracking_share: float = 0.0, loop="published"):
-    """A pair source from a data spec: `r1track5k` / `r1track100k` (the published hub
-    datasets), a parquet file or folder in the EasyR1 layout (train/val files chosen by
-    name or folder), a LLaMA-Factory ShareGPT JSON, or a GOT-10k-layout split folder
-    (list.txt), whose pairs are cut with `tracking_share` and `loop` (see Got10kPairs)."""
-    path = Path(spec)
-    if spec in HUB_DATASETS and not path.exists():
-        from huggingface_hub import snapshot_download
-
-        path = Path(snapshot_download(HUB_DATASETS[spec], repo_type="dataset", allow_patterns=["*.parquet", "*.json"]))
-    if (path / "list.txt").is_file():
-        return Got10kPairs(path, crop_size, tracking_share, loop)
-    if path.is_dir():
-        files = _split_files(path, split)
-        if not files:
-            raise ValueError(f"{spec}: no {split} parquet files in this folder")
-        return StoredPairs(_parquet_rows(files), crop_size, f"{spec} [{split}]")
-    if path.suffix == ".parquet" and path.is_file():
-        return StoredPairs(_parquet_rows([path]), crop_size, spec)
-    if path.suffix == ".json" and path.is_file():
-        return StoredPairs(_sharegpt_rows(path), crop_size, spec)
-    raise ValueError(f"{spec}: not a dataset (expected r1track5k, a .parquet file or folder, "
-                     "a ShareGPT .json, or a GOT-10k split folder with list.txt)")
-
-
-def stream_position(position: int, size: int, seed: int, rank=0, world=1):
-    """Which example a rank reads at `position` of its stream: (epoch, index). Each epoch
-    is a seeded permutation split between ranks, so the stream is a pure function of its
-    position and a run resumes by position alone."""
-    per_rank = size // world
-    if per_rank == 0:
-        raise ValueError(f"{size} examples cannot be shared between {world} ranks")
-    epoch, offset = divmod(position, per_rank)
-    order = np.random.default_rng([seed, epoch]).permutation(size)
-    return epoch, int(order[rank + offset * world])
-
-
-def pair_rng(seed: int, epoch: int, index: int):
-    """The randomness of one sampled pair: fresh each epoch, the same on every rerun."""
-    return np.random.default_rng([seed, epoch, index])
-
-
-def pair_to_row(pair: Pair, wording="seed") -> dict:
-    """A pair as an EasyR1 parquet row (`images`, `problem`, `answer`): JPEG images quality
-    95 (the crops' own JPEG bytes when they have them), the question after an <image> for
-    each image (with a space between them in the 100k wording, as the published data has)."""
-    import io
-
-    images = []
-    for index, image in enumerate((pair.template, pair.search)):
-        if pair.jpegs:
-            data = pair.jpegs[index]
-        else:
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-            data = buffer.getvalue()
-        images.append({"bytes": data, "path": None})
-    images_text = "<image> <image>" if wording == "r1track-100k" else "<image><image>"
-    question = question_text(pair.template_box_xyxy, wording=wording)
-    return {"images": images, "problem": images_text + question, "answer": format_box_xyxy(pair.search_box_xyxy)}
 
 
 # -----------------------------------------------------------------------------
@@ -1518,7 +1004,7 @@ class ModelAnswerer:
 
     def __init__(self, model, processor, settings: TrackSettings, max_new_tokens=None, min_new_tokens=0):
         self.model, self.processor, self.settings = model, processor, settings
-        self.config = greedy_config(processor, max_new_tokens or (512 if settings.think else 48))
+        self.config = greedy_config(processor, max_new_tokens or answer_token_limit(settings.think))
         self.config.min_new_tokens = min_new_tokens
 
     def __call__(self, requests: list[Request]) -> list[str]:
@@ -1526,177 +1012,11 @@ class ModelAnswerer:
         examples = [build_inputs(self.processor, r.template, r.search, r.template_box_xyxy, think=s.think,
                                  wording=s.wording, return_tensors=False, as_published_client=s.asks_as_client)
                     for r in requests]
-        batch = collate(examples, self.processor.tokenizer.pad_token_id, padding_side="left")
+        batch = collate(examples, self.processor.tokenizer.pad_token_id)
         return generate_answers(self.model, self.processor, batch, self.config)
 
 
-class FastAnswerer:
-    """The greedy answers of ModelAnswerer with less work per frame.
-
-    - Template reuse: the prompt up to the search image (system text, template image) is the
-      same on every frame of a sequence; its KV cache is computed once and each frame runs
-      only the search image and the question. The 3D positions are taken from the full
-      prompt, so the model sees exactly what a full-prompt forward would.
-    - Batching: one call answers many sequences; their prefix caches are stacked and the
-      questions (whose box digits differ in length) left-padded against them.
-    - Drafting: the answer is guessed from the previous frame's answer (at first, from the
-      template box: both crops are centred alike) and checked in one forward pass; the
-      longest run the model agrees with is kept, so greedy output is unchanged.
-    `decode_passes` counts the forward passes after the first token.
-    """
-
-    def __init__(self, model, processor, settings: TrackSettings, max_new_tokens=None, reuse_template=True,
-                 draft=True, draft_tokens=8, min_new_tokens=0):
-        self.model, self.processor, self.settings = model, processor, settings
-        self.max_new_tokens = max_new_tokens or (512 if settings.think else 48)
-        self.min_new_tokens = min_new_tokens
-        self.reuse_template = reuse_template
-        self.draft_tokens = draft_tokens if draft and not settings.think else 0
-        tokenizer = processor.tokenizer
-        self.end_ids = {tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.pad_token_id}
-        self.pad = tokenizer.pad_token_id
-        self.suppressed = vision_token_ids(tokenizer)
-        self.decode_passes = 0
-
-    def __call__(self, requests: list[Request]) -> list[str]:
-        import torch
-
-        with torch.inference_mode():
-            states = [self._sequence(r) for r in requests]
-            cache, mask, first = self._prefill(requests, states)
-            answers = self._decode(states, cache, mask, first)
-        texts = []
-        for state, answer in zip(states, answers):
-            answer = answer[:self.max_new_tokens]  # a last pass may have accepted drafts past the limit
-            state["draft"] = answer  # the next frame's guess
-            texts.append(self.processor.tokenizer.decode(answer, skip_special_tokens=True))
-        return texts
-
-    def _forward(self, **inputs):
-        import torch
-
-        device = self.model.device
-        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        return self.model(**inputs, use_cache=True)
-
-    def _sequence(self, request: Request) -> dict:
-        """What stays the same over a sequence, computed at its first frame: token ids, 3D
-        positions, the template's pixels and (with template reuse) the prefix's KV cache."""
-        state = request.state if request.state is not None else {}
-        if "ids" in state:
-            return state
-        import torch
-
-        s = self.settings
-        inputs = build_inputs(self.processor, request.template, request.search, request.template_box_xyxy,
-                              think=s.think, wording=s.wording, as_published_client=s.asks_as_client)
-        qwen = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        positions, _ = qwen.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
-                                                 image_grid_thw=inputs["image_grid_thw"])
-        ids = inputs["input_ids"][0].tolist()
-        vision_start = self.processor.tokenizer.convert_tokens_to_ids("<|vision_start|>")
-        search_start = [i for i, t in enumerate(ids) if t == vision_start][1]
-        prefix = search_start if self.reuse_template else 0
-        template_patches = int(inputs["image_grid_thw"][0].prod())
-        state.update(ids=ids, types=inputs["mm_token_type_ids"][0], positions=positions[:, 0], prefix=prefix,
-                     next_position=int(positions.max()) + 1, grids=inputs["image_grid_thw"],
-                     template_pixels=inputs["pixel_values"][:template_patches])
-        if prefix:
-            out = self._forward(input_ids=inputs["input_ids"][:, :prefix],
-                                attention_mask=torch.ones(1, prefix, dtype=torch.long),
-                                position_ids=positions[:, :, :prefix],
-                                mm_token_type_ids=inputs["mm_token_type_ids"][:, :prefix],
-                                pixel_values=state["template_pixels"], image_grid_thw=inputs["image_grid_thw"][:1],
-                                logits_to_keep=1)
-            state["prefix_cache"] = [(layer.keys, layer.values) for layer in out.cache.layers]
-        answer_ids = self.processor.tokenizer(format_box_xyxy(request.template_box_xyxy), add_special_tokens=False)
-        state["draft"] = answer_ids["input_ids"] + [self.processor.tokenizer.convert_tokens_to_ids(END_OF_TURN)]
-        return state
-
-    def _prefill(self, requests, states):
-        """Run every row's search image and question (left-padded to one width) against its
-        prefix; returns the cache, the attention mask so far and each row's first token."""
-        import torch
-        from transformers import DynamicCache
-
-        search = self.processor.image_processor(images=[r.search for r in requests], return_tensors="pt")
-        prefix = states[0]["prefix"]
-        suffixes = [state["ids"][prefix:] for state in states]
-        rows, width = len(states), max(len(x) for x in suffixes)
-        ids = torch.full((rows, width), self.pad, dtype=torch.long)
-        positions = torch.ones(3, rows, width, dtype=torch.long)
-        types = torch.zeros(rows, width, dtype=torch.long)
-        mask = torch.zeros(rows, prefix + width, dtype=torch.long)
-        mask[:, :prefix] = 1
-        for row, (state, suffix) in enumerate(zip(states, suffixes)):
-            n = len(suffix)
-            ids[row, width - n:] = torch.tensor(suffix)
-            positions[:, row, width - n:] = state["positions"][:, prefix:]
-            types[row, width - n:] = state["types"][prefix:]
-            mask[row, prefix + width - n:] = 1
-        if prefix:  # stack the rows' prefix caches; only the search images are new
-            layers = zip(*(state["prefix_cache"] for state in states))
-            cache = DynamicCache(ddp_cache_data=[(torch.cat([k for k, _ in layer]), torch.cat([v for _, v in layer]))
-                                                 for layer in layers])
-            pixels, grids = search["pixel_values"], search["image_grid_thw"]
-        else:
-            cache = DynamicCache()
-            per_image = search["pixel_values"].chunk(rows)
-            pixels = torch.cat([torch.cat([state["template_pixels"], p]) for state, p in zip(states, per_image)])
-            grids = torch.cat([state["grids"] for state in states])
-        out = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, mm_token_type_ids=types,
-                            pixel_values=pixels, image_grid_thw=grids, cache=cache, logits_to_keep=1)
-        return out.cache, mask, self._greedy(out.logits, [0] * rows)[:, -1].tolist()
-
-    def _greedy(self, logits, answer_lengths):
-        """Argmax tokens [rows, positions]; position i of a row would be token answer_length + i
-        of its answer (before min_new_tokens the end is held back)."""
-        import torch
-
-        logits = logits.float()
-        logits[..., self.suppressed] = float("-inf")
-        if self.min_new_tokens:
-            index = torch.as_tensor(answer_lengths)[:, None] + torch.arange(logits.shape[1])
-            early = (index < self.min_new_tokens).to(logits.device)
-            for end in self.end_ids:
-                logits[..., end] = logits[..., end].masked_fill(early, float("-inf"))
-        return logits.argmax(-1).cpu()
-
-    def _decode(self, states, cache, mask, first):
-        """Greedy decoding, each pass feeding every row its last token and K drafted ones."""
-        import torch
-
-        rows, k = len(states), self.draft_tokens
-        answers = [[token] for token in first]
-        done = [token in self.end_ids for token in first]
-        position = torch.tensor([state["next_position"] for state in states])  # where the next fed token goes
-        while not all(done) and max(len(a) for a in answers) < self.max_new_tokens:
-            fed = torch.full((rows, k + 1), self.pad, dtype=torch.long)
-            for row, (state, answer) in enumerate(zip(states, answers)):
-                drafted = state["draft"][len(answer):len(answer) + k]  # aligned by place in the answer
-                fed[row, :1 + len(drafted)] = torch.tensor([answer[-1], *drafted])
-            positions = (position[:, None] + torch.arange(k + 1)).expand(3, rows, k + 1)
-            mask = torch.cat([mask, torch.ones(rows, k + 1, dtype=torch.long)], 1)
-            out = self._forward(input_ids=fed, attention_mask=mask, position_ids=positions, cache=cache)
-            self.decode_passes += 1
-            # best[row][i]: the model's token after fed[row][i]
-            cache, best = out.cache, self._greedy(out.logits, [len(a) for a in answers]).tolist()
-            for row in range(rows):
-                if done[row]:
-                    continue
-                kept = 0  # drafted tokens the model agrees with
-                while kept < k and fed[row, 1 + kept] == best[row][kept] and best[row][kept] not in self.end_ids:
-                    kept += 1
-                answers[row] += best[row][:kept + 1]
-                done[row] = answers[row][-1] in self.end_ids or len(answers[row]) >= self.max_new_tokens
-                mask[row, mask.shape[1] - k + kept:] = 0  # the drafts after a disagreement were never said
-                position[row] += kept + 1
-        return answers
-
-
-class ServerError(Exception):
+class ServerError(UserError):
     """An answer server that cannot be reached or does not answer as OpenAI's chat API does."""
 
 
@@ -1742,8 +1062,7 @@ class ServerAnswerer:
     def __init__(self, url: str, settings: TrackSettings, model_name=None, max_new_tokens=None, timeout=120):
         self.url = server_v1_url(url)
         self.settings, self.timeout = settings, timeout
-        # 512: what the published client asked for (a greedy answer is the same, only not cut short)
-        self.max_tokens = max_new_tokens or (512 if settings.think or settings.loop == "published" else 48)
+        self.max_tokens = max_new_tokens or answer_token_limit(settings.think, settings.asks_as_client)
         self.model_name = model_name or served_model_name(url, timeout)
 
     @staticmethod
@@ -1808,8 +1127,8 @@ RECOVERY_MAX_FACTOR = 12.0
 
 
 class Tracker:
-    """The R1-Track loop behind the GOT-10k toolkit's interface (init, update, name,
-    is_deterministic) and pytracking's (initialize, track).
+    """The R1-Track loop behind the GOT-10k toolkit's interface (init, update, track over a
+    sequence's files, name, is_deterministic); PytrackingTracker is the same behind pytracking's.
 
     Built from a model name or folder (`Tracker("WangBiao/R1-Track-GRPO-wo-Think-100k")`),
     a loaded `(model, processor)`, an OpenAI-compatible server (`Tracker(server=URL)`), or
@@ -1862,6 +1181,8 @@ class Tracker:
         if self.settings.loop not in LOOPS:
             raise ValueError(f"unknown loop {self.settings.loop!r}; choose one of {', '.join(LOOPS)}")
         if loaded is not None:
+            from fast_decoder import FastAnswerer  # it builds on this module
+
             answerer = FastAnswerer if fast else ModelAnswerer
             self.answerer = answerer(*loaded, self.settings, max_new_tokens)
         elif server is not None:
@@ -1887,6 +1208,22 @@ class Tracker:
 
     def update(self, image) -> list[float]:
         return update_batch([self], [image])[0]
+
+    def track(self, img_files, box_xywh, visualize=False):
+        """The GOT-10k toolkit's run of a whole sequence: (boxes_xywh, seconds per frame)."""
+        import time
+
+        boxes, times = np.zeros((len(img_files), 4)), np.zeros(len(img_files))
+        for f, path in enumerate(img_files):
+            image = read_frame(path)
+            start = time.perf_counter()
+            if f == 0:
+                self.init(image, box_xywh)
+                boxes[0] = self.box_xywh
+            else:
+                boxes[f] = self.update(image)
+            times[f] = time.perf_counter() - start
+        return boxes, times
 
     # -- one frame in two halves, so that many sequences can share one model call --
 
@@ -1937,33 +1274,16 @@ class Tracker:
             return jpeg_round_trip(crop)
         return Image.fromarray(crop), None
 
-    # -- pytracking's interface; track() also runs a whole sequence, as the GOT-10k toolkit calls it --
+
+class PytrackingTracker(Tracker):
+    """The Tracker behind pytracking's interface: initialize(image, info), track(image)."""
 
     def initialize(self, image, info: dict) -> dict:
         self.init(image, info["init_bbox"])
         return {}
 
-    def track(self, image, info=None, visualize=False):
-        """pytracking: `track(image, info) -> {"target_bbox": box_xywh}`. GOT-10k toolkit:
-        `track(img_files, box_xywh) -> (boxes_xywh, seconds)` over a whole sequence."""
-        if isinstance(image, (list, tuple)) and image and isinstance(image[0], (str, os.PathLike)):
-            return self._track_files(image, info)
+    def track(self, image, info=None):
         return {"target_bbox": self.update(image)}
-
-    def _track_files(self, img_files, box_xywh):
-        import time
-
-        boxes, times = np.zeros((len(img_files), 4)), np.zeros(len(img_files))
-        for f, path in enumerate(img_files):
-            image = read_frame(path)
-            start = time.perf_counter()
-            if f == 0:
-                self.init(image, box_xywh)
-                boxes[0] = self.box_xywh
-            else:
-                boxes[f] = self.update(image)
-            times[f] = time.perf_counter() - start
-        return boxes, times
 
 
 def _frame_size(frame) -> tuple[int, int]:
@@ -1985,6 +1305,25 @@ def update_batch(trackers: list[Tracker], images) -> list[list[float]]:
     sharing its answerer) in a single answerer call: a batch for a local model."""
     answers = trackers[0].answerer([tracker.request(image) for tracker, image in zip(trackers, images)])
     return [tracker.accept(answer) for tracker, answer in zip(trackers, answers)]
+
+
+def tracker_from_args(args, device=None, name=None):
+    """(the Tracker the tracking scripts' flags ask for, the loaded (model, processor) or None
+    with a server): --model or --server and --server-model, the settings flags
+    (add_settings_args), --recover, --dtype. What cannot be loaded is a UserError."""
+    import torch
+
+    options = dict(think=args.think, recover=args.recover, loop=args.loop, settings=args.settings)
+    if args.server:
+        try:
+            return Tracker(server=args.server, server_model=args.server_model, **options), None
+        except LoadError as error:
+            raise UserError(f"{error}; name the tracking settings with --settings") from None
+    try:
+        loaded = load_model(args.model, dtype=getattr(torch, args.dtype) if args.dtype else None, device=device)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load the model {args.model}: {_first_line(error)}") from None
+    return Tracker(loaded, name=name, **options), loaded
 
 
 # -----------------------------------------------------------------------------

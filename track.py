@@ -7,7 +7,7 @@
   python track.py --demo
 
 --demo needs nothing but this folder: it draws synthetic clips the bundled model never saw,
-tracks them with demo_model/ (made by make_demo_model.py), scores them as eval_got10k.py
+tracks them with demo_model/ (made by make_demo_model.py), scores them as scoring.py
 does, and writes tracked.mp4 (ground truth in white, the tracker's box in green).
 
 --video takes a video file (mp4, avi, mkv, webm, mov, ...), a folder of frames or a glob.
@@ -26,18 +26,17 @@ import sys
 import time
 from pathlib import Path
 
-import eval_got10k
 import r1track
+import scoring
+import synthetic
+from data import read_got10k_sequence, read_got10k_split
+from r1track import UserError
 
 # The demo's clips: drawn as the demo model's training data (make_demo_model.py), with a seed
 # its training and validation never used.
 DEMO_CLIPS = dict(split="val", sequences=8, frames=40, seed=2026, style="plain")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-
-
-class InputError(Exception):
-    """Bad input: reported as one line, never a traceback."""
 
 
 # -----------------------------------------------------------------------------
@@ -54,20 +53,18 @@ def frame_files(spec: str) -> list[Path] | None:
     elif path.is_file():
         return None
     else:
-        raise InputError(f"no such video, folder or glob: {spec}")
+        raise UserError(f"no such video, folder or glob: {spec}")
     if not files:
-        raise InputError(f"no frames (image files) in {spec}")
+        raise UserError(f"no frames (image files) in {spec}")
     return files
 
 
 def read_image(path: Path):
-    """A frame from an image file (decoded by OpenCV, as the published scripts read frames),
+    """A frame file as a PIL image (decoded by OpenCV, as the published scripts read frames),
     or None when it cannot be decoded."""
-    from PIL import Image
-
     try:
-        return Image.fromarray(r1track.read_frame(path))
-    except ValueError:
+        return r1track.as_pil(r1track.read_frame(path))
+    except UserError:
         return None
 
 
@@ -81,7 +78,7 @@ class Video:
             self.container = av.open(path)
             self.stream = self.container.streams.video[0]
         except (av.FFmpegError, IndexError, OSError, UnicodeDecodeError):
-            raise InputError(f"cannot read {path} as a video") from None
+            raise UserError(f"cannot read {path} as a video") from None
         self.stream.thread_type = "AUTO"
         self.total = self.stream.frames or None
         self.fps = float(self.stream.average_rate) if self.stream.average_rate else 30.0
@@ -108,7 +105,7 @@ def open_frames(spec: str, fps: float | None):
         frames = iter(video)
         first = next(frames, None)
         if first is None:
-            raise InputError(f"no frame could be decoded from {spec}")
+            raise UserError(f"no frame could be decoded from {spec}")
 
         def all_frames():
             yield first
@@ -117,7 +114,7 @@ def open_frames(spec: str, fps: float | None):
         return first, all_frames(), video.total, fps or video.fps
     first = read_image(files[0])
     if first is None:
-        raise InputError(f"cannot read the first frame {files[0]}")
+        raise UserError(f"cannot read the first frame {files[0]}")
     return first, (first if i == 0 else read_image(p) for i, p in enumerate(files)), len(files), fps or 30.0
 
 
@@ -130,18 +127,18 @@ def parse_box(text: str, box_format: str, frame_size) -> list[float]:
     try:
         values = [float(v) for v in text.replace(" ", "").split(",")]
     except ValueError:
-        raise InputError(f"--box takes four numbers separated by commas, got {text!r}") from None
+        raise UserError(f"--box takes four numbers separated by commas, got {text!r}") from None
     if len(values) != 4:
-        raise InputError(f"--box takes four numbers separated by commas, got {len(values)}: {text!r}")
+        raise UserError(f"--box takes four numbers separated by commas, got {len(values)}: {text!r}")
     if box_format == "xyxy":
         x1, y1, x2, y2 = values
         if x2 <= x1 or y2 <= y1:
-            raise InputError(f"--box {text} is empty or inverted: it needs x2 > x1 and y2 > y1 (x1,y1,x2,y2)")
+            raise UserError(f"--box {text} is empty or inverted: it needs x2 > x1 and y2 > y1 (x1,y1,x2,y2)")
         values = r1track.xyxy_to_xywh(values)
     try:
         return r1track.check_init_box(values, *frame_size)
     except ValueError as error:
-        raise InputError(f"--box {text}: {error}") from None
+        raise UserError(f"--box {text}: {error}") from None
 
 
 # -----------------------------------------------------------------------------
@@ -227,29 +224,14 @@ def build_parser():
 
 
 def load_tracker(args, first_frame):
-    """The tracker and the first box (from --box, or found by --text)."""
-    import torch
-
-    kwargs = dict(think=args.think, recover=args.recover, loop=args.loop, settings=args.settings)
-    if args.server:
-        try:
-            tracker = r1track.Tracker(server=args.server, server_model=args.server_model, **kwargs)
-        except r1track.LoadError as error:
-            raise InputError(f"{error}; name the tracking settings with --settings") from None
-        print(f"tracking settings: {tracker.settings.describe()}")
-        return tracker, None
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    try:
-        loaded = r1track.load_model(args.model, dtype=dtype, device=args.device)
-    except (OSError, ValueError) as error:
-        raise InputError(f"cannot load the model {args.model}: {str(error).splitlines()[0]}") from None
-    tracker = r1track.Tracker(loaded, name=f"R1-Track[{Path(args.model).name}]", **kwargs)
+    """The tracker and the first box found by --text (None without --text)."""
+    tracker, loaded = r1track.tracker_from_args(args, args.device, name=f"R1-Track[{Path(args.model).name}]")
     print(f"tracking settings: {tracker.settings.describe()}")
     box = None
     if args.text:
         box = r1track.locate_text(*loaded, first_frame, args.text)
         if box is None:
-            raise InputError(f"the model could not find {args.text!r} in the first frame; give --box instead")
+            raise UserError(f"the model could not find {args.text!r} in the first frame; give --box instead")
     return tracker, box
 
 
@@ -258,11 +240,11 @@ def track(args) -> int:
 
     args.model = args.model or r1track.DEFAULT_MODEL
     if not args.video:
-        raise InputError("--video is required")
+        raise UserError("--video is required")
     if (args.box is None) == (args.text is None):
-        raise InputError("give the target with --box or with --text (one of them)")
+        raise UserError("give the target with --box or with --text (one of them)")
     if args.text and args.server:
-        raise InputError("--text needs a local model; with --server give --box")
+        raise UserError("--text needs a local model; with --server give --box")
     first, frames, total, fps = open_frames(args.video, args.fps)
     box_xywh = parse_box(args.box, args.box_format, first.size) if args.box else None
     out = Path(args.out or f"runs/track-{Path(args.video.rstrip('/')).stem.strip('*') or 'frames'}")
@@ -318,22 +300,22 @@ def track(args) -> int:
 def demo(args) -> int:
     """Synthetic clips -> the batched tracker -> the official score -> tracked.mp4."""
     if args.video or args.box or args.text or args.server:
-        raise InputError("--demo makes its own clips and uses a local model: leave out --video, --box, --text, --server")
+        raise UserError("--demo makes its own clips and uses a local model: leave out --video, --box, --text, --server")
     if args.model is None and not (r1track.DEMO_MODEL / "config.json").is_file():
-        raise InputError(f"no demo model in {r1track.DEMO_MODEL}: run `python make_demo_model.py` to make it")
+        raise UserError(f"no demo model in {r1track.DEMO_MODEL}: run `python make_demo_model.py` to make it")
     args.model = args.model or str(r1track.DEMO_MODEL)
     out = Path(args.out or "runs/demo")
-    clips = r1track.make_synthetic_got10k(out / "clips", **DEMO_CLIPS)
-    names = r1track.read_got10k_split(clips)
+    clips = synthetic.make_synthetic_got10k(out / "clips", **DEMO_CLIPS)
+    names = read_got10k_split(clips)
     print(f"{len(names)} synthetic clips of {DEMO_CLIPS['frames']} frames in {clips}, never seen in training")
 
     tracker, _ = load_tracker(args, None)
     results = out / "results"
-    eval_got10k.track_sequences(tracker, clips, names, results, batch=len(names))
-    report = eval_got10k.score(results, clips, names)
-    eval_got10k.print_reports({"demo": report})
+    scoring.track_sequences(tracker, clips, names, results, batch=len(names))
+    report = scoring.score(results, clips, names)
+    scoring.print_reports({"demo": report})
     r1track.write_atomic(out / "report.json", json.dumps(report, indent=2))
-    eval_got10k.plot_success({Path(args.model).name: report}, out / "success_plot.png")
+    scoring.plot_success({Path(args.model).name: report}, out / "success_plot.png")
     write_example(out / "example.png", tracker, clips, names[0], results)
     if not args.no_video:
         write_demo_video(out / "tracked.mp4", clips, names, results, args.fps or 10.0)
@@ -349,8 +331,8 @@ def write_example(path: Path, tracker, clips: Path, name: str, results: Path, fr
 
     from PIL import Image, ImageDraw
 
-    sequence = r1track.read_got10k_sequence(clips / name)
-    tracked = eval_got10k.read_boxes(eval_got10k.result_files(results, name)[0], len(sequence["frames"]))
+    sequence = read_got10k_sequence(clips / name)
+    tracked = scoring.read_boxes(scoring.result_files(results, name)[0], len(sequence["frames"]))
     tracker = copy.copy(tracker)
     tracker.init(read_image(sequence["frames"][0]), sequence["boxes_xywh"][0])
     tracker.box_xywh = list(tracked[frame_index - 1])  # where the tracker stood before this frame
@@ -384,8 +366,8 @@ def write_demo_video(path: Path, clips: Path, names, results: Path, fps: float):
 
     writer = None
     for name in names:
-        sequence = r1track.read_got10k_sequence(clips / name)
-        tracked = eval_got10k.read_boxes(eval_got10k.result_files(results, name)[0], len(sequence["frames"]))
+        sequence = read_got10k_sequence(clips / name)
+        tracked = scoring.read_boxes(scoring.result_files(results, name)[0], len(sequence["frames"]))
         for index, (frame, truth_xywh) in enumerate(zip(sequence["frames"], sequence["boxes_xywh"])):
             image = draw_box(read_image(frame), tracked[index], index)
             x, y, w, h = truth_xywh
@@ -398,12 +380,7 @@ def write_demo_video(path: Path, clips: Path, names, results: Path, fps: float):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        r1track.quiet_libraries()
-        return demo(args) if args.demo else track(args)
-    except (InputError, eval_got10k.InputError, r1track.LoadError, r1track.ServerError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return r1track.script_main(demo if args.demo else track, args)
 
 
 if __name__ == "__main__":

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 import r1track
-from train_sft import (Metrics, PairStream, StopFlag, add_data_args, add_model_args, add_run_args, autocast,
-                       build_model, evaluate, fill_settings, find_resume, make_optimizer, open_data, positive_int,
-                       run_training, save_checkpoint, save_final, start_state, to_device, trainable_parameters,
-                       validation_pairs, wrap_distributed)
+import training
+from data import PairStream, validation_pairs
+from r1track import positive_int
+from training import autocast, to_device, trainable_parameters
 
 # -----------------------------------------------------------------------------
 # The GRPO maths (REFERENCE.md), importable and tested on their own
@@ -73,14 +73,14 @@ def policy_loss(logp, old_logp, advantages, mask, clip=0.2):
 
 def build_parser():
     parser = r1track.ArgumentParser(description=__doc__)
-    add_model_args(parser, default_lr=1e-6)
+    training.add_model_args(parser, default_lr=1e-6)
     parser.add_argument("--init", default=None, help="where the policy and the reference start: an SFT output "
                         "folder (adapter or full), a hub id or a base model (default: --model)")
     parser.add_argument("--continue-adapter", action="store_true", help="with an adapter --init: train that adapter "
                         "on (the reference is then a frozen copy) instead of a fresh one over it")
     parser.add_argument("--ref-on-cpu", action="store_true", help="keep a frozen reference copy in CPU memory")
-    add_data_args(parser, inherited="as --init was trained, else ")
-    add_run_args(parser, default_out="runs/grpo", default_batch=8, default_accum=1, default_save=20, default_eval=10)
+    training.add_data_args(parser, inherited="as --init was trained, else ")
+    training.add_run_args(parser, default_out="runs/grpo", default_batch=8, default_accum=1, default_save=20, default_eval=10)
     parser.set_defaults(weight_decay=1e-2, warmup_ratio=0.0, epochs=1.0)
     group = parser.add_argument_group("GRPO")
     group.add_argument("--prompts-per-step", type=positive_int, default=32, help="questions per step, per rank")
@@ -90,7 +90,8 @@ def build_parser():
     group.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling")
     group.add_argument("--max-new-tokens", type=positive_int, default=None,
-                       help="longest answer (default: 64, or 512 with --think)")
+                       help=f"longest answer (default: {r1track.answer_token_limit(False)}, or "
+                       f"{r1track.answer_token_limit(True)} with --think)")
     group.add_argument("--clip", type=float, default=0.2, help="PPO clip range")
     group.add_argument("--kl-coef", type=float, default=1e-2, help="weight of the KL-to-reference loss")
     group.add_argument("--reward", choices=["r1track", "iou"], default="r1track",
@@ -102,19 +103,17 @@ def build_parser():
 
 
 def check_args(parser, args):
-    from train_sft import check_args as check_common
-
     args.init = args.init or args.model
     try:  # the questions the --init model was trained on, unless the flags say otherwise
-        fill_settings(args, r1track.read_settings(args.init) or r1track.TrackSettings())
+        training.fill_settings(args, r1track.read_settings(args.init) or r1track.TrackSettings())
     except r1track.LoadError as error:
         parser.error(str(error))
-    check_common(parser, args)
+    training.check_common_args(parser, args)
     if args.group_size < 2:
         parser.error("--group-size must be at least 2: advantages compare answers to the same question")
     if (args.prompts_per_step * args.group_size) % args.updates_per_batch:
         parser.error("--updates-per-batch must divide --prompts-per-step x --group-size")
-    args.max_new_tokens = args.max_new_tokens or (512 if args.think else 64)
+    args.max_new_tokens = args.max_new_tokens or r1track.answer_token_limit(args.think)
 
 
 # -----------------------------------------------------------------------------
@@ -140,7 +139,7 @@ def rollout(raw, processor, pairs, args, dist, step):
     was_training = raw.training
     raw.eval()
     for start in range(0, len(examples), args.rollout_batch):
-        batch = to_device(r1track.collate(examples[start:start + args.rollout_batch], pad, "left"), dist.device)
+        batch = to_device(r1track.collate(examples[start:start + args.rollout_batch], pad), dist.device)
         with torch.inference_mode(), autocast(dist):
             out = raw.generate(**batch, generation_config=config)
         for row in out[:, batch["input_ids"].shape[1]:].tolist():
@@ -158,7 +157,7 @@ def rollout(raw, processor, pairs, args, dist, step):
 
 def sample_batch(rows, pad, device):
     """Rollout rows as model inputs, answer ids and answer mask ([B, T] each)."""
-    prompts = r1track.collate(rows, pad_token_id=pad, padding_side="left")
+    prompts = r1track.collate(rows, pad)
     answer = torch.tensor([r["answer"] for r in rows])
     mask = torch.tensor([r["answer_mask"] for r in rows])
     batch = {
@@ -335,25 +334,29 @@ def train(args, dist):
     from tqdm import tqdm
 
     out = Path(args.out)
-    resume_dir = find_resume(args, dist)
-    train_source, val_source = open_data(args, dist)
-    model, processor = build_model(args, dist, init=args.init, resume_dir=resume_dir,
-                                   fresh_adapter=not (args.full or args.continue_adapter))
+    resume_dir = training.find_resume(args, dist)
+    train_source, val_source = training.open_data(args, dist)
+    model, processor = training.build_model(args, dist, init=args.init, resume_dir=resume_dir,
+                                            fresh_adapter=not (args.full or args.continue_adapter))
     settings = r1track.TrackSettings(wording=args.wording, think=args.think, crop_size=args.crop_size, loop=args.loop)
-    model, raw = wrap_distributed(model, args, dist)
+    model, raw = training.wrap_distributed(model, args, dist)
     reference = make_reference(raw, args, dist)
 
     total_steps = args.max_steps or max(1, math.ceil(args.epochs * len(train_source) /
                                                       (args.prompts_per_step * dist.world)))
-    optimizer, scheduler = make_optimizer(model, args, dist, total_steps, schedule_kind="constant")
-    state = start_state(resume_dir, model, optimizer, scheduler, dist)
-    stream = PairStream(train_source, args.seed, dist, state["position"], state["skipped"])
+    optimizer, scheduler = training.make_optimizer(model, args, dist, total_steps, schedule_kind="constant")
+    state = training.start_state(resume_dir, model, optimizer, scheduler, dist)
+    stream = PairStream(train_source, args.seed, dist.rank, dist.world, state["position"], state["skipped"])
     val_pairs = validation_pairs(val_source, args.val_size, args.seed + 1)
-    metrics = Metrics(out, dist, resume_step=state["step"])
-    stop = StopFlag()
+    metrics = training.Metrics(out, dist, resume_step=state["step"])
+    stop = training.StopFlag()
     if dist.main:
         print(f"GRPO: {sum(p.numel() for p in trainable_parameters(raw)):,} weights, {total_steps} steps of "
               f"{args.prompts_per_step} questions x {args.group_size} answers on {dist.world} x {dist.device}")
+
+    def checkpoint(step):
+        training.save_checkpoint(out, step, raw, model, optimizer, scheduler, processor, settings, state, dist,
+                                 args.keep_checkpoints)
 
     step = state["step"]
     bar = tqdm(total=total_steps, initial=step, desc="grpo", unit="step", disable=not dist.main, dynamic_ncols=True)
@@ -364,36 +367,21 @@ def train(args, dist):
         bar.update()
         bar.set_postfix(reward=f"{record['reward_mean']:.3f}", iou=f"{record['iou_mean']:.3f}", kl=f"{record['kl']:.4f}")
         if val_pairs and (step % args.eval_every == 0 or step == total_steps):
-            _, val_iou = evaluate(model if args.fsdp else raw, processor, val_pairs, args, dist, think=args.think,
-                                  with_loss=False)
+            _, val_iou = training.evaluate(model if args.fsdp else raw, processor, val_pairs, args, dist,
+                                           think=args.think)
             metrics.log({"step": step, "val_iou": val_iou})
             if dist.main:
                 bar.write(f"step {step}: val_iou {val_iou:.3f}")
         metrics.plot()
         state.update(step=step, position=stream.position, skipped=stream.skipped, epoch=stream.epoch())
-        if stop.agreed(dist):
-            save_checkpoint(out, step, raw, model, optimizer, scheduler, processor, settings, state, dist,
-                            args.keep_checkpoints)
-            bar.close()
-            if dist.main:
-                print(f"interrupted: saved {out / f'checkpoint-{step}'}; rerun with --resume to continue")
+        if training.after_step(step, total_steps, stop, checkpoint, args, dist, bar):
             return 130
-        if step % args.save_every == 0 or step == total_steps:
-            save_checkpoint(out, step, raw, model, optimizer, scheduler, processor, settings, state, dist,
-                            args.keep_checkpoints)
     bar.close()
-    save_final(out, raw, model, processor, settings, dist)
-    if dist.main:
-        print(f"final model: {out}")
-    if args.merge_lora and hasattr(raw, "peft_config"):
-        from train_sft import merge_lora
-
-        merge_lora(out, dist)
-    return 0
+    return training.finish(raw, model, processor, settings, args, dist)
 
 
 def main(argv=None) -> int:
-    return run_training(build_parser, check_args, train, argv)
+    return training.main(build_parser, check_args, train, argv)
 
 
 if __name__ == "__main__":

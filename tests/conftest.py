@@ -10,12 +10,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import r1track  # noqa: E402
+import synthetic  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A random tiny Qwen2.5-VL checkpoint on disk, loaded as a hub model would be."""
-    return r1track.save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+    return synthetic.save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +27,7 @@ def tiny(tiny_model_dir):
 @pytest.fixture(scope="session")
 def got10k_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("got10k")
-    r1track.make_synthetic_got10k(root, "val", sequences=6, frames=24, seed=1)
+    synthetic.make_synthetic_got10k(root, "val", sequences=6, frames=24, seed=1)
     return root
 
 

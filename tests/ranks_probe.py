@@ -9,10 +9,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from safetensors.torch import save_file  # noqa: E402
 
-import train_sft  # noqa: E402
+import training  # noqa: E402
 
 script = importlib.import_module(Path(sys.argv[1]).stem)
-original_save_final = train_sft.save_final
+original_save_final = training.save_final
 
 
 def save_final_and_probe(out, raw, model, processor, settings, dist):
@@ -21,5 +21,5 @@ def save_final_and_probe(out, raw, model, processor, settings, dist):
     return original_save_final(out, raw, model, processor, settings, dist)
 
 
-train_sft.save_final = script.save_final = save_final_and_probe
+training.save_final = save_final_and_probe
 sys.exit(script.main(sys.argv[2:]))

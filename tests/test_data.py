@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+import data
 import r1track
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,14 +35,14 @@ def test_parquet_rows_are_checked_and_bad_ones_skipped(tmp_path):
             {**good, "images": [{"bytes": b"not a jpeg", "path": None}, good["images"][1]]}]  # bad bytes
     path = tmp_path / "rows.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
-    source = r1track.open_pairs(str(path), 112)
+    source = data.open_pairs(str(path), 112)
     assert len(source) == 2 and source.skipped == 3
     pair = source.load(0)
     # 224-px stored crops are brought to the 112-px training size, boxes scaled with them
     assert pair.template.size == (112, 112) and pair.template_box_xyxy == [5, 10, 15, 20]
     assert pair.search_box_xyxy == [25, 30, 35, 40]
     assert pair.template.getpixel((50, 50))[0] > 200 and pair.search.getpixel((50, 50))[2] > 200
-    with pytest.raises(r1track.BadRow):
+    with pytest.raises(data.BadRow):
         source.load(1)
 
 
@@ -58,7 +59,7 @@ def test_sharegpt_json_with_relative_image_paths(tmp_path):
                {"messages": [{"role": "user", "content": "no box"}], "images": []}]
     path = tmp_path / "data.json"
     path.write_text(json.dumps(records))
-    source = r1track.open_pairs(str(path), 336)
+    source = data.open_pairs(str(path), 336)
     assert len(source) == 2 and source.skipped == 1
     assert source.load(1).template_box_xyxy == [9, 9, 20, 20]
     assert source.load(0).template.getpixel((0, 0))[1] > 100
@@ -66,7 +67,7 @@ def test_sharegpt_json_with_relative_image_paths(tmp_path):
 
 def test_unknown_data_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not a dataset"):
-        r1track.open_pairs(str(tmp_path / "nothing"), 112)
+        data.open_pairs(str(tmp_path / "nothing"), 112)
 
 
 def red_box_split(root, boxes_xywh, size=(400, 300)):
@@ -91,10 +92,10 @@ def red_extent(image):
 
 def test_got10k_pairs_follow_the_published_sampling(tmp_path):
     split = red_box_split(tmp_path, [(60, 50, 40, 40), (250, 150, 40, 40)])
-    source = r1track.Got10kPairs(split, 112)
+    source = data.Got10kPairs(split, 112)
     sizes = []
     for k in range(40):
-        pair = source.load(0, r1track.pair_rng(0, k, 0))
+        pair = source.load(0, data.pair_rng(0, k, 0))
         for image, box in ((pair.template, pair.template_box_xyxy), (pair.search, pair.search_box_xyxy)):
             assert image.size == (112, 112)
             assert all(v == int(v) for v in box)                        # truncated to integers
@@ -110,10 +111,10 @@ def test_got10k_pairs_follow_the_published_sampling(tmp_path):
 
 def test_got10k_pairs_cut_as_the_tracker_asks(tmp_path):
     split = red_box_split(tmp_path, [(60, 50, 40, 40), (250, 150, 40, 40)])
-    source = r1track.Got10kPairs(split, 112, tracking_share=1.0)
+    source = data.Got10kPairs(split, 112, tracking_share=1.0)
     search_centres = []
     for k in range(40):
-        pair = source.load(0, r1track.pair_rng(0, k, 0))
+        pair = source.load(0, data.pair_rng(0, k, 0))
         for image, box in ((pair.template, pair.template_box_xyxy), (pair.search, pair.search_box_xyxy)):
             assert red_extent(image) == pytest.approx(box, abs=2)
         # the template exactly as tracking cuts it: factor 4, centred
@@ -129,8 +130,8 @@ def test_got10k_pairs_cut_as_the_tracker_asks(tmp_path):
 
 def test_got10k_pairs_mix_tracking_and_published_cuts(tmp_path):
     split = red_box_split(tmp_path, [(60, 50, 40, 40), (250, 150, 40, 40)])
-    mixed = r1track.Got10kPairs(split, 112, tracking_share=0.5)
-    as_tracked = [mixed.load(0, r1track.pair_rng(0, k, 0)).template_box_xyxy == [42.0, 42.0, 70.0, 70.0]
+    mixed = data.Got10kPairs(split, 112, tracking_share=0.5)
+    as_tracked = [mixed.load(0, data.pair_rng(0, k, 0)).template_box_xyxy == [42.0, 42.0, 70.0, 70.0]
                   for k in range(60)]
     assert 15 <= sum(as_tracked) <= 45
 
@@ -138,23 +139,23 @@ def test_got10k_pairs_mix_tracking_and_published_cuts(tmp_path):
 def test_got10k_pairs_skip_invisible_frames(tmp_path):
     split = red_box_split(tmp_path, [(60, 50, 40, 40), (250, 150, 40, 40), (10, 10, 40, 40)])
     (split / "seq1" / "absence.label").write_text("0\n1\n1\n")
-    source = r1track.Got10kPairs(split, 112)
+    source = data.Got10kPairs(split, 112)
     for k in range(10):
-        pair = source.load(0, r1track.pair_rng(0, k, 0))
+        pair = source.load(0, data.pair_rng(0, k, 0))
         # only frame 1 is usable: both crops come from it, centred near (80, 70)
         assert red_extent(pair.search) == pytest.approx(pair.search_box_xyxy, abs=2)
 
 
 def test_stream_is_a_permutation_per_epoch_split_between_ranks():
     size, world = 10, 2
-    seen = {rank: [r1track.stream_position(k, size, 7, rank, world) for k in range(10)] for rank in range(world)}
+    seen = {rank: [data.stream_position(k, size, 7, rank, world) for k in range(10)] for rank in range(world)}
     for epoch in (0, 1):
         indices = [i for rank in range(world) for e, i in seen[rank] if e == epoch]
         assert sorted(indices) == list(range(size))  # every example once per epoch, ranks disjoint
     assert seen[0][:5] != seen[0][5:]  # a fresh order each epoch
-    assert seen == {rank: [r1track.stream_position(k, size, 7, rank, world) for k in range(10)] for rank in range(world)}
+    assert seen == {rank: [data.stream_position(k, size, 7, rank, world) for k in range(10)] for rank in range(world)}
     with pytest.raises(ValueError):
-        r1track.stream_position(0, 1, 0, 0, 2)
+        data.stream_position(0, 1, 0, 0, 2)
 
 
 def test_prepare_pairs_is_reproducible_and_in_easyr1_layout(got10k_root, tmp_path):

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 import bench
+import fast_decoder
 import r1track
+import synthetic
 from conftest import run_script
 
 
@@ -47,7 +49,7 @@ def test_fast_answers_equal_generate(trained, clips, options, batch):
     hook.remove()
     frames = sum(len(answers) for answers in reference)
     assert forwards["n"] / frames > 8  # real answers: many decode steps per frame
-    fast = r1track.FastAnswerer(model, processor, settings, **options)
+    fast = fast_decoder.FastAnswerer(model, processor, settings, **options)
     boxes, answers = answers_on_every_frame(fast, settings, clips, batch)
     assert answers == reference and boxes == reference_boxes
     if options.get("draft", True):
@@ -61,7 +63,7 @@ def test_fast_answers_equal_generate(trained, clips, options, batch):
 def test_other_wordings_and_think_mode(trained, clips, settings):
     model, processor = trained
     naive = r1track.ModelAnswerer(model, processor, settings, max_new_tokens=20)
-    fast = r1track.FastAnswerer(model, processor, settings, max_new_tokens=20)
+    fast = fast_decoder.FastAnswerer(model, processor, settings, max_new_tokens=20)
     assert answers_on_every_frame(fast, settings, clips, 2)[1] == answers_on_every_frame(naive, settings, clips, 1)[1]
 
 
@@ -69,7 +71,7 @@ def test_forced_answer_length_is_the_same_on_both_paths(tiny, clips):
     model, processor = tiny  # random weights: answers end at once unless held back
     settings = r1track.TrackSettings(crop_size=112)
     naive = r1track.ModelAnswerer(model, processor, settings, max_new_tokens=6, min_new_tokens=6)
-    fast = r1track.FastAnswerer(model, processor, settings, max_new_tokens=6, min_new_tokens=6)
+    fast = fast_decoder.FastAnswerer(model, processor, settings, max_new_tokens=6, min_new_tokens=6)
     expected = answers_on_every_frame(naive, settings, clips[:2], 1)[1]
     assert answers_on_every_frame(fast, settings, clips[:2], 2)[1] == expected
     tokens = processor.tokenizer(expected[0][0], add_special_tokens=False)["input_ids"]
@@ -78,7 +80,7 @@ def test_forced_answer_length_is_the_same_on_both_paths(tiny, clips):
 
 def test_tracker_uses_the_fast_path_by_default(trained):
     model, processor = trained
-    assert isinstance(r1track.Tracker((model, processor)).answerer, r1track.FastAnswerer)
+    assert isinstance(r1track.Tracker((model, processor)).answerer, fast_decoder.FastAnswerer)
     assert isinstance(r1track.Tracker((model, processor), fast=False).answerer, r1track.ModelAnswerer)
 
 
@@ -123,7 +125,7 @@ def test_the_3b_shape_matches_the_published_model(tiny):
 
     _, processor = tiny
     with torch.device("meta"):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(bench.qwen2_5_vl_3b_config(processor.tokenizer))
+        model = Qwen2_5_VLForConditionalGeneration._from_config(synthetic.qwen2_5_vl_config(processor.tokenizer, synthetic.QWEN2_5_VL_3B_SHAPE))
     params = sum(p.numel() for p in model.parameters())
     assert 3.70e9 < params < 3.80e9, params  # Qwen2.5-VL-3B-Instruct: 3.75 billion
     assert len(model.model.language_model.layers) == 36 and len(model.model.visual.blocks) == 32

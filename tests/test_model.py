@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import r1track
+import synthetic
 from conftest import ROOT
 
 BOX = [12.7, 30, 80, 99.9]
@@ -73,7 +74,7 @@ def test_tiny_tokenizer_is_qwen_shaped(tiny):
     model, processor = tiny
     tokenizer = processor.tokenizer
     assert tokenizer.tokenize("[241,66,329,154]") == list("[241,66,329,154]")
-    for token in r1track.QWEN_SPECIAL_TOKENS:
+    for token in synthetic.QWEN_SPECIAL_TOKENS:
         assert tokenizer.convert_tokens_to_ids(token) != tokenizer.unk_token_id
         assert tokenizer.tokenize(token) == [token]
     config = model.config
@@ -103,8 +104,8 @@ def test_tiny_checkpoint_loads_with_plain_transformers(tiny_model_dir):
 
 def test_same_seed_same_weights(tmp_path, tiny):
     model, _ = tiny
-    again, _ = r1track.load_model(str(r1track.save_tiny_model(tmp_path / "again", seed=0)), device="cpu")
-    other, _ = r1track.load_model(str(r1track.save_tiny_model(tmp_path / "other", seed=1)), device="cpu")
+    again, _ = r1track.load_model(str(synthetic.save_tiny_model(tmp_path / "again", seed=0)), device="cpu")
+    other, _ = r1track.load_model(str(synthetic.save_tiny_model(tmp_path / "other", seed=1)), device="cpu")
     weights = dict(model.named_parameters())
     assert all(torch.equal(p, weights[n]) for n, p in again.named_parameters())
     assert not all(torch.equal(p, weights[n]) for n, p in other.named_parameters())
@@ -128,26 +129,30 @@ def test_left_padded_batch_equals_rows_one_by_one(tiny):
     ]
     assert len(examples[0]["input_ids"]) != len(examples[1]["input_ids"])
     with torch.no_grad():
-        alone = torch.cat([model(**r1track.collate([e], pad, "left")).logits[:, -1] for e in examples])
-        batched = model(**r1track.collate(examples, pad, "left")).logits[:, -1]
-        batch = r1track.collate(examples, pad, "left")
+        alone = torch.cat([model(**r1track.collate([e], pad)).logits[:, -1] for e in examples])
+        batched = model(**r1track.collate(examples, pad)).logits[:, -1]
+        batch = r1track.collate(examples, pad)
         batch.pop("mm_token_type_ids")
         without_types = model(**batch).logits[:, -1]
     assert torch.allclose(alone, batched, atol=1e-5)
     assert not torch.allclose(alone, without_types, atol=1e-5)  # the check above can fail
 
 
-def test_right_padding_keeps_labels_aligned(tiny):
+def test_left_padding_ends_every_row_with_its_answer(tiny):
     _, processor = tiny
     pad = processor.tokenizer.pad_token_id
     examples = [r1track.build_inputs(processor, random_image(i), random_image(i + 1), BOX, answer=answer,
                                      return_tensors=False)
                 for i, answer in ((10, "[1,2,3,4]"), (12, "[100,200,300,310]"))]
-    batch = r1track.collate(examples, pad, "right")
+    batch = r1track.collate(examples, pad)
+    width = batch["input_ids"].shape[1]
     for row, example in enumerate(examples):
         n = len(example["input_ids"])
-        assert batch["input_ids"][row, :n].tolist() == example["input_ids"]
-        assert (batch["labels"][row, n:] == -100).all() and (batch["attention_mask"][row, n:] == 0).all()
+        assert batch["input_ids"][row, width - n:].tolist() == example["input_ids"]
+        assert batch["labels"][row, width - n:].tolist() == example["labels"]
+        assert (batch["labels"][row, :width - n] == -100).all() and (batch["attention_mask"][row, :width - n] == 0).all()
+        assert batch["input_ids"][row, :width - n].eq(pad).all()
+    assert len(examples[0]["input_ids"]) != len(examples[1]["input_ids"])  # so one row really is padded
     assert batch["pixel_values"].shape[0] == 4 * 64
 
 

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+import data
 import published_r1track
 import r1track
 from conftest import ChatServer, run_script
@@ -173,9 +174,9 @@ def published_pair_folders(got10k_root, folder, count, seed=0):
     [2, 8], centre moved by up to a fifth of the side), written with cv2.imwrite, boxes as
     int-truncated x1,y1,x2,y2 text files, one pair_NNNNNN folder each."""
     rng = np.random.default_rng(seed)
-    names = r1track.read_got10k_split(got10k_root / "val")
+    names = data.read_got10k_split(got10k_root / "val")
     for index in range(count):
-        sequence = r1track.read_got10k_sequence(got10k_root / "val" / names[index % len(names)])
+        sequence = data.read_got10k_sequence(got10k_root / "val" / names[index % len(names)])
         pair = folder / f"pair_{index + 1:06d}"
         pair.mkdir(parents=True)
         frames = rng.choice(np.nonzero(sequence["cover"] > 0)[0], size=2, replace=False)
@@ -219,8 +220,8 @@ def published_dataset(got10k_root, tmp_path_factory):
 
 
 def test_datasets_parquet_reads_as_the_published_pairs(published_dataset):
-    train = r1track.open_pairs(str(published_dataset / "data"), 336, split="train")
-    val = r1track.open_pairs(str(published_dataset / "data"), 336, split="val")
+    train = data.open_pairs(str(published_dataset / "data"), 336, split="train")
+    val = data.open_pairs(str(published_dataset / "data"), 336, split="val")
     assert (len(train), len(val), train.skipped) == (12, 4, 0)  # no validation row in training
     expected = {}
     for pair in sorted((published_dataset / "pairs-train").iterdir()):
@@ -254,7 +255,7 @@ def test_a_parquet_file_of_no_split_is_refused(published_dataset, tmp_path, file
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source, tmp_path / name)
     with pytest.raises(ValueError, match=message) as error:
-        r1track.open_pairs(str(tmp_path), 336)
+        data.open_pairs(str(tmp_path), 336)
     assert "files found" in str(error.value)
 
 
@@ -264,7 +265,7 @@ def test_a_parquet_file_of_no_split_is_refused(published_dataset, tmp_path, file
     ("training/x.parquet", "train"), ("retrain/x.parquet", None), ("constrain.parquet", None),
 ])
 def test_split_is_told_by_a_word_of_the_file_or_folder_name(tmp_path, name, split):
-    from r1track import _split_of
+    from data import _split_of
 
     assert _split_of(tmp_path / name, tmp_path) == split
     # inside a folder given as the data, say data/train, a name without a split word is of that folder's split
@@ -317,7 +318,7 @@ def test_published_loop_reproduces_the_published_script(tmp_path, think):
         theirs = published_r1track.track_video(clip, server.url, model_name="R1-Track", think=think)
     assert len(theirs["boxes_xywh"]) == 18
 
-    sequence = r1track.read_got10k_sequence(clip)
+    sequence = data.read_got10k_sequence(clip)
     frames = [r1track.read_frame(path) for path in sequence["frames"]]
     settings = r1track.TrackSettings(think=think)  # the published defaults: seed wording, 336 px, factors 4
     with ChatServer(scripted(answers), model="R1-Track") as server:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import data
 import r1track
 from conftest import ChatServer
 
@@ -63,8 +64,8 @@ def test_oracle_answers_reproduce_the_ground_truth(got10k_root):
     """With an answer_fn that knows the true box, the loop's crops and mappings give the
     ground truth back; only integer rounding is left."""
     ious = []
-    for name in r1track.read_got10k_split(got10k_root / "val"):
-        sequence = r1track.read_got10k_sequence(got10k_root / "val" / name)
+    for name in data.read_got10k_split(got10k_root / "val"):
+        sequence = data.read_got10k_sequence(got10k_root / "val" / name)
         tracker = r1track.Tracker(answer_fn=lambda *a: oracle(*a))
         oracle = Oracle(tracker, sequence["boxes_xywh"])
         boxes = track_with(tracker, oracle, load_frames(sequence), sequence["boxes_xywh"][0])
@@ -76,7 +77,7 @@ def test_oracle_answers_reproduce_the_ground_truth(got10k_root):
 
 
 def test_garbage_answers_keep_the_initial_box(got10k_root):
-    sequence = r1track.read_got10k_sequence(got10k_root / "val" / r1track.read_got10k_split(got10k_root / "val")[0])
+    sequence = data.read_got10k_sequence(got10k_root / "val" / data.read_got10k_split(got10k_root / "val")[0])
     frames = load_frames(sequence)
     for garbage in ("", "no idea", "[1,2,3]", "[50,50,10,10]", "[400,400,500,500]"):
         tracker = r1track.Tracker(answer_fn=lambda *a: garbage)
@@ -87,13 +88,13 @@ def test_garbage_answers_keep_the_initial_box(got10k_root):
 
 
 def test_pytracking_interface_and_numpy_frames(got10k_root):
-    sequence = r1track.read_got10k_sequence(got10k_root / "val" / r1track.read_got10k_split(got10k_root / "val")[1])
+    sequence = data.read_got10k_sequence(got10k_root / "val" / data.read_got10k_split(got10k_root / "val")[1])
     frames = load_frames(sequence)[:6]
     first = list(sequence["boxes_xywh"][0])
     a = r1track.Tracker(answer_fn=lambda *x: oracle_a(*x))
     oracle_a = Oracle(a, sequence["boxes_xywh"])
     expected = track_with(a, oracle_a, frames, first)
-    b = r1track.Tracker(answer_fn=lambda *x: oracle_b(*x))
+    b = r1track.PytrackingTracker(answer_fn=lambda *x: oracle_b(*x))
     oracle_b = Oracle(b, sequence["boxes_xywh"])
     assert b.initialize(np.asarray(frames[0]), {"init_bbox": first}) == {}
     got = [first]
@@ -110,7 +111,7 @@ def test_got10k_toolkit_runs_the_tracker(got10k_root, tmp_path):
     experiment = ExperimentGOT10k(str(got10k_root), subset="val", result_dir=str(tmp_path / "results"),
                                   report_dir=str(tmp_path / "reports"))
     experiment.run(tracker)
-    names = r1track.read_got10k_split(got10k_root / "val")
+    names = data.read_got10k_split(got10k_root / "val")
     record = np.loadtxt(tmp_path / "results" / "GOT-10k" / "fixed" / names[0] / f"{names[0]}_001.txt", delimiter=",")
     assert record.shape == (24, 4)
     assert not (tmp_path / "results" / "GOT-10k" / "fixed" / names[0] / f"{names[0]}_002.txt").exists()
@@ -209,7 +210,7 @@ def write_clip(path, frames, fps=10):
 
 @pytest.fixture(scope="module")
 def clip(got10k_root, tmp_path_factory):
-    sequence = r1track.read_got10k_sequence(got10k_root / "val" / r1track.read_got10k_split(got10k_root / "val")[0])
+    sequence = data.read_got10k_sequence(got10k_root / "val" / data.read_got10k_split(got10k_root / "val")[0])
     path = tmp_path_factory.mktemp("clip") / "clip.mp4"
     write_clip(path, load_frames(sequence)[:12])
     x, y, w, h = sequence["boxes_xywh"][0]
@@ -239,7 +240,7 @@ def test_track_py_writes_one_row_and_frame_per_input_frame(clip, tiny_model_dir,
 
 
 def test_track_py_frame_folder_with_a_broken_frame(got10k_root, tiny_model_dir, tmp_path):
-    sequence = r1track.read_got10k_sequence(got10k_root / "val" / r1track.read_got10k_split(got10k_root / "val")[0])
+    sequence = data.read_got10k_sequence(got10k_root / "val" / data.read_got10k_split(got10k_root / "val")[0])
     folder = tmp_path / "frames"
     folder.mkdir()
     for t, frame in enumerate(load_frames(sequence)[:6]):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import data
 import r1track
 import train_grpo
 from conftest import ROOT, run_script
@@ -62,7 +63,7 @@ def test_policy_loss_by_hand():
 def test_logprobs_are_those_of_the_rollout_distribution(sft_warm, pairs16):
     """What the loss computes for a sampled answer is what generate sampled it from."""
     model, processor = r1track.load_model(str(sft_warm), device="cpu")
-    pairs = [r1track.open_pairs(str(pairs16), 112).load(i) for i in range(3)]
+    pairs = [data.open_pairs(str(pairs16), 112).load(i) for i in range(3)]
     examples = [r1track.build_inputs(processor, p.template, p.search, p.template_box_xyxy, return_tensors=False)
                 for p in pairs]
     pad, suppressed = processor.tokenizer.pad_token_id, r1track.vision_token_ids(processor.tokenizer)
@@ -70,7 +71,7 @@ def test_logprobs_are_those_of_the_rollout_distribution(sft_warm, pairs16):
     config.do_sample, config.temperature, config.top_k = True, 0.7, 0
     config.output_logits, config.return_dict_in_generate = True, True
     torch.manual_seed(0)
-    batch = r1track.collate(examples, pad, "left")
+    batch = r1track.collate(examples, pad)
     with torch.no_grad():
         out = model.generate(**batch, generation_config=config)
     answers = out.sequences[:, batch["input_ids"].shape[1]:]

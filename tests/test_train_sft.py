@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import data
 import r1track
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def test_memorises_16_pairs(tiny_model_dir, pairs16, tmp_path):
     Qwen2_5_VLForConditionalGeneration.from_pretrained(out)
 
     # and it answers the pairs it was taught (checked here outside the training script)
-    source = r1track.open_pairs(str(pairs16), 112)
+    source = data.open_pairs(str(pairs16), 112)
     pair = source.load(0)
     inputs = r1track.build_inputs(processor, pair.template, pair.search, pair.template_box_xyxy)
     answer = r1track.generate_answers(model, processor, inputs)[0]

@@ -1,0 +1,176 @@
+"""The fast path of a local model: the greedy answers of a plain full-prompt `generate`, with
+less work per frame. The one place that reaches into transformers' cache internals
+(`DynamicCache` layers, 3D rope positions), so a transformers upgrade is checked here.
+
+`r1track.Tracker` answers through `FastAnswerer` whenever it holds a local model.
+"""
+
+from __future__ import annotations
+
+from r1track import END_OF_TURN, Request, TrackSettings, answer_token_limit, build_inputs, format_box_xyxy, vision_token_ids
+
+
+class FastAnswerer:
+    """The greedy answers of ModelAnswerer with less work per frame.
+
+    - Template reuse: the prompt up to the search image (system text, template image) is the
+      same on every frame of a sequence; its KV cache is computed once and each frame runs
+      only the search image and the question. The 3D positions are taken from the full
+      prompt, so the model sees exactly what a full-prompt forward would.
+    - Batching: one call answers many sequences; their prefix caches are stacked and the
+      questions (whose box digits differ in length) left-padded against them.
+    - Drafting: the answer is guessed from the previous frame's answer (at first, from the
+      template box: both crops are centred alike) and checked in one forward pass; the
+      longest run the model agrees with is kept, so greedy output is unchanged.
+    `decode_passes` counts the forward passes after the first token.
+    """
+
+    def __init__(self, model, processor, settings: TrackSettings, max_new_tokens=None, reuse_template=True,
+                 draft=True, draft_tokens=8, min_new_tokens=0):
+        self.model, self.processor, self.settings = model, processor, settings
+        self.max_new_tokens = max_new_tokens or answer_token_limit(settings.think)
+        self.min_new_tokens = min_new_tokens
+        self.reuse_template = reuse_template
+        self.draft_tokens = draft_tokens if draft and not settings.think else 0
+        tokenizer = processor.tokenizer
+        self.end_ids = {tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.pad_token_id}
+        self.pad = tokenizer.pad_token_id
+        self.suppressed = vision_token_ids(tokenizer)
+        self.decode_passes = 0
+
+    def __call__(self, requests: list[Request]) -> list[str]:
+        import torch
+
+        with torch.inference_mode():
+            states = [self._sequence(r) for r in requests]
+            cache, mask, first = self._prefill(requests, states)
+            answers = self._decode(states, cache, mask, first)
+        texts = []
+        for state, answer in zip(states, answers):
+            answer = answer[:self.max_new_tokens]  # a last pass may have accepted drafts past the limit
+            state["draft"] = answer  # the next frame's guess
+            texts.append(self.processor.tokenizer.decode(answer, skip_special_tokens=True))
+        return texts
+
+    def _forward(self, **inputs):
+        import torch
+
+        device = self.model.device
+        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        return self.model(**inputs, use_cache=True)
+
+    def _sequence(self, request: Request) -> dict:
+        """What stays the same over a sequence, computed at its first frame: token ids, 3D
+        positions, the template's pixels and (with template reuse) the prefix's KV cache."""
+        state = request.state if request.state is not None else {}
+        if "ids" in state:
+            return state
+        import torch
+
+        s = self.settings
+        inputs = build_inputs(self.processor, request.template, request.search, request.template_box_xyxy,
+                              think=s.think, wording=s.wording, as_published_client=s.asks_as_client)
+        qwen = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        positions, _ = qwen.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
+                                                 image_grid_thw=inputs["image_grid_thw"])
+        ids = inputs["input_ids"][0].tolist()
+        vision_start = self.processor.tokenizer.convert_tokens_to_ids("<|vision_start|>")
+        search_start = [i for i, t in enumerate(ids) if t == vision_start][1]
+        prefix = search_start if self.reuse_template else 0
+        template_patches = int(inputs["image_grid_thw"][0].prod())
+        state.update(ids=ids, types=inputs["mm_token_type_ids"][0], positions=positions[:, 0], prefix=prefix,
+                     next_position=int(positions.max()) + 1, grids=inputs["image_grid_thw"],
+                     template_pixels=inputs["pixel_values"][:template_patches])
+        if prefix:
+            out = self._forward(input_ids=inputs["input_ids"][:, :prefix],
+                                attention_mask=torch.ones(1, prefix, dtype=torch.long),
+                                position_ids=positions[:, :, :prefix],
+                                mm_token_type_ids=inputs["mm_token_type_ids"][:, :prefix],
+                                pixel_values=state["template_pixels"], image_grid_thw=inputs["image_grid_thw"][:1],
+                                logits_to_keep=1)
+            state["prefix_cache"] = [(layer.keys, layer.values) for layer in out.cache.layers]
+        answer_ids = self.processor.tokenizer(format_box_xyxy(request.template_box_xyxy), add_special_tokens=False)
+        state["draft"] = answer_ids["input_ids"] + [self.processor.tokenizer.convert_tokens_to_ids(END_OF_TURN)]
+        return state
+
+    def _prefill(self, requests, states):
+        """Run every row's search image and question (left-padded to one width) against its
+        prefix; returns the cache, the attention mask so far and each row's first token."""
+        import torch
+        from transformers import DynamicCache
+
+        search = self.processor.image_processor(images=[r.search for r in requests], return_tensors="pt")
+        prefix = states[0]["prefix"]
+        suffixes = [state["ids"][prefix:] for state in states]
+        rows, width = len(states), max(len(x) for x in suffixes)
+        ids = torch.full((rows, width), self.pad, dtype=torch.long)
+        positions = torch.ones(3, rows, width, dtype=torch.long)
+        types = torch.zeros(rows, width, dtype=torch.long)
+        mask = torch.zeros(rows, prefix + width, dtype=torch.long)
+        mask[:, :prefix] = 1
+        for row, (state, suffix) in enumerate(zip(states, suffixes)):
+            n = len(suffix)
+            ids[row, width - n:] = torch.tensor(suffix)
+            positions[:, row, width - n:] = state["positions"][:, prefix:]
+            types[row, width - n:] = state["types"][prefix:]
+            mask[row, prefix + width - n:] = 1
+        if prefix:  # stack the rows' prefix caches; only the search images are new
+            layers = zip(*(state["prefix_cache"] for state in states))
+            cache = DynamicCache(ddp_cache_data=[(torch.cat([k for k, _ in layer]), torch.cat([v for _, v in layer]))
+                                                 for layer in layers])
+            pixels, grids = search["pixel_values"], search["image_grid_thw"]
+        else:
+            cache = DynamicCache()
+            per_image = search["pixel_values"].chunk(rows)
+            pixels = torch.cat([torch.cat([state["template_pixels"], p]) for state, p in zip(states, per_image)])
+            grids = torch.cat([state["grids"] for state in states])
+        out = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, mm_token_type_ids=types,
+                            pixel_values=pixels, image_grid_thw=grids, cache=cache, logits_to_keep=1)
+        return out.cache, mask, self._greedy(out.logits, [0] * rows)[:, -1].tolist()
+
+    def _greedy(self, logits, answer_lengths):
+        """Argmax tokens [rows, positions]; position i of a row would be token answer_length + i
+        of its answer (before min_new_tokens the end is held back)."""
+        import torch
+
+        logits = logits.float()
+        logits[..., self.suppressed] = float("-inf")
+        if self.min_new_tokens:
+            index = torch.as_tensor(answer_lengths)[:, None] + torch.arange(logits.shape[1])
+            early = (index < self.min_new_tokens).to(logits.device)
+            for end in self.end_ids:
+                logits[..., end] = logits[..., end].masked_fill(early, float("-inf"))
+        return logits.argmax(-1).cpu()
+
+    def _decode(self, states, cache, mask, first):
+        """Greedy decoding, each pass feeding every row its last token and K drafted ones."""
+        import torch
+
+        rows, k = len(states), self.draft_tokens
+        answers = [[token] for token in first]
+        done = [token in self.end_ids for token in first]
+        position = torch.tensor([state["next_position"] for state in states])  # where the next fed token goes
+        while not all(done) and max(len(a) for a in answers) < self.max_new_tokens:
+            fed = torch.full((rows, k + 1), self.pad, dtype=torch.long)
+            for row, (state, answer) in enumerate(zip(states, answers)):
+                drafted = state["draft"][len(answer):len(answer) + k]  # aligned by place in the answer
+                fed[row, :1 + len(drafted)] = torch.tensor([answer[-1], *drafted])
+            positions = (position[:, None] + torch.arange(k + 1)).expand(3, rows, k + 1)
+            mask = torch.cat([mask, torch.ones(rows, k + 1, dtype=torch.long)], 1)
+            out = self._forward(input_ids=fed, attention_mask=mask, position_ids=positions, cache=cache)
+            self.decode_passes += 1
+            # best[row][i]: the model's token after fed[row][i]
+            cache, best = out.cache, self._greedy(out.logits, [len(a) for a in answers]).tolist()
+            for row in range(rows):
+                if done[row]:
+                    continue
+                kept = 0  # drafted tokens the model agrees with
+                while kept < k and fed[row, 1 + kept] == best[row][kept] and best[row][kept] not in self.end_ids:
+                    kept += 1
+                answers[row] += best[row][:kept + 1]
+                done[row] = answers[row][-1] in self.end_ids or len(answers[row]) >= self.max_new_tokens
+                mask[row, mask.shape[1] - k + kept:] = 0  # the drafts after a disagreement were never said
+                position[row] += kept + 1
+        return answers

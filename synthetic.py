@@ -1,0 +1,297 @@
+"""The synthetic world: a tiny Qwen2.5-VL with its own small tokenizer, the 3B model's shape
+with random weights, and synthetic clips in the GOT-10k layout.
+
+The demo model, the benchmarks and the tests live here, not the product: everything a
+real user runs works the same with the published 3B model and the real GOT-10k, and is
+proven with these on a machine with no GPU and no downloads. The tiny model is the real
+model class, saved and loaded through the same `from_pretrained` path a hub model takes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from r1track import (END_OF_TURN, QUESTIONS, QWEN2_5_VL_CHAT_TEMPLATE, SYSTEM_PROMPT, THINK_INSTRUCTION, WORDINGS,
+                     TrackSettings, format_box_xyxy)
+
+# -----------------------------------------------------------------------------
+# A tiny Qwen2.5-VL that runs anywhere: the real model class and loading path, random
+# weights, a small tokenizer with Qwen's special tokens, digit-by-digit numbers and the
+# Qwen2.5-VL chat template.
+
+
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+]
+
+
+def _tokenizer_corpus() -> list[str]:
+    rng = np.random.default_rng(0)
+    texts = [SYSTEM_PROMPT, "user", "assistant", "system", THINK_INSTRUCTION,
+             "<think> The target moved to the right. </think> <answer> [1,2,3,4] </answer>"]
+    for wording in WORDINGS:
+        for _ in range(20):
+            box = rng.integers(0, 336, size=4)
+            texts.append(QUESTIONS[wording].format(box=format_box_xyxy(box)))
+            texts.append(format_box_xyxy(box) + " " + json.dumps([int(v) for v in box]))
+    return texts
+
+
+def build_tiny_tokenizer(vocab_size=400):
+    """A byte-level BPE tokenizer shaped like Qwen2's (same pre-tokenizer: digits one by
+    one) with a small vocabulary learnt from this project's prompts."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(_tokenizer_corpus(), trainer)
+    learnt = json.loads(bpe.to_str())["model"]
+    vocab = dict(learnt["vocab"])
+    for token in QWEN_SPECIAL_TOKENS:
+        vocab[token] = len(vocab)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[tuple(m) for m in learnt["merges"]],
+                               eos_token=END_OF_TURN, pad_token="<|endoftext|>", unk_token=None)
+    tokenizer.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL_TOKENS[1:]})
+    tokenizer.chat_template = QWEN2_5_VL_CHAT_TEMPLATE
+    return tokenizer
+
+
+# Qwen2.5-VL-3B-Instruct's published architecture (its config.json on the hub)
+QWEN2_5_VL_3B_SHAPE = {
+    "text": {"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
+             "num_attention_heads": 16, "max_position_embeddings": 128000, "mrope_section": [16, 24, 24]},
+    "vision": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+               "fullatt_block_indexes": [7, 15, 23, 31]},
+}
+
+
+def tiny_shape(vocab_size: int, hidden_size=128, num_layers=4, vision_hidden_size=64, vision_depth=2) -> dict:
+    """About a million weights, in the 3B's proportions where they matter (M-RoPE sections)."""
+    heads = 4
+    third = hidden_size // heads // 2 // 8  # M-RoPE sections [16, 24, 24] of 64 in the 3B
+    return {
+        "text": {"vocab_size": vocab_size, "hidden_size": hidden_size, "intermediate_size": hidden_size * 2,
+                 "num_hidden_layers": num_layers, "num_attention_heads": heads, "max_position_embeddings": 4096,
+                 "mrope_section": [2 * third, 3 * third, 3 * third]},
+        "vision": {"depth": vision_depth, "hidden_size": vision_hidden_size, "intermediate_size": vision_hidden_size * 2,
+                   "num_heads": 4, "fullatt_block_indexes": [vision_depth - 1]},
+    }
+
+
+def qwen2_5_vl_config(tokenizer, shape: dict):
+    """A Qwen2_5_VLConfig of `shape` (tiny_shape or QWEN2_5_VL_3B_SHAPE): what every Qwen2.5-VL
+    shares, and this tokenizer's special token ids."""
+    from transformers import Qwen2_5_VLConfig
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    text = {key: value for key, value in shape["text"].items() if key != "mrope_section"}
+    return Qwen2_5_VLConfig(
+        text_config={
+            **text, "num_key_value_heads": 2, "rms_norm_eps": 1e-6,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
+                                "mrope_section": shape["text"]["mrope_section"]},
+            "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            **shape["vision"], "out_hidden_size": shape["text"]["hidden_size"], "patch_size": 14,
+            "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+        },
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+
+
+def save_tiny_model(path, seed=0, hidden_size=128, num_layers=4, vision_hidden_size=64,
+                    vision_depth=2, settings: TrackSettings | None = None) -> Path:
+    """Write a randomly initialised Qwen2_5_VLForConditionalGeneration (about a million
+    parameters), its tokenizer, image-processor config and tracking settings to `path`."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    path = Path(path)
+    tokenizer = build_tiny_tokenizer()
+    shape = tiny_shape(len(tokenizer), hidden_size, num_layers, vision_hidden_size, vision_depth)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(qwen2_5_vl_config(tokenizer, shape))
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>")}
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    Qwen2VLImageProcessorPil(
+        min_pixels=56 * 56, max_pixels=28 * 28 * 16384, patch_size=14, temporal_patch_size=2, merge_size=2,
+        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+    ).save_pretrained(path)
+    (settings or TrackSettings(crop_size=112)).save(path)
+    return path
+
+
+# -----------------------------------------------------------------------------
+# Synthetic clips in the GOT-10k layout
+
+
+def _smooth_noise(rng, width, height, cells, channels=3) -> np.ndarray:
+    grid = rng.uniform(0, 255, size=(cells[1], cells[0], channels)).astype(np.uint8)
+    return np.asarray(Image.fromarray(grid).resize((width, height), Image.BICUBIC), dtype=np.float32)
+
+
+def _saturated(rng) -> np.ndarray:
+    """A random fully saturated colour (a random hue)."""
+    import colorsys
+
+    return np.array(colorsys.hsv_to_rgb(rng.uniform(), 1.0, rng.uniform(0.7, 1.0))) * 255
+
+
+def _patterned_patch(rng, colours) -> np.ndarray:
+    """A 32x32 two-colour pattern (stripes or checks) that identifies an object."""
+    yy, xx = np.mgrid[0:32, 0:32]
+    period = int(rng.integers(4, 11))
+    if rng.random() < 0.5:
+        mask = ((xx // period + yy // period) % 2).astype(bool)
+    else:
+        mask = (((xx + yy) if rng.random() < 0.5 else xx) // period % 2).astype(bool)
+    return np.where(mask[..., None], colours[0], colours[1]).astype(np.float32)
+
+
+def _paste(frame, patch, box_xywh):
+    x, y, w, h = box_xywh
+    x1, y1, x2, y2 = int(round(x)), int(round(y)), int(round(x + w)), int(round(y + h))
+    if x2 - x1 < 1 or y2 - y1 < 1:
+        return
+    resized = np.asarray(Image.fromarray(patch.astype(np.uint8)).resize((x2 - x1, y2 - y1), Image.NEAREST))
+    H, W = frame.shape[:2]
+    cx1, cy1, cx2, cy2 = max(x1, 0), max(y1, 0), min(x2, W), min(y2, H)
+    if cx2 > cx1 and cy2 > cy1:
+        frame[cy1:cy2, cx1:cx2] = resized[cy1 - y1:cy2 - y1, cx1 - x1:cx2 - x1]
+
+
+def _cover_level(visible_fraction: float) -> int:
+    """GOT-10k's cover label: 0 absent, 1-7 for visible ratios in steps of 15%, 8 fully visible."""
+    if visible_fraction <= 0:
+        return 0
+    if visible_fraction >= 1:
+        return 8
+    return min(7, 1 + int(visible_fraction / 0.15))
+
+
+def _random_walk(rng, frames, start, low, high, speed):
+    position, velocity, path = np.array(start, float), rng.normal(0, speed, 2), []
+    for _ in range(frames):
+        velocity = 0.8 * velocity + rng.normal(0, speed * 0.5, 2)
+        position = position + velocity
+        for axis in range(2):  # bounce off the walls of the allowed region
+            if position[axis] < low[axis] or position[axis] > high[axis]:
+                velocity[axis] = -velocity[axis]
+                position[axis] = min(max(position[axis], low[axis]), high[axis])
+        path.append(position.copy())
+    return np.array(path)
+
+
+SYNTHETIC_STYLES = ("clutter", "plain")
+
+
+def make_synthetic_got10k(root, split="val", sequences=8, frames=30, size=(320, 240), seed=0,
+                          distractors=None, style="clutter", speed=(1.0, 4.0)) -> Path:
+    """Write a small dataset in the official GOT-10k layout under `root/split`.
+
+    style="clutter": each sequence has a patterned target that moves and changes scale over
+    a textured background, look-alike distractors (2 unless given), an occluder that
+    sometimes passes over the target, and, in some sequences, frames where the target leaves
+    the image or is fully hidden. style="plain": the target alone on a flat background (no
+    distractors unless given, no occluder), the easy case a very small model can learn.
+    speed: the range of the objects' typical speed, in pixels per frame.
+    Labels (cover, absence, cut_by_image) are computed from what is really drawn.
+    """
+    if style not in SYNTHETIC_STYLES:
+        raise ValueError(f"unknown style {style!r}; choose one of {', '.join(SYNTHETIC_STYLES)}")
+    plain = style == "plain"
+    distractors = (0 if plain else 2) if distractors is None else distractors
+    width, height = size
+    split_dir = Path(root) / split
+    split_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+    for index in range(sequences):
+        rng = np.random.default_rng([seed, index])
+        name = f"GOT-10k_{split.capitalize()}_{index + 1:06d}"
+        names.append(name)
+        seq_dir = split_dir / name
+        seq_dir.mkdir(exist_ok=True)
+
+        if plain:  # a grey background and targets in saturated colours: easy to tell apart
+            background = np.full((height, width, 3), rng.uniform(60, 190), dtype=np.float32)
+            colours = np.array([[_saturated(rng), _saturated(rng)] for _ in range(distractors + 1)])
+        else:
+            background = 0.7 * _smooth_noise(rng, width, height, (8, 6)) + 0.3 * _smooth_noise(rng, width, height, (40, 30))
+            colours = rng.uniform(0, 255, size=(distractors + 1, 2, 3))
+        patches = [_patterned_patch(rng, c) for c in colours]
+        base_w = rng.uniform(0.08, 0.25) * width
+        base_h = base_w * rng.uniform(0.5, 2.0)
+        scale_wave = 1 + 0.3 * np.sin(np.linspace(0, rng.uniform(1, 4), frames) + rng.uniform(0, 6))
+        margin = np.array([base_w, base_h]) * 0.5
+        leaves = rng.random() < 0.3 and not plain  # this target walks out of the image for a while
+        low = -margin * (2.5 if leaves else 0.0)
+        high = np.array([width, height]) - margin * (1.0 if not leaves else -1.5) - np.array([base_w, base_h]) * 0.3
+        start = rng.uniform([base_w * 0.2, base_h * 0.2], [width - base_w * 1.2, height - base_h * 1.2])
+        pace = rng.uniform(*speed)
+        path = _random_walk(rng, frames, start, low, high, pace)
+        path[0] = start  # the first frame always shows the whole target
+        others = [_random_walk(rng, frames, rng.uniform([0, 0], [width * 0.8, height * 0.8]),
+                               (0, 0), (width * 0.85, height * 0.85), pace) for _ in range(distractors)]
+        occluder_on = rng.random() < 0.6 and not plain
+        occluder_w = rng.uniform(0.6, 1.6) * base_w
+        occluder_x = np.linspace(-occluder_w, width, frames) if rng.random() < 0.5 else np.linspace(width, -occluder_w, frames)
+        occluder_colour = rng.uniform(60, 200, size=3)
+
+        rows, cover, cut = [], [], []
+        for t in range(frames):
+            frame = background + rng.normal(0, 4, size=background.shape)
+            for k, other in enumerate(others):
+                _paste(frame, patches[k + 1], (other[t][0], other[t][1], base_w, base_h))
+            w, h = base_w * scale_wave[t], base_h * scale_wave[t]
+            x, y = path[t]
+            if t == 0:
+                x, y = min(max(x, 0), width - w - 1), min(max(y, 0), height - h - 1)
+            _paste(frame, patches[0], (x, y, w, h))
+            target = np.zeros((height, width), bool)
+            target[max(int(round(y)), 0):max(int(round(y + h)), 0), max(int(round(x)), 0):max(int(round(x + w)), 0)] = True
+            visible = target.copy()
+            if occluder_on and t > 0:
+                ox = occluder_x[t]
+                x1, x2 = max(int(round(ox)), 0), max(int(round(ox + occluder_w)), 0)
+                frame[:, x1:x2] = occluder_colour
+                visible[:, x1:x2] = False
+            full_area = max(int(round(x + w)) - int(round(x)), 1) * max(int(round(y + h)) - int(round(y)), 1)
+            rows.append(f"{x:.4f},{y:.4f},{w:.4f},{h:.4f}")
+            cover.append(_cover_level(visible.sum() / full_area))
+            cut.append(int(x < 0 or y < 0 or x + w > width or y + h > height))
+            Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8)).save(seq_dir / f"{t + 1:08d}.jpg", quality=92)
+
+        if split == "test":  # the test split only gives the first box
+            (seq_dir / "groundtruth.txt").write_text(rows[0] + "\n")
+        else:
+            (seq_dir / "groundtruth.txt").write_text("\n".join(rows) + "\n")
+            (seq_dir / "cover.label").write_text("\n".join(map(str, cover)) + "\n")
+            (seq_dir / "absence.label").write_text("\n".join(str(int(c == 0)) for c in cover) + "\n")
+            (seq_dir / "cut_by_image.label").write_text("\n".join(map(str, cut)) + "\n")
+        (seq_dir / "meta_info.ini").write_text(
+            "[METAINFO]\nurl: synthetic\nbegin: 00:00:00\nend: 00:00:03\nanno_fps: 10Hz\n"
+            "object_class: patterned box\nmotion_class: random walk\nmajor_class: synthetic\n"
+            f"root_class: synthetic\nmotion_adverb: smoothly\nresolution: ({width}, {height})\n")
+    (split_dir / "list.txt").write_text("\n".join(names) + "\n")
+    return split_dir

@@ -1,0 +1,571 @@
+"""The plumbing both trainers share, so that train_sft.py and train_grpo.py read as their
+algorithms: the flags common to both, ranks (the same script under python and torchrun),
+the model (LoRA, QLoRA or full; DDP or FSDP2), the optimizer, data and validation,
+checkpoints that are whole or absent, metrics and curves, Ctrl-C, and the `main` that turns
+bad input into one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import torch
+
+import r1track
+from data import HUB_DATASETS, StoredPairs, open_pairs
+from r1track import UserError, positive_int
+
+# -----------------------------------------------------------------------------
+# Command line
+
+
+def share(text):
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text}")
+    return value
+
+
+def crop_size(text):
+    value = positive_int(text)
+    if value % 28:
+        raise argparse.ArgumentTypeError(f"the crop size must be a multiple of 28 (Qwen2.5-VL's 2x2 patches of 14 px), got {text}")
+    return value
+
+
+def add_model_args(parser, default_model="Qwen/Qwen2.5-VL-3B-Instruct", default_lr=1e-5):
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=default_model, help="base model: hub id or folder")
+    group.add_argument("--full", action="store_true", help="train every weight instead of LoRA adapters")
+    group.add_argument("--fsdp", action="store_true", help="with --full under torchrun: shard weights, gradients "
+                       "and optimizer state across ranks (FSDP2) when one GPU cannot hold them")
+    group.add_argument("--lora-rank", type=positive_int, default=12, help="LoRA rank")
+    group.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default: twice the rank)")
+    group.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout")
+    group.add_argument("--lora-vision", action=argparse.BooleanOptionalAction, default=True,
+                       help="LoRA on the vision tower's linear layers too (the published recipe trains it)")
+    group.add_argument("--load-in-4bit", action="store_true", help="QLoRA: 4-bit NF4 base weights (GPU, bitsandbytes)")
+    group.add_argument("--freeze-vision", action="store_true", help="with --full: keep the vision tower fixed")
+    group.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
+                       help="recompute activations in the backward pass to save memory")
+    group.add_argument("--attn", default=None, choices=["sdpa", "flash_attention_2", "eager"],
+                       help="attention kernel (default: flash_attention_2 when installed on GPU, else sdpa)")
+    group.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available; "
+                       "under torchrun each rank takes its LOCAL_RANK GPU)")
+    group.add_argument("--lr", type=float, default=default_lr, help="peak learning rate")
+
+
+def add_data_args(parser, default_data="r1track5k", inherited=""):
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", default=default_data, help="r1track5k | r1track100k (hub datasets) | a parquet file "
+                       "or folder (EasyR1 layout) | a ShareGPT .json | a GOT-10k split folder with list.txt "
+                       f"(fresh pairs sampled on the fly) (default: {default_data})")
+    group.add_argument("--val-data", default=None, help="validation data, any form --data takes (default: the "
+                       "dataset's own val split when it has one, else --val-fraction of --data)")
+    group.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction of a stored --data")
+    group.add_argument("--val-size", type=positive_int, default=64, help="validation pairs per evaluation")
+    group.add_argument("--crop-size", type=crop_size, default=None, help=f"crop side in pixels (default: {inherited}336)")
+    group.add_argument("--wording", default=None, choices=r1track.WORDINGS,
+                       help=f"question wording (default: {inherited}seed)")
+    group.add_argument("--loop", default=None, choices=r1track.LOOPS,
+                       help="how pairs cut from a GOT-10k folder look, saved as the model's tracking loop: "
+                       "published (OpenCV crops stored as JPEG, as R1-Track-5k was made) or lenient (antialiased "
+                       f"crops) (default: {inherited}published)")
+    group.add_argument("--tracking-pairs", type=share, default=0.0, metavar="SHARE",
+                       help="with a GOT-10k folder: this share of the pairs cut as the tracker asks (both crops "
+                       "factor 4, the search around a slightly wrong box) instead of with the published jitter")
+
+
+def add_run_args(parser, default_out="runs/sft", default_batch=4, default_accum=4, default_save=100, default_eval=50):
+    group = parser.add_argument_group("run")
+    group.add_argument("--out", default=default_out, help=f"output folder: final model, checkpoints, metrics (default: {default_out})")
+    group.add_argument("--max-steps", type=positive_int, default=None, help="optimizer steps (default: --epochs over the data)")
+    group.add_argument("--epochs", type=float, default=2.0, help="passes over the training data, if no --max-steps")
+    group.add_argument("--batch-size", type=positive_int, default=default_batch, help="pairs per micro-batch, per rank")
+    group.add_argument("--grad-accum", type=positive_int, default=default_accum, help="micro-batches per optimizer step")
+    group.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    group.add_argument("--warmup-ratio", type=float, default=0.1, help="share of the steps with a linear warmup; cosine decay after")
+    group.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this")
+    group.add_argument("--seed", type=int, default=0, help="random seed (data order, sampled pairs, adapter init)")
+    group.add_argument("--eval-every", type=positive_int, default=default_eval, help="evaluate every N steps (and at the end)")
+    group.add_argument("--save-every", type=positive_int, default=default_save, help="checkpoint every N steps (and at the end)")
+    group.add_argument("--keep-checkpoints", type=positive_int, default=2, help="checkpoints kept on disk")
+    group.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                       help="continue from a checkpoint folder, or with no value from the latest in --out")
+    group.add_argument("--merge-lora", action="store_true", help="also export adapter + base merged into OUT/merged")
+
+
+def check_common_args(parser, args):
+    if args.fsdp and not args.full:
+        parser.error("--fsdp shards full fine-tuning; add --full (LoRA runs use DDP)")
+    if args.load_in_4bit and args.full:
+        parser.error("--load-in-4bit trains LoRA adapters on 4-bit weights; it cannot go with --full")
+    if args.freeze_vision and not args.full:
+        parser.error("--freeze-vision is for --full; with LoRA use --no-lora-vision")
+    if not 0.0 <= args.val_fraction < 1.0:
+        parser.error("--val-fraction must be in [0, 1)")
+
+
+def fill_settings(args, settings):
+    """Tracking settings not given as flags are taken from `settings`."""
+    args.crop_size = args.crop_size or settings.crop_size
+    args.wording = args.wording or settings.wording
+    args.loop = args.loop or settings.loop
+
+
+# -----------------------------------------------------------------------------
+# Ranks: the same file runs under python and torchrun
+
+
+class Dist:
+    """This process's place in the run: rank, world size, device."""
+
+    def __init__(self, device_flag=None):
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if device_flag is None:
+            device_flag = "cuda" if torch.cuda.is_available() else "cpu"
+        if device_flag == "cuda":
+            device_flag = f"cuda:{local_rank}"
+        self.device = torch.device(device_flag)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if self.world > 1:
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            torch.distributed.init_process_group(backend, device_id=self.device if backend == "nccl" else None)
+        self.main = self.rank == 0
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        if self.world == 1:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+        torch.distributed.all_reduce(tensor)
+        return tensor.tolist()
+
+    def barrier(self):
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def close(self):
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+# -----------------------------------------------------------------------------
+# Model: LoRA, QLoRA or full; resumed from a checkpoint when asked
+
+
+LANGUAGE_LINEAR = r"(?!.*visual).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+VISION_LINEAR = r".*visual\.blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.gate_proj|mlp\.up_proj|mlp\.down_proj)"
+
+
+def lora_config(args):
+    from peft import LoraConfig
+
+    targets = LANGUAGE_LINEAR + ("|" + VISION_LINEAR if args.lora_vision else "")
+    return LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha or 2 * args.lora_rank,
+                      lora_dropout=args.lora_dropout, target_modules=targets, bias="none")
+
+
+def weights_dtype(args, device):
+    """Frozen LoRA bases in bf16 on GPU; trained full weights stay fp32 under bf16 autocast."""
+    if device.type != "cuda":
+        return torch.float32
+    return torch.float32 if args.full else torch.bfloat16
+
+
+def build_model(args, dist, init=None, resume_dir=None, fresh_adapter=False):
+    """The trainable model and its processor. `init` (default --model) is where the weights
+    start: a full model, or an adapter that is trained on (fresh_adapter=False) or merged
+    into its base under a new adapter (fresh_adapter=True). `resume_dir`: a checkpoint of
+    this run to continue."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    init = str(init or args.model)
+    source = str(resume_dir or init)
+    trainable = not (fresh_adapter and resume_dir is None)
+    try:
+        model, processor = r1track.load_model(source, dtype=weights_dtype(args, dist.device), device=dist.device,
+                                              load_in_4bit=args.load_in_4bit, attn=args.attn, trainable=trainable)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load the model {source}: {str(error).splitlines()[0]}") from None
+    settings = model.r1track_settings
+    is_adapter = hasattr(model, "peft_config")
+    if args.load_in_4bit and not is_adapter:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
+    if not args.full and not is_adapter:
+        torch.manual_seed(args.seed)  # the same adapter initialisation on every rank and rerun
+        model = get_peft_model(model, lora_config(args))
+        # the weights under the adapter are `init` (an adapter chain is merged when loaded)
+        model.peft_config["default"].base_model_name_or_path = init
+    if args.full:
+        model.requires_grad_(True)
+        if args.freeze_vision:
+            model.model.visual.requires_grad_(False)
+    if args.gradient_checkpointing:  # non-reentrant: frozen inputs need no requires_grad trick
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base.activation_checkpointing_enable({"use_reentrant": False})
+    model.config.use_cache = False
+    model.train()
+    model.r1track_settings = settings
+    return model, processor
+
+
+def wrap_distributed(model, args, dist):
+    """DDP for LoRA and full fine-tuning; FSDP2 for --fsdp. Returns (wrapped, raw model)."""
+    if dist.world == 1:
+        return model, model
+    if args.fsdp:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+            if dist.device.type == "cuda" else MixedPrecisionPolicy()
+        inner = model.model
+        for block in list(inner.visual.blocks) + list(inner.language_model.layers):
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+        return model, model
+    ddp = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+    return ddp, model
+
+
+def trainable_parameters(model):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def make_optimizer(model, args, dist, total_steps, schedule_kind="cosine"):
+    params = trainable_parameters(model)
+    if not params:
+        raise UserError("nothing to train: every weight is frozen")
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999),
+                                  fused=dist.device.type == "cuda")
+    warmup = int(round(args.warmup_ratio * total_steps))
+
+    def schedule(step):  # linear warmup, then cosine to zero (or constant)
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if schedule_kind == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def autocast(dist):
+    if dist.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_device(batch, device):
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+# -----------------------------------------------------------------------------
+# Data and evaluation
+
+
+def open_data(args, dist):
+    """(train source, validation source or None); one clear error for bad data."""
+    try:
+        train = open_pairs(args.data, args.crop_size, split="train", tracking_share=args.tracking_pairs,
+                           loop=args.loop)
+        val = None
+        if args.val_data:
+            val = open_pairs(args.val_data, args.crop_size, split="val", tracking_share=args.tracking_pairs,
+                             loop=args.loop)
+        elif args.val_fraction > 0:
+            if not isinstance(train, StoredPairs):
+                raise UserError("--val-fraction holds out stored pairs; for a GOT-10k folder give --val-data")
+            train, val = train.split(args.val_fraction, args.seed)
+        elif isinstance(train, StoredPairs) and (Path(args.data).is_dir() or args.data in HUB_DATASETS):
+            with contextlib.suppress(ValueError):
+                val = open_pairs(args.data, args.crop_size, split="val")
+    except (OSError, ValueError) as error:
+        raise UserError(str(error)) from None
+    for name, source in (("training", train), ("validation", val)):
+        if source is not None:
+            if dist.main:
+                print(f"{name} data: {source.name}: {len(source)} usable, {source.skipped} skipped")
+            if len(source) == 0:
+                raise UserError(f"no usable {name} pairs in {source.name}")
+    if len(train) < dist.world:
+        raise UserError(f"{len(train)} training examples cannot be shared between {dist.world} ranks")
+    return train, val
+
+
+@torch.no_grad()
+def evaluate(model, processor, pairs, args, dist, think=False, loss_sum=None):
+    """Mean IoU of greedy answers to the validation pairs (an unusable answer counts 0) and,
+    given `loss_sum(model, pairs) -> (summed loss, answer tokens)`, the mean validation loss
+    (else None). Each rank takes its share of the pairs; the results are the whole set's."""
+    was_training = model.training
+    model.eval()
+    pad = processor.tokenizer.pad_token_id
+    mine = pairs[dist.rank::dist.world]
+    loss_total = tokens = iou_sum = 0.0
+    config = r1track.greedy_config(processor, r1track.answer_token_limit(think))
+    for start in range(0, len(mine), args.batch_size):
+        chunk = mine[start:start + args.batch_size]
+        with autocast(dist):
+            if loss_sum is not None:
+                chunk_loss, chunk_tokens = loss_sum(model, chunk)
+                loss_total, tokens = loss_total + chunk_loss, tokens + chunk_tokens
+            prompts = [r1track.build_inputs(processor, p.template, p.search, p.template_box_xyxy, think=think,
+                                            wording=args.wording, return_tensors=False) for p in chunk]
+            answers = r1track.generate_answers(model, processor, r1track.collate(prompts, pad), config)
+        for pair, answer in zip(chunk, answers):
+            box = r1track.parse_answer(answer, think=think)
+            iou_sum += r1track.iou_xyxy(box, pair.search_box_xyxy) if box else 0.0
+    loss_total, tokens, iou_sum, count = dist.all_sum([loss_total, tokens, iou_sum, float(len(mine))])
+    model.train(was_training)
+    return (loss_total / max(tokens, 1.0) if loss_sum is not None else None), iou_sum / max(count, 1.0)
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints, metrics, signals
+
+
+STATE_FILE = "trainer_state.json"
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints (their state file is written last), oldest first."""
+    found = [p for p in out.glob("checkpoint-*") if (p / STATE_FILE).is_file() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def find_resume(args, dist) -> Path | None:
+    out = Path(args.out)
+    if args.resume is None:
+        if checkpoints(out):
+            raise UserError(f"{out} already holds checkpoints; pass --resume to continue, or choose another --out")
+        return None
+    if args.resume == "latest":
+        found = checkpoints(out)
+        if not found:
+            if dist.main:
+                print(f"no checkpoint in {out}: starting from the beginning")
+            return None
+        return found[-1]
+    path = Path(args.resume)
+    if not (path / STATE_FILE).is_file():
+        raise UserError(f"{path} is not a complete checkpoint (no {STATE_FILE})")
+    return path
+
+
+def full_state_dicts(model, optimizer):
+    """Model and optimizer state as plain full tensors, whatever the wrapping (DDP, FSDP2)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def save_model_folder(folder: Path, model, processor, settings, state_dict=None):
+    """A save_pretrained folder: adapter or full weights (safetensors), processor, settings."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
+    processor.save_pretrained(folder)
+    settings.save(folder)
+
+
+def trainable_state(raw, model_state):
+    """The part of a full state dict that a save_pretrained folder of this model holds."""
+    if hasattr(raw, "peft_config"):
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(raw, state_dict=model_state)
+    return model_state
+
+
+def save_checkpoint(out: Path, step: int, raw, model, optimizer, scheduler, processor, settings, state, dist, keep):
+    """checkpoint-<step>/: model folder, optimizer + scheduler + RNG, state file last; built
+    in a temporary folder and renamed into place, so it is whole or absent."""
+    model_state, optimizer_state = full_state_dicts(model, optimizer)
+    if dist.main:
+        final, tmp = out / f"checkpoint-{step}", out / f".checkpoint-{step}.tmp"
+        if not final.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_model_folder(tmp, raw, processor, settings, state_dict=trainable_state(raw, model_state))
+            torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                       tmp / "optimizer.pt")
+            r1track.write_atomic(tmp / STATE_FILE, json.dumps(state, indent=2))
+            os.replace(tmp, final)
+        for old in checkpoints(out)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+
+
+def start_state(resume_dir: Path | None, model, optimizer, scheduler, dist) -> dict:
+    """The run's position (step, data position, skipped rows): restored with the weights and
+    optimizer from `resume_dir`, or the beginning."""
+    if resume_dir is None:
+        return {"step": 0, "position": 0, "skipped": 0}
+    state = restore_checkpoint(resume_dir, model, optimizer, scheduler, dist)
+    if dist.main:
+        print(f"resumed from {resume_dir} at step {state['step']}")
+    return state
+
+
+def restore_checkpoint(resume_dir: Path, model, optimizer, scheduler, dist) -> dict:
+    """Optimizer, scheduler and RNG from a checkpoint (the weights came with the model)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    saved = torch.load(resume_dir / "optimizer.pt", map_location="cpu", weights_only=True)
+    set_optimizer_state_dict(model, optimizer, saved["optimizer"], options=StateDictOptions(full_state_dict=True))
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["torch_rng"])
+    if saved["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+    return json.loads((resume_dir / STATE_FILE).read_text())
+
+
+def save_final(out: Path, raw, model, processor, settings, dist):
+    """The final model in OUT itself, each file replaced atomically."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    model_state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.main:
+        tmp = out / ".final.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model_folder(tmp, raw, processor, settings, state_dict=trainable_state(raw, model_state))
+        for path in tmp.iterdir():
+            os.replace(path, out / path.name)
+        tmp.rmdir()
+    dist.barrier()
+
+
+def merge_lora(out: Path, dist):
+    """OUT/merged: the adapter folded into a bf16 copy of its base, a plain full model."""
+    if not dist.main:
+        return
+    model, processor = r1track.load_model(str(out), dtype=torch.bfloat16, device="cpu")
+    save_model_folder(out / "merged", model, processor, r1track.load_settings(str(out)))
+    print(f"merged model: {out / 'merged'}")
+
+
+class Metrics:
+    """metrics.jsonl (one JSON object per line) and curves.png beside it; rank 0 only."""
+
+    def __init__(self, out: Path, dist, resume_step=0):
+        self.path, self.main = out / "metrics.jsonl", dist.main
+        if self.main and self.path.exists():
+            # a resumed run redoes the steps after its checkpoint: drop their old lines
+            lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+            kept = [line for line in lines if json.loads(line).get("step", 0) <= resume_step]
+            r1track.write_atomic(self.path, "".join(line + "\n" for line in kept))
+
+    def log(self, record: dict):
+        if self.main:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def plot(self):
+        if self.main:
+            plot_metrics(self.path, self.path.with_name("curves.png"))
+
+
+def plot_metrics(metrics_file: Path, png: Path):
+    """One panel per logged quantity against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, tuple[list, list]] = {}
+    for line in metrics_file.read_text().splitlines():
+        record = json.loads(line)
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                xs, ys = series.setdefault(key, ([], []))
+                xs.append(record["step"])
+                ys.append(value)
+    if not series:
+        return
+    columns = min(3, len(series))
+    rows = math.ceil(len(series) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 2.8 * rows), squeeze=False)
+    for ax, (key, (xs, ys)) in zip(axes.flat, series.items()):
+        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+    for ax in list(axes.flat)[len(series):]:
+        ax.axis("off")
+    fig.tight_layout()
+    tmp = png.with_name(f".{png.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png)
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; checked between steps so a checkpoint can be saved first."""
+
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def agreed(self, dist) -> bool:
+        """True on every rank when any rank was asked to stop."""
+        return dist.all_sum([float(self.requested)])[0] > 0
+
+
+def after_step(step, total_steps, stop, save, args, dist, bar) -> bool:
+    """The end of every step: a checkpoint when one is due (`save(step)`); when any rank was
+    asked to stop, a checkpoint and True, and the run ends with status 130."""
+    if stop.agreed(dist):
+        save(step)
+        bar.close()
+        if dist.main:
+            print(f"interrupted: saved {Path(args.out) / f'checkpoint-{step}'}; rerun with --resume to continue")
+        return True
+    if step % args.save_every == 0 or step == total_steps:
+        save(step)
+    return False
+
+
+def finish(raw, model, processor, settings, args, dist, summary="") -> int:
+    """The end of a run: the final model in OUT, and OUT/merged when asked."""
+    out = Path(args.out)
+    save_final(out, raw, model, processor, settings, dist)
+    if dist.main:
+        print(f"final model: {out}{summary}")
+    if args.merge_lora and hasattr(raw, "peft_config"):
+        merge_lora(out, dist)
+    return 0
+
+
+def main(build_parser, check_args, train, argv=None) -> int:
+    """The `main` of both trainers: parse and check the flags, join the ranks, train."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+
+    def train_on_this_rank(args):
+        dist = Dist(args.device)
+        try:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            return train(args, dist)
+        finally:
+            dist.close()
+
+    return r1track.script_main(train_on_this_rank, args)
