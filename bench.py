@@ -36,6 +36,8 @@ from data import read_got10k_sequence, read_got10k_split
 from fast_decoder import FastAnswerer
 
 ROOT = Path(__file__).resolve().parent
+TRAIN_BATCH = 4  # pairs per step in the training benchmark, as train_sft.py's default
+
 
 def build_parser():
     parser = r1track.ArgumentParser(description=__doc__)
@@ -73,18 +75,11 @@ def load(args):
 
     with tempfile.TemporaryDirectory() as folder:  # its tokenizer and image processor, with no download
         processor = r1track.load_processor(str(synthetic.save_tiny_model(Path(folder) / "tiny")))
-    dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
     with torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration._from_config(
-            synthetic.qwen2_5_vl_config(processor.tokenizer, synthetic.QWEN2_5_VL_3B_SHAPE), dtype=dtype,
-            attn_implementation="flash_attention_2" if _flash_attn(device) else "sdpa")
+            synthetic.qwen2_5_vl_config(processor.tokenizer, synthetic.QWEN2_5_VL_3B_SHAPE),
+            dtype=dtype or r1track.default_dtype(device), attn_implementation=r1track.default_attention(device))
     return model.eval(), processor, r1track.TrackSettings(crop_size=336)
-
-
-def _flash_attn(device) -> bool:
-    import importlib.util
-
-    return str(device).startswith("cuda") and importlib.util.find_spec("flash_attn") is not None
 
 
 # -----------------------------------------------------------------------------
@@ -147,7 +142,7 @@ def bench_tracking(args) -> dict:
 
     def fast(**kwargs):
         return FastAnswerer(model, processor, settings, max_new_tokens=forced or None, min_new_tokens=forced,
-                                    **kwargs)
+                            **kwargs)
 
     variants = {
         "naive": (naive, 1), "template_reuse": (lambda: fast(draft=False), 1),
@@ -281,7 +276,7 @@ def bench_training(args) -> dict:
             out = Path(folder) / mode
             command = [sys.executable, str(ROOT / "train_sft.py"), "--model", model_source, "--data", str(split),
                        "--out", str(out), "--device", str(device), "--max-steps", str(args.train_steps + 1),
-                       "--grad-accum", "1", *flags]
+                       "--batch-size", str(TRAIN_BATCH), "--grad-accum", "1", "--no-save", *flags]
             run = subprocess.run(command, capture_output=True, text=True)
             if run.returncode != 0:
                 raise r1track.UserError(f"train_sft.py {mode} failed: {(run.stderr.strip().splitlines() or ['?'])[-1]}")
@@ -290,7 +285,7 @@ def bench_training(args) -> dict:
             peak = max((record.get("peak_memory_gib", 0.0) for record in timed), default=0.0) or None
             weights = re.search(r"training ([\d,]+) weights", run.stdout)
             results[mode] = {"tokens_per_s": statistics.median(record["tokens_per_s"] for record in timed),
-                             "peak_memory_gib": peak, "batch_size": 4,
+                             "peak_memory_gib": peak, "batch_size": TRAIN_BATCH,
                              "trained_weights": int(weights.group(1).replace(",", "")) if weights else None}
             print(f"{mode:<6} {results[mode]['tokens_per_s']:10.0f} tokens/s  peak memory "
                   f"{'n/a (CPU)' if peak is None else f'{peak:.1f} GiB'}", flush=True)

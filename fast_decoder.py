@@ -2,12 +2,14 @@
 less work per frame. The one place that reaches into transformers' cache internals
 (`DynamicCache` layers, 3D rope positions), so a transformers upgrade is checked here.
 
-`r1track.Tracker` answers through `FastAnswerer` whenever it holds a local model.
+`r1track.Tracker` answers through `FastAnswerer` when it holds a local model (unless
+built with fast=False, which asks plain `generate`).
 """
 
 from __future__ import annotations
 
-from r1track import END_OF_TURN, Request, TrackSettings, answer_token_limit, build_inputs, format_box_xyxy, vision_token_ids
+from r1track import (END_OF_TURN, VISION_START, Request, TrackSettings, answer_token_limit, build_inputs,
+                     format_box_xyxy, vision_token_ids)
 
 
 class FastAnswerer:
@@ -76,7 +78,7 @@ class FastAnswerer:
         positions, _ = qwen.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
                                                  image_grid_thw=inputs["image_grid_thw"])
         ids = inputs["input_ids"][0].tolist()
-        vision_start = self.processor.tokenizer.convert_tokens_to_ids("<|vision_start|>")
+        vision_start = self.processor.tokenizer.convert_tokens_to_ids(VISION_START)
         search_start = [i for i, t in enumerate(ids) if t == vision_start][1]
         prefix = search_start if self.reuse_template else 0
         template_patches = int(inputs["image_grid_thw"][0].prod())

@@ -1,6 +1,6 @@
 """Make demo_model/, the small tracker behind `python track.py --demo`, from nothing.
 
-  python make_demo_model.py                      # about an hour on 2 CPU cores
+  python make_demo_model.py                      # about half an hour on 2 CPU cores
   python make_demo_model.py --work runs/demo-recipe --out demo_model
 
 Each step runs one of the project's own scripts, so this is also the whole recipe in small:
@@ -46,7 +46,7 @@ def run(script: str, *args) -> None:
     command = [sys.executable, str(ROOT / script), *map(str, args)]
     print("$", " ".join(command[1:]), flush=True)
     if subprocess.run(command).returncode != 0:
-        sys.exit(f"error: {script} failed; fix the cause and run make_demo_model.py again to continue")
+        raise r1track.UserError(f"{script} failed; fix the cause and run make_demo_model.py again to continue")
 
 
 def make_clips(root: Path, clips: dict) -> None:
@@ -56,13 +56,16 @@ def make_clips(root: Path, clips: dict) -> None:
         "--frames", clips["frames"], "--seed", clips["seed"], "--style", "plain")
 
 
-def main(argv=None) -> int:
+def build_parser():
     parser = r1track.ArgumentParser(description=__doc__)
     parser.add_argument("--work", default="runs/demo-recipe",
                         help="folder for the clips, the training run and the evaluation (default: runs/demo-recipe)")
     parser.add_argument("--out", default=str(r1track.DEMO_MODEL), help="where the model goes (default: demo_model/)")
     parser.add_argument("--steps", type=float, default=1.0, help="scale every stage's number of steps by this")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def make(args) -> int:
     work = Path(args.work)
 
     make_clips(work / "clips", TRAIN_CLIPS)
@@ -85,6 +88,10 @@ def main(argv=None) -> int:
     ao = json.loads((work / "eval/report.json").read_text())["ao"]
     print(f"demo model in {out}: AO {ao:.3f} on {VAL_CLIPS['sequences']} held-out synthetic clips")
     return 0
+
+
+def main(argv=None) -> int:
+    return r1track.script_main(make, build_parser().parse_args(argv), quiet=False)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """R1-Track's core: the vocabulary every script and module of this project speaks.
 
 Prompts, box maths, crops, answer parsing and rewards, tracking settings, model and
-processor loading, model inputs, and the Tracker with its answerers (a local model, an
-OpenAI-compatible server, any function). Nothing here has a command line; the scripts
-beside this file import it, and the other modules build on it.
+processor loading, model inputs, the Tracker with its answerers (a local model, an
+OpenAI-compatible server, any function) and text grounding, and what every script shares:
+its parser, the tracking flags and the one-line error (script_main). The scripts beside
+this file import it, and the other modules build on it; it imports none of them, except
+fast_decoder when a Tracker is built on a local model.
 
 Box formats are always in the name: `box_xywh` is (x, y, width, height), as GOT-10k
 files and frames use; `box_xyxy` is (x_min, y_min, x_max, y_max), as prompts, answers
@@ -89,6 +91,7 @@ QWEN2_5_VL_CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 IMAGE_PAD = "<|image_pad|>"
+VISION_START = "<|vision_start|>"
 END_OF_TURN = "<|im_end|>"
 
 
@@ -568,10 +571,10 @@ def hub_file(repo_id: str, filename: str):
     except EntryNotFoundError:
         return None
     except (OSError, ValueError) as error:  # no such repository, no access, a bad id, the network
-        raise LoadError(f"cannot read {filename} of {repo_id}: {_first_line(error)}") from None
+        raise LoadError(f"cannot read {filename} of {repo_id}: {first_line(error)}") from None
 
 
-def _first_line(error) -> str:
+def first_line(error) -> str:
     lines = [line for line in str(error).splitlines() if line.strip()]
     return lines[0].strip() if lines else type(error).__name__
 
@@ -596,7 +599,7 @@ def read_settings(name_or_path: str):
     try:
         return TrackSettings.from_dict(json.loads(path.read_text()))
     except (ValueError, TypeError, UnicodeDecodeError) as error:
-        raise LoadError(f"{path}: not valid tracking settings ({_first_line(error)})") from None
+        raise LoadError(f"{path}: not valid tracking settings ({first_line(error)})") from None
 
 
 def load_settings(name_or_path: str) -> TrackSettings:
@@ -752,7 +755,7 @@ def _adapter_base(name_or_path: str):
     try:
         return json.loads(config.read_text())["base_model_name_or_path"]
     except (ValueError, KeyError, TypeError) as error:
-        raise LoadError(f"{config}: not a peft adapter config ({_first_line(error)})") from None
+        raise LoadError(f"{config}: not a peft adapter config ({first_line(error)})") from None
 
 
 def load_model(name_or_path: str, dtype=None, device=None, load_in_4bit=False, attn=None,
@@ -761,40 +764,46 @@ def load_model(name_or_path: str, dtype=None, device=None, load_in_4bit=False, a
     peft adapter, whose base (read from the adapter config) may itself be an adapter, as a
     GRPO adapter trained over an SFT adapter is.
 
-    dtype: bfloat16 on GPU, float32 on CPU unless given. attn: flash_attention_2 when the
-    flash-attn package is installed and the device is a GPU, else sdpa. merge_adapter folds
-    the adapter into the weights for speed (not with 4-bit weights); trainable keeps it a
-    trainable peft adapter. The checkpoint's tracking settings are at `model.r1track_settings`
-    (None when it has none). A checkpoint or adapter whose weights do not all load is a
-    LoadError, never random values.
+    dtype: default_dtype(device) unless given. attn: default_attention(device) unless given.
+    merge_adapter folds the adapter into the weights for speed (not with 4-bit weights);
+    trainable keeps it a trainable peft adapter. The checkpoint's tracking settings are at
+    `model.r1track_settings` (None when it has none). Whatever cannot be loaded is a LoadError
+    that says so in one line: a checkpoint or adapter whose weights do not all load (never
+    random values), a missing or unreadable file, a hub that cannot be asked.
     """
-    import torch
     from transformers import BitsAndBytesConfig
 
     device = device or default_device()
-    on_gpu = str(device).startswith("cuda")
-    if dtype is None:
-        dtype = torch.bfloat16 if on_gpu else torch.float32
-    elif isinstance(dtype, str):
-        dtype = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
-                 "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}[dtype]
-    if attn is None:
-        import importlib.util
-
-        attn = "flash_attention_2" if on_gpu and importlib.util.find_spec("flash_attn") else "sdpa"
-
+    dtype = dtype or default_dtype(device)
     # Straight onto the device: a 3B model never passes through CPU memory on its way.
-    kwargs = {"dtype": dtype, "attn_implementation": attn, "device_map": {"": str(device)}}
+    kwargs = {"dtype": dtype, "attn_implementation": attn or default_attention(device), "device_map": {"": str(device)}}
     if load_in_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype)
-    model = _load_weights(name_or_path, kwargs, trainable=trainable,
-                          merge=merge_adapter and not trainable and not load_in_4bit)
-    if not trainable:
-        model.eval()
-    model.r1track_settings = read_settings(name_or_path)  # None: the checkpoint has none
-    return model, _load_processor_of(name_or_path)
+    try:
+        model = _load_weights(name_or_path, kwargs, trainable=trainable,
+                              merge=merge_adapter and not trainable and not load_in_4bit)
+        if not trainable:
+            model.eval()
+        model.r1track_settings = read_settings(name_or_path)  # None: the checkpoint has none
+        return model, _load_processor_of(name_or_path)
+    except (OSError, ValueError) as error:  # transformers' and peft's own errors included
+        raise LoadError(f"cannot load the model {name_or_path}: {first_line(error)}") from None
+
+
+def default_dtype(device):
+    """bfloat16 on a GPU, float32 on a CPU."""
+    import torch
+
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+def default_attention(device) -> str:
+    """flash_attention_2 on a GPU when the flash-attn package is installed, else sdpa."""
+    import importlib.util
+
+    return "flash_attention_2" if str(device).startswith("cuda") and importlib.util.find_spec("flash_attn") else "sdpa"
 
 
 def _load_weights(name_or_path: str, from_pretrained_kwargs: dict, trainable=False, merge=True):
@@ -943,7 +952,7 @@ def collate(examples: list[dict], pad_token_id: int) -> dict:
     return batch
 
 
-VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+VISION_TOKENS = (IMAGE_PAD, "<|video_pad|>", VISION_START, "<|vision_end|>")
 
 
 def vision_token_ids(tokenizer) -> list[int]:
@@ -1016,8 +1025,9 @@ class ModelAnswerer:
         return generate_answers(self.model, self.processor, batch, self.config)
 
 
-class ServerError(UserError):
-    """An answer server that cannot be reached or does not answer as OpenAI's chat API does."""
+class ServerError(ConnectionError):
+    """An answer server that cannot be reached or does not answer as OpenAI's chat API does
+    (an OSError: every script says it in one line)."""
 
 
 def _post_json(url: str, payload=None, timeout=120):
@@ -1318,11 +1328,8 @@ def tracker_from_args(args, device=None, name=None):
         try:
             return Tracker(server=args.server, server_model=args.server_model, **options), None
         except LoadError as error:
-            raise UserError(f"{error}; name the tracking settings with --settings") from None
-    try:
-        loaded = load_model(args.model, dtype=getattr(torch, args.dtype) if args.dtype else None, device=device)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot load the model {args.model}: {_first_line(error)}") from None
+            raise LoadError(f"{error}; name the tracking settings with --settings") from None
+    loaded = load_model(args.model, dtype=getattr(torch, args.dtype) if args.dtype else None, device=device)
     return Tracker(loaded, name=name, **options), loaded
 
 

@@ -58,7 +58,7 @@ def read_boxes(path: Path, rows: int) -> np.ndarray:
     try:
         boxes = np.loadtxt(path, delimiter=",", ndmin=2)
     except (OSError, ValueError) as error:
-        raise UserError(f"{path}: not a file of x,y,w,h rows ({str(error).splitlines()[0]})") from None
+        raise UserError(f"{path}: not a file of x,y,w,h rows ({r1track.first_line(error)})") from None
     if boxes.shape != (rows, 4):
         raise UserError(f"{path}: expected {rows} rows of x,y,w,h, found {boxes.shape[0]} rows of {boxes.shape[1]}")
     if not np.isfinite(boxes).all():
@@ -72,7 +72,7 @@ def read_times(path: Path) -> np.ndarray:
     try:
         times = np.loadtxt(path, delimiter=",", ndmin=1)
     except ValueError as error:
-        raise UserError(f"{path}: not a file of seconds per frame ({str(error).splitlines()[0]})") from None
+        raise UserError(f"{path}: not a file of seconds per frame ({r1track.first_line(error)})") from None
     times = times.reshape(-1)
     return times[np.isfinite(times) & (times > 0)]
 
@@ -86,7 +86,7 @@ def read_answer_codes(results: Path, name: str, frames: int):
     try:
         codes = np.loadtxt(path, dtype=int, ndmin=1)
     except ValueError as error:
-        raise UserError(f"{path}: not a file of answer codes ({str(error).splitlines()[0]})") from None
+        raise UserError(f"{path}: not a file of answer codes ({r1track.first_line(error)})") from None
     if codes.shape != (frames,):
         raise UserError(f"{path}: expected {frames} rows, found {codes.shape[0]}")
     return {"fallbacks": int((codes == ANSWER_UNUSABLE).sum()), "edge_holds": int((codes == EDGE_HOLD).sum())}

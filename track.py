@@ -7,7 +7,7 @@
   python track.py --demo
 
 --demo needs nothing but this folder: it draws synthetic clips the bundled model never saw,
-tracks them with demo_model/ (made by make_demo_model.py), scores them as scoring.py
+tracks them with demo_model/ (made by make_demo_model.py), scores them as eval_got10k.py
 does, and writes tracked.mp4 (ground truth in white, the tracker's box in green).
 
 --video takes a video file (mp4, avi, mkv, webm, mov, ...), a folder of frames or a glob.
@@ -59,11 +59,15 @@ def frame_files(spec: str) -> list[Path] | None:
     return files
 
 
+def frame_image(path: Path):
+    """A frame file as a PIL image, decoded by OpenCV as the published scripts read frames."""
+    return r1track.as_pil(r1track.read_frame(path))
+
+
 def read_image(path: Path):
-    """A frame file as a PIL image (decoded by OpenCV, as the published scripts read frames),
-    or None when it cannot be decoded."""
+    """frame_image, or None when the file cannot be decoded (the loop then keeps the last box)."""
     try:
-        return r1track.as_pil(r1track.read_frame(path))
+        return frame_image(path)
     except UserError:
         return None
 
@@ -334,9 +338,9 @@ def write_example(path: Path, tracker, clips: Path, name: str, results: Path, fr
     sequence = read_got10k_sequence(clips / name)
     tracked = scoring.read_boxes(scoring.result_files(results, name)[0], len(sequence["frames"]))
     tracker = copy.copy(tracker)
-    tracker.init(read_image(sequence["frames"][0]), sequence["boxes_xywh"][0])
+    tracker.init(frame_image(sequence["frames"][0]), sequence["boxes_xywh"][0])
     tracker.box_xywh = list(tracked[frame_index - 1])  # where the tracker stood before this frame
-    request = tracker.request(read_image(sequence["frames"][frame_index]))
+    request = tracker.request(frame_image(sequence["frames"][frame_index]))
     answer = tracker.answerer([request])[0]
     side = 224
     s = tracker.settings
@@ -369,7 +373,7 @@ def write_demo_video(path: Path, clips: Path, names, results: Path, fps: float):
         sequence = read_got10k_sequence(clips / name)
         tracked = scoring.read_boxes(scoring.result_files(results, name)[0], len(sequence["frames"]))
         for index, (frame, truth_xywh) in enumerate(zip(sequence["frames"], sequence["boxes_xywh"])):
-            image = draw_box(read_image(frame), tracked[index], index)
+            image = draw_box(frame_image(frame), tracked[index], index)
             x, y, w, h = truth_xywh
             ImageDraw.Draw(image).rectangle([x, y, x + w, y + h], outline=(255, 255, 255), width=1)
             ImageDraw.Draw(image).text((6, image.height - 14), name, fill=(255, 255, 0))

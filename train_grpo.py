@@ -35,7 +35,7 @@ from r1track import positive_int
 from training import autocast, to_device, trainable_parameters
 
 # -----------------------------------------------------------------------------
-# The GRPO maths (REFERENCE.md), importable and tested on their own
+# The GRPO maths, importable and tested on their own
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """The plumbing both trainers share, so that train_sft.py and train_grpo.py read as their
 algorithms: the flags common to both, ranks (the same script under python and torchrun),
 the model (LoRA, QLoRA or full; DDP or FSDP2), the optimizer, data and validation,
-checkpoints that are whole or absent, metrics and curves, Ctrl-C, and the `main` that turns
-bad input into one line.
+checkpoints that are whole or absent, metrics and curves, Ctrl-C, and the `main` both
+scripts run (through r1track.script_main: bad input is one line).
 """
 
 from __future__ import annotations
@@ -100,6 +100,8 @@ def add_run_args(parser, default_out="runs/sft", default_batch=4, default_accum=
     group.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                        help="continue from a checkpoint folder, or with no value from the latest in --out")
     group.add_argument("--merge-lora", action="store_true", help="also export adapter + base merged into OUT/merged")
+    group.add_argument("--no-save", action="store_true", help="save no checkpoint and no final model (to measure "
+                       "speed: a checkpoint of the 3B model's full fine-tuning is tens of GB)")
 
 
 def check_common_args(parser, args):
@@ -194,11 +196,8 @@ def build_model(args, dist, init=None, resume_dir=None, fresh_adapter=False):
     init = str(init or args.model)
     source = str(resume_dir or init)
     trainable = not (fresh_adapter and resume_dir is None)
-    try:
-        model, processor = r1track.load_model(source, dtype=weights_dtype(args, dist.device), device=dist.device,
-                                              load_in_4bit=args.load_in_4bit, attn=args.attn, trainable=trainable)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot load the model {source}: {str(error).splitlines()[0]}") from None
+    model, processor = r1track.load_model(source, dtype=weights_dtype(args, dist.device), device=dist.device,
+                                          load_in_4bit=args.load_in_4bit, attn=args.attn, trainable=trainable)
     settings = model.r1track_settings
     is_adapter = hasattr(model, "peft_config")
     if args.load_in_4bit and not is_adapter:
@@ -308,9 +307,9 @@ def open_data(args, dist):
 
 @torch.no_grad()
 def evaluate(model, processor, pairs, args, dist, think=False, loss_sum=None):
-    """Mean IoU of greedy answers to the validation pairs (an unusable answer counts 0) and,
-    given `loss_sum(model, pairs) -> (summed loss, answer tokens)`, the mean validation loss
-    (else None). Each rank takes its share of the pairs; the results are the whole set's."""
+    """(mean validation loss, mean IoU of greedy answers): the loss given `loss_sum(model,
+    pairs) -> (summed loss, answer tokens)`, else None; an unusable answer counts IoU 0. Each
+    rank takes its share of the pairs; the results are the whole set's."""
     was_training = model.training
     model.eval()
     pad = processor.tokenizer.pad_token_id
@@ -533,12 +532,14 @@ def after_step(step, total_steps, stop, save, args, dist, bar) -> bool:
     """The end of every step: a checkpoint when one is due (`save(step)`); when any rank was
     asked to stop, a checkpoint and True, and the run ends with status 130."""
     if stop.agreed(dist):
-        save(step)
+        if not args.no_save:
+            save(step)
         bar.close()
         if dist.main:
-            print(f"interrupted: saved {Path(args.out) / f'checkpoint-{step}'}; rerun with --resume to continue")
+            print("interrupted: nothing saved (--no-save)" if args.no_save else
+                  f"interrupted: saved {Path(args.out) / f'checkpoint-{step}'}; rerun with --resume to continue")
         return True
-    if step % args.save_every == 0 or step == total_steps:
+    if (step % args.save_every == 0 or step == total_steps) and not args.no_save:
         save(step)
     return False
 
@@ -546,6 +547,10 @@ def after_step(step, total_steps, stop, save, args, dist, bar) -> bool:
 def finish(raw, model, processor, settings, args, dist, summary="") -> int:
     """The end of a run: the final model in OUT, and OUT/merged when asked."""
     out = Path(args.out)
+    if args.no_save:
+        if dist.main:
+            print(f"done, nothing saved (--no-save){summary}")
+        return 0
     save_final(out, raw, model, processor, settings, dist)
     if dist.main:
         print(f"final model: {out}{summary}")

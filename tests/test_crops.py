@@ -1,4 +1,4 @@
-"""The published crop (REFERENCE.md): a square of side ceil(sqrt(w*h)*factor) around the box
+"""The published crop: a square of side ceil(sqrt(w*h)*factor) around the box
 centre, zero padding outside the frame, resized to size x size; in the published loop cut as
 OpenCV cuts it, in the lenient loop with PIL's antialiasing."""
 import math

@@ -32,6 +32,12 @@ def test_every_script_is_there_and_scripts_import_no_script():
         assert not imported & SCRIPTS, f"{script}.py imports the script(s) {sorted(imported & SCRIPTS)}"
 
 
+def test_the_core_reaches_other_modules_only_for_the_fast_decoder():
+    files = project_files()
+    everywhere = imported_project_names(files["r1track"], files, top_level_only=False)
+    assert everywhere == {"fast_decoder"}, "r1track.py may import fast_decoder inside Tracker, and nothing else"
+
+
 def test_modules_import_one_way():
     files = project_files()
     modules = {name: path for name, path in files.items() if name not in SCRIPTS}

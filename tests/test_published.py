@@ -40,7 +40,7 @@ LLAMA_FACTORY_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "u
 
 def older_layout(key: str) -> str:
     """An adapter key as peft saved it over transformers < 4.52, whose Qwen2.5-VL class held the
-    text model at `model.` and the vision tower at `visual.` (REFERENCE.md)."""
+    text model at `model.` and the vision tower at `visual.`."""
     return (key.replace("base_model.model.model.language_model.", "base_model.model.model.")
                .replace("base_model.model.model.visual.", "base_model.model.visual."))
 

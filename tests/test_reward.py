@@ -1,4 +1,4 @@
-"""The published R1-Track reward (REFERENCE.md), values worked out by hand.
+"""The published R1-Track reward, values worked out by hand.
 
 Ground truth [0,0,10,10]; a prediction [0,0,10,a] inside it has IoU = GIoU = a/10, which
 makes each band of the shaping easy to reach: (0,0.4) -> 0, (0.75,0.95) -> +0.2, >=0.95 -> +0.5.
