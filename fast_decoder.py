@@ -9,7 +9,7 @@ built with fast=False, which asks plain `generate`).
 from __future__ import annotations
 
 from r1track import (END_OF_TURN, VISION_START, Request, TrackSettings, answer_token_limit, build_inputs,
-                     format_box_xyxy, vision_token_ids)
+                     format_box_xyxy, image_patches, vision_token_ids)
 
 
 class FastAnswerer:
@@ -103,7 +103,7 @@ class FastAnswerer:
         import torch
         from transformers import DynamicCache
 
-        search = self.processor.image_processor(images=[r.search for r in requests], return_tensors="pt")
+        search = image_patches([r.search for r in requests], self.processor.image_processor, self.model.device)
         prefix = states[0]["prefix"]
         suffixes = [state["ids"][prefix:] for state in states]
         rows, width = len(states), max(len(x) for x in suffixes)
@@ -126,7 +126,7 @@ class FastAnswerer:
         else:
             cache = DynamicCache()
             per_image = search["pixel_values"].chunk(rows)
-            pixels = torch.cat([torch.cat([state["template_pixels"], p]) for state, p in zip(states, per_image)])
+            pixels = torch.cat([torch.cat([state["template_pixels"].to(p.device), p]) for state, p in zip(states, per_image)])
             grids = torch.cat([state["grids"] for state in states])
         out = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, mm_token_type_ids=types,
                             pixel_values=pixels, image_grid_thw=grids, cache=cache, logits_to_keep=1)
@@ -155,13 +155,13 @@ class FastAnswerer:
         done = [token in self.end_ids for token in first]
         position = torch.tensor([state["next_position"] for state in states])  # where the next fed token goes
         while not all(done) and max(len(a) for a in answers) < self.max_new_tokens:
-            fed = torch.full((rows, k + 1), self.pad, dtype=torch.long)
-            for row, (state, answer) in enumerate(zip(states, answers)):
-                drafted = state["draft"][len(answer):len(answer) + k]  # aligned by place in the answer
-                fed[row, :1 + len(drafted)] = torch.tensor([answer[-1], *drafted])
+            fed = []  # per row: its last token, then up to K drafted ones (aligned by place in the answer)
+            for state, answer in zip(states, answers):
+                row = [answer[-1], *state["draft"][len(answer):len(answer) + k]]
+                fed.append(row + [self.pad] * (k + 1 - len(row)))
             positions = (position[:, None] + torch.arange(k + 1)).expand(3, rows, k + 1)
             mask = torch.cat([mask, torch.ones(rows, k + 1, dtype=torch.long)], 1)
-            out = self._forward(input_ids=fed, attention_mask=mask, position_ids=positions, cache=cache)
+            out = self._forward(input_ids=torch.tensor(fed), attention_mask=mask, position_ids=positions, cache=cache)
             self.decode_passes += 1
             # best[row][i]: the model's token after fed[row][i]
             cache, best = out.cache, self._greedy(out.logits, [len(a) for a in answers]).tolist()
@@ -169,7 +169,7 @@ class FastAnswerer:
                 if done[row]:
                     continue
                 kept = 0  # drafted tokens the model agrees with
-                while kept < k and fed[row, 1 + kept] == best[row][kept] and best[row][kept] not in self.end_ids:
+                while kept < k and fed[row][1 + kept] == best[row][kept] and best[row][kept] not in self.end_ids:
                     kept += 1
                 answers[row] += best[row][:kept + 1]
                 done[row] = answers[row][-1] in self.end_ids or len(answers[row]) >= self.max_new_tokens

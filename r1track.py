@@ -342,10 +342,80 @@ def open_image(source) -> Image.Image:
 
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
-        return image.convert("RGB")
+        image.load()  # decoded here, so that a broken file fails here
+        return image if image.mode == "RGB" else image.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise UserError(f"unreadable image: {error}") from None
 
+
+# -----------------------------------------------------------------------------
+# Reading ahead: frames decoded by background threads while the model works (OpenCV, PIL and
+# PyAV release the GIL while they decode).
+
+
+def read_ahead(paths, pool, read=None, ahead=4):
+    """read(path) for each path, in order (default read_frame), each decoded by `pool` (a
+    ThreadPoolExecutor, may be shared) up to `ahead` frames before it is needed. An error of
+    read is raised when its frame's turn comes."""
+    from collections import deque
+
+    read = read or read_frame
+    paths, pending = iter(paths), deque()
+    for path in paths:
+        pending.append(pool.submit(read, path))
+        if len(pending) >= ahead:
+            break
+    try:
+        while pending:
+            frame = pending.popleft().result()
+            for path in paths:  # one more in flight for the one taken
+                pending.append(pool.submit(read, path))
+                break
+            yield frame
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def in_background(items, ahead=8):
+    """The items of an iterator, in order, produced by a background thread up to `ahead`
+    items before they are needed (a video decoder, for one). Its errors are raised in turn."""
+    import queue
+    import threading
+
+    handed, stopped = queue.Queue(maxsize=ahead), threading.Event()
+    end = object()
+
+    def hand(item, error=None) -> bool:  # False once the user of the items has gone
+        while not stopped.is_set():
+            try:
+                handed.put((item, error), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for item in items:
+                if not hand(item):
+                    return
+            hand(end)
+        except BaseException as error:  # handed over, raised where the items are used
+            hand(end, error)
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = handed.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stopped.set()
 
 # -----------------------------------------------------------------------------
 # Answers and rewards
@@ -901,7 +971,7 @@ def encode_chat(processor, messages, images, answer=None, return_tensors=True) -
 
     tokenizer, image_processor = processor.tokenizer, processor.image_processor
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    vision = image_processor(images=images, return_tensors="pt")
+    vision = image_patches(images, image_processor)
     merge = image_processor.merge_size ** 2
     for grid in vision["image_grid_thw"]:
         prompt = prompt.replace(IMAGE_PAD, "<|placeholder|>" * int(grid.prod() // merge), 1)
@@ -928,6 +998,41 @@ def encode_chat(processor, messages, images, answer=None, return_tensors=True) -
     inputs["pixel_values"] = vision["pixel_values"]
     inputs["image_grid_thw"] = vision["image_grid_thw"]
     return inputs
+
+
+def image_patches(images, image_processor, device=None) -> dict:
+    """{"pixel_values", "image_grid_thw"} of RGB images (PIL or uint8 arrays) as Qwen2.5-VL's
+    image processor makes them, computed with torch (on `device`: on a GPU the per-frame
+    part of a tracked frame costs microseconds). The processor itself (resampling, one image
+    at a time in numpy) is asked only for images whose size it would change; tracking crops,
+    whose side is a multiple of 28, are kept as they are by it."""
+    import torch
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    p, m, t = image_processor.patch_size, image_processor.merge_size, image_processor.temporal_patch_size
+    arrays = [np.asarray(image) for image in images]
+    shapes = {array.shape for array in arrays}
+    (height, width, channels), = shapes if len(shapes) == 1 else [(0, 0, 0)]
+    kept = channels == 3 and arrays[0].dtype == np.uint8 and smart_resize(
+        height, width, factor=p * m, min_pixels=image_processor.size["shortest_edge"],
+        max_pixels=image_processor.size["longest_edge"]) == (height, width)
+    if not kept:
+        return image_processor(images=images, return_tensors="pt")
+    n, gh, gw = len(arrays), height // p, width // p
+    pixels = torch.from_numpy(np.stack(arrays)).to(device)                                  # [N, H, W, C] uint8
+    # the processor's patch order: merge blocks row by row, 2x2 patches within, each patch C x T x p x p;
+    # reordered while still bytes (a quarter of the floats' memory traffic)
+    pixels = pixels.view(n, gh // m, m, p, gw // m, m, p, 3).permute(0, 1, 4, 2, 5, 7, 3, 6).contiguous()
+    # the processor rescales in float64 and normalises in float32; dividing by 255 in float32
+    # gives the same 256 values (checked below), so the pixels are equal to the last bit
+    scale = image_processor.rescale_factor
+    exact = bool(np.array_equal((np.arange(256) * scale).astype(np.float32), np.arange(256, dtype=np.float32) / np.float32(255)))
+    mean, std = (torch.tensor(v, dtype=torch.float32, device=device).view(3, 1, 1)
+                 for v in (image_processor.image_mean, image_processor.image_std))
+    pixels = (pixels.float() / 255 if exact else (pixels.double() * scale).float())       # [..., C, p, p]
+    pixels = ((pixels - mean) / std).unsqueeze(-3).expand(*pixels.shape[:-2], t, p, p)                      # the frame repeated in time
+    grid = torch.tensor([[1, gh, gw]] * n, device=device)
+    return {"pixel_values": pixels.reshape(n * gh * gw, 3 * t * p * p), "image_grid_thw": grid}
 
 
 def collate(examples: list[dict], pad_token_id: int) -> dict:

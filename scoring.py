@@ -108,13 +108,12 @@ def load_sequences(root: Path, split: str, wanted=None) -> list[str]:
 
 
 class SequenceRun:
-    """One sequence being tracked: its frames, its tracker and what it has produced."""
+    """One sequence being tracked: its frames (read ahead), its tracker and what it has produced."""
 
-    def __init__(self, tracker, split_dir: Path, name: str):
-        sequence = read_got10k_sequence(split_dir / name)
-        self.name, self.frames, self.tracker = name, sequence["frames"], tracker
+    def __init__(self, tracker, sequence: dict, frames):
+        self.name, self.total, self.tracker, self.frames = sequence["name"], len(sequence["frames"]), tracker, frames
         started = time.perf_counter()
-        tracker.init(r1track.read_frame(self.frames[0]), sequence["boxes_xywh"][0])
+        tracker.init(next(frames), sequence["boxes_xywh"][0])
         self.boxes, self.seconds = [list(sequence["boxes_xywh"][0])], [time.perf_counter() - started]
         self.answer_codes = [ANSWER_USED]
 
@@ -130,31 +129,43 @@ class SequenceRun:
 
     @property
     def done(self):
-        return len(self.boxes) == len(self.frames)
+        return len(self.boxes) == self.total
 
 
-def track_sequences(tracker, split_dir: Path, names: list[str], results: Path, batch: int, progress=True):
+def track_sequences(tracker, split_dir: Path, names: list[str], results: Path, batch: int, progress=True,
+                    readers=4):
     """Track `names` B at a time: each frame step asks the answerer about the next frame of
-    every active sequence in one call; a sequence's files are written when it ends."""
+    every active sequence in one call, while `readers` threads decode the frames to come; a
+    sequence's files are written when it ends."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
-    pending, active = list(names), []
-    bar = tqdm(total=len(names), desc="sequences", unit="seq", disable=not progress, dynamic_ncols=True)
-    while pending or active:
-        while pending and len(active) < batch:
-            # every sequence has its own tracker state; all share one answerer (one model)
-            active.append(SequenceRun(copy.copy(tracker), split_dir, pending.pop(0)))
-        started = time.perf_counter()
-        frames = [r1track.read_frame(run.frames[len(run.boxes)]) for run in active]
-        before = [(run.tracker.fallbacks, run.tracker.edge_holds) for run in active]
-        boxes = r1track.update_batch([run.tracker for run in active], frames)
-        seconds = (time.perf_counter() - started) / len(active)  # the batch's time, shared out
-        for run, box, counts in zip(active, boxes, before):
-            run.add(box, seconds, *counts)
-        for run in [run for run in active if run.done]:
-            write_sequence(results, run.name, run.boxes, run.seconds, run.answer_codes)
-            active.remove(run)
-            bar.update()
+    sequences = [read_got10k_sequence(split_dir / name) for name in names]
+    pending, active, finished = list(sequences), [], 0
+    bar = tqdm(total=sum(len(s["frames"]) for s in sequences), desc="tracking", unit="frame", disable=not progress,
+               dynamic_ncols=True)
+    with ThreadPoolExecutor(max_workers=readers) as pool:
+        while pending or active:
+            while pending and len(active) < batch:
+                # every sequence has its own tracker state; all share one answerer (one model)
+                sequence = pending.pop(0)
+                active.append(SequenceRun(copy.copy(tracker), sequence, r1track.read_ahead(sequence["frames"], pool)))
+                bar.update()
+            tracking = [run for run in active if not run.done]  # a sequence of one frame is done at once
+            started = time.perf_counter()
+            frames = [next(run.frames) for run in tracking]
+            before = [(run.tracker.fallbacks, run.tracker.edge_holds) for run in tracking]
+            boxes = r1track.update_batch([run.tracker for run in tracking], frames) if tracking else []
+            seconds = (time.perf_counter() - started) / max(len(tracking), 1)  # the batch's time, shared out
+            for run, box, counts in zip(tracking, boxes, before):
+                run.add(box, seconds, *counts)
+            bar.update(len(tracking))
+            for run in [run for run in active if run.done]:
+                write_sequence(results, run.name, run.boxes, run.seconds, run.answer_codes)
+                active.remove(run)
+                finished += 1
+                bar.set_postfix_str(f"{finished}/{len(names)} sequences")
     bar.close()
 
 

@@ -59,21 +59,25 @@ def frame_files(spec: str) -> list[Path] | None:
     return files
 
 
-def frame_image(path: Path):
-    """A frame file as a PIL image, decoded by OpenCV as the published scripts read frames."""
-    return r1track.as_pil(r1track.read_frame(path))
-
-
 def read_image(path: Path):
-    """frame_image, or None when the file cannot be decoded (the loop then keeps the last box)."""
+    """A frame file as an RGB array (decoded by OpenCV, as the published scripts read frames),
+    or None when it cannot be decoded (the loop then keeps the last box)."""
     try:
-        return frame_image(path)
+        return r1track.read_frame(path)
     except UserError:
         return None
 
 
+def files_ahead(files, readers=2):
+    """The frames of `files`, decoded by `readers` threads ahead of the tracker."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=readers) as pool:
+        yield from r1track.read_ahead(files, pool, read=read_image, ahead=2 * readers)
+
+
 class Video:
-    """A video file read with PyAV: frames as PIL images, None for one that fails to decode."""
+    """A video file read with PyAV: frames as RGB arrays, None for one that fails to decode."""
 
     def __init__(self, path: str):
         import av
@@ -97,29 +101,29 @@ class Video:
                 yield None
                 continue
             for frame in frames:
-                yield frame.to_image().convert("RGB")
+                yield frame.to_ndarray(format="rgb24")
         self.container.close()
 
 
 def open_frames(spec: str, fps: float | None):
-    """(first frame, iterator over every frame, frame count or None, frames per second)."""
+    """(first frame, iterator over every frame, frame count or None, frames per second): RGB
+    arrays, decoded in the background while the tracker works."""
     files = frame_files(spec)
     if files is None:
         video = Video(spec)
-        frames = iter(video)
-        first = next(frames, None)
-        if first is None:
-            raise UserError(f"no frame could be decoded from {spec}")
-
-        def all_frames():
-            yield first
-            yield from frames
-
-        return first, all_frames(), video.total, fps or video.fps
-    first = read_image(files[0])
+        frames, total, fps = r1track.in_background(iter(video)), video.total, fps or video.fps
+    else:
+        frames, total, fps = files_ahead(files), len(files), fps or 30.0
+    first = next(frames, None)
     if first is None:
-        raise UserError(f"cannot read the first frame {files[0]}")
-    return first, (first if i == 0 else read_image(p) for i, p in enumerate(files)), len(files), fps or 30.0
+        raise UserError(f"no frame could be decoded from {spec}" if files is None else
+                        f"cannot read the first frame {files[0]}")
+
+    def all_frames():
+        yield first
+        yield from frames
+
+    return first, all_frames(), total, fps
 
 
 # -----------------------------------------------------------------------------
@@ -183,7 +187,7 @@ class VideoWriter:
 def draw_box(image, box_xywh, index: int):
     from PIL import ImageDraw
 
-    image = image.copy()
+    image = r1track.as_pil(image).copy()
     draw = ImageDraw.Draw(image)
     x, y, w, h = box_xywh
     width = max(2, round(min(image.size) / 200))
@@ -250,14 +254,15 @@ def track(args) -> int:
     if args.text and args.server:
         raise UserError("--text needs a local model; with --server give --box")
     first, frames, total, fps = open_frames(args.video, args.fps)
-    box_xywh = parse_box(args.box, args.box_format, first.size) if args.box else None
+    size = (first.shape[1], first.shape[0])
+    box_xywh = parse_box(args.box, args.box_format, size) if args.box else None
     out = Path(args.out or f"runs/track-{Path(args.video.rstrip('/')).stem.strip('*') or 'frames'}")
     out.mkdir(parents=True, exist_ok=True)
 
     tracker, found = load_tracker(args, first)
     box_xywh = box_xywh or found
     boxes, times = [], []
-    writer = None if args.no_video else VideoWriter(out / "tracked.mp4", first.size, fps)
+    writer = None if args.no_video else VideoWriter(out / "tracked.mp4", size, fps)
     last_image, decode_failures, interrupted = first, 0, False
     bar = tqdm(total=total, desc="tracking", unit="frame", dynamic_ncols=True)
     try:
@@ -338,9 +343,9 @@ def write_example(path: Path, tracker, clips: Path, name: str, results: Path, fr
     sequence = read_got10k_sequence(clips / name)
     tracked = scoring.read_boxes(scoring.result_files(results, name)[0], len(sequence["frames"]))
     tracker = copy.copy(tracker)
-    tracker.init(frame_image(sequence["frames"][0]), sequence["boxes_xywh"][0])
+    tracker.init(r1track.read_frame(sequence["frames"][0]), sequence["boxes_xywh"][0])
     tracker.box_xywh = list(tracked[frame_index - 1])  # where the tracker stood before this frame
-    request = tracker.request(frame_image(sequence["frames"][frame_index]))
+    request = tracker.request(r1track.read_frame(sequence["frames"][frame_index]))
     answer = tracker.answerer([request])[0]
     side = 224
     s = tracker.settings
@@ -373,7 +378,7 @@ def write_demo_video(path: Path, clips: Path, names, results: Path, fps: float):
         sequence = read_got10k_sequence(clips / name)
         tracked = scoring.read_boxes(scoring.result_files(results, name)[0], len(sequence["frames"]))
         for index, (frame, truth_xywh) in enumerate(zip(sequence["frames"], sequence["boxes_xywh"])):
-            image = draw_box(frame_image(frame), tracked[index], index)
+            image = draw_box(r1track.read_frame(frame), tracked[index], index)
             x, y, w, h = truth_xywh
             ImageDraw.Draw(image).rectangle([x, y, x + w, y + h], outline=(255, 255, 255), width=1)
             ImageDraw.Draw(image).text((6, image.height - 14), name, fill=(255, 255, 0))

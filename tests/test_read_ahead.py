@@ -1,0 +1,75 @@
+"""Frames read ahead of the tracker: in order, at most a few in flight, errors in their turn."""
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import r1track
+
+
+def test_read_ahead_keeps_order_overlaps_and_bounds_the_frames_in_flight():
+    started, lock, in_flight, most = [], threading.Lock(), [0], [0]
+
+    def slow_read(path):
+        with lock:
+            started.append(path)
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.02 if path % 3 else 0.05)  # out-of-order finishing
+        with lock:
+            in_flight[0] -= 1
+        return path * 10
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        frames = r1track.read_ahead(range(12), pool, read=slow_read, ahead=3)
+        assert next(frames) == 0
+        time.sleep(0.1)  # while the tracker works on frame 0, the next ones are decoded
+        assert len(started) == 4  # frames 1-3 ahead (and frame 0), no more
+        assert list(frames) == [10 * k for k in range(1, 12)]
+    assert 1 < most[0] <= 4
+
+
+def test_read_ahead_raises_a_bad_frame_in_its_turn(tmp_path):
+    good = tmp_path / "good.png"
+    import cv2
+
+    cv2.imwrite(str(good), np.zeros((8, 8, 3), np.uint8))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        frames = r1track.read_ahead([good, good, bad, good], pool)
+        assert next(frames).shape == (8, 8, 3) and next(frames).shape == (8, 8, 3)
+        with pytest.raises(r1track.UserError, match="bad.jpg"):
+            next(frames)
+
+
+def test_in_background_produces_ahead_and_stops_with_its_user():
+    produced = []
+
+    def numbers():
+        for k in range(1000):
+            produced.append(k)
+            yield k
+
+    items = r1track.in_background(numbers(), ahead=4)
+    assert [next(items) for _ in range(3)] == [0, 1, 2]
+    time.sleep(0.2)
+    assert len(produced) <= 3 + 4 + 1  # the queue bounds how far the producer runs ahead
+    items.close()
+    time.sleep(0.3)
+    count = len(produced)
+    time.sleep(0.2)
+    assert len(produced) == count < 1000  # the producer stopped with the consumer
+
+
+def test_in_background_hands_over_the_producers_error():
+    def broken():
+        yield 1
+        raise ValueError("decoder failed")
+
+    items = r1track.in_background(broken())
+    assert next(items) == 1
+    with pytest.raises(ValueError, match="decoder failed"):
+        next(items)
