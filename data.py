@@ -86,27 +86,27 @@ def _to_crop_size(image: Image.Image, box_xyxy, crop_size: int):
 
 
 class StoredPairs:
-    """Pairs kept as rows: (template image, search image, problem text, answer text), the
-    images as bytes or paths. Text is checked when the rows are read, images when a pair
-    is loaded."""
+    """Pairs kept as rows: a question and an answer (checked when the rows are read) and two
+    images (bytes or paths, read when a pair is loaded). `images[row]` is the row's
+    (template, search) sources, `complete[row]` whether it has both."""
 
-    def __init__(self, rows: list, crop_size: int, name: str):
-        self.crop_size, self.name, self.rows, self.skipped = crop_size, name, [], 0
-        for template, search, problem, answer in rows:
+    def __init__(self, texts, images, complete, crop_size: int, name: str):
+        self.crop_size, self.name, self.images, self.rows, self.skipped = crop_size, name, images, [], 0
+        for row, (problem, answer) in enumerate(texts):
             template_box = parse_prompt_box(problem or "")
             answer_box = parse_answer(answer or "")
-            if template is None or search is None or template_box is None or answer_box is None:
+            if not complete[row] or template_box is None or answer_box is None:
                 self.skipped += 1
                 continue
-            self.rows.append((template, search, template_box, answer_box))
+            self.rows.append((row, template_box, answer_box))
 
     def __len__(self):
         return len(self.rows)
 
     def load(self, index: int, rng=None) -> Pair:
-        template_src, search_src, template_box, answer_box = self.rows[index]
+        row, template_box, answer_box = self.rows[index]
         try:
-            template, search = open_image(template_src), open_image(search_src)
+            template, search = (open_image(source) for source in self.images[row])
         except UserError as error:
             raise BadRow(str(error)) from None
         template, template_box = _to_crop_size(template, template_box, self.crop_size)
@@ -117,7 +117,8 @@ class StoredPairs:
         """(train, held-out) with `fraction` of the rows held out, chosen by `seed`."""
         order = np.random.default_rng(seed).permutation(len(self.rows))
         held = max(1, int(round(len(self.rows) * fraction)))
-        train, val = StoredPairs([], self.crop_size, self.name), StoredPairs([], self.crop_size, self.name + " (held out)")
+        train = StoredPairs([], self.images, [], self.crop_size, self.name)
+        val = StoredPairs([], self.images, [], self.crop_size, self.name + " (held out)")
         train.rows = [self.rows[i] for i in sorted(order[held:])]
         val.rows = [self.rows[i] for i in sorted(order[:held])]
         train.skipped = self.skipped
@@ -194,32 +195,94 @@ class Got10kPairs:
         return Pair(template, template_box, search, search_box, jpegs=(template_jpeg, search_jpeg))
 
 
-def _parquet_rows(paths) -> list:
+def _parquet_pairs(paths, crop_size: int, name: str) -> StoredPairs:
+    """EasyR1 parquet files (`images`, `problem`, `answer`): the text read now, the images on
+    demand (ParquetImages)."""
     import pyarrow.parquet as pq
 
-    rows = []
+    texts = []
     for path in paths:
-        table = pq.read_table(path, columns=["images", "problem", "answer"])
-        for images, problem, answer in zip(*(table.column(c).to_pylist() for c in ("images", "problem", "answer"))):
-            sources = [(image or {}).get("bytes") or (image or {}).get("path") for image in images or []]
-            rows.append((*(sources if len(sources) == 2 else [None, None]), problem, answer))
-    return rows
+        table = pq.read_table(path, columns=["problem", "answer"])
+        texts += zip(table.column("problem").to_pylist(), table.column("answer").to_pylist())
+    images = ParquetImages(paths)
+    return StoredPairs(texts, images, images.complete, crop_size, name)
 
 
-def _sharegpt_rows(path: Path) -> list:
+class ParquetImages:
+    """The `images` column of parquet files, row by row on demand, from an uncompressed Arrow
+    copy of it that the operating system pages in as needed (the way the `datasets` library
+    caches a dataset): a dataset of many GB costs each rank little memory of its own, and a
+    row group of any size can be read. The copy is made once, in R1TRACK_CACHE (default
+    ~/.cache/r1track), and found again by the file's path, size and time."""
+
+    def __init__(self, paths):
+        import pyarrow as pa
+
+        import pyarrow.compute as pc
+
+        # the mapped files stay open: the column's buffers point into them
+        columns = [pa.ipc.open_file(pa.memory_map(str(_arrow_copy(Path(path))), "r")).read_all().column("images")
+                   for path in paths]
+        self.column = pa.chunked_array([chunk for column in columns for chunk in column.chunks], type=columns[0].type)
+        # rows holding two images, found without reading the images themselves
+        self.complete = pc.fill_null(pc.equal(pc.list_value_length(self.column), 2), False).to_numpy(zero_copy_only=False)
+
+    def __getitem__(self, row: int):
+        """(template source, search source): bytes or paths; None unless the row has two images."""
+        images = self.column[row].as_py() or []
+        sources = [(image or {}).get("bytes") or (image or {}).get("path") for image in images]
+        return tuple(sources) if len(sources) == 2 else None
+
+
+def _arrow_copy(path: Path) -> Path:
+    """The Arrow copy of a parquet file's images, made under a lock (ranks share one)."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    stat = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("R1TRACK_CACHE") or Path.home() / ".cache" / "r1track")
+    copy = cache / f"{path.stem}-{key}.arrow"
+    if copy.is_file():
+        return copy
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f".{copy.name}.lock", "w") as lock:
+        _hold(lock)
+        if not copy.is_file():  # another process may have made it while this one waited
+            file = pq.ParquetFile(path)
+            schema = pa.schema([file.schema_arrow.field("images")])
+            tmp = copy.with_name(f".{copy.name}.{os.getpid()}.tmp")
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+                for batch in file.iter_batches(batch_size=256, columns=["images"]):
+                    writer.write_batch(batch)
+            os.replace(tmp, copy)
+    return copy
+
+
+def _hold(lock_file) -> None:
+    """An exclusive lock on an open file until it is closed (POSIX; elsewhere no lock)."""
+    with contextlib.suppress(ImportError):
+        import fcntl
+
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+
+
+def _sharegpt_pairs(path: Path, crop_size: int, name: str) -> StoredPairs:
+    """A LLaMA-Factory ShareGPT JSON: messages or conversations, and two image paths a record."""
     records = json.loads(path.read_text())
     if not isinstance(records, list):
         raise UserError(f"{path}: expected a JSON list of ShareGPT records")
-    rows = []
+    texts, images = [], []
     for record in records:
         record = record if isinstance(record, dict) else {}
         turns = record.get("messages") or record.get("conversations") or []
         user = next((t for t in turns if t.get("role", t.get("from")) in ("user", "human")), {})
         assistant = next((t for t in turns if t.get("role", t.get("from")) in ("assistant", "gpt")), {})
-        images = [str(path.parent / p) if not os.path.isabs(p) else p for p in record.get("images") or []]
-        rows.append((*(images if len(images) == 2 else [None, None]),
-                     user.get("content", user.get("value")), assistant.get("content", assistant.get("value"))))
-    return rows
+        texts.append((user.get("content", user.get("value")), assistant.get("content", assistant.get("value"))))
+        images.append(tuple(str(path.parent / p) if not os.path.isabs(p) else p for p in record.get("images") or []))
+    return StoredPairs(texts, images, [len(pair) == 2 for pair in images], crop_size, name)
 
 
 HUB_DATASETS = {"r1track5k": "WangBiao/R1-Track-5k", "r1track100k": "WangBiao/R1-Track-100k"}
@@ -277,11 +340,11 @@ def open_pairs(spec: str, crop_size: int, split="train", tracking_share: float =
         files = _split_files(path, split)
         if not files:
             raise UserError(f"{spec}: no {split} parquet files in this folder")
-        return StoredPairs(_parquet_rows(files), crop_size, f"{spec} [{split}]")
+        return _parquet_pairs(files, crop_size, f"{spec} [{split}]")
     if path.suffix == ".parquet" and path.is_file():
-        return StoredPairs(_parquet_rows([path]), crop_size, spec)
+        return _parquet_pairs([path], crop_size, spec)
     if path.suffix == ".json" and path.is_file():
-        return StoredPairs(_sharegpt_rows(path), crop_size, spec)
+        return _sharegpt_pairs(path, crop_size, spec)
     raise UserError(f"{spec}: not a dataset (expected r1track5k, a .parquet file or folder, "
                     "a ShareGPT .json, or a GOT-10k split folder with list.txt)")
 

@@ -20,6 +20,9 @@ from data import Got10kPairs, PairStream, pair_to_row
 from r1track import UserError, positive_int
 
 
+ROWS_PER_GROUP = 500  # pairs per parquet row group: about 30 MB of 336-px JPEG pairs
+
+
 def parse_size(text: str) -> tuple[int, int]:
     try:
         width, height = (int(v) for v in text.lower().split("x"))
@@ -77,15 +80,18 @@ def write_pairs(args) -> int:
     if len(source) == 0:
         raise UserError(f"{args.got10k} has no sequence with a visible target")
     stream = PairStream(source, args.seed)
-    rows = []
-    for _ in tqdm(range(args.num), desc="pairs", unit="pair"):
-        rows.append(pair_to_row(stream.next_pairs(1)[0], args.wording))
     out = Path(args.out)
     tmp = out.with_name(f".{out.name}.tmp")
     out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    # written a row group at a time: memory stays that of one group, and readers can take the
+    # file a group at a time (a single group of 100k pairs is too big for a nested Arrow column)
+    with pq.ParquetWriter(tmp, schema) as writer, tqdm(total=args.num, desc="pairs", unit="pair") as bar:
+        for start in range(0, args.num, ROWS_PER_GROUP):
+            pairs = stream.next_pairs(min(ROWS_PER_GROUP, args.num - start))
+            writer.write_table(pa.Table.from_pylist([pair_to_row(pair, args.wording) for pair in pairs], schema=schema))
+            bar.update(len(pairs))
     tmp.replace(out)
-    print(f"wrote {len(rows)} pairs from {len(source)} sequences to {out} "
+    print(f"wrote {args.num} pairs from {len(source)} sequences to {out} "
           f"({source.skipped} sequences unusable, {stream.skipped} draws retried)")
     return 0
 

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # No test may touch the network: the hub libraries fail fast instead of downloading.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Arrow copies of parquet files go to a folder of this run, not the user's cache.
+os.environ["R1TRACK_CACHE"] = tempfile.mkdtemp(prefix="r1track-cache-")
 
 import r1track  # noqa: E402
 import synthetic  # noqa: E402

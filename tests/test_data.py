@@ -181,3 +181,61 @@ def test_prepare_pairs_bad_folder_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, "prepare_data.py", "pairs", "--got10k", str(tmp_path), "--out",
                              str(tmp_path / "x.parquet")], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2 and "list.txt" in result.stderr and "Traceback" not in result.stderr
+
+
+def rows_parquet(path, rows, seed=0):
+    """`rows` pairs of distinct ~2.5 KB JPEGs (50 of them, repeated) in one row group, as
+    pyarrow writes a table by default and as R1-Track-100k's size in rows would be."""
+    rng = np.random.default_rng(seed)
+    jpegs = []
+    for _ in range(50):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (80, 80, 3), dtype=np.uint8)).save(buffer, format="JPEG", quality=40)
+        jpegs.append(buffer.getvalue())
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    blobs = pa.array([jpegs[k % 50] for k in range(2 * rows)], pa.binary())
+    structs = pa.StructArray.from_arrays([blobs, pa.nulls(2 * rows, pa.string())], fields=list(image))
+    images = pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * rows + 1, 2, dtype=np.int32)), structs)
+    problem = pa.array(["<image><image>" + QUESTION.format(box="[10,20,30,40]")] * rows)
+    pq.write_table(pa.table({"images": images, "problem": problem, "answer": pa.array(["[50,60,70,80]"] * rows)}), path)
+    return sum(len(j) for j in jpegs) / len(jpegs) * 2 * rows
+
+
+# peak resident memory from VmHWM: this process's own (ru_maxrss would carry the test's over exec)
+READ_AND_REPORT_MEMORY = """
+import re, sys
+import data
+source = data.open_pairs(sys.argv[1], 112)
+pairs = [source.load(index) for index in range(0, len(source), max(1, len(source) // 40))]
+peak_kb = int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+print(len(source), peak_kb // 1024)
+"""
+
+
+def test_a_100k_row_parquet_is_read_without_holding_its_images(tmp_path):
+    memory = {}
+    for rows in (100, 100_000):
+        path = tmp_path / f"rows{rows}.parquet"
+        image_bytes = rows_parquet(path, rows)
+        result = subprocess.run([sys.executable, "-c", READ_AND_REPORT_MEMORY, str(path)], cwd=ROOT,
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+        count, memory[rows] = map(int, result.stdout.split())
+        assert count == rows
+    assert image_bytes > 450e6  # held as Python bytes, the images alone would cost this much
+    assert memory[100_000] - memory[100] < 300, memory  # MB of peak resident memory
+
+
+def test_prepared_pairs_come_in_row_groups_that_every_reader_reads(got10k_root, tmp_path):
+    import datasets
+
+    out = tmp_path / "pairs.parquet"
+    result = subprocess.run([sys.executable, "prepare_data.py", "pairs", "--got10k", str(got10k_root / "val"),
+                             "--out", str(out), "--num", "1100", "--size", "56"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    file = pq.ParquetFile(out)
+    assert [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)] == [500, 500, 100]
+    assert len(datasets.Dataset.from_parquet(str(out), cache_dir=str(tmp_path / "hf"))) == 1100
+    ours = data.open_pairs(str(out), 56)
+    assert len(ours) == 1100 and ours.skipped == 0
+    assert ours.load(1099).search.size == (56, 56)
