@@ -7,6 +7,7 @@ variant gives exactly the naive loop's boxes.
   python bench.py --architecture 3b --device cuda # Qwen2.5-VL-3B's shape, random weights
   python bench.py --train --device cuda           # SFT tokens/s and peak memory: LoRA, QLoRA, full
   python bench.py --recovery                      # AO with and without target-loss recovery
+  python bench.py --pipeline --json pipeline.json # host ms per frame at 1080p, read-ahead overlap
 
 Variants (per-frame latency and frames/s, medians of --repeats runs):
   naive           the whole prompt through `generate` every frame, one sequence at a time
@@ -27,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import r1track
@@ -51,6 +53,9 @@ def build_parser():
     parser.add_argument("--frames", type=int, default=30, help="frames per sequence")
     parser.add_argument("--repeats", type=int, default=5, help="runs of each variant; medians are reported")
     parser.add_argument("--train", action="store_true", help="measure SFT throughput instead of tracking")
+    parser.add_argument("--pipeline", action="store_true", help="measure the host's share of a frame at GOT-10k's "
+                        "frame size (1080p JPEGs, 336-px crops; answers held to --answer-tokens): per-stage ms, "
+                        "and frames/s with frames read ahead or in turn")
     parser.add_argument("--recovery", action="store_true", help="measure target-loss recovery: AO with and without "
                         "--recover on synthetic clips with occlusion and absence, answered by an ideal detector")
     parser.add_argument("--train-steps", type=int, default=10, help="optimizer steps timed per training mode")
@@ -187,6 +192,107 @@ def bench_tracking(args) -> dict:
 
 
 # -----------------------------------------------------------------------------
+# The host path at the real size
+
+
+def time_forward(model):
+    """A running total of the seconds spent in the model's forward (hooks around it)."""
+    spent = {"s": 0.0, "start": 0.0}
+
+    def before(module, args, kwargs):
+        spent["start"] = time.perf_counter()
+
+    def after(module, args, kwargs, output):
+        spent["s"] += time.perf_counter() - spent["start"]
+
+    hooks = (model.register_forward_pre_hook(before, with_kwargs=True),
+             model.register_forward_hook(after, with_kwargs=True))
+    return spent, hooks
+
+
+def run_streams(tracker, sequences, batch, spent, pool=None, stages=None) -> float:
+    """Track the sequences `batch` at a time and return the seconds it took (first frames left
+    out). The model answers every frame (and is timed), but the box kept is the ideal detector's
+    (oracle_answer): a model that never saw 336-px crops would otherwise wander into crops of
+    any size. Frames are read ahead by `pool` or, without one, in turn. With `stages` (a dict
+    of lists), each stage's milliseconds per frame are added to it: decode (reading the frame),
+    crop (the search crop and its JPEG round trip), inputs (the crop's pixel tensors, measured
+    apart), model (forward passes), decode_loop (the fast decoder between passes), answer
+    (parsing, mapping back)."""
+    elapsed = 0.0
+    for start in range(0, len(sequences), batch):
+        group = sequences[start:start + batch]
+        readers = [r1track.read_ahead(s["frames"], pool) if pool else map(r1track.read_frame, s["frames"]) for s in group]
+        trackers = [copy.copy(tracker) for _ in group]
+        for each, frames, sequence in zip(trackers, readers, group):
+            each.init(next(frames), sequence["boxes_xywh"][0])
+        for t in range(1, len(group[0]["frames"])):
+            clock = started = time.perf_counter()
+            frames = [next(reader) for reader in readers]
+            clock, decode = time.perf_counter(), time.perf_counter() - clock
+            requests = [each.request(frame) for each, frame in zip(trackers, frames)]
+            clock, crop = time.perf_counter(), time.perf_counter() - clock
+            inputs = 0.0
+            if stages is not None:  # measured apart: the answerer prepares them again inside
+                r1track.image_patches([r.search for r in requests], tracker.answerer.processor.image_processor,
+                                      tracker.answerer.model.device)
+                clock, inputs = time.perf_counter(), time.perf_counter() - clock
+            spent["s"] = 0.0
+            tracker.answerer(requests)
+            clock, answering = time.perf_counter(), time.perf_counter() - clock
+            for each, sequence in zip(trackers, group):
+                each.accept(oracle_answer(each, sequence["boxes_xywh"][t]))
+            answer = time.perf_counter() - clock
+            elapsed += time.perf_counter() - started - inputs
+            if stages is not None:
+                for name, seconds in (("decode", decode), ("crop", crop), ("inputs", inputs), ("model", spent["s"]),
+                                      ("decode_loop", max(answering - spent["s"] - inputs, 0.0)), ("answer", answer)):
+                    stages.setdefault(name, []).append(1000 * seconds / len(group))
+    return elapsed
+
+
+def bench_pipeline(args) -> dict:
+    """The host's share of a tracked frame at GOT-10k's real frame size (1920x1080 JPEGs) and
+    336-px crops, one stream and --streams streams; how much reading ahead hides."""
+    import dataclasses
+
+    import torch
+
+    model, processor, settings = load(args)
+    settings = dataclasses.replace(settings, crop_size=336)
+    forced = args.answer_tokens  # a box's length: the demo model was never taught 336-px crops
+    tracker = r1track.Tracker((model, processor), settings=settings)
+    tracker.answerer = FastAnswerer(model, processor, settings, max_new_tokens=forced, min_new_tokens=forced)
+    spent, hooks = time_forward(model)
+    results = {"threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory() as folder, ThreadPoolExecutor(max_workers=4) as pool:
+        split = synthetic.make_synthetic_got10k(folder, "val", sequences=args.streams, frames=args.frames,
+                                                size=(1920, 1080), style="plain", seed=11)
+        sequences = [read_got10k_sequence(split / name) for name in read_got10k_split(split)]
+        tracked = sum(len(s["frames"]) - 1 for s in sequences)
+        for batch in (1, args.streams):
+            stages, in_turn, ahead = {}, [], []
+            for _ in range(args.repeats):
+                run_streams(tracker, sequences, batch, spent, stages=stages)
+                in_turn.append(tracked / run_streams(tracker, sequences, batch, spent))
+                ahead.append(tracked / run_streams(tracker, sequences, batch, spent, pool=pool))
+            stages = {name: statistics.median(values) for name, values in stages.items()}
+            host = stages["crop"] + stages["inputs"] + stages["answer"]
+            model_alone = 1000 / (stages["model"] + stages["decode_loop"] + stages["inputs"])
+            rates = {"in_turn": statistics.median(in_turn), "read_ahead": statistics.median(ahead),
+                     "model_alone": model_alone}
+            results[f"batch_{batch}"] = {"stages_ms_per_frame": stages, "host_ms_per_frame": host, "frames_per_s": rates,
+                                         "read_ahead_over_model_alone": rates["read_ahead"] / model_alone}
+            print(f"batch {batch:>2}: " + "  ".join(f"{k} {v:.2f}" for k, v in stages.items()) +
+                  f"  ms/frame; host {host:.2f} ms; {rates['in_turn']:.1f} frames/s read in turn, "
+                  f"{rates['read_ahead']:.1f} read ahead, {model_alone:.1f} the model alone", flush=True)
+    for hook in hooks:
+        hook.remove()
+    return {"pipeline": results, "frames": args.frames, "streams": args.streams, "repeats": args.repeats,
+            "frame_size": [1920, 1080], "crop_size": 336, "answer_tokens": forced}
+
+
+# -----------------------------------------------------------------------------
 # Target-loss recovery
 
 
@@ -301,6 +407,8 @@ def run(args) -> int:
         raise r1track.UserError("--streams and --repeats must be at least 1, --frames at least 2")
     if args.recovery:
         result = bench_recovery(args)
+    elif args.pipeline:
+        result = bench_pipeline(args)
     else:
         result = bench_training(args) if args.train else bench_tracking(args)
     import torch

@@ -135,8 +135,8 @@ class SequenceRun:
 def track_sequences(tracker, split_dir: Path, names: list[str], results: Path, batch: int, progress=True,
                     readers=4):
     """Track `names` B at a time: each frame step asks the answerer about the next frame of
-    every active sequence in one call, while `readers` threads decode the frames to come; a
-    sequence's files are written when it ends."""
+    every active sequence in one call, while `readers` threads decode the frames to come (0:
+    each frame read when its turn comes); a sequence's files are written when it ends."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
@@ -145,12 +145,17 @@ def track_sequences(tracker, split_dir: Path, names: list[str], results: Path, b
     pending, active, finished = list(sequences), [], 0
     bar = tqdm(total=sum(len(s["frames"]) for s in sequences), desc="tracking", unit="frame", disable=not progress,
                dynamic_ncols=True)
-    with ThreadPoolExecutor(max_workers=readers) as pool:
+    with ThreadPoolExecutor(max_workers=max(readers, 1)) as pool:
+        def frames_of(sequence):
+            if readers:
+                return r1track.read_ahead(sequence["frames"], pool)
+            return map(r1track.read_frame, sequence["frames"])
+
         while pending or active:
             while pending and len(active) < batch:
                 # every sequence has its own tracker state; all share one answerer (one model)
                 sequence = pending.pop(0)
-                active.append(SequenceRun(copy.copy(tracker), sequence, r1track.read_ahead(sequence["frames"], pool)))
+                active.append(SequenceRun(copy.copy(tracker), sequence, frames_of(sequence)))
                 bar.update()
             tracking = [run for run in active if not run.done]  # a sequence of one frame is done at once
             started = time.perf_counter()

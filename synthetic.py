@@ -241,7 +241,7 @@ def make_synthetic_got10k(root, split="val", sequences=8, frames=30, size=(320, 
             colours = rng.uniform(0, 255, size=(distractors + 1, 2, 3))
         patches = [_patterned_patch(rng, c) for c in colours]
         base_w = rng.uniform(0.08, 0.25) * width
-        base_h = base_w * rng.uniform(0.5, 2.0)
+        base_h = min(base_w * rng.uniform(0.5, 2.0), height / 1.5)  # wide frames: the target fits in height
         scale_wave = 1 + 0.3 * np.sin(np.linspace(0, rng.uniform(1, 4), frames) + rng.uniform(0, 6))
         margin = np.array([base_w, base_h]) * 0.5
         leaves = rng.random() < 0.3 and not plain  # this target walks out of the image for a while

@@ -129,3 +129,17 @@ def test_the_3b_shape_matches_the_published_model(tiny):
     params = sum(p.numel() for p in model.parameters())
     assert 3.70e9 < params < 3.80e9, params  # Qwen2.5-VL-3B-Instruct: 3.75 billion
     assert len(model.model.language_model.layers) == 36 and len(model.model.visual.blocks) == 32
+
+
+def test_bench_pipeline_smoke(tmp_path):
+    out = tmp_path / "pipeline.json"
+    result = run_script("bench.py", "--pipeline", "--streams", "2", "--frames", "3", "--repeats", "1", "--json", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["frame_size"] == [1920, 1080] and report["crop_size"] == 336
+    for batch in ("batch_1", "batch_2"):
+        stages = report["pipeline"][batch]["stages_ms_per_frame"]
+        assert set(stages) == {"decode", "crop", "inputs", "model", "decode_loop", "answer"}
+        assert all(value >= 0 for value in stages.values()) and stages["model"] > 0 and stages["decode"] > 0
+        rates = report["pipeline"][batch]["frames_per_s"]
+        assert rates["in_turn"] > 0 and rates["read_ahead"] > 0 and rates["model_alone"] > 0
