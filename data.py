@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import configparser
 import contextlib
+import itertools
 import json
 import math
 import os
 import re
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -371,28 +373,69 @@ def pair_rng(seed: int, epoch: int, index: int):
 
 
 class PairStream:
-    """A rank's endless stream of pairs from a source; its position is all it needs to resume.
-    Unusable rows are skipped and counted; a source that is mostly unusable is an error."""
+    """A rank's endless stream of pairs from a source, each made ready by `prepare` (default:
+    the pair itself; a trainer turns it into model inputs); its position is all it needs to
+    resume. With `workers`, DataLoader processes load and prepare the pairs ahead, position
+    by position, so the stream is the same with any number of them. Unusable rows are
+    skipped and counted; a source that is mostly unusable is an error."""
 
-    def __init__(self, source, seed, rank=0, world=1, position=0, skipped=0):
+    def __init__(self, source, seed, rank=0, world=1, position=0, skipped=0, prepare=None, workers=0):
         self.source, self.seed, self.rank, self.world = source, seed, rank, world
         self.position, self.skipped = position, skipped
+        self.prepare, self.workers, self.items = prepare, workers, None
+
+    def __getitem__(self, position: int):
+        """The prepared pair at a stream position, or None for an unusable row."""
+        epoch, index = stream_position(position, len(self.source), self.seed, self.rank, self.world)
+        try:
+            pair = self.source.load(index, pair_rng(self.seed, epoch, index))
+        except BadRow:
+            return None
+        return self.prepare(pair) if self.prepare else pair
 
     def next_pairs(self, count):
+        if self.items is None:
+            self.items = self._items_from(self.position)
         pairs = []
         while len(pairs) < count:
-            epoch, index = stream_position(self.position, len(self.source), self.seed, self.rank, self.world)
+            item = next(self.items)
             self.position += 1
-            try:
-                pairs.append(self.source.load(index, pair_rng(self.seed, epoch, index)))
-            except BadRow:
-                self.skipped += 1
-                if self.skipped > 1000 and self.skipped > self.position // 2:
-                    raise UserError(f"most rows of {self.source.name} are unusable (bad images or boxes)")
+            if item is not None:
+                pairs.append(item)
+                continue
+            self.skipped += 1
+            if self.skipped > 1000 and self.skipped > self.position // 2:
+                raise UserError(f"most rows of {self.source.name} are unusable (bad images or boxes)")
         return pairs
+
+    def _items_from(self, position):
+        positions = itertools.count(position)
+        if not self.workers:
+            return map(self.__getitem__, positions)
+        from torch.utils.data import DataLoader
+
+        # in order, whatever worker finished first; each worker a few items ahead
+        # forked, not spawned: a worker shares the source (a memory-mapped dataset) instead of a pickled copy
+        import cv2
+
+        # OpenCV's thread pool does not survive fork (a forked worker would wait on threads it
+        # does not have): it is stopped before the workers are forked. Each worker crops one
+        # pair at a time anyway, and the workers are the parallelism.
+        cv2.setNumThreads(1)
+        return iter(DataLoader(self, batch_size=None, sampler=positions, num_workers=self.workers,
+                               collate_fn=_as_is, prefetch_factor=4,
+                               multiprocessing_context="fork" if sys.platform == "linux" else None))
+
+    def close(self):
+        """Stop the worker processes (they read ahead); the stream goes on from its position."""
+        self.items = None
 
     def epoch(self):
         return self.position / max(1, len(self.source) // self.world)
+
+
+def _as_is(item):
+    return item
 
 
 def validation_pairs(source, size, seed):

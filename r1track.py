@@ -257,6 +257,8 @@ def _opencv_square(frame: np.ndarray, x1: int, y1: int, side: int, size: int) ->
         to_frame = np.array([[ratio, 0, x1 + 0.5 * ratio - 0.5], [0, ratio, y1 + 0.5 * ratio - 0.5]])
         return cv2.warpAffine(frame[:height - (bottom > 0), :width - (right > 0)], to_frame, (size, size),
                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT)
+    if not (top or bottom or left or right):  # inside the frame: resized straight from it, no copy
+        return cv2.resize(inside, (size, size))
     square = cv2.copyMakeBorder(inside, top, bottom, left, right, cv2.BORDER_CONSTANT, value=0)
     return cv2.resize(square, (size, size))
 

@@ -346,7 +346,8 @@ def train(args, dist):
                                                       (args.prompts_per_step * dist.world)))
     optimizer, scheduler = training.make_optimizer(model, args, dist, total_steps, schedule_kind="constant")
     state = training.start_state(resume_dir, model, optimizer, scheduler, dist)
-    stream = PairStream(train_source, args.seed, dist.rank, dist.world, state["position"], state["skipped"])
+    stream = PairStream(train_source, args.seed, dist.rank, dist.world, state["position"], state["skipped"],
+                        workers=training.data_workers(args, dist))
     val_pairs = validation_pairs(val_source, args.val_size, args.seed + 1)
     metrics = training.Metrics(out, dist, resume_step=state["step"])
     stop = training.StopFlag()

@@ -17,6 +17,7 @@ leaves half of one; Ctrl-C or SIGTERM saves one before exiting; --resume continu
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import sys
 import time
@@ -49,11 +50,11 @@ def check_args(parser, args):
 # The loss: cross-entropy on the answer and its end-of-turn token
 
 
-def sft_examples(processor, pairs, wording):
-    """Each pair as model inputs whose labels are the answer box, `[x1,y1,x2,y2]`."""
-    return [r1track.build_inputs(processor, p.template, p.search, p.template_box_xyxy,
-                                 answer=r1track.format_box_xyxy(p.search_box_xyxy), wording=wording,
-                                 return_tensors=False) for p in pairs]
+def sft_example(processor, wording, pair):
+    """A pair as model inputs whose labels are the answer box, `[x1,y1,x2,y2]`."""
+    return r1track.build_inputs(processor, pair.template, pair.search, pair.template_box_xyxy,
+                                answer=r1track.format_box_xyxy(pair.search_box_xyxy), wording=wording,
+                                return_tensors=False)
 
 
 def answer_loss_sum(model, batch):
@@ -86,7 +87,10 @@ def train(args, dist):
     total_steps = args.max_steps or max(1, math.ceil(args.epochs * len(train_source) / per_step))
     optimizer, scheduler = training.make_optimizer(model, args, dist, total_steps)
     state = training.start_state(resume_dir, model, optimizer, scheduler, dist)
-    stream = PairStream(train_source, args.seed, dist.rank, dist.world, state["position"], state["skipped"])
+    # pairs become model inputs where they are loaded (in --data-workers processes, or the prefetch thread)
+    stream = PairStream(train_source, args.seed, dist.rank, dist.world, state["position"], state["skipped"],
+                        prepare=functools.partial(sft_example, processor, args.wording),
+                        workers=training.data_workers(args, dist))
     val_pairs = validation_pairs(val_source, args.val_size, args.seed + 1)
     metrics = training.Metrics(out, dist, resume_step=state["step"])
     stop = training.StopFlag()
@@ -96,14 +100,13 @@ def train(args, dist):
         print(f"training {trained:,} weights for {total_steps} steps of {per_step} pairs on {dist.world} x {dist.device}")
 
     def next_step_batches():  # built in a background thread while the model works
-        pairs = stream.next_pairs(args.batch_size * args.grad_accum)
-        batches = [r1track.collate(sft_examples(processor, pairs[i:i + args.batch_size], args.wording), pad)
-                   for i in range(0, len(pairs), args.batch_size)]
+        examples = stream.next_pairs(args.batch_size * args.grad_accum)
+        batches = [r1track.collate(examples[i:i + args.batch_size], pad) for i in range(0, len(examples), args.batch_size)]
         # where the stream stands once these are consumed (it runs ahead while prefetching)
         return batches, {"position": stream.position, "skipped": stream.skipped, "epoch": stream.epoch()}
 
     def validation_loss(model, pairs):  # (summed loss, answer tokens)
-        batch = to_device(r1track.collate(sft_examples(processor, pairs, args.wording), pad), dist.device)
+        batch = to_device(r1track.collate([sft_example(processor, args.wording, p) for p in pairs], pad), dist.device)
         return float(answer_loss_sum(model, batch)), float((batch["labels"] != -100).sum())
 
     def checkpoint(step):

@@ -78,6 +78,9 @@ def add_data_args(parser, default_data="r1track5k", inherited=""):
                        help="how pairs cut from a GOT-10k folder look, saved as the model's tracking loop: "
                        "published (OpenCV crops stored as JPEG, as R1-Track-5k was made) or lenient (antialiased "
                        f"crops) (default: {inherited}published)")
+    group.add_argument("--data-workers", type=int, default=None, metavar="N",
+                       help="processes that load and prepare training pairs ahead of the model (default: 4 on a "
+                       "GPU, 0 on a CPU, where they would take the model's cores); any number gives the same pairs")
     group.add_argument("--tracking-pairs", type=share, default=0.0, metavar="SHARE",
                        help="with a GOT-10k folder: this share of the pairs cut as the tracker asks (both crops "
                        "factor 4, the search around a slightly wrong box) instead of with the published jitter")
@@ -113,6 +116,8 @@ def check_common_args(parser, args):
         parser.error("--freeze-vision is for --full; with LoRA use --no-lora-vision")
     if not 0.0 <= args.val_fraction < 1.0:
         parser.error("--val-fraction must be in [0, 1)")
+    if args.data_workers is not None and args.data_workers < 0:
+        parser.error("--data-workers must be 0 or more")
 
 
 def fill_settings(args, settings):
@@ -260,6 +265,13 @@ def make_optimizer(model, args, dist, total_steps, schedule_kind="cosine"):
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def data_workers(args, dist) -> int:
+    """--data-workers, or its default for this device."""
+    if args.data_workers is not None:
+        return args.data_workers
+    return 4 if dist.device.type == "cuda" else 0
 
 
 def autocast(dist):

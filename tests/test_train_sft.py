@@ -123,11 +123,14 @@ def wait_for(path, process, timeout=120):
 @pytest.mark.parametrize("mode, stop_signal", [("lora", signal.SIGKILL), ("full", signal.SIGTERM)])
 def test_interrupted_run_resumes_to_the_same_weights(tiny_model_dir, got10k_root, tmp_path, mode, stop_signal):
     """Kill a run after its first checkpoint (SIGKILL: no goodbye; SIGTERM: it saves first),
-    resume it, and end with exactly the weights of a run never interrupted."""
+    resume it, and end with exactly the weights of a run never interrupted. The broken run
+    prepares its pairs in two DataLoader worker processes, the whole run in its own thread:
+    the stream, and so the weights, are the same with any number of workers."""
     extra = ["--batch-size", "2", "--grad-accum", "2", "--max-steps", "14", "--save-every", "3", "--lr", "1e-3",
              "--keep-checkpoints", "10", *(["--full"] if mode == "full" else ["--lora-rank", "4"])]
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    assert run(sft_args(tiny_model_dir, got10k_root / "val", whole, *extra)).returncode == 0
+    assert run(sft_args(tiny_model_dir, got10k_root / "val", whole, *extra, "--data-workers", "0")).returncode == 0
+    extra += ["--data-workers", "2"]
 
     process = subprocess.Popen([sys.executable, *sft_args(tiny_model_dir, got10k_root / "val", broken, *extra)],
                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
