@@ -345,7 +345,7 @@ def train(args, dist):
     total_steps = args.max_steps or max(1, math.ceil(args.epochs * len(train_source) /
                                                       (args.prompts_per_step * dist.world)))
     optimizer, scheduler = training.make_optimizer(model, args, dist, total_steps, schedule_kind="constant")
-    state = training.start_state(resume_dir, model, optimizer, scheduler, dist)
+    state = training.start_state(resume_dir, model, optimizer, scheduler, dist, args)
     stream = PairStream(train_source, args.seed, dist.rank, dist.world, state["position"], state["skipped"],
                         workers=training.data_workers(args, dist))
     val_pairs = validation_pairs(val_source, args.val_size, args.seed + 1)

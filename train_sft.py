@@ -86,7 +86,7 @@ def train(args, dist):
     per_step = args.batch_size * args.grad_accum * dist.world
     total_steps = args.max_steps or max(1, math.ceil(args.epochs * len(train_source) / per_step))
     optimizer, scheduler = training.make_optimizer(model, args, dist, total_steps)
-    state = training.start_state(resume_dir, model, optimizer, scheduler, dist)
+    state = training.start_state(resume_dir, model, optimizer, scheduler, dist, args)
     # pairs become model inputs where they are loaded (in --data-workers processes, or the prefetch thread)
     stream = PairStream(train_source, args.seed, dist.rank, dist.world, state["position"], state["skipped"],
                         prepare=functools.partial(sft_example, processor, args.wording),

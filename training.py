@@ -358,7 +358,39 @@ def checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
+# Flags that change how a run is carried out, not what it computes: free to change on --resume.
+RUN_PLUMBING = {"out", "resume", "eval_every", "save_every", "keep_checkpoints", "merge_lora", "no_save", "device",
+                "data_workers", "val_data", "val_size", "attn", "gradient_checkpointing", "ref_on_cpu"}
+
+
+def run_flags(args) -> dict:
+    """The flags that decide what a run computes, as saved with its checkpoints."""
+    return {key: value for key, value in sorted(vars(args).items()) if key not in RUN_PLUMBING}
+
+
+def check_same_flags(resume_dir: Path, args) -> None:
+    """--resume continues the run the checkpoint belongs to: its optimizer state, schedule and
+    data stream were made for that run's flags, so a changed one is an error, not ignored."""
+    saved = json.loads((resume_dir / STATE_FILE).read_text()).get("flags")
+    if saved is None:  # a checkpoint from before flags were saved
+        return
+    now = json.loads(json.dumps(run_flags(args)))  # as the file holds them (tuples as lists)
+    changed = [f"--{key.replace('_', '-')} {saved.get(key)!r} -> {now.get(key)!r}"
+               for key in sorted(set(saved) | set(now)) if saved.get(key) != now.get(key)]
+    if changed:
+        raise UserError(f"{resume_dir} was saved by a run with other flags ({'; '.join(changed)}); resume with "
+                        "the run's own flags, or start a new run in another --out")
+
+
 def find_resume(args, dist) -> Path | None:
+    """The checkpoint to continue from (None: start afresh), checked against the flags."""
+    path = _resume_folder(args, dist)
+    if path is not None:
+        check_same_flags(path, args)
+    return path
+
+
+def _resume_folder(args, dist) -> Path | None:
     out = Path(args.out)
     if args.resume is None:
         if checkpoints(out):
@@ -421,15 +453,15 @@ def save_checkpoint(out: Path, step: int, raw, model, optimizer, scheduler, proc
     dist.barrier()
 
 
-def start_state(resume_dir: Path | None, model, optimizer, scheduler, dist) -> dict:
-    """The run's position (step, data position, skipped rows): restored with the weights and
-    optimizer from `resume_dir`, or the beginning."""
+def start_state(resume_dir: Path | None, model, optimizer, scheduler, dist, args) -> dict:
+    """The run's position (step, data position, skipped rows) and flags: restored with the
+    weights and optimizer from `resume_dir`, or the beginning."""
     if resume_dir is None:
-        return {"step": 0, "position": 0, "skipped": 0}
+        return {"step": 0, "position": 0, "skipped": 0, "flags": run_flags(args)}
     state = restore_checkpoint(resume_dir, model, optimizer, scheduler, dist)
     if dist.main:
         print(f"resumed from {resume_dir} at step {state['step']}")
-    return state
+    return {**state, "flags": run_flags(args)}
 
 
 def restore_checkpoint(resume_dir: Path, model, optimizer, scheduler, dist) -> dict:

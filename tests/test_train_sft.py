@@ -197,3 +197,11 @@ def test_refuses_to_overwrite_a_run_without_resume(tiny_model_dir, pairs16, tmp_
     assert run(args).returncode == 0
     again = run(args)
     assert again.returncode == 2 and "--resume" in again.stderr
+    # --resume continues this run, so it refuses flags that would make it another one, and names them
+    changed = run(args + ["--resume", "--lr", "1e-3", "--lora-rank", "4"])
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
+    error = changed.stderr.strip().splitlines()[-1]
+    assert "--lr 1e-05 -> 0.001" in error and "--lora-rank 12 -> 4" in error
+    # flags that change how the run is carried out, not what it computes, may change
+    resumed = run(args + ["--resume", "--eval-every", "7", "--keep-checkpoints", "3"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
