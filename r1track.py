@@ -1086,14 +1086,15 @@ def greedy_config(processor, max_new_tokens: int):
                             suppress_tokens=vision_token_ids(tokenizer))
 
 
-def generate_answers(model, processor, batch: dict, generation_config=None) -> list[str]:
-    """Decoded answers of a (left-padded) batch; greedy unless told otherwise."""
+def generate_answers(model, processor, batch: dict, generation_config=None, synced=False) -> list[str]:
+    """Decoded answers of a (left-padded) batch; greedy unless told otherwise. synced: every
+    rank steps until all ranks are done (a sharded model's forward is a collective)."""
     import torch
 
     generation_config = generation_config or greedy_config(processor, answer_token_limit(think=False))
     batch = {k: v.to(model.device) for k, v in batch.items() if k != "labels"}
     with torch.inference_mode():
-        out = model.generate(**batch, generation_config=generation_config)
+        out = model.generate(**batch, generation_config=generation_config, synced_gpus=synced)
     new_tokens = out[:, batch["input_ids"].shape[1]:]
     return processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 

@@ -321,23 +321,34 @@ def open_data(args, dist):
 def evaluate(model, processor, pairs, args, dist, think=False, loss_sum=None):
     """(mean validation loss, mean IoU of greedy answers): the loss given `loss_sum(model,
     pairs) -> (summed loss, answer tokens)`, else None; an unusable answer counts IoU 0. Each
-    rank takes its share of the pairs; the results are the whole set's."""
+    rank takes its share of the pairs; the results are the whole set's.
+
+    Under FSDP every forward pass is a collective: every rank runs the same number of batches
+    (a rank whose share ran out runs a stand-in batch whose results are not counted) and
+    generates in step with the others (synced_gpus), whatever the answers' lengths."""
     was_training = model.training
     model.eval()
     pad = processor.tokenizer.pad_token_id
     mine = pairs[dist.rank::dist.world]
+    in_step = dist.world > 1 and args.fsdp
+    batches = math.ceil(math.ceil(len(pairs) / dist.world) / args.batch_size) if in_step else \
+        math.ceil(len(mine) / args.batch_size)
     loss_total = tokens = iou_sum = 0.0
     config = r1track.greedy_config(processor, r1track.answer_token_limit(think))
-    for start in range(0, len(mine), args.batch_size):
+    for start in range(0, batches * args.batch_size, args.batch_size):
         chunk = mine[start:start + args.batch_size]
+        counted = bool(chunk)
+        chunk = chunk or pairs[:1]  # the stand-in
         with autocast(dist):
             if loss_sum is not None:
                 chunk_loss, chunk_tokens = loss_sum(model, chunk)
-                loss_total, tokens = loss_total + chunk_loss, tokens + chunk_tokens
+                if counted:
+                    loss_total, tokens = loss_total + chunk_loss, tokens + chunk_tokens
             prompts = [r1track.build_inputs(processor, p.template, p.search, p.template_box_xyxy, think=think,
                                             wording=args.wording, return_tensors=False) for p in chunk]
-            answers = r1track.generate_answers(model, processor, r1track.collate(prompts, pad), config)
-        for pair, answer in zip(chunk, answers):
+            answers = r1track.generate_answers(model, processor, r1track.collate(prompts, pad), config,
+                                               synced=in_step)
+        for pair, answer in zip(chunk if counted else [], answers):
             box = r1track.parse_answer(answer, think=think)
             iou_sum += r1track.iou_xyxy(box, pair.search_box_xyxy) if box else 0.0
     loss_total, tokens, iou_sum, count = dist.all_sum([loss_total, tokens, iou_sum, float(len(mine))])

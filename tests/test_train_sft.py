@@ -97,19 +97,26 @@ def test_torchrun_two_ranks_keep_identical_weights(tiny_model_dir, got10k_root, 
     assert any("val_iou" in m for m in read_metrics(out))
 
 
-def test_fsdp_full_fine_tuning_matches_ddp(tiny_model_dir, got10k_root, tmp_path):
-    """--fsdp shards the same computation: its weights equal a DDP run's to float precision."""
+def test_fsdp_full_fine_tuning_matches_ddp(tiny_model_dir, got10k_root, pairs16, tmp_path):
+    """--fsdp shards the same computation: its weights equal a DDP run's to float precision,
+    and so do its validation results, with 5 validation pairs shared unevenly by the 2 ranks
+    (where an FSDP forward, itself a collective, waited forever on the rank that had none left)."""
     outs = {}
     for mode in ("ddp", "fsdp"):
         outs[mode] = tmp_path / mode
         result = run(["-m", "torch.distributed.run", "--nproc_per_node", "2", *sft_args(
             tiny_model_dir, got10k_root / "val", outs[mode], "--full", "--batch-size", "2", "--grad-accum", "2",
-            "--max-steps", "3", "--lr", "1e-3", *(["--fsdp"] if mode == "fsdp" else []))])
+            "--max-steps", "3", "--lr", "1e-3", "--val-data", str(pairs16), "--val-size", "5", "--eval-every", "3",
+            *(["--fsdp"] if mode == "fsdp" else []))], timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
     ddp, fsdp = load_file(outs["ddp"] / "model.safetensors"), load_file(outs["fsdp"] / "model.safetensors")
     base = load_file(tiny_model_dir / "model.safetensors")
     assert max((ddp[k] - fsdp[k]).abs().max() for k in ddp) < 1e-5
     assert max((ddp[k] - base[k]).abs().max() for k in ddp) > 1e-3  # while training moved them
+    ddp_val, fsdp_val = ([m for m in read_metrics(outs[mode]) if "val_iou" in m] for mode in ("ddp", "fsdp"))
+    assert len(ddp_val) == len(fsdp_val) == 1
+    assert fsdp_val[0]["val_iou"] == pytest.approx(ddp_val[0]["val_iou"], abs=1e-6)
+    assert fsdp_val[0]["val_loss"] == pytest.approx(ddp_val[0]["val_loss"], rel=1e-4)
 
 
 def wait_for(path, process, timeout=120):
