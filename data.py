@@ -204,6 +204,11 @@ def _parquet_pairs(paths, crop_size: int, name: str) -> StoredPairs:
 
     texts = []
     for path in paths:
+        columns = pq.ParquetFile(path).schema_arrow.names
+        missing = [name for name in ("images", "problem", "answer") if name not in columns]
+        if missing:
+            raise UserError(f"{path}: not in the EasyR1 layout: no {', '.join(missing)} column "
+                            f"(it has {', '.join(columns) or 'none'})")
         table = pq.read_table(path, columns=["problem", "answer"])
         texts += zip(table.column("problem").to_pylist(), table.column("answer").to_pylist())
     images = ParquetImages(paths)
@@ -232,7 +237,8 @@ class ParquetImages:
     def __getitem__(self, row: int):
         """(template source, search source): bytes or paths; None unless the row has two images."""
         images = self.column[row].as_py() or []
-        sources = [(image or {}).get("bytes") or (image or {}).get("path") for image in images]
+        # {"bytes", "path"} as EasyR1 and `datasets` store an image; plain bytes or a path too
+        sources = [image.get("bytes") or image.get("path") if isinstance(image, dict) else image for image in images]
         return tuple(sources) if len(sources) == 2 else None
 
 

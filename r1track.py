@@ -355,13 +355,12 @@ def open_image(source) -> Image.Image:
 # PyAV release the GIL while they decode).
 
 
-def read_ahead(paths, pool, read=None, ahead=4):
-    """read(path) for each path, in order (default read_frame), each decoded by `pool` (a
-    ThreadPoolExecutor, may be shared) up to `ahead` frames before it is needed. An error of
-    read is raised when its frame's turn comes."""
+def read_ahead(paths, pool, read=read_frame, ahead=4):
+    """read(path) for each path, in order, each decoded by `pool` (a ThreadPoolExecutor, may
+    be shared) up to `ahead` frames before it is needed. An error of read is raised when its
+    frame's turn comes."""
     from collections import deque
 
-    read = read or read_frame
     paths, pending = iter(paths), deque()
     for path in paths:
         pending.append(pool.submit(read, path))

@@ -239,3 +239,14 @@ def test_prepared_pairs_come_in_row_groups_that_every_reader_reads(got10k_root, 
     ours = data.open_pairs(str(out), 56)
     assert len(ours) == 1100 and ours.skipped == 0
     assert ours.load(1099).search.size == (56, 56)
+
+
+def test_parquet_without_images_column_is_one_line_and_plain_bytes_are_images(tmp_path):
+    question = "<image><image>" + QUESTION.format(box="[10,20,30,40]")
+    pq.write_table(pa.table({"problem": [question], "answer": ["[50,60,70,80]"]}), tmp_path / "texts.parquet")
+    with pytest.raises(r1track.UserError, match="no images column"):
+        data.open_pairs(str(tmp_path / "texts.parquet"), 112)
+    pq.write_table(pa.table({"images": [[jpeg("red"), jpeg("blue")]], "problem": [question], "answer": ["[50,60,70,80]"]}),
+                   tmp_path / "bytes.parquet")
+    pair = data.open_pairs(str(tmp_path / "bytes.parquet"), 112).load(0)
+    assert pair.template.getpixel((50, 50))[0] > 200 and pair.search.getpixel((50, 50))[2] > 200
