@@ -123,6 +123,34 @@ def test_published_crop_equals_the_published_scripts_opencv_crop():
             their_scale, their_corner, their_box)
 
 
+def test_big_published_crop_fills_only_the_rows_it_reads(monkeypatch):
+    """Squares much bigger than the crop are padded only in the rows the resize reads; the
+    rows left unwritten are filled with junk here, and the pixels still equal the published
+    crop's, bit for bit."""
+    import r1track
+
+    empty, junk_squares = np.empty, []
+
+    def junk_empty(shape, dtype=float):
+        array = empty(shape, dtype)
+        array.fill(len(junk_squares) % 2 * 255 or 77)
+        junk_squares.append(shape)
+        return array
+
+    rng = np.random.default_rng(8)
+    frame_rgb = rng.integers(0, 256, size=(1080, 1920, 3), dtype=np.uint8)
+    frame_bgr = np.ascontiguousarray(frame_rgb[..., ::-1])
+    monkeypatch.setattr(r1track.np, "empty", junk_empty)
+    for _ in range(150):
+        w, h = rng.uniform(100, 1500), rng.uniform(100, 1000)
+        box = [float(rng.uniform(-w, 1920)), float(rng.uniform(-h, 1080)), float(w), float(h)]
+        factor, size = float(rng.uniform(3, 8)), int(rng.choice([112, 336, 448]))
+        ours = crop_around(frame_rgb, box, factor, size)[0]
+        theirs = published_r1track.sample_target(frame_bgr, box, factor, size)[0]
+        assert np.array_equal(ours, theirs[..., ::-1]), (box, factor, size)
+    assert len(junk_squares) > 80  # the rows path ran
+
+
 def test_lenient_crop_is_antialiased():
     """A one-pixel checkerboard shrunk threefold: PIL's filter averages it to grey, OpenCV's
     two-tap resize keeps sampling single pixels."""
@@ -153,3 +181,32 @@ def test_shift_moves_the_square_by_a_fraction_of_its_side():
     _, _, _, origin = crop_around(Image.new("RGB", (400, 400)), box, 2, 112)
     _, _, _, shifted = crop_around(Image.new("RGB", (400, 400)), box, 2, 112, shift_xy=(0.2, -0.1))
     assert shifted[0] - origin[0] == 20 and shifted[1] - origin[1] == -10
+
+
+def test_jpeg_round_trip_decodes_as_pil_decodes(tmp_path):
+    """The crop the model sees is decoded by OpenCV; a vLLM server (and the training data's
+    readers) decode the same JPEG bytes with PIL: the pixels must be the same, on noise, smooth
+    gradients, flat colour and a synthetic 1080p clip's crops, at 336 and 112 px."""
+    import io
+
+    import synthetic
+    from data import read_got10k_sequence, read_got10k_split
+    from r1track import jpeg_round_trip, read_frame
+
+    rng = np.random.default_rng(9)
+    ramp = np.linspace(0, 255, 336, dtype=np.float32)
+    crops = [rng.integers(0, 256, size=(336, 336, 3), dtype=np.uint8),
+             np.stack([ramp[None, :].repeat(336, 0), ramp[:, None].repeat(336, 1), 255 - ramp[None, :].repeat(336, 0)],
+                      -1).astype(np.uint8),
+             np.full((112, 112, 3), (12, 200, 99), np.uint8)]
+    split = synthetic.make_synthetic_got10k(tmp_path, "val", sequences=2, frames=3, size=(1920, 1080), seed=5)
+    for name in read_got10k_split(split):
+        sequence = read_got10k_sequence(split / name)
+        for path, box in zip(sequence["frames"], sequence["boxes_xywh"]):
+            crops += [crop_around(read_frame(path), box, factor, size)[0] for factor, size in ((4, 336), (2, 112))]
+    for crop in crops:
+        decoded, jpeg = jpeg_round_trip(crop)
+        assert decoded.dtype == np.uint8 and decoded.shape == crop.shape
+        assert np.array_equal(decoded, np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")))
+        # RGB, not BGR: each channel's mean as the crop's
+        assert np.abs(decoded.mean(axis=(0, 1)) - crop.mean(axis=(0, 1))).max() < 3
