@@ -66,11 +66,15 @@ def read_got10k_sequence(seq_dir) -> dict:
 class Pair(NamedTuple):
     """One training example, boxes in crop pixels (the answer: the target in the search crop)."""
 
-    template: Image.Image
+    template: Image.Image | np.ndarray  # PIL, or the RGB array of a JPEG round trip (the published way)
     template_box_xyxy: list
-    search: Image.Image
+    search: Image.Image | np.ndarray
     search_box_xyxy: list
     jpegs: tuple | None = None  # the crops' JPEG bytes, when they were cut the published way
+
+
+class NoSplit(UserError):
+    """A dataset folder without the split asked for."""
 
 
 class BadRow(ValueError):
@@ -347,7 +351,7 @@ def open_pairs(spec: str, crop_size: int, split="train", tracking_share: float =
     if path.is_dir():
         files = _split_files(path, split)
         if not files:
-            raise UserError(f"{spec}: no {split} parquet files in this folder")
+            raise NoSplit(f"{spec}: no {split} parquet files in this folder")
         return _parquet_pairs(files, crop_size, f"{spec} [{split}]")
     if path.suffix == ".parquet" and path.is_file():
         return _parquet_pairs([path], crop_size, spec)
@@ -445,16 +449,21 @@ def _as_is(item):
 
 
 def validation_pairs(source, size, seed):
-    """A fixed set of validation pairs: the same at every evaluation and on every rerun."""
+    """(a fixed set of validation pairs: the same at every evaluation and on every rerun, the
+    number of rows among them that could not be used). UserError when none can be."""
     if source is None:
-        return []
+        return [], 0
     count = min(size, len(source)) if isinstance(source, StoredPairs) else size
-    pairs = []
+    pairs, reasons = [], []
     for k in range(count):
         epoch, index = stream_position(k, len(source), seed)
-        with contextlib.suppress(BadRow):
+        try:
             pairs.append(source.load(index, pair_rng(seed, epoch, index)))
-    return pairs
+        except BadRow as error:
+            reasons.append(str(error))
+    if not pairs:
+        raise UserError(f"no usable validation pairs in {source.name}: {count} tried, the first: {reasons[0]}")
+    return pairs, len(reasons)
 
 
 # -----------------------------------------------------------------------------

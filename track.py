@@ -357,6 +357,7 @@ def write_example(path: Path, tracker, clips: Path, name: str, results: Path, fr
     for column, (crop, box_xyxy, colour) in enumerate(
             [(request.template, request.template_box_xyxy, (255, 255, 255)),
              (request.search, r1track.parse_answer(answer, think=tracker.settings.think), (0, 255, 0))]):
+        crop = r1track.as_pil(crop)
         left, ratio = 8 + column * (side + 8), side / crop.width
         canvas.paste(crop.resize((side, side)), (left, 8))
         draw.text((left, side + 16), ["image 1: template", "image 2: search"][column], fill=(0, 0, 0))

@@ -97,7 +97,7 @@ def test_got10k_pairs_follow_the_published_sampling(tmp_path):
     for k in range(40):
         pair = source.load(0, data.pair_rng(0, k, 0))
         for image, box in ((pair.template, pair.template_box_xyxy), (pair.search, pair.search_box_xyxy)):
-            assert image.size == (112, 112)
+            assert np.asarray(image).shape == (112, 112, 3)
             assert all(v == int(v) for v in box)                        # truncated to integers
             assert red_extent(image) == pytest.approx(box, abs=2)       # the box is where the target is
             side = box[2] - box[0]
@@ -250,3 +250,35 @@ def test_parquet_without_images_column_is_one_line_and_plain_bytes_are_images(tm
                    tmp_path / "bytes.parquet")
     pair = data.open_pairs(str(tmp_path / "bytes.parquet"), 112).load(0)
     assert pair.template.getpixel((50, 50))[0] > 200 and pair.search.getpixel((50, 50))[2] > 200
+
+
+def test_validation_that_cannot_be_built_is_an_error(tmp_path):
+    """A validation set never shrinks or vanishes unsaid: unusable rows are counted, none usable
+    is one line, and a dataset folder whose val split is broken is refused (not run without)."""
+    import types
+
+    import training
+
+    good = {"images": [{"bytes": jpeg("red"), "path": None}, {"bytes": jpeg("blue"), "path": None}],
+            "problem": "<image><image>" + QUESTION.format(box="[10,20,30,40]"), "answer": "[50,60,70,80]"}
+    broken = {**good, "images": [{"bytes": b"not a jpeg", "path": None}, good["images"][1]]}
+    mixed, bad = tmp_path / "mixed.parquet", tmp_path / "bad.parquet"
+    pq.write_table(pa.Table.from_pylist([good, broken, good]), mixed)
+    pq.write_table(pa.Table.from_pylist([broken, broken]), bad)
+    pairs, unusable = data.validation_pairs(data.open_pairs(str(mixed), 112), 64, 1)
+    assert len(pairs) == 2 and unusable == 1
+    with pytest.raises(r1track.UserError, match="no usable validation pairs in .*bad.parquet.*2 tried"):
+        data.validation_pairs(data.open_pairs(str(bad), 112), 64, 1)
+
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist([good] * 4), folder / "train.parquet")
+    pq.write_table(pa.Table.from_pylist([{"problem": "x", "answer": "y"}]), folder / "val.parquet")  # no images
+    args = types.SimpleNamespace(data=str(folder), val_data=None, val_fraction=0.0, crop_size=112,
+                                 tracking_pairs=0.0, loop="published")
+    one = types.SimpleNamespace(world=1, main=True)
+    with pytest.raises(r1track.UserError, match="val.parquet: not in the EasyR1 layout"):
+        training.open_data(args, one)
+    (folder / "val.parquet").unlink()
+    train, val = training.open_data(args, one)  # no val split at all: run without, and say so
+    assert len(train) == 4 and val is None

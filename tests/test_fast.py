@@ -25,11 +25,12 @@ def clips():
 
 def answers_on_every_frame(answerer, settings, clips, batch):
     """Track the clips, recording every answer text (not only the boxes), per sequence."""
-    seen = {}
+    seen, states = {}, []
 
     def recording(requests):
         texts = answerer(requests)
         for request, text in zip(requests, texts):
+            states.append(request.state)  # kept alive: a finished sequence's id must not be reused
             seen.setdefault(id(request.state), []).append(text)  # one state per sequence
         return texts
 
