@@ -151,11 +151,13 @@ def track_sequences(tracker, split_dir: Path, names: list[str], results: Path, b
                 return r1track.read_ahead(sequence["frames"], pool)
             return map(r1track.read_frame, sequence["frames"])
 
+        upcoming = frames_of(pending[0]) if pending else None  # the next sequence's frames, read while it waits
         while pending or active:
             while pending and len(active) < batch:
                 # every sequence has its own tracker state; all share one answerer (one model)
-                sequence = pending.pop(0)
-                active.append(SequenceRun(copy.copy(tracker), sequence, frames_of(sequence)))
+                sequence, frames = pending.pop(0), upcoming
+                upcoming = frames_of(pending[0]) if pending else None
+                active.append(SequenceRun(copy.copy(tracker), sequence, frames))
                 bar.update()
             tracking = [run for run in active if not run.done]  # a sequence of one frame is done at once
             started = time.perf_counter()
