@@ -30,7 +30,7 @@ import torch
 
 import r1track
 import training
-from data import PairStream, validation_pairs
+from data import PairStream
 from r1track import positive_int
 from training import autocast, to_device, trainable_parameters
 
@@ -196,7 +196,9 @@ def grpo_step(step, model, raw, reference, processor, optimizer, scheduler, stre
 
     # 2. reward: the published R1-Track reward (or plain IoU) of every answer      [P*G]
     truths = [pairs[k // args.group_size].search_box_xyxy for k in range(len(texts))]
-    scores, reward_errors = score_answers(texts, lengths, truths, args)
+    scores, failure = score_answers(texts, lengths, truths, args)
+    if dist.all_sum([float(failure is not None)])[0]:  # every rank stops, not only the one whose reward broke
+        raise r1track.UserError(failure or "the reward raised on another rank (its message names the answer)")
     rewards = torch.tensor([s["overall"] for s in scores])
 
     # 3. advantage: each answer against the other answers to the same question     [P*G]
@@ -210,27 +212,30 @@ def grpo_step(step, model, raw, reference, processor, optimizer, scheduler, stre
     scheduler.step()
 
     totals = dist.all_sum([float(rewards.sum()), float((rewards ** 2).sum()), float(len(rewards)),
-                           sum(s["iou"] for s in scores), sum(s["format"] for s in scores), float(reward_errors),
+                           sum(s["iou"] for s in scores), sum(s["format"] for s in scores),
                            float(sum(lengths)), *sampling.values(), *trained.values()])
-    (reward_sum, reward_sq, n, iou, fmt, errors, length, kl, entropy, tokens, loss, clip, grad_norm) = totals
+    (reward_sum, reward_sq, n, iou, fmt, length, kl, entropy, tokens, loss, clip, grad_norm) = totals
     mean = reward_sum / n
     return {"step": step, "reward_mean": mean, "reward_std": math.sqrt(max(reward_sq / n - mean ** 2, 0.0)),
-            "iou_mean": iou / n, "format_rate": fmt / n, "reward_errors": int(errors),
+            "iou_mean": iou / n, "format_rate": fmt / n,
             "kl": kl / max(tokens, 1.0), "entropy": entropy / max(tokens, 1.0), "response_len": length / n,
             "loss": loss / dist.world, "clip_frac": clip / dist.world, "grad_norm": grad_norm / dist.world,
             "lr": scheduler.get_last_lr()[0], "step_s": time.perf_counter() - started}
 
 
 def score_answers(texts, lengths, truths, args):
-    """Rewards of the answers; one whose reward breaks scores -1 and is counted."""
-    scores, errors = [], 0
+    """(the rewards of the answers, None or what broke). A reward that raises is a broken
+    reward, not a bad answer: scored on, it would leave the KL term alone training the model,
+    so the run stops, naming the first answer it broke on."""
+    scores, failure = [], None
     for text, length, truth in zip(texts, lengths, truths):
         try:
             scores.append(r1track.reward(text, truth, think=args.think, response_len=length, kind=args.reward))
-        except Exception:
-            errors += 1
-            scores.append({"overall": -1.0, "format": 0.0, "iou": 0.0, "giou": -1.0})
-    return scores, errors
+        except Exception as error:
+            failure = failure or (f"the reward raised {type(error).__name__}: {r1track.first_line(error)}, "
+                                  f"on the answer {text!r} (true box {truth})")
+            scores.append(None)
+    return scores, failure
 
 
 def split_updates(count, args):
@@ -348,7 +353,7 @@ def train(args, dist):
     state = training.start_state(resume_dir, model, optimizer, scheduler, dist, args)
     stream = PairStream(train_source, args.seed, dist.rank, dist.world, state["position"], state["skipped"],
                         workers=training.data_workers(args, dist))
-    val_pairs = validation_pairs(val_source, args.val_size, args.seed + 1)
+    val_pairs = training.validation_set(val_source, args, dist)
     metrics = training.Metrics(out, dist, resume_step=state["step"])
     stop = training.StopFlag()
     if dist.main:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 import r1track
 import training
-from data import PairStream, validation_pairs
+from data import PairStream
 from training import autocast, to_device
 
 
@@ -91,7 +91,7 @@ def train(args, dist):
     stream = PairStream(train_source, args.seed, dist.rank, dist.world, state["position"], state["skipped"],
                         prepare=functools.partial(sft_example, processor, args.wording),
                         workers=training.data_workers(args, dist))
-    val_pairs = validation_pairs(val_source, args.val_size, args.seed + 1)
+    val_pairs = training.validation_set(val_source, args, dist)
     metrics = training.Metrics(out, dist, resume_step=state["step"])
     stop = training.StopFlag()
     pad = processor.tokenizer.pad_token_id

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import r1track
-from data import HUB_DATASETS, StoredPairs, open_pairs
+from data import HUB_DATASETS, NoSplit, StoredPairs, open_pairs, validation_pairs
 from r1track import UserError, positive_int
 
 # -----------------------------------------------------------------------------
@@ -302,8 +302,10 @@ def open_data(args, dist):
                 raise UserError("--val-fraction holds out stored pairs; for a GOT-10k folder give --val-data")
             train, val = train.split(args.val_fraction, args.seed)
         elif isinstance(train, StoredPairs) and (Path(args.data).is_dir() or args.data in HUB_DATASETS):
-            with contextlib.suppress(ValueError):
+            try:  # the dataset's own val split; a broken one is an error, a missing one is said below
                 val = open_pairs(args.data, args.crop_size, split="val")
+            except NoSplit:
+                pass
     except (OSError, ValueError) as error:
         raise UserError(str(error)) from None
     for name, source in (("training", train), ("validation", val)):
@@ -312,9 +314,19 @@ def open_data(args, dist):
                 print(f"{name} data: {source.name}: {len(source)} usable, {source.skipped} skipped")
             if len(source) == 0:
                 raise UserError(f"no usable {name} pairs in {source.name}")
+    if val is None and dist.main:
+        print("validation data: none (--val-data or --val-fraction give some)")
     if len(train) < dist.world:
         raise UserError(f"{len(train)} training examples cannot be shared between {dist.world} ranks")
     return train, val
+
+
+def validation_set(source, args, dist) -> list:
+    """The fixed validation pairs, their number said on the main rank with any unusable rows."""
+    pairs, unusable = validation_pairs(source, args.val_size, args.seed + 1)
+    if pairs and dist.main:
+        print(f"validation: {len(pairs)} pairs" + (f" ({unusable} unusable rows left out)" if unusable else ""))
+    return pairs
 
 
 @torch.no_grad()

@@ -119,7 +119,7 @@ def test_grpo_raises_the_reward(sft_warm, pairs4, pairs16, tmp_path):
     first, last = (sum(m["reward_mean"] for m in chunk) / 5 for chunk in (steps[:5], steps[-5:]))
     assert last - first >= 0.1, (first, last)
     expected = {"reward_mean", "reward_std", "iou_mean", "format_rate", "kl", "clip_frac", "response_len", "entropy",
-                "step_s", "reward_errors", "loss", "grad_norm", "lr"}
+                "step_s", "loss", "grad_norm", "lr"}
     assert expected <= set(steps[0])
     assert any("val_iou" in m for m in read_metrics(out))
     assert (out / "curves.png").is_file()
@@ -198,24 +198,37 @@ def test_killed_run_resumes_to_the_same_weights(sft_warm, pairs16, tmp_path):
     assert rewards(whole) == rewards(broken)
 
 
-def test_broken_rewards_and_truncated_answers_are_scored_not_fatal(sft_warm, pairs16, tmp_path, monkeypatch):
-    """A reward that raises scores -1 and is counted; one-token (truncated) answers are scored."""
+def test_truncated_answers_are_scored(sft_warm, pairs16, tmp_path):
+    """One-token (truncated) answers are bad answers, not errors: scored, the step trained."""
+    out = tmp_path / "grpo"
+    code = train_grpo.main(grpo_args(sft_warm, pairs16, out, "--prompts-per-step", "3", "--group-size", "2",
+                                     "--updates-per-batch", "1", "--max-steps", "1", "--max-new-tokens", "1")[1:])
+    assert code == 0
+    step = read_metrics(out)[0]
+    assert step["response_len"] <= 1
+    assert math.isfinite(step["loss"]) and step["reward_mean"] == -1.0  # 1 token can never be a box
+
+
+def test_a_reward_that_raises_stops_the_run(sft_warm, pairs16, tmp_path, monkeypatch, capsys):
+    """A broken reward would leave the KL term alone training the model: the run stops at once,
+    one line naming the answer it broke on, and no step is recorded."""
     real, calls = r1track.reward, []
 
     def flaky(*args, **kwargs):
         calls.append(1)
-        if len(calls) % 3 == 0:
+        if len(calls) == 3:
             raise RuntimeError("a reward that breaks")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(r1track, "reward", flaky)
     out = tmp_path / "grpo"
     code = train_grpo.main(grpo_args(sft_warm, pairs16, out, "--prompts-per-step", "3", "--group-size", "2",
-                                     "--updates-per-batch", "1", "--max-steps", "1", "--max-new-tokens", "1")[1:])
-    assert code == 0
-    step = read_metrics(out)[0]
-    assert step["reward_errors"] == 2 and step["response_len"] <= 1
-    assert math.isfinite(step["loss"]) and step["reward_mean"] == -1.0  # 1 token can never be a box
+                                     "--updates-per-batch", "1", "--max-steps", "2")[1:])
+    assert code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: the reward raised RuntimeError: a reward that breaks, on the answer '")
+    assert "true box [" in error and "Traceback" not in capsys.readouterr().err
+    assert not (out / "metrics.jsonl").exists() or not [m for m in read_metrics(out) if "reward_mean" in m]
 
 
 @pytest.mark.parametrize("extra, message", [
