@@ -225,9 +225,11 @@ def test_a_reward_that_raises_stops_the_run(sft_warm, pairs16, tmp_path, monkeyp
     code = train_grpo.main(grpo_args(sft_warm, pairs16, out, "--prompts-per-step", "3", "--group-size", "2",
                                      "--updates-per-batch", "1", "--max-steps", "2")[1:])
     assert code == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("error: the reward raised RuntimeError: a reward that breaks, on the answer '")
-    assert "true box [" in error and "Traceback" not in capsys.readouterr().err
+    stderr = capsys.readouterr().err
+    errors = [line[line.index("error:"):] for line in stderr.splitlines() if "error:" in line]  # after any bar
+    assert len(errors) == 1 and "Traceback" not in stderr
+    assert errors[0].startswith("error: the reward raised RuntimeError: a reward that breaks, on the answer '")
+    assert "true box [" in errors[0]
     assert not (out / "metrics.jsonl").exists() or not [m for m in read_metrics(out) if "reward_mean" in m]
 
 
