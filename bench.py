@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import datetime
 import json
+import os
 import re
 import statistics
 import sys
@@ -210,11 +211,12 @@ def time_forward(model):
     return spent, hooks
 
 
-def run_streams(tracker, sequences, batch, spent, pool=None, stages=None) -> float:
+def run_streams(tracker, sequences, batch, spent, pool=None, stages=None, cutting=None) -> float:
     """Track the sequences `batch` at a time and return the seconds it took (first frames left
     out). The model answers every frame (and is timed), but the box kept is the ideal detector's
     (oracle_answer): a model that never saw 336-px crops would otherwise wander into crops of
-    any size. Frames are read ahead by `pool` or, without one, in turn. With `stages` (a dict
+    any size. Frames are read ahead by `pool` or, without one, in turn; a batch's crops are cut
+    by the threads of `cutting` at once, as eval_got10k.py cuts them. With `stages` (a dict
     of lists), each stage's milliseconds per frame are added to it: decode (reading the frame),
     crop (the search crop and its JPEG round trip), inputs (the crop's pixel tensors, measured
     apart), model (forward passes), decode_loop (the fast decoder between passes), answer
@@ -235,7 +237,10 @@ def run_streams(tracker, sequences, batch, spent, pool=None, stages=None) -> flo
             clock = started = time.perf_counter()
             frames = [next(reader) for reader in readers]
             clock, decode = time.perf_counter(), time.perf_counter() - clock
-            requests = [each.request(frame) for each, frame in zip(trackers, frames)]
+            if cutting is not None and len(trackers) > 1:
+                requests = list(cutting.map(lambda each, frame: each.request(frame), trackers, frames))
+            else:
+                requests = [each.request(frame) for each, frame in zip(trackers, frames)]
             clock, crop = time.perf_counter(), time.perf_counter() - clock
             inputs = 0.0
             if stages is not None:  # measured apart: the answerer prepares them again inside
@@ -259,7 +264,8 @@ def run_streams(tracker, sequences, batch, spent, pool=None, stages=None) -> flo
 def sft_inputs(processor, pair):
     """A training pair as the model inputs of an SFT step (question, crops, answer)."""
     return r1track.build_inputs(processor, pair.template, pair.search, pair.template_box_xyxy,
-                                answer=r1track.format_box_xyxy(pair.search_box_xyxy), return_tensors=False)
+                                answer=r1track.format_box_xyxy(pair.search_box_xyxy), return_tensors=False,
+                                pixels_as_bytes=True)
 
 
 def example_rate(source, processor, workers, count) -> float:
@@ -295,7 +301,8 @@ def bench_pipeline(args) -> dict:
     tracker.answerer = FastAnswerer(model, processor, settings, max_new_tokens=forced, min_new_tokens=forced)
     spent, hooks = time_forward(model)
     results = {"threads": torch.get_num_threads()}
-    with tempfile.TemporaryDirectory() as folder, ThreadPoolExecutor(max_workers=4) as pool:
+    with tempfile.TemporaryDirectory() as folder, ThreadPoolExecutor(max_workers=4) as pool, \
+            ThreadPoolExecutor(max_workers=min(args.streams, os.cpu_count() or 1)) as cutting:
         split = synthetic.make_synthetic_got10k(folder, "val", sequences=args.streams, frames=args.frames,
                                                 size=(1920, 1080), style="plain", seed=11)
         sequences = [read_got10k_sequence(split / name) for name in read_got10k_split(split)]
@@ -304,8 +311,8 @@ def bench_pipeline(args) -> dict:
             stages, in_turn, ahead = {}, [], []
             for _ in range(args.repeats):
                 run_streams(tracker, sequences, batch, spent, stages=stages)
-                in_turn.append(tracked / run_streams(tracker, sequences, batch, spent))
-                ahead.append(tracked / run_streams(tracker, sequences, batch, spent, pool=pool))
+                in_turn.append(tracked / run_streams(tracker, sequences, batch, spent, cutting=cutting))
+                ahead.append(tracked / run_streams(tracker, sequences, batch, spent, pool=pool, cutting=cutting))
             # the model's rate from its total time, as the loops' rates are (its slow frames count)
             model_alone = 1000 / sum(statistics.mean(stages[name]) for name in ("model", "decode_loop", "inputs"))
             stages = {name: statistics.median(values) for name, values in stages.items()}

@@ -981,27 +981,29 @@ def _load_processor_of(name_or_path: str) -> Processor:
 
 
 def build_inputs(processor, template_img, search_img, box_xyxy, answer=None, think=False,
-                 wording="seed", return_tensors=True, as_published_client=False) -> dict:
+                 wording="seed", return_tensors=True, as_published_client=False, pixels_as_bytes=False) -> dict:
     """The model inputs of one tracking question (a batch of one).
 
     Keys: input_ids, attention_mask, mm_token_type_ids (1 on image tokens: Qwen2.5-VL
     needs them for its 3D positions), pixel_values, image_grid_thw; with an `answer`
     also labels, -100 everywhere but the answer and its end-of-turn token. Image tokens
-    are expanded as Qwen2.5-VL's own processor expands them.
+    are expanded as Qwen2.5-VL's own processor expands them. pixels_as_bytes: patch_bytes
+    instead of pixel_values (see image_patches), a quarter of their size to send to a trainer.
     """
     messages = build_messages(box_xyxy, think=think, wording=wording, images=(template_img, search_img),
                               as_published_client=as_published_client)
-    return encode_chat(processor, messages, [template_img, search_img], answer=answer, return_tensors=return_tensors)
+    return encode_chat(processor, messages, [template_img, search_img], answer=answer, return_tensors=return_tensors,
+                       pixels_as_bytes=pixels_as_bytes)
 
 
-def encode_chat(processor, messages, images, answer=None, return_tensors=True) -> dict:
+def encode_chat(processor, messages, images, answer=None, return_tensors=True, pixels_as_bytes=False) -> dict:
     """Any chat with images, rendered by the tokenizer's chat template and encoded as
     Qwen2.5-VL's processor does; see build_inputs."""
     import torch
 
     tokenizer, image_processor = processor.tokenizer, processor.image_processor
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    vision = image_patches(images, image_processor)
+    vision = image_patches(images, image_processor, as_bytes=pixels_as_bytes)
     merge = image_processor.merge_size ** 2
     for grid in vision["image_grid_thw"]:
         prompt = prompt.replace(IMAGE_PAD, "<|placeholder|>" * int(grid.prod() // merge), 1)
@@ -1025,21 +1027,24 @@ def encode_chat(processor, messages, images, answer=None, return_tensors=True) -
         inputs["labels"] = labels
     if return_tensors:
         inputs = {key: torch.tensor([value]) for key, value in inputs.items()}
-    inputs["pixel_values"] = vision["pixel_values"]
-    inputs["image_grid_thw"] = vision["image_grid_thw"]
+    inputs.update(vision)
     return inputs
 
 
-def image_patches(images, image_processor, device=None) -> dict:
+def image_patches(images, image_processor, device=None, as_bytes=False) -> dict:
     """{"pixel_values", "image_grid_thw"} of RGB images (PIL or uint8 arrays) as Qwen2.5-VL's
     image processor makes them, computed with torch (on `device`: on a GPU the per-frame
     part of a tracked frame costs microseconds). The processor itself (resampling, one image
     at a time in numpy) is asked only for images whose size it would change; tracking crops,
-    whose side is a multiple of 28, are kept as they are by it."""
+    whose side is a multiple of 28, are kept as they are by it.
+
+    as_bytes: {"patch_bytes", "image_grid_thw"} instead, the patches still as bytes in the
+    processor's order ([patches, 3 * 14 * 14] uint8; pixels_from_bytes makes them
+    pixel_values), where the processor would not resize: an eighth of the floats' bytes."""
     import torch
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-    p, m, t = image_processor.patch_size, image_processor.merge_size, image_processor.temporal_patch_size
+    p, m = image_processor.patch_size, image_processor.merge_size
     arrays = [np.asarray(image) for image in images]
     shapes = {array.shape for array in arrays}
     (height, width, channels), = shapes if len(shapes) == 1 else [(0, 0, 0)]
@@ -1050,20 +1055,33 @@ def image_patches(images, image_processor, device=None) -> dict:
         return image_processor(images=images, return_tensors="pt")
     n, gh, gw = len(arrays), height // p, width // p
     pixels = torch.from_numpy(np.stack(arrays)).to(device)                                  # [N, H, W, C] uint8
-    # the processor's patch order: merge blocks row by row, 2x2 patches within, each patch C x T x p x p;
+    # the processor's patch order: merge blocks row by row, 2x2 patches within, each patch C x p x p;
     # reordered while still bytes (a quarter of the floats' memory traffic)
-    pixels = pixels.view(n, gh // m, m, p, gw // m, m, p, 3).permute(0, 1, 4, 2, 5, 7, 3, 6).contiguous()
+    patches = pixels.view(n, gh // m, m, p, gw // m, m, p, 3).permute(0, 1, 4, 2, 5, 7, 3, 6).contiguous()
+    patches = patches.view(n * gh * gw, 3 * p * p)
+    grid = torch.tensor([[1, gh, gw]] * n, device=device)
+    if as_bytes:
+        return {"patch_bytes": patches, "image_grid_thw": grid}
+    return {"pixel_values": pixels_from_bytes(patches, image_processor), "image_grid_thw": grid}
+
+
+def pixels_from_bytes(patch_bytes, image_processor):
+    """The processor's pixel_values [patches, 3 * 2 * 14 * 14] float32 from image_patches'
+    patch_bytes, on their device, equal to the last bit."""
+    import torch
+
+    p, t = image_processor.patch_size, image_processor.temporal_patch_size
+    pixels = patch_bytes.view(-1, 3, p, p)
     # the processor rescales in float64 and normalises in float32; dividing by 255 in float32
-    # gives the same 256 values (checked below), so the pixels are equal to the last bit
+    # gives the same 256 values (checked here), so the pixels are equal to the last bit
     scale = image_processor.rescale_factor
     exact = bool(np.array_equal((np.arange(256) * scale).astype(np.float32), np.arange(256, dtype=np.float32) / np.float32(255)))
-    mean, std = (torch.tensor(v, dtype=torch.float32, device=device).view(3, 1, 1)
+    mean, std = (torch.tensor(v, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
                  for v in (image_processor.image_mean, image_processor.image_std))
-    pixels = pixels.float().div_(255) if exact else (pixels.double() * scale).float()      # [..., C, p, p]
+    pixels = pixels.float().div_(255) if exact else (pixels.double() * scale).float()      # [P, C, p, p]
     # in place: each new tensor of this size costs page faults as well as a pass over it
-    pixels = pixels.sub_(mean).div_(std).unsqueeze(-3).expand(*pixels.shape[:-2], t, p, p)  # the frame repeated in time
-    grid = torch.tensor([[1, gh, gw]] * n, device=device)
-    return {"pixel_values": pixels.reshape(n * gh * gw, 3 * t * p * p), "image_grid_thw": grid}
+    pixels = pixels.sub_(mean).div_(std).unsqueeze(2).expand(-1, 3, t, p, p)  # the frame repeated in time
+    return pixels.reshape(-1, 3 * t * p * p)
 
 
 def collate(examples: list[dict], pad_token_id: int) -> dict:
@@ -1083,7 +1101,8 @@ def collate(examples: list[dict], pad_token_id: int) -> dict:
             filler = [pad] * (width - len(e[key]))
             rows.append(filler + e[key])
         batch[key] = torch.tensor(rows)
-    batch["pixel_values"] = torch.cat([e["pixel_values"] for e in examples])
+    pixels = "patch_bytes" if "patch_bytes" in examples[0] else "pixel_values"
+    batch[pixels] = torch.cat([e[pixels] for e in examples])
     batch["image_grid_thw"] = torch.cat([e["image_grid_thw"] for e in examples])
     return batch
 
@@ -1447,10 +1466,15 @@ def touches_frame_edge(box_xywh, width: int, height: int) -> bool:
             or clamped_w == width - left or clamped_h == height - top)
 
 
-def update_batch(trackers: list[Tracker], images) -> list[list[float]]:
+def update_batch(trackers: list[Tracker], images, pool=None) -> list[list[float]]:
     """One frame for each of several trackers (copies of one tracker, one per sequence,
-    sharing its answerer) in a single answerer call: a batch for a local model."""
-    answers = trackers[0].answerer([tracker.request(image) for tracker, image in zip(trackers, images)])
+    sharing its answerer) in a single answerer call: a batch for a local model. With `pool`
+    (a ThreadPoolExecutor) the crops are cut by its threads at once (OpenCV lets go of the GIL)."""
+    if pool is None or len(trackers) == 1:
+        requests = [tracker.request(image) for tracker, image in zip(trackers, images)]
+    else:
+        requests = list(pool.map(lambda tracker, image: tracker.request(image), trackers, images))
+    answers = trackers[0].answerer(requests)
     return [tracker.accept(answer) for tracker, answer in zip(trackers, answers)]
 
 

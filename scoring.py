@@ -145,7 +145,8 @@ def track_sequences(tracker, split_dir: Path, names: list[str], results: Path, b
     pending, active, finished = list(sequences), [], 0
     bar = tqdm(total=sum(len(s["frames"]) for s in sequences), desc="tracking", unit="frame", disable=not progress,
                dynamic_ncols=True)
-    with ThreadPoolExecutor(max_workers=max(readers, 1)) as pool:
+    croppers = min(batch, os.cpu_count() or 1)  # the batch's crops cut at once, between the model's passes
+    with ThreadPoolExecutor(max_workers=max(readers, 1)) as pool, ThreadPoolExecutor(max_workers=croppers) as cutting:
         def frames_of(sequence):
             if readers:
                 return r1track.read_ahead(sequence["frames"], pool)
@@ -163,7 +164,7 @@ def track_sequences(tracker, split_dir: Path, names: list[str], results: Path, b
             started = time.perf_counter()
             frames = [next(run.frames) for run in tracking]
             before = [(run.tracker.fallbacks, run.tracker.edge_holds) for run in tracking]
-            boxes = r1track.update_batch([run.tracker for run in tracking], frames) if tracking else []
+            boxes = r1track.update_batch([run.tracker for run in tracking], frames, cutting) if tracking else []
             seconds = (time.perf_counter() - started) / max(len(tracking), 1)  # the batch's time, shared out
             for run, box, counts in zip(tracking, boxes, before):
                 run.add(box, seconds, *counts)

@@ -51,10 +51,11 @@ def check_args(parser, args):
 
 
 def sft_example(processor, wording, pair):
-    """A pair as model inputs whose labels are the answer box, `[x1,y1,x2,y2]`."""
+    """A pair as model inputs whose labels are the answer box, `[x1,y1,x2,y2]`; the pixels
+    still bytes (they become floats on the model's device, in to_device)."""
     return r1track.build_inputs(processor, pair.template, pair.search, pair.template_box_xyxy,
                                 answer=r1track.format_box_xyxy(pair.search_box_xyxy), wording=wording,
-                                return_tensors=False)
+                                return_tensors=False, pixels_as_bytes=True)
 
 
 def answer_loss_sum(model, batch):
@@ -106,7 +107,8 @@ def train(args, dist):
         return batches, {"position": stream.position, "skipped": stream.skipped, "epoch": stream.epoch()}
 
     def validation_loss(model, pairs):  # (summed loss, answer tokens)
-        batch = to_device(r1track.collate([sft_example(processor, args.wording, p) for p in pairs], pad), dist.device)
+        examples = [sft_example(processor, args.wording, p) for p in pairs]
+        batch = to_device(r1track.collate(examples, pad), dist.device, processor.image_processor)
         return float(answer_loss_sum(model, batch)), float((batch["labels"] != -100).sum())
 
     def checkpoint(step):
@@ -131,7 +133,7 @@ def train(args, dist):
             for i, batch in enumerate(batches):
                 syncing = i == len(batches) - 1 or dist.world == 1 or args.fsdp
                 with (contextlib.nullcontext() if syncing else model.no_sync()), autocast(dist):
-                    loss = answer_loss_sum(model, to_device(batch, dist.device)) / answer_tokens
+                    loss = answer_loss_sum(model, to_device(batch, dist.device, processor.image_processor)) / answer_tokens
                 loss.backward()
                 loss_total += float(loss.detach())
             grad_norm = torch.nn.utils.clip_grad_norm_(training.trainable_parameters(model), args.grad_clip)

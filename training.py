@@ -280,8 +280,12 @@ def autocast(dist):
     return contextlib.nullcontext()
 
 
-def to_device(batch, device):
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def to_device(batch, device, image_processor=None):
+    """The batch on `device`; patch_bytes (r1track.image_patches) become pixel_values there."""
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if "patch_bytes" in batch:
+        batch["pixel_values"] = r1track.pixels_from_bytes(batch.pop("patch_bytes"), image_processor)
+    return batch
 
 
 # -----------------------------------------------------------------------------

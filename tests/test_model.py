@@ -54,6 +54,26 @@ def test_inputs_equal_the_official_processor(tiny, official_processor, wording, 
     assert int((ours["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum()) == 2 * 16
 
 
+def test_pixels_sent_as_bytes_become_the_processors_pixel_values(tiny, official_processor):
+    """Training examples travel from the data workers with their pixels as bytes (an eighth
+    of the floats); on the model's device they become the official processor's pixel_values,
+    to the last bit."""
+    import training
+
+    _, processor = tiny
+    pad = processor.tokenizer.pad_token_id
+    crops = [(random_image(10 + 2 * k), random_image(11 + 2 * k)) for k in range(3)]
+    sent = [r1track.build_inputs(processor, t, s, BOX, answer="[1,2,3,4]", return_tensors=False,
+                                 pixels_as_bytes=True) for t, s in crops]
+    assert "pixel_values" not in sent[0] and sent[0]["patch_bytes"].dtype == torch.uint8
+    batch = training.to_device(r1track.collate(sent, pad), "cpu", processor.image_processor)
+    official = official_processor.image_processor(images=[image for pair in crops for image in pair],
+                                                  return_tensors="pt")
+    assert "patch_bytes" not in batch and torch.equal(batch["pixel_values"], official["pixel_values"])
+    assert torch.equal(batch["image_grid_thw"], official["image_grid_thw"])
+    assert sent[0]["patch_bytes"].nbytes * 8 == batch["pixel_values"].nbytes // 3
+
+
 def test_answer_tokens_and_labels(tiny, official_processor):
     _, processor = tiny
     template, search = random_image(2), random_image(3)
