@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import math
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -105,6 +107,9 @@ def add_run_args(parser, default_out="runs/sft", default_batch=4, default_accum=
     group.add_argument("--merge-lora", action="store_true", help="also export adapter + base merged into OUT/merged")
     group.add_argument("--no-save", action="store_true", help="save no checkpoint and no final model (to measure "
                        "speed: a checkpoint of the 3B model's full fine-tuning is tens of GB)")
+    group.add_argument("--timeout-minutes", type=positive_int, default=30,
+                       help="under torchrun, how long a rank waits for the others in any one exchange before the run "
+                       "ends (a rank that hangs; one that dies ends the run at once)")
 
 
 def check_common_args(parser, args):
@@ -134,7 +139,7 @@ def fill_settings(args, settings):
 class Dist:
     """This process's place in the run: rank, world size, device."""
 
-    def __init__(self, device_flag=None):
+    def __init__(self, device_flag=None, timeout_minutes=30):
         self.rank = int(os.environ.get("RANK", 0))
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -147,7 +152,8 @@ class Dist:
             torch.cuda.set_device(self.device)
         if self.world > 1:
             backend = "nccl" if self.device.type == "cuda" else "gloo"
-            torch.distributed.init_process_group(backend, device_id=self.device if backend == "nccl" else None)
+            torch.distributed.init_process_group(backend, device_id=self.device if backend == "nccl" else None,
+                                                 timeout=datetime.timedelta(minutes=timeout_minutes))
         self.main = self.rank == 0
 
     def all_sum(self, values: list[float]) -> list[float]:
@@ -387,6 +393,7 @@ def checkpoints(out: Path) -> list[Path]:
 
 # Flags that change how a run is carried out, not what it computes: free to change on --resume.
 RUN_PLUMBING = {"out", "resume", "eval_every", "save_every", "keep_checkpoints", "merge_lora", "no_save", "device",
+                "timeout_minutes",
                 "data_workers", "val_data", "val_size", "attn", "gradient_checkpointing", "ref_on_cpu"}
 
 
@@ -630,6 +637,13 @@ def finish(raw, model, processor, settings, args, dist, summary="") -> int:
     return 0
 
 
+def lost_the_others(error: RuntimeError) -> bool:
+    """Whether an error is a collective that failed because another rank died or hung
+    (gloo says so in plain RuntimeErrors)."""
+    return isinstance(error, torch.distributed.DistError) or bool(re.search(
+        r"closed by peer|reset by peer|broken pipe|timed out|timeout|NCCL communicator was aborted", str(error), re.I))
+
+
 def main(build_parser, check_args, train, argv=None) -> int:
     """The `main` of both trainers: parse and check the flags, join the ranks, train."""
     parser = build_parser()
@@ -637,10 +651,16 @@ def main(build_parser, check_args, train, argv=None) -> int:
     check_args(parser, args)
 
     def train_on_this_rank(args):
-        dist = Dist(args.device)
+        dist = Dist(args.device, args.timeout_minutes)
         try:
             Path(args.out).mkdir(parents=True, exist_ok=True)
             return train(args, dist)
+        except RuntimeError as error:
+            if dist.world > 1 and lost_the_others(error):
+                raise UserError(f"rank {dist.rank} lost the other ranks ({r1track.first_line(error)[:160]}): "
+                                "torchrun's summary names the rank that failed; --resume continues from the last "
+                                "checkpoint") from None
+            raise
         finally:
             dist.close()
 

@@ -1,7 +1,10 @@
 """Run a training script's main() (under torchrun) and, when it saves its final model,
 also write this rank's trainable weights to OUT/rank<N>.safetensors, so a test can check
-that every rank ended with the same weights."""
+that every rank ended with the same weights. With PROBE_KILL=RANK:STEP in the environment,
+that rank kills itself (SIGKILL) at the end of that step, before any checkpoint of it."""
 import importlib
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -22,4 +25,15 @@ def save_final_and_probe(out, raw, model, processor, settings, dist):
 
 
 training.save_final = save_final_and_probe
+original_after_step = training.after_step
+
+
+def after_step_or_die(step, total_steps, stop, save, args, dist, bar):
+    rank, at_step = (int(v) for v in os.environ.get("PROBE_KILL", "-1:-1").split(":"))
+    if dist.rank == rank and step == at_step:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original_after_step(step, total_steps, stop, save, args, dist, bar)
+
+
+training.after_step = after_step_or_die
 sys.exit(script.main(sys.argv[2:]))
