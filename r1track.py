@@ -1141,7 +1141,8 @@ def generate_answers(model, processor, batch: dict, generation_config=None, sync
 
     generation_config = generation_config or greedy_config(processor, answer_token_limit(think=False))
     batch = {k: v.to(model.device) for k, v in batch.items() if k != "labels"}
-    with torch.inference_mode():
+    # a sharded model's gathered weights must not become inference tensors: training writes them later
+    with torch.no_grad() if synced else torch.inference_mode():
         out = model.generate(**batch, generation_config=generation_config, synced_gpus=synced)
     new_tokens = out[:, batch["input_ids"].shape[1]:]
     return processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

@@ -140,8 +140,11 @@ def rollout(raw, processor, pairs, args, dist, step):
     raw.eval()
     for start in range(0, len(examples), args.rollout_batch):
         batch = to_device(r1track.collate(examples[start:start + args.rollout_batch], pad), dist.device)
-        with torch.inference_mode(), autocast(dist):
-            out = raw.generate(**batch, generation_config=config)
+        # no_grad, not inference_mode: FSDP's gathered weights made in inference mode could not be
+        # written by the training steps that follow
+        with torch.no_grad(), autocast(dist):
+            # under FSDP every forward is a collective: all ranks step until the last is done
+            out = raw.generate(**batch, generation_config=config, synced_gpus=args.fsdp and dist.world > 1)
         for row in out[:, batch["input_ids"].shape[1]:].tolist():
             stop = row.index(end) + 1 if end in row else len(row)             # keep the end token, drop padding
             answers.append(row[:stop])

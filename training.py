@@ -243,7 +243,12 @@ def wrap_distributed(model, args, dist):
         inner = model.model
         for block in list(inner.visual.blocks) + list(inner.language_model.layers):
             fully_shard(block, mp_policy=policy)
+        # generate runs the vision tower alone (get_image_features) before the whole model's
+        # forward: the tower is a unit of its own, so that its hooks gather its patch embedding,
+        # and the root is settled now, as its first forward would settle it
+        fully_shard(inner.visual, mp_policy=policy)
         fully_shard(model, mp_policy=policy)
+        model._get_fsdp_state()._lazy_init()
         return model, model
     ddp = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)

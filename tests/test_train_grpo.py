@@ -175,6 +175,24 @@ def test_torchrun_two_ranks_keep_identical_weights(sft_warm, pairs16, tmp_path):
     assert any(v.abs().sum() > 0 for k, v in rank0.items() if "lora_B" in k)
 
 
+def test_grpo_full_fine_tuning_under_fsdp(sft_warm, pairs16, tmp_path):
+    """GRPO with --full --fsdp on 2 ranks: the vision tower runs alone in generate (it died
+    there on sharded weights), rollouts stay in step while answers end at different lengths,
+    and the weights move."""
+    out = tmp_path / "fsdp"
+    result = run_script("-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        *grpo_args(sft_warm, pairs16, out, "--full", "--fsdp", "--prompts-per-step", "2",
+                                   "--group-size", "4", "--updates-per-batch", "2", "--batch-size", "2",
+                                   "--max-steps", "2", "--lr", "1e-4", "--temperature", "1.0",
+                                   "--max-new-tokens", "24"), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [m for m in read_metrics(out) if "reward_mean" in m]
+    assert len(steps) == 2
+    assert all(0 < m["response_len"] < 24 for m in steps)  # answers ended, some before others
+    weights, start = load_file(out / "model.safetensors"), load_file(sft_warm / "model.safetensors")
+    assert max((weights[k] - start[k]).abs().max() for k in start if k in weights) > 0
+
+
 def test_killed_run_resumes_to_the_same_weights(sft_warm, pairs16, tmp_path):
     """Sampling is drawn from (seed, step, rank): a run killed after a checkpoint and resumed
     draws the same answers and ends with the same adapter as a run never interrupted."""
