@@ -127,8 +127,10 @@ def train(args, dist):
             batches, consumed = upcoming.result()
             if step + 1 < total_steps:
                 upcoming = prefetch.submit(next_step_batches)
-            # the step's loss is the mean over all its answer tokens, whatever the micro-batches hold
-            answer_tokens = sum(int((b["labels"] != -100).sum()) for b in batches)
+            # the step's loss is the mean over all its answer tokens, on every rank together, whatever
+            # the micro-batches hold: the ranks' gradients are averaged, so each rank's sum is scaled
+            # by world / (all ranks' tokens), and 2 ranks of b pairs step as 1 rank of 2b
+            answer_tokens = dist.all_sum([float(sum(int((b["labels"] != -100).sum()) for b in batches))])[0] / dist.world
             loss_total = 0.0
             for i, batch in enumerate(batches):
                 syncing = i == len(batches) - 1 or dist.world == 1 or args.fsdp

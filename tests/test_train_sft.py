@@ -97,6 +97,28 @@ def test_torchrun_two_ranks_keep_identical_weights(tiny_model_dir, got10k_root, 
     assert any("val_iou" in m for m in read_metrics(out))
 
 
+def test_two_ranks_of_b_pairs_step_as_one_rank_of_2b(tiny_model_dir, pairs16, tmp_path):
+    """The ranks share each step's pairs and its loss is the mean over all their answer
+    tokens: 2 ranks x batch 2 end with the adapter of 1 process x batch 4, to float precision
+    (the answers' token counts differ from rank to rank; a per-rank mean weighted them
+    differently)."""
+    # 336-px crops: the stored 112-px boxes scaled by 3 have 2- and 3-digit numbers, answers of unequal token counts
+    common = ("--grad-accum", "1", "--max-steps", "3", "--lr", "1e-3", "--save-every", "3", "--crop-size", "336")
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = run(sft_args(tiny_model_dir, pairs16, one, "--batch-size", "4", *common))
+    assert single.returncode == 0, single.stderr[-3000:]
+    ranks = run(["-m", "torch.distributed.run", "--nproc_per_node", "2",
+                 *sft_args(tiny_model_dir, pairs16, two, "--batch-size", "2", *common)])
+    assert ranks.returncode == 0, ranks.stderr[-3000:]
+    a, b = load_file(one / "adapter_model.safetensors"), load_file(two / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    # a mean per rank was 3e-3 off here; the rest is float rounding, which Adam's steps enlarge
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+    assert max(float(a[k].abs().max()) for k in a if "lora_B" in k) > 1e-3  # while training moved them
+    losses = [[m["loss"] for m in read_metrics(out) if "loss" in m] for out in (one, two)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
 def test_fsdp_full_fine_tuning_matches_ddp(tiny_model_dir, got10k_root, pairs16, tmp_path):
     """--fsdp shards the same computation: its weights equal a DDP run's to float precision,
     and so do its validation results, with 5 validation pairs shared unevenly by the 2 ranks
