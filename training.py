@@ -205,7 +205,8 @@ def build_model(args, dist, init=None, resume_dir=None, fresh_adapter=False):
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     init = str(init or args.model)
-    source = str(resume_dir or init)
+    # a sharded checkpoint holds no model folder: the weights start as `init` and come from its shards
+    source = str(init if resume_dir is None or is_sharded_checkpoint(resume_dir) else resume_dir)
     trainable = not (fresh_adapter and resume_dir is None)
     model, processor = r1track.load_model(source, dtype=weights_dtype(args, dist.device), device=dist.device,
                                           load_in_4bit=args.load_in_4bit, attn=args.attn, trainable=trainable)
@@ -472,9 +473,27 @@ def trainable_state(raw, model_state):
     return model_state
 
 
+SHARDS = "shards"  # a sharded (FSDP) checkpoint's weights and optimizer, torch.distributed.checkpoint's layout
+
+
+def is_sharded_checkpoint(folder: Path) -> bool:
+    return (Path(folder) / SHARDS).is_dir()
+
+
+def is_sharded(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
 def save_checkpoint(out: Path, step: int, raw, model, optimizer, scheduler, processor, settings, state, dist, keep):
     """checkpoint-<step>/: model folder, optimizer + scheduler + RNG, state file last; built
-    in a temporary folder and renamed into place, so it is whole or absent."""
+    in a temporary folder and renamed into place, so it is whole or absent. Under FSDP the
+    weights and optimizer state are written by every rank, each its own shard (no rank holds
+    more than its share), in SHARDS/ beside the configuration."""
+    if is_sharded(model):
+        return save_sharded_checkpoint(out, step, raw, model, optimizer, scheduler, processor, settings, state, dist,
+                                       keep)
     model_state, optimizer_state = full_state_dicts(model, optimizer)
     if dist.main:
         final, tmp = out / f"checkpoint-{step}", out / f".checkpoint-{step}.tmp"
@@ -487,6 +506,32 @@ def save_checkpoint(out: Path, step: int, raw, model, optimizer, scheduler, proc
                        tmp / "optimizer.pt")
             r1track.write_atomic(tmp / STATE_FILE, json.dumps(state, indent=2))
             os.replace(tmp, final)
+        for old in checkpoints(out)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+
+
+def save_sharded_checkpoint(out, step, raw, model, optimizer, scheduler, processor, settings, state, dist, keep):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    final, tmp = out / f"checkpoint-{step}", out / f".checkpoint-{step}.tmp"
+    if final.exists():
+        return
+    if dist.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    dist.barrier()
+    model_state, optimizer_state = get_state_dict(model, optimizer)  # each rank's shards only
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=tmp / SHARDS)
+    if dist.main:
+        raw.config.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        settings.save(tmp)
+        torch.save({"scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                   tmp / "scheduler.pt")
+        r1track.write_atomic(tmp / STATE_FILE, json.dumps(state, indent=2))
+        os.replace(tmp, final)
         for old in checkpoints(out)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
@@ -507,13 +552,32 @@ def restore_checkpoint(resume_dir: Path, model, optimizer, scheduler, dist) -> d
     """Optimizer, scheduler and RNG from a checkpoint (the weights came with the model)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    saved = torch.load(resume_dir / "optimizer.pt", map_location="cpu", weights_only=True)
-    set_optimizer_state_dict(model, optimizer, saved["optimizer"], options=StateDictOptions(full_state_dict=True))
+    if is_sharded_checkpoint(resume_dir):
+        if not is_sharded(model):
+            raise UserError(f"{resume_dir} holds the shards of an --fsdp run: resume it with --fsdp on "
+                            "several ranks")
+        saved = load_sharded_checkpoint(resume_dir, model, optimizer)
+    else:
+        saved = torch.load(resume_dir / "optimizer.pt", map_location="cpu", weights_only=True)
+        set_optimizer_state_dict(model, optimizer, saved["optimizer"], options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["torch_rng"])
     if saved["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(saved["cuda_rng"])
     return json.loads((resume_dir / STATE_FILE).read_text())
+
+
+def load_sharded_checkpoint(resume_dir: Path, model, optimizer) -> dict:
+    """Each rank's shards of the weights and optimizer state into the sharded model; returns
+    the scheduler and RNG state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    shards = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(shards, checkpoint_id=resume_dir / SHARDS)
+    set_state_dict(model, optimizer, model_state_dict=shards["model"], optim_state_dict=shards["optimizer"])
+    return torch.load(resume_dir / "scheduler.pt", map_location="cpu", weights_only=True)
 
 
 def save_final(out: Path, raw, model, processor, settings, dist):

@@ -19,7 +19,9 @@ original_save_final = training.save_final
 
 
 def save_final_and_probe(out, raw, model, processor, settings, dist):
-    weights = {n: p.detach().contiguous() for n, p in raw.named_parameters() if p.requires_grad}
+    # a sharded weight is gathered whole (a collective: every rank, in the same order)
+    weights = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().contiguous()
+               for n, p in raw.named_parameters() if p.requires_grad}
     save_file(weights, Path(out) / f"rank{dist.rank}.safetensors")
     return original_save_final(out, raw, model, processor, settings, dist)
 

@@ -142,14 +142,16 @@ def test_fsdp_full_fine_tuning_matches_ddp(tiny_model_dir, got10k_root, pairs16,
 
 
 def test_a_killed_rank_ends_the_run_and_resume_equals_a_straight_run(tiny_model_dir, got10k_root, tmp_path):
-    """Rank 1 killed at step 3 of 6: the run ends at once, rank 0 says in one line that it lost
-    the others, torchrun names rank 1; --resume from checkpoint-2 ends with the adapter of a
-    run never interrupted."""
+    """Full fine-tuning under FSDP on 2 ranks, rank 1 killed at step 3 of 6: the run ends at
+    once, rank 0 says in one line that it lost the others, torchrun names rank 1. The
+    checkpoints hold each rank's shards (no gathered model); --resume from checkpoint-2 ends
+    with the weights of a run never interrupted."""
     import os
     import re
 
     torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "tests/ranks_probe.py"]
-    common = ("--batch-size", "2", "--grad-accum", "1", "--max-steps", "6", "--save-every", "2", "--lr", "1e-3")
+    common = ("--full", "--fsdp", "--batch-size", "2", "--grad-accum", "1", "--max-steps", "6", "--save-every", "2",
+              "--lr", "1e-3")
     broken, straight = tmp_path / "broken", tmp_path / "straight"
     started = time.time()
     killed = run([*torchrun, *sft_args(tiny_model_dir, got10k_root / "val", broken, *common)],
@@ -158,13 +160,18 @@ def test_a_killed_rank_ends_the_run_and_resume_equals_a_straight_run(tiny_model_
     output = killed.stdout + killed.stderr
     assert "error: rank 0 lost the other ranks (" in output and "[rank0]: Traceback" not in output
     assert re.search(r"Root Cause.*?rank\s*:\s*1 .*?SIGKILL", output, re.S), output[-2000:]
-    assert (broken / "checkpoint-2").is_dir() and not (broken / "checkpoint-4").exists()
+    checkpoint = broken / "checkpoint-2"
+    assert checkpoint.is_dir() and not (broken / "checkpoint-4").exists()
+    shards = sorted(p.name for p in (checkpoint / "shards").iterdir() if p.suffix == ".distcp")
+    assert shards == ["__0_0.distcp", "__1_0.distcp"] and not (checkpoint / "model.safetensors").exists()
     resumed = run([*torchrun, *sft_args(tiny_model_dir, got10k_root / "val", broken, *common, "--resume")])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     whole = run([*torchrun, *sft_args(tiny_model_dir, got10k_root / "val", straight, *common)])
     assert whole.returncode == 0, whole.stderr[-3000:]
-    a, b = load_file(straight / "adapter_model.safetensors"), load_file(broken / "adapter_model.safetensors")
+    a, b = load_file(straight / "model.safetensors"), load_file(broken / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    base = load_file(tiny_model_dir / "model.safetensors")
+    assert max(float((a[k] - base[k]).abs().max()) for k in base) > 1e-3  # while training moved them
 
 
 def wait_for(path, process, timeout=120):
