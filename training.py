@@ -500,15 +500,26 @@ def save_checkpoint(out: Path, step: int, raw, model, optimizer, scheduler, proc
         if not final.exists():
             shutil.rmtree(tmp, ignore_errors=True)
             save_model_folder(tmp, raw, processor, settings, state_dict=trainable_state(raw, model_state))
-            torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
-                        "torch_rng": torch.get_rng_state(),
-                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-                       tmp / "optimizer.pt")
-            r1track.write_atomic(tmp / STATE_FILE, json.dumps(state, indent=2))
-            os.replace(tmp, final)
-        for old in checkpoints(out)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            torch.save({"optimizer": optimizer_state, **schedule_and_rng(scheduler)}, tmp / "optimizer.pt")
+            commit_checkpoint(tmp, final, state)
+        forget_old_checkpoints(out, keep)
     dist.barrier()
+
+
+def schedule_and_rng(scheduler) -> dict:
+    return {"scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def commit_checkpoint(tmp: Path, final: Path, state: dict):
+    """The state file last, then the folder renamed into place: a checkpoint is whole or absent."""
+    r1track.write_atomic(tmp / STATE_FILE, json.dumps(state, indent=2))
+    os.replace(tmp, final)
+
+
+def forget_old_checkpoints(out: Path, keep: int):
+    for old in checkpoints(out)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def save_sharded_checkpoint(out, step, raw, model, optimizer, scheduler, processor, settings, state, dist, keep):
@@ -527,13 +538,9 @@ def save_sharded_checkpoint(out, step, raw, model, optimizer, scheduler, process
         raw.config.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         settings.save(tmp)
-        torch.save({"scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-                   tmp / "scheduler.pt")
-        r1track.write_atomic(tmp / STATE_FILE, json.dumps(state, indent=2))
-        os.replace(tmp, final)
-        for old in checkpoints(out)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        torch.save(schedule_and_rng(scheduler), tmp / "scheduler.pt")
+        commit_checkpoint(tmp, final, state)
+        forget_old_checkpoints(out, keep)
     dist.barrier()
 
 
