@@ -237,10 +237,7 @@ def run_streams(tracker, sequences, batch, spent, pool=None, stages=None, cuttin
             clock = started = time.perf_counter()
             frames = [next(reader) for reader in readers]
             clock, decode = time.perf_counter(), time.perf_counter() - clock
-            if cutting is not None and len(trackers) > 1:
-                requests = list(cutting.map(lambda each, frame: each.request(frame), trackers, frames))
-            else:
-                requests = [each.request(frame) for each, frame in zip(trackers, frames)]
+            requests = r1track.batch_requests(trackers, frames, cutting)
             clock, crop = time.perf_counter(), time.perf_counter() - clock
             inputs = 0.0
             if stages is not None:  # measured apart: the answerer prepares them again inside
@@ -261,20 +258,15 @@ def run_streams(tracker, sequences, batch, spent, pool=None, stages=None, cuttin
     return elapsed
 
 
-def sft_inputs(processor, pair):
-    """A training pair as the model inputs of an SFT step (question, crops, answer)."""
-    return r1track.build_inputs(processor, pair.template, pair.search, pair.template_box_xyxy,
-                                answer=r1track.format_box_xyxy(pair.search_box_xyxy), return_tensors=False,
-                                pixels_as_bytes=True)
-
-
 def example_rate(source, processor, workers, count) -> float:
     """Training examples per second: pairs cut from the frames (OpenCV crops, JPEG) and turned
     into model inputs by `workers` DataLoader processes (0: in this process), as train_sft.py
     prepares them."""
     import functools
 
-    stream = PairStream(source, 0, prepare=functools.partial(sft_inputs, processor), workers=workers)
+    import training
+
+    stream = PairStream(source, 0, prepare=functools.partial(training.sft_example, processor, "seed"), workers=workers)
     stream.next_pairs(max(2 * workers, 2))  # the workers started and warm
     started = time.perf_counter()
     stream.next_pairs(count)

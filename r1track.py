@@ -988,7 +988,7 @@ def build_inputs(processor, template_img, search_img, box_xyxy, answer=None, thi
     needs them for its 3D positions), pixel_values, image_grid_thw; with an `answer`
     also labels, -100 everywhere but the answer and its end-of-turn token. Image tokens
     are expanded as Qwen2.5-VL's own processor expands them. pixels_as_bytes: patch_bytes
-    instead of pixel_values (see image_patches), a quarter of their size to send to a trainer.
+    instead of pixel_values (see image_patches), an eighth of their size to send to a trainer.
     """
     messages = build_messages(box_xyxy, think=think, wording=wording, images=(template_img, search_img),
                               as_published_client=as_published_client)
@@ -1471,12 +1471,15 @@ def update_batch(trackers: list[Tracker], images, pool=None) -> list[list[float]
     """One frame for each of several trackers (copies of one tracker, one per sequence,
     sharing its answerer) in a single answerer call: a batch for a local model. With `pool`
     (a ThreadPoolExecutor) the crops are cut by its threads at once (OpenCV lets go of the GIL)."""
-    if pool is None or len(trackers) == 1:
-        requests = [tracker.request(image) for tracker, image in zip(trackers, images)]
-    else:
-        requests = list(pool.map(lambda tracker, image: tracker.request(image), trackers, images))
-    answers = trackers[0].answerer(requests)
+    answers = trackers[0].answerer(batch_requests(trackers, images, pool))
     return [tracker.accept(answer) for tracker, answer in zip(trackers, answers)]
+
+
+def batch_requests(trackers: list[Tracker], images, pool=None) -> list[Request]:
+    """Each tracker's request for its frame; with `pool`, cut by its threads at once."""
+    if pool is None or len(trackers) == 1:
+        return [tracker.request(image) for tracker, image in zip(trackers, images)]
+    return list(pool.map(lambda tracker, image: tracker.request(image), trackers, images))
 
 
 def tracker_from_args(args, device=None, name=None):

@@ -50,14 +50,6 @@ def check_args(parser, args):
 # The loss: cross-entropy on the answer and its end-of-turn token
 
 
-def sft_example(processor, wording, pair):
-    """A pair as model inputs whose labels are the answer box, `[x1,y1,x2,y2]`; the pixels
-    still bytes (they become floats on the model's device, in to_device)."""
-    return r1track.build_inputs(processor, pair.template, pair.search, pair.template_box_xyxy,
-                                answer=r1track.format_box_xyxy(pair.search_box_xyxy), wording=wording,
-                                return_tensors=False, pixels_as_bytes=True)
-
-
 def answer_loss_sum(model, batch):
     """Summed cross-entropy over the answer tokens of a left-padded batch, where every
     answer ends its row: logits are computed for the answer tail only, never for the
@@ -90,7 +82,7 @@ def train(args, dist):
     state = training.start_state(resume_dir, model, optimizer, scheduler, dist, args)
     # pairs become model inputs where they are loaded (in --data-workers processes, or the prefetch thread)
     stream = PairStream(train_source, args.seed, dist.rank, dist.world, state["position"], state["skipped"],
-                        prepare=functools.partial(sft_example, processor, args.wording),
+                        prepare=functools.partial(training.sft_example, processor, args.wording),
                         workers=training.data_workers(args, dist))
     val_pairs = training.validation_set(val_source, args, dist)
     metrics = training.Metrics(out, dist, resume_step=state["step"])
@@ -107,7 +99,7 @@ def train(args, dist):
         return batches, {"position": stream.position, "skipped": stream.skipped, "epoch": stream.epoch()}
 
     def validation_loss(model, pairs):  # (summed loss, answer tokens)
-        examples = [sft_example(processor, args.wording, p) for p in pairs]
+        examples = [training.sft_example(processor, args.wording, p) for p in pairs]
         batch = to_device(r1track.collate(examples, pad), dist.device, processor.image_processor)
         return float(answer_loss_sum(model, batch)), float((batch["labels"] != -100).sum())
 

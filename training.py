@@ -345,6 +345,15 @@ def validation_set(source, args, dist) -> list:
     return pairs
 
 
+def sft_example(processor, wording, pair):
+    """A pair as the model inputs of an SFT step, whose labels are the answer box
+    `[x1,y1,x2,y2]`; the pixels still bytes (they become floats on the model's device, in
+    to_device)."""
+    return r1track.build_inputs(processor, pair.template, pair.search, pair.template_box_xyxy,
+                                answer=r1track.format_box_xyxy(pair.search_box_xyxy), wording=wording,
+                                return_tensors=False, pixels_as_bytes=True)
+
+
 @torch.no_grad()
 def evaluate(model, processor, pairs, args, dist, think=False, loss_sum=None):
     """(mean validation loss, mean IoU of greedy answers): the loss given `loss_sum(model,

@@ -73,3 +73,35 @@ def test_in_background_hands_over_the_producers_error():
     assert next(items) == 1
     with pytest.raises(ValueError, match="decoder failed"):
         next(items)
+
+
+def test_a_cpu_model_leaves_a_core_to_the_readers(monkeypatch):
+    """Torch takes one thread fewer for a CPU model (its threads stall when one shares a core
+    with a decoder), never fewer than one, and not when OMP_NUM_THREADS says how many."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        torch.set_num_threads(3)
+        r1track.leave_a_core_for_reading()
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        r1track.leave_a_core_for_reading()
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        torch.set_num_threads(3)
+        r1track.leave_a_core_for_reading()
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_reader_starts_reading_when_made():
+    """The next sequence's reader is made while the current one is tracked: its first frames
+    must be on their way before the first is asked for."""
+    started = threading.Event()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        frames = r1track.read_ahead(range(5), pool, read=lambda path: started.set() or path, ahead=2)
+        assert started.wait(timeout=5)  # nothing asked yet
+        assert list(frames) == [0, 1, 2, 3, 4]
