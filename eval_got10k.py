@@ -1,8 +1,10 @@
-"""Run and score R1-Track on GOT-10k by the official rules.
+"""Run and score R1-Track on GOT-10k by the official rules, or on another benchmark by its own.
 
   python eval_got10k.py --data GOT-10k --split val --model runs/sft --out results/sft
   torchrun --nproc_per_node 8 eval_got10k.py --data GOT-10k --split test --out results/r1 --batch 8
   python eval_got10k.py --data GOT-10k --split val --eval-only results/sft results/grpo
+  python eval_got10k.py --benchmark lasot --data LaSOTTest --model runs/grpo --out results/lasot --batch 8
+  python eval_got10k.py --benchmark tnl2k --data TNL2K_test --init text --out results/tnl2k-text
 
 Tracking writes the official layout, RESULTS/<seq>/<seq>_001.txt (x,y,w,h per frame, the
 first row the given box) and <seq>_time.txt (seconds per frame), and beside them
@@ -20,6 +22,15 @@ image, IoUs pooled over all frames of all sequences. It reports AO, SR0.5, SR0.7
 success curve (101 thresholds), FPS, the fallbacks and edge holds and a per-sequence table,
 and writes success_plot.png. The test split's results are packed into RESULTS.zip for the
 evaluation server.
+
+--benchmark lasot, lasot_ext, trackingnet, otb100, uav123, nfs or tnl2k reads that benchmark's
+official layout from --data and writes results as the got10k toolkit lays them out for it:
+RESULTS/<seq>.txt, RESULTS/times/<seq>_time.txt (and RESULTS/fallbacks/). Scores follow each
+benchmark's toolkit (see benchmarks.py): success AUC, SR0.5, precision at 20 px, normalised
+precision as the area over [0, 0.5] (Pnorm AUC) and at 0.2 (Pnorm@0.2), with success,
+precision and normalised precision plots. TrackingNet's test split is packed into
+RESULTS.zip for its server. --init text starts every sequence from its description (LaSOT's
+nlp.txt, TNL2K's language.txt) found by the model's grounding, instead of the first box.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ import os
 import sys
 from pathlib import Path
 
+import benchmarks
 import r1track
 import scoring
 from data import read_got10k_sequence
@@ -37,8 +49,14 @@ from r1track import UserError
 
 def build_parser():
     parser = r1track.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", required=True, help="the GOT-10k root (holding val/ and test/)")
-    parser.add_argument("--split", default="val", choices=["val", "test", "train"], help="the split (default: val)")
+    parser.add_argument("--benchmark", default="got10k", choices=benchmarks.BENCHMARKS,
+                        help="the benchmark --data holds, in its official layout (default: got10k)")
+    parser.add_argument("--data", required=True, help="the benchmark's root (for GOT-10k: the folder holding val/ "
+                        "and test/)")
+    parser.add_argument("--split", choices=["val", "test", "train"], help="the split: GOT-10k's val (default), test "
+                        "or train; TrackingNet's test (default) or train; the other benchmarks have one")
+    parser.add_argument("--init", default="box", choices=["box", "text"], help="start each sequence from its first "
+                        "box (default) or from its description (lasot, lasot_ext, tnl2k; a local model)")
     parser.add_argument("--sequences", nargs="+", metavar="NAME", help="only these sequences (default: all in list.txt)")
     parser.add_argument("--out", help="result folder (default: results/<model name>)")
     parser.add_argument("--model", default=r1track.DEFAULT_MODEL, help=f"hub id or folder (default: {r1track.DEFAULT_MODEL})")
@@ -58,52 +76,151 @@ def build_parser():
 
 
 def run(args) -> int:
-    if args.eval_only and args.split == "test":
-        raise UserError("the test split has no ground truth: its RESULTS.zip goes to the evaluation server")
+    benchmark = args.benchmark
     if args.batch < 1:
         raise UserError("--batch must be at least 1")
-    root = Path(args.data)
-    names = scoring.load_sequences(root, args.split, args.sequences)
-    split_dir = root / args.split
+    if args.split and benchmark not in ("got10k", "trackingnet"):
+        raise UserError(f"--split: {benchmarks.TITLES[benchmark]} has one set; leave --split out")
+    if args.split == "val" and benchmark == "trackingnet":
+        raise UserError("--split: TrackingNet has the splits test and train")
+    args.split = args.split or ("test" if benchmark == "trackingnet" else "val")
+    if args.init == "text" and benchmark not in ("lasot", "lasot_ext", "tnl2k"):
+        raise UserError(f"--init text needs sequences with descriptions: lasot, lasot_ext or tnl2k, not {benchmark}")
+    if args.init == "text" and args.server:
+        raise UserError("--init text needs a local model; with --server start from the first box")
+    if args.eval_only and args.split == "test" and benchmark in ("got10k", "trackingnet"):
+        raise UserError("the test split has no ground truth: its RESULTS.zip goes to the evaluation server")
+    suite = Suite(benchmark, Path(args.data), args.split, args.sequences)
 
     if args.eval_only:
-        reports = {Path(folder).name: scoring.score(Path(folder), split_dir, names) for folder in args.eval_only}
-        first = Path(args.eval_only[0])
-        return finish(args, reports, first)
+        reports = {Path(folder).name: suite.score(Path(folder)) for folder in args.eval_only}
+        return finish(args, reports, Path(args.eval_only[0]))
 
     results = Path(args.out or f"results/{Path(args.model.rstrip('/')).name}")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     device = args.device or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if _cuda() else "cpu")
-    todo = []
-    for name in names[rank::world]:  # each rank its share
-        frames = len(read_got10k_sequence(split_dir / name)["frames"])
-        if not scoring.is_complete(results, name, frames):
-            todo.append(name)
+    suite.check_init(results, args.init)
+    todo = [s for s in suite.sequences[rank::world] if not suite.is_complete(results, s)]  # each rank its share
     if rank == 0:
-        print(f"{len(names)} sequences in {split_dir}; {_done(results, split_dir, names)} already tracked in {results}")
+        done = sum(suite.is_complete(results, s) for s in suite.sequences)
+        print(f"{len(suite.sequences)} sequences of {suite.title}; {done} already tracked in {results}")
     if todo:
-        tracker, _ = r1track.tracker_from_args(args, device)
+        suite.check_frames(todo)
+        tracker, loaded = r1track.tracker_from_args(args, device)
         if rank == 0:
-            print(f"tracking settings: {tracker.settings.describe()}")
-        scoring.track_sequences(tracker, split_dir, todo, results, args.batch, progress=not args.no_progress and rank == 0)
+            print(f"tracking settings: {tracker.settings.describe()}; started from the "
+                  f"{'description' if args.init == 'text' else 'first box'}")
+        start = start_from_text(loaded) if args.init == "text" else None
+        scoring.track_sequences(tracker, todo, results, args.batch, progress=not args.no_progress and rank == 0,
+                                write=suite.write, start=start)
     if world > 1:
         _barrier()
     if rank != 0:
         return 0
-    if args.split == "test":
-        archive = scoring.pack_for_server(results, names)
+    if not suite.has_truth:
+        archive = suite.pack(results)
         print(f"results for the evaluation server: {archive}")
         return 0
-    return finish(args, {results.name: scoring.score(results, split_dir, names)}, results)
+    return finish(args, {results.name: suite.score(results)}, results)
+
+
+class Suite:
+    """A benchmark's sequences and its rules: where results go, how they are scored and packed."""
+
+    def __init__(self, benchmark: str, root: Path, split: str, wanted=None):
+        self.benchmark, self.title = benchmark, benchmarks.TITLES[benchmark]
+        if benchmark == "got10k":
+            self.split_dir = root / split
+            names = scoring.load_sequences(root, split, wanted)
+            self.sequences = [read_got10k_sequence(self.split_dir / name) for name in names]
+            self.has_truth = split != "test"
+        else:
+            self.sequences = benchmarks.read_sequences(benchmark, root, split)
+            self.has_truth = not (benchmark == "trackingnet" and split == "test")
+        if wanted and benchmark != "got10k":
+            known = {s["name"] for s in self.sequences}
+            unknown = [n for n in wanted if n not in known]
+            if unknown:
+                raise UserError(f"not among the {self.title} sequences in {root}: {', '.join(unknown)}")
+            self.sequences = [s for s in self.sequences if s["name"] in wanted]
+        self.names = [s["name"] for s in self.sequences]
+        got10k = benchmark == "got10k"
+        self.write = scoring.write_sequence if got10k else benchmarks.write_sequence
+        self._complete = scoring.is_complete if got10k else benchmarks.is_complete
+
+    def is_complete(self, results: Path, sequence: dict) -> bool:
+        return self._complete(results, sequence["name"], len(sequence["frames"]))
+
+    def check_frames(self, sequences):
+        """Every sequence to track has its frames, as many as its boxes where it has them all."""
+        for sequence in sequences:
+            frames, boxes = sequence["frames"], len(sequence["boxes_xywh"])
+            if not frames or not Path(frames[0]).is_file():
+                raise UserError(f"{sequence['name']}: no frames ({frames[0] if frames else 'none found'})")
+            if boxes > 1 and boxes != len(frames):
+                raise UserError(f"{sequence['name']}: {len(frames)} frames but {boxes} boxes")
+
+    def check_init(self, results: Path, init: str):
+        """Results started from boxes and from descriptions never mix in one folder."""
+        record = results / INIT_FILE
+        if record.is_file():
+            before = json.loads(record.read_text()).get("init", "box")
+            if before != init:
+                raise UserError(f"{results} holds results started with --init {before}; give another --out")
+        else:
+            r1track.write_atomic(record, json.dumps({"init": init}, indent=2))
+
+    def score(self, results: Path) -> dict:
+        if self.benchmark == "got10k":
+            report = scoring.score(results, self.split_dir, self.names)
+            report["benchmark"] = "got10k"
+        else:
+            report = benchmarks.score(results, self.benchmark, self.sequences)
+        record = results / INIT_FILE
+        report["init"] = json.loads(record.read_text()).get("init", "box") if record.is_file() else "box"
+        return report
+
+    def pack(self, results: Path) -> Path:
+        if self.benchmark == "got10k":
+            return scoring.pack_for_server(results, self.names)
+        return benchmarks.pack_trackingnet(results, self.names)
+
+
+INIT_FILE = "initialisation.json"  # how the sequences of a result folder were started
+
+
+def start_from_text(loaded):
+    """`start` for scoring.track_sequences: the box the model finds for the sequence's
+    description in its first frame. Where it finds none, the sequence starts from the middle
+    quarter of the frame, said at once and marked in its fallbacks file (code 3 on frame 1)."""
+    def start(sequence, frame):
+        box = r1track.locate_text(*loaded, frame, sequence["description"]) if sequence.get("description") else None
+        if box is not None:
+            return box, True
+        height, width = frame.shape[:2]
+        print(f"warning: {sequence['name']}: the description was not found in the first frame; started from the "
+              "middle of the frame", file=sys.stderr)
+        return [width / 4, height / 4, width / 2, height / 2], False
+
+    return start
 
 
 def finish(args, reports: dict, folder: Path) -> int:
-    scoring.print_reports(reports)
     report_file = Path(args.report) if args.report else folder / "report.json"
     single = len(reports) == 1
+    if args.benchmark == "got10k":
+        scoring.print_reports(reports)
+        scoring.plot_success(reports, report_file.with_name("success_plot.png"))
+        plots = [report_file.with_name("success_plot.png")]
+    else:
+        benchmarks.print_reports(reports)
+        plots = benchmarks.plot_reports(reports, report_file.parent)
+    for label, report in reports.items():
+        if report.get("init_not_found"):
+            print(f"warning: {label}: {len(report['init_not_found'])} sequences started from the middle of the frame: "
+                  "their description was not found", file=sys.stderr)
     r1track.write_atomic(report_file, json.dumps(next(iter(reports.values())) if single else reports, indent=2))
-    scoring.plot_success(reports, report_file.with_name("success_plot.png"))
-    print(f"report: {report_file}, plot: {report_file.with_name('success_plot.png')}")
+    print(f"report: {report_file}, plots: {', '.join(str(p) for p in plots)}")
     return 0
 
 
@@ -111,10 +228,6 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def _done(results: Path, split_dir: Path, names) -> int:
-    return sum(scoring.is_complete(results, n, len(read_got10k_sequence(split_dir / n)["frames"])) for n in names)
 
 
 def _barrier():

@@ -35,6 +35,7 @@ def fallbacks_file(results: Path, name: str) -> Path:
 
 
 ANSWER_USED, ANSWER_UNUSABLE, EDGE_HOLD = 0, 1, 2  # the codes of a fallbacks file
+START_NOT_FOUND = 3  # frame 1 only: started from a description the model did not find (--init text)
 
 
 def is_complete(results: Path, name: str, frames: int) -> bool:
@@ -81,15 +82,18 @@ def read_answer_codes(results: Path, name: str, frames: int):
     """The fallbacks file of a sequence as counts, or None when there is none (results from
     another tracker)."""
     path = fallbacks_file(results, name)
-    if not path.is_file():
-        return None
+    return read_answer_codes_file(path, frames) if path.is_file() else None
+
+
+def read_answer_codes_file(path: Path, frames: int) -> dict:
     try:
         codes = np.loadtxt(path, dtype=int, ndmin=1)
     except ValueError as error:
         raise UserError(f"{path}: not a file of answer codes ({r1track.first_line(error)})") from None
     if codes.shape != (frames,):
         raise UserError(f"{path}: expected {frames} rows, found {codes.shape[0]}")
-    return {"fallbacks": int((codes == ANSWER_UNUSABLE).sum()), "edge_holds": int((codes == EDGE_HOLD).sum())}
+    return {"fallbacks": int((codes == ANSWER_UNUSABLE).sum()), "edge_holds": int((codes == EDGE_HOLD).sum()),
+            "start_not_found": bool(codes[0] == START_NOT_FOUND)}
 
 
 # -----------------------------------------------------------------------------
@@ -110,12 +114,14 @@ def load_sequences(root: Path, split: str, wanted=None) -> list[str]:
 class SequenceRun:
     """One sequence being tracked: its frames (read ahead), its tracker and what it has produced."""
 
-    def __init__(self, tracker, sequence: dict, frames):
+    def __init__(self, tracker, sequence: dict, frames, start=None):
         self.name, self.total, self.tracker, self.frames = sequence["name"], len(sequence["frames"]), tracker, frames
         started = time.perf_counter()
-        tracker.init(next(frames), sequence["boxes_xywh"][0])
-        self.boxes, self.seconds = [list(sequence["boxes_xywh"][0])], [time.perf_counter() - started]
-        self.answer_codes = [ANSWER_USED]
+        first = next(frames)
+        box, found = start(sequence, first) if start else (sequence["boxes_xywh"][0], True)
+        tracker.init(first, box)
+        self.boxes, self.seconds = [list(box)], [time.perf_counter() - started]
+        self.answer_codes = [ANSWER_USED if found else START_NOT_FOUND]
 
     def add(self, box_xywh, seconds, fallbacks_before: int, edge_holds_before: int):
         self.boxes.append(box_xywh)
@@ -132,16 +138,19 @@ class SequenceRun:
         return len(self.boxes) == self.total
 
 
-def track_sequences(tracker, split_dir: Path, names: list[str], results: Path, batch: int, progress=True,
-                    readers=4):
-    """Track `names` B at a time: each frame step asks the answerer about the next frame of
-    every active sequence in one call, while `readers` threads decode the frames to come (0:
-    each frame read when its turn comes); a sequence's files are written when it ends."""
+def track_sequences(tracker, sequences: list[dict], results: Path, batch: int, progress=True, readers=4,
+                    write=None, start=None):
+    """Track `sequences` (dicts with name, frames, boxes_xywh) B at a time: each frame step
+    asks the answerer about the next frame of every active sequence in one call, while
+    `readers` threads decode the frames to come (0: each frame read when its turn comes).
+    A sequence's files are written by `write` (default: GOT-10k's layout) when it ends;
+    `start(sequence, first_frame)` gives its first box and whether it was found (default:
+    its first true box)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
 
-    sequences = [read_got10k_sequence(split_dir / name) for name in names]
+    write = write or write_sequence
     pending, active, finished = list(sequences), [], 0
     bar = tqdm(total=sum(len(s["frames"]) for s in sequences), desc="tracking", unit="frame", disable=not progress,
                dynamic_ncols=True)
@@ -158,7 +167,7 @@ def track_sequences(tracker, split_dir: Path, names: list[str], results: Path, b
                 # every sequence has its own tracker state; all share one answerer (one model)
                 sequence, frames = pending.pop(0), upcoming
                 upcoming = frames_of(pending[0]) if pending else None
-                active.append(SequenceRun(copy.copy(tracker), sequence, frames))
+                active.append(SequenceRun(copy.copy(tracker), sequence, frames, start))
                 bar.update()
             tracking = [run for run in active if not run.done]  # a sequence of one frame is done at once
             started = time.perf_counter()
@@ -170,10 +179,10 @@ def track_sequences(tracker, split_dir: Path, names: list[str], results: Path, b
                 run.add(box, seconds, *counts)
             bar.update(len(tracking))
             for run in [run for run in active if run.done]:
-                write_sequence(results, run.name, run.boxes, run.seconds, run.answer_codes)
+                write(results, run.name, run.boxes, run.seconds, run.answer_codes)
                 active.remove(run)
                 finished += 1
-                bar.set_postfix_str(f"{finished}/{len(names)} sequences")
+                bar.set_postfix_str(f"{finished}/{len(sequences)} sequences")
     bar.close()
 
 
@@ -241,6 +250,7 @@ def score(results: Path, split_dir: Path, names: list[str]) -> dict:
         report = summarise(ious, times)
         del report["succ_curve"]
         answers = read_answer_codes(results, name, len(truth)) or {"fallbacks": None, "edge_holds": None}
+        answers.pop("start_not_found", None)  # GOT-10k sequences start from their box
         per_sequence[name] = {**report, "frames": len(truth), **answers}
     report = summarise(np.concatenate(pooled_ious), np.concatenate(pooled_times))
     for count in ("fallbacks", "edge_holds"):  # None when some sequence has no fallbacks file
@@ -288,17 +298,24 @@ def _share(report, key) -> str:
 
 
 def plot_success(reports: dict, png: Path):
+    plot_curves(reports, png, THRESHOLDS, "succ_curve", "ao", "AO", "overlap threshold", "success rate",
+                "Success plot on GOT-10k")
+
+
+def plot_curves(reports: dict, png: Path, thresholds, curve_key: str, score_key: str, score_name: str, xlabel: str,
+                ylabel: str, title: str):
+    """One curve per report, best first, its score in the legend; written whole or not at all."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for label, report in sorted(reports.items(), key=lambda item: -item[1]["ao"]):
-        ax.plot(THRESHOLDS, report["succ_curve"], label=f"{label} [AO {report['ao']:.3f}]")
-    ax.set(xlabel="overlap threshold", ylabel="success rate", xlim=(0, 1), ylim=(0, 1), title="Success plot on GOT-10k")
+    for label, report in sorted(reports.items(), key=lambda item: -item[1][score_key]):
+        ax.plot(thresholds, report[curve_key], label=f"{label} [{score_name} {report[score_key]:.3f}]")
+    ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(thresholds[0], thresholds[-1]), ylim=(0, 1), title=title)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="lower left" if "succ" in curve_key else "lower right", fontsize=8)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     tmp = png.with_name(f".{png.name}.tmp.png")

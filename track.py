@@ -320,7 +320,7 @@ def demo(args) -> int:
 
     tracker, _ = load_tracker(args, None)
     results = out / "results"
-    scoring.track_sequences(tracker, clips, names, results, batch=len(names))
+    scoring.track_sequences(tracker, [read_got10k_sequence(clips / n) for n in names], results, batch=len(names))
     report = scoring.score(results, clips, names)
     scoring.print_reports({"demo": report})
     r1track.write_atomic(out / "report.json", json.dumps(report, indent=2))
