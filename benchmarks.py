@@ -344,9 +344,10 @@ def scores(curves: dict) -> dict:
             "norm_precision_at_0.2": float(curves["norm_precision"][20])}
 
 
-def score(results: Path, benchmark: str, sequences: list[dict]) -> dict:
+def score(results: Path, benchmark: str, sequences: list[dict], attributes=None) -> dict:
     """The report of one result folder: the benchmark's scores and curves, FPS, and the same
-    per sequence. Every result file is checked before anything is computed."""
+    per sequence, and per attribute where `attributes` (read_attributes) are given. Every
+    result file is checked before anything is computed."""
     protocol = PROTOCOLS[benchmark]
     missing = [s["name"] for s in sequences if not result_files(results, s["name"])[0].is_file()]
     if missing:
@@ -378,7 +379,52 @@ def score(results: Path, benchmark: str, sequences: list[dict]) -> dict:
         report[count] = None if None in values else sum(values)
     report["tracked_frames"] = sum(row["frames"] - 1 for row in per_sequence.values())
     report["init_not_found"] = [name for name, row in per_sequence.items() if row.pop("start_not_found")]
+    if attributes:
+        report["per_attribute"] = attribute_scores(attributes, sequences, curves, protocol)
     return {**report, "per_sequence": per_sequence}
+
+
+# LaSOT's attributes in the order of its toolkit's annos/att/<sequence>.txt flags
+# (run_tracker_performance_evaluation.m); LaSOT-ext uses the same
+LASOT_ATTRIBUTES = (("IV", "Illumination Variation"), ("POC", "Partial Occlusion"), ("DEF", "Deformation"),
+                    ("MB", "Motion Blur"), ("CM", "Camera Motion"), ("ROT", "Rotation"),
+                    ("BC", "Background Clutter"), ("VC", "Viewpoint Change"), ("SV", "Scale Variation"),
+                    ("FOC", "Full Occlusion"), ("FM", "Fast Motion"), ("OV", "Out-of-View"),
+                    ("LR", "Low Resolution"), ("ARC", "Aspect Ratio Change"))
+ATTRIBUTE_NAMES = {"lasot": LASOT_ATTRIBUTES, "lasot_ext": LASOT_ATTRIBUTES}
+
+
+def read_attributes(folder, benchmark: str, sequences: list[dict]) -> dict:
+    """Per-sequence attribute flags from a folder of <sequence>.txt files, one line of 0/1
+    values each (the layout of LaSOT's toolkit, annos/att/): {"names": [(short, long)...],
+    "flags": {sequence: bool array}}. Benchmarks without known names get A1, A2 ..."""
+    folder = Path(folder)
+    flags = {}
+    for sequence in sequences:
+        path = folder / f"{sequence['name']}.txt"
+        if not path.is_file():
+            raise UserError(f"{path}: no attribute file for {sequence['name']}")
+        flags[sequence["name"]] = _flags(path)
+    counts = {len(f) for f in flags.values()}
+    if len(counts) != 1:
+        raise UserError(f"{folder}: attribute files of different lengths ({sorted(counts)})")
+    count = counts.pop()
+    names = ATTRIBUTE_NAMES.get(benchmark)
+    if names is None or len(names) != count:
+        names = tuple((f"A{k + 1}", f"attribute {k + 1}") for k in range(count))
+    return {"names": names, "flags": flags}
+
+
+def attribute_scores(attributes: dict, sequences: list[dict], curves: dict, protocol: str) -> dict:
+    """Each attribute's scores: the benchmark's curves over the sequences that have it."""
+    table = {}
+    for k, (short, name) in enumerate(attributes["names"]):
+        having = np.array([bool(attributes["flags"][s["name"]][k]) for s in sequences])
+        if not having.any():
+            continue
+        overall = {key: mean_curve(np.array(values)[having], protocol) for key, values in curves.items()}
+        table[short] = {"name": name, "sequences": int(having.sum()), **scores(overall)}
+    return table
 
 
 def _answer_counts(results: Path, name: str, frames: int) -> dict:
@@ -456,6 +502,11 @@ def print_reports(reports: dict, per_sequence=True):
         for name, row in table.items():
             print(f"{name:<{width}}  {row['frames']:>6}  " + "  ".join(f"{row[key]:>9.3f}" for key, _ in METRICS))
     first = reports[labels[0]]
+    if first.get("per_attribute"):
+        print(f"{'attribute':<26} seqs  " + "  ".join(f"{title:>9}" for _, title in METRICS[:-1]))
+        for short, row in first["per_attribute"].items():
+            print(f"{short + ' ' + row['name']:<26} {row['sequences']:>4}  "
+                  + "  ".join(f"{row[key]:>9.3f}" for key, _ in METRICS[:-1]))
     print(f"{TITLES[first['benchmark']]}, {first['protocol']} protocol, started from the "
           f"{'description' if first.get('init') == 'text' else 'first box'}")
     width = max(12, *(len(label) for label in labels))

@@ -70,6 +70,8 @@ def build_parser():
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--recover", action="store_true", help="widen the search after a failed answer")
     parser.add_argument("--eval-only", nargs="+", metavar="RESULTS", help="score these result folders, track nothing")
+    parser.add_argument("--attributes", metavar="DIR", help="a folder of <sequence>.txt attribute flags (one line of "
+                        "0/1 each, as LaSOT's toolkit ships them in annos/att/): scores per attribute too")
     parser.add_argument("--report", help="write the report(s) as JSON here (default: RESULTS/report.json)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
@@ -90,10 +92,14 @@ def run(args) -> int:
         raise UserError("--init text needs a local model; with --server start from the first box")
     if args.eval_only and args.split == "test" and benchmark in ("got10k", "trackingnet"):
         raise UserError("the test split has no ground truth: its RESULTS.zip goes to the evaluation server")
+    if args.attributes and benchmark == "got10k":
+        raise UserError("--attributes: GOT-10k is scored as its toolkit scores it, without attributes")
     suite = Suite(benchmark, Path(args.data), args.split, args.sequences)
+    attributes = benchmarks.read_attributes(args.attributes, benchmark, suite.sequences) if args.attributes else None
 
     if args.eval_only:
-        reports = {Path(folder).name: suite.score(Path(folder)) for folder in args.eval_only}
+        print(suite.described())
+        reports = {Path(folder).name: suite.score(Path(folder), attributes) for folder in args.eval_only}
         return finish(args, reports, Path(args.eval_only[0]))
 
     results = Path(args.out or f"results/{Path(args.model.rstrip('/')).name}")
@@ -103,7 +109,7 @@ def run(args) -> int:
     todo = [s for s in suite.sequences[rank::world] if not suite.is_complete(results, s)]  # each rank its share
     if rank == 0:
         done = sum(suite.is_complete(results, s) for s in suite.sequences)
-        print(f"{len(suite.sequences)} sequences of {suite.title}; {done} already tracked in {results}")
+        print(f"{suite.described()}; {done} already tracked in {results}")
     if todo:
         suite.check_frames(todo)
         tracker, loaded = r1track.tracker_from_args(args, device)
@@ -121,7 +127,7 @@ def run(args) -> int:
         archive = suite.pack(results)
         print(f"results for the evaluation server: {archive}")
         return 0
-    return finish(args, {results.name: suite.score(results)}, results)
+    return finish(args, {results.name: suite.score(results, attributes)}, results)
 
 
 class Suite:
@@ -148,6 +154,12 @@ class Suite:
         self.write = scoring.write_sequence if got10k else benchmarks.write_sequence
         self._complete = scoring.is_complete if got10k else benchmarks.is_complete
 
+    def described(self) -> str:
+        """`280 sequences of LaSOT`, with the size of the benchmark's test set where they differ."""
+        full = benchmarks.TEST_SET_SIZES.get(self.benchmark)
+        note = f" (its test set has {full})" if full and len(self.sequences) != full else ""
+        return f"{len(self.sequences)} sequences of {self.title}{note}"
+
     def is_complete(self, results: Path, sequence: dict) -> bool:
         return self._complete(results, sequence["name"], len(sequence["frames"]))
 
@@ -170,12 +182,12 @@ class Suite:
         else:
             r1track.write_atomic(record, json.dumps({"init": init}, indent=2))
 
-    def score(self, results: Path) -> dict:
+    def score(self, results: Path, attributes=None) -> dict:
         if self.benchmark == "got10k":
             report = scoring.score(results, self.split_dir, self.names)
             report["benchmark"] = "got10k"
         else:
-            report = benchmarks.score(results, self.benchmark, self.sequences)
+            report = benchmarks.score(results, self.benchmark, self.sequences, attributes)
         record = results / INIT_FILE
         report["init"] = json.loads(record.read_text()).get("init", "box") if record.is_file() else "box"
         return report

@@ -184,6 +184,36 @@ def test_lasot_style_scores_equal_the_lasot_toolkit(benchmark, tmp_path):
     assert close(report["norm_precision_at_0.2"], norm[20])
 
 
+def test_per_attribute_scores_equal_the_lasot_toolkit_on_the_sequences_that_have_it(tmp_path, capsys):
+    import eval_got10k
+
+    root = synthetic.make_synthetic_benchmark(tmp_path / "data", "lasot", sequences=5, frames=10, images="empty")
+    sequences = benchmarks.read_sequences("lasot", root)
+    write_results(tmp_path / "ours", sequences, seed=6, unusable=True)
+    rng = np.random.default_rng(6)
+    flags = {s["name"]: rng.random(14) < 0.5 for s in sequences}
+    (tmp_path / "att").mkdir()
+    for name, row in flags.items():  # the toolkit's annos/att/<sequence>.txt: one line of 14 flags
+        (tmp_path / "att" / f"{name}.txt").write_text(",".join(str(int(v)) for v in row) + "\n")
+    assert eval_got10k.main(["--benchmark", "lasot", "--data", str(root), "--eval-only", str(tmp_path / "ours"),
+                             "--attributes", str(tmp_path / "att")]) == 0
+    report = json.loads((tmp_path / "ours" / "report.json").read_text())
+    reference = []
+    for sequence in sequences:
+        boxes = np.loadtxt(tmp_path / "ours" / f"{sequence['name']}.txt", delimiter=",", ndmin=2)
+        reference.append(lasot_toolkit.sequence_curves(boxes, sequence["boxes_xywh"], sequence["absent"], False)[0])
+    reference = np.array(reference)
+    for k, (short, name) in enumerate(benchmarks.LASOT_ATTRIBUTES):
+        having = np.array([flags[s["name"]][k] for s in sequences])
+        if not having.any():
+            assert short not in report["per_attribute"]
+            continue
+        row = report["per_attribute"][short]
+        assert row["name"] == name and row["sequences"] == having.sum()
+        assert close(row["success_auc"], lasot_toolkit.overall(reference[having])[1])
+    assert "FOC Full Occlusion" in capsys.readouterr().out or not any(f[9] for f in flags.values())
+
+
 def test_a_sequence_never_scored_is_left_out_as_the_lasot_toolkit_does(tmp_path):
     """The LaSOT toolkit scores overlaps only where every value of the truth is > 0 and leaves
     sequences whose success curve is all zero out of the mean: a sequence whose truth touches
