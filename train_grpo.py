@@ -384,8 +384,10 @@ def train(args, dist):
         metrics.plot()
         state.update(step=step, position=stream.position, skipped=stream.skipped, epoch=stream.epoch())
         if training.after_step(step, total_steps, stop, checkpoint, args, dist, bar):
+            metrics.plot(final=True)
             return 130
     bar.close()
+    metrics.plot(final=True)
     return training.finish(raw, model, processor, settings, args, dist)
 
 

@@ -155,10 +155,11 @@ def train(args, dist):
                 if dist.main:
                     bar.write(f"step {step}: val_loss {val_loss:.4f}  val_iou {val_iou:.3f}")
             if training.after_step(step, total_steps, stop, checkpoint, args, dist, bar):
+                metrics.plot(final=True)
                 return 130
         upcoming.cancel()
     bar.close()
-    metrics.plot()
+    metrics.plot(final=True)
     return training.finish(raw, model, processor, settings, args, dist,
                            summary=f"  ({consumed['skipped']} unusable rows skipped)")
 

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import torch
@@ -621,10 +622,16 @@ def merge_lora(out: Path, dist):
 
 
 class Metrics:
-    """metrics.jsonl (one JSON object per line) and curves.png beside it; rank 0 only."""
+    """metrics.jsonl (one JSON object per line) and curves.png beside it; rank 0 only.
+    curves.png is redrawn when asked, but only once PLOT_SHARE of the time since the last
+    drawing covers what drawing took (a dozen panels take about a second), so plotting
+    costs at most that share of a run; `plot(final=True)` always draws."""
+
+    PLOT_SHARE = 0.02
 
     def __init__(self, out: Path, dist, resume_step=0):
         self.path, self.main = out / "metrics.jsonl", dist.main
+        self.drawn_at, self.drawing_seconds = None, 0.0
         if self.main and self.path.exists():
             # a resumed run redoes the steps after its checkpoint: drop their old lines
             lines = [line for line in self.path.read_text().splitlines() if line.strip()]
@@ -636,9 +643,16 @@ class Metrics:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def plot(self):
-        if self.main:
-            plot_metrics(self.path, self.path.with_name("curves.png"))
+    def plot(self, final=False):
+        if not self.main or not self.path.exists():
+            return
+        now = time.perf_counter()
+        if not final and self.drawn_at is not None and \
+                (now - self.drawn_at) * self.PLOT_SHARE < self.drawing_seconds:
+            return
+        plot_metrics(self.path, self.path.with_name("curves.png"))
+        self.drawn_at = time.perf_counter()
+        self.drawing_seconds = self.drawn_at - now
 
 
 def plot_metrics(metrics_file: Path, png: Path):
