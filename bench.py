@@ -7,6 +7,7 @@ variant gives exactly the naive loop's boxes.
   python bench.py --architecture 3b --device cuda # Qwen2.5-VL-3B's shape, random weights
   python bench.py --train --device cuda           # SFT tokens/s and peak memory: LoRA, QLoRA, full
   python bench.py --recovery                      # AO with and without target-loss recovery
+  python bench.py --confidence --json conf.json   # how well the confidence tells good frames from lost ones
   python bench.py --pipeline --json pipeline.json # host ms per frame at 1080p, read-ahead overlap
 
 Variants (per-frame latency and frames/s, medians of --repeats runs):
@@ -59,6 +60,9 @@ def build_parser():
                         "and frames/s with frames read ahead or in turn")
     parser.add_argument("--recovery", action="store_true", help="measure target-loss recovery: AO with and without "
                         "--recover on synthetic clips with occlusion and absence, answered by an ideal detector")
+    parser.add_argument("--confidence", action="store_true", help="measure the answers' confidence on synthetic clips "
+                        "with occlusion and absence: ROC AUC against IoU >= 0.5 and against the target being visible, "
+                        "and AO with and without confidence-driven recovery")
     parser.add_argument("--train-steps", type=int, default=10, help="optimizer steps timed per training mode")
     parser.add_argument("--json", help="write the results here")
     return parser
@@ -393,6 +397,67 @@ def recovery_on_clips(args, speed) -> dict:
 
 
 # -----------------------------------------------------------------------------
+# Confidence: does it tell the frames the tracker got right from the others?
+
+
+def roc_auc(scores, positive) -> float:
+    """The chance that a random positive frame scores above a random negative one (ties
+    count half): the area under the ROC curve. NaN when either class is empty."""
+    import numpy as np
+
+    scores, positive = np.asarray(scores, float), np.asarray(positive, bool)
+    above, below = scores[positive], scores[~positive]
+    if not len(above) or not len(below):
+        return float("nan")
+    wins = (above[:, None] > below[None]).sum() + 0.5 * (above[:, None] == below[None]).sum()
+    return float(wins / (len(above) * len(below)))
+
+
+CONFIDENCE_VARIANTS = {"no recovery": (False, r1track.LOST_BELOW), "recovery after unusable answers": (True, 0.0),
+                       "recovery below 0.5": (True, 0.5), "recovery below 0.6": (True, 0.6)}
+
+
+def bench_confidence(args) -> dict:
+    """Per frame after the first: the tracker's confidence, its IoU with the truth and whether
+    the target is visible, on clips with an occluder and targets that leave the view (the
+    demo model's plain world, and the clutter style it never saw); all sequences batched."""
+    import numpy as np
+
+    model, processor, settings = load(args)
+    results = {}
+    for style in ("plain", "clutter"):
+        with tempfile.TemporaryDirectory() as folder:
+            split = synthetic.make_synthetic_got10k(folder, "val", sequences=args.streams, frames=args.frames,
+                                                  seed=11, style=style, hiding=True)
+            sequences = [read_got10k_sequence(split / name) for name in read_got10k_split(split)]
+            for variant, (recover, lost_below) in CONFIDENCE_VARIANTS.items():
+                tracker = r1track.Tracker((model, processor), settings=settings, recover=recover, lost_below=lost_below)
+                trackers = [copy.copy(tracker) for _ in sequences]
+                for copy_, sequence in zip(trackers, sequences):
+                    copy_.init(r1track.read_frame(sequence["frames"][0]), sequence["boxes_xywh"][0])
+                boxes, confidence = [[] for _ in sequences], [[] for _ in sequences]
+                for t in range(1, args.frames):
+                    frames = [r1track.read_frame(sequence["frames"][t]) for sequence in sequences]
+                    for k, box in enumerate(r1track.update_batch(trackers, frames)):
+                        boxes[k].append(box)
+                        confidence[k].append(trackers[k].confidence)
+                ious = np.concatenate([scoring.bounded_iou(np.array(b), s["boxes_xywh"][1:], *s["resolution"])
+                                       for b, s in zip(boxes, sequences)])
+                visible = np.concatenate([s["cover"][1:] > 0 for s in sequences])
+                scores = np.concatenate(confidence).astype(float)
+                row = {"ao": float(ious.mean()), "roc_auc_iou50": roc_auc(scores, ious >= 0.5),
+                       "roc_auc_visible": roc_auc(scores, visible), "lost_frames": int((scores < lost_below).sum()),
+                       "mean_confidence_visible": float(scores[visible].mean()),
+                       "mean_confidence_hidden": float(scores[~visible].mean()) if (~visible).any() else None,
+                       "frames": len(scores)}
+                results.setdefault(style, {})[variant] = row
+                print(f"{style:<8} {variant:<32} AO {row['ao']:.3f}  ROC AUC (IoU >= 0.5) {row['roc_auc_iou50']:.3f}  "
+                      f"(visible) {row['roc_auc_visible']:.3f}  lost frames {row['lost_frames']}/{row['frames']}",
+                      flush=True)
+    return {"confidence": results, "sequences": args.streams, "frames": args.frames}
+
+
+# -----------------------------------------------------------------------------
 # Training throughput
 
 
@@ -444,6 +509,8 @@ def run(args) -> int:
         raise r1track.UserError("--streams and --repeats must be at least 1, --frames at least 2")
     if args.recovery:
         result = bench_recovery(args)
+    elif args.confidence:
+        result = bench_confidence(args)
     elif args.pipeline:
         result = bench_pipeline(args)
     else:

@@ -8,8 +8,8 @@ built with fast=False, which asks plain `generate`).
 
 from __future__ import annotations
 
-from r1track import (END_OF_TURN, VISION_START, Request, TrackSettings, answer_token_limit, build_inputs,
-                     format_box_xyxy, image_patches, vision_token_ids)
+from r1track import (END_OF_TURN, VISION_START, Request, TrackSettings, answer_confidence, answer_token_limit,
+                     build_inputs, format_box_xyxy, image_patches, vision_token_ids)
 
 
 class FastAnswerer:
@@ -46,11 +46,12 @@ class FastAnswerer:
         with torch.inference_mode():
             states = [self._sequence(r) for r in requests]
             cache, mask, first = self._prefill(requests, states)
-            answers = self._decode(states, cache, mask, first)
+            answers, logprobs = self._decode(states, cache, mask, first)
         texts = []
-        for state, answer in zip(states, answers):
-            answer = answer[:self.max_new_tokens]  # a last pass may have accepted drafts past the limit
+        for state, answer, chosen in zip(states, answers, logprobs):
+            answer, chosen = answer[:self.max_new_tokens], chosen[:self.max_new_tokens]  # a last pass may overshoot
             state["draft"] = answer  # the next frame's guess
+            state["confidence"] = answer_confidence(self.processor.tokenizer, answer, chosen)
             texts.append(self.processor.tokenizer.decode(answer, skip_special_tokens=True))
         return texts
 
@@ -130,11 +131,13 @@ class FastAnswerer:
             grids = torch.cat([state["grids"] for state in states])
         out = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, mm_token_type_ids=types,
                             pixel_values=pixels, image_grid_thw=grids, cache=cache, logits_to_keep=1)
-        return out.cache, mask, self._greedy(out.logits, [0] * rows)[:, -1].tolist()
+        tokens, logprobs = self._greedy(out.logits, [0] * rows)
+        return out.cache, mask, list(zip(tokens[:, -1].tolist(), logprobs[:, -1].tolist()))
 
     def _greedy(self, logits, answer_lengths):
-        """Argmax tokens [rows, positions]; position i of a row would be token answer_length + i
-        of its answer (before min_new_tokens the end is held back)."""
+        """Argmax tokens [rows, positions] and their log-probabilities; position i of a row
+        would be token answer_length + i of its answer (before min_new_tokens the end is held
+        back). The probabilities are those of the distribution the tokens were chosen from."""
         import torch
 
         logits = logits.float()
@@ -144,15 +147,17 @@ class FastAnswerer:
             early = (index < self.min_new_tokens).to(logits.device)
             for end in self.end_ids:
                 logits[..., end] = logits[..., end].masked_fill(early, float("-inf"))
-        return logits.argmax(-1).cpu()
+        best, tokens = logits.log_softmax(-1).max(-1)
+        return tokens.cpu(), best.cpu()
 
     def _decode(self, states, cache, mask, first):
         """Greedy decoding, each pass feeding every row its last token and K drafted ones."""
         import torch
 
         rows, k = len(states), self.draft_tokens
-        answers = [[token] for token in first]
-        done = [token in self.end_ids for token in first]
+        answers = [[token] for token, _ in first]
+        logprobs = [[logprob] for _, logprob in first]
+        done = [token in self.end_ids for token, _ in first]
         position = torch.tensor([state["next_position"] for state in states])  # where the next fed token goes
         while not all(done) and max(len(a) for a in answers) < self.max_new_tokens:
             fed = []  # per row: its last token, then up to K drafted ones (aligned by place in the answer)
@@ -163,8 +168,9 @@ class FastAnswerer:
             mask = torch.cat([mask, torch.ones(rows, k + 1, dtype=torch.long)], 1)
             out = self._forward(input_ids=torch.tensor(fed), attention_mask=mask, position_ids=positions, cache=cache)
             self.decode_passes += 1
-            # best[row][i]: the model's token after fed[row][i]
-            cache, best = out.cache, self._greedy(out.logits, [len(a) for a in answers]).tolist()
+            # best[row][i]: the model's token after fed[row][i]; chosen[row][i] its log-probability
+            tokens, chosen = self._greedy(out.logits, [len(a) for a in answers])
+            cache, best, chosen = out.cache, tokens.tolist(), chosen.tolist()
             for row in range(rows):
                 if done[row]:
                     continue
@@ -172,7 +178,8 @@ class FastAnswerer:
                 while kept < k and fed[row][1 + kept] == best[row][kept] and best[row][kept] not in self.end_ids:
                     kept += 1
                 answers[row] += best[row][:kept + 1]
+                logprobs[row] += chosen[row][:kept + 1]
                 done[row] = answers[row][-1] in self.end_ids or len(answers[row]) >= self.max_new_tokens
                 mask[row, mask.shape[1] - k + kept:] = 0  # the drafts after a disagreement were never said
                 position[row] += kept + 1
-        return answers
+        return answers, logprobs

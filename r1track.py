@@ -1163,10 +1163,26 @@ class Request(NamedTuple):
     jpegs: tuple | None = None  # the crops' JPEG bytes (the published loop): what a server is sent
 
 
+def answer_confidence(tokenizer, token_ids, logprobs) -> float | None:
+    """How sure the model was of the box it answered: the geometric mean of the probabilities
+    of the tokens that carry its numbers (those after the answer's last "["; digits elsewhere,
+    as in reasoning, do not count), from the log-probabilities of the chosen tokens. None when
+    the answer holds no number."""
+    pieces = tokenizer.convert_ids_to_tokens(list(token_ids))
+    opened = [i for i, piece in enumerate(pieces) if "[" in piece]
+    start = opened[-1] if opened else 0
+    numbers = [logprob for piece, logprob in zip(pieces[start:], logprobs[start:])
+               if any(c.isdigit() for c in piece)]
+    if not numbers:
+        return None
+    return float(math.exp(sum(numbers) / len(numbers)))
+
+
 class ModelAnswerer:
     """Greedy answers from a local Qwen2.5-VL through `generate`, the whole prompt every
     frame, batched with left padding. min_new_tokens holds the end back (for timing
-    random weights with answers of a realistic length)."""
+    random weights with answers of a realistic length). Each answer's confidence
+    (answer_confidence, from the scores generate already computes) goes to its request's state."""
 
     def __init__(self, model, processor, settings: TrackSettings, max_new_tokens=None, min_new_tokens=0):
         self.model, self.processor, self.settings = model, processor, settings
@@ -1174,12 +1190,26 @@ class ModelAnswerer:
         self.config.min_new_tokens = min_new_tokens
 
     def __call__(self, requests: list[Request]) -> list[str]:
+        import torch
+
         s = self.settings
         examples = [build_inputs(self.processor, r.template, r.search, r.template_box_xyxy, think=s.think,
                                  wording=s.wording, return_tensors=False, as_published_client=s.asks_as_client)
                     for r in requests]
         batch = collate(examples, self.processor.tokenizer.pad_token_id)
-        return generate_answers(self.model, self.processor, batch, self.config)
+        batch = {k: v.to(self.model.device) for k, v in batch.items() if k != "labels"}
+        with torch.inference_mode():
+            out = self.model.generate(**batch, generation_config=self.config, return_dict_in_generate=True,
+                                      output_scores=True)
+        new_tokens = out.sequences[:, batch["input_ids"].shape[1]:]
+        # scores: one [rows, vocabulary] tensor per generated position
+        chosen = [step.float().log_softmax(-1).gather(1, new_tokens[:, i:i + 1])[:, 0] for i, step in enumerate(out.scores)]
+        tokenizer = self.processor.tokenizer
+        for row, request in enumerate(requests):
+            ids = [t for t in new_tokens[row].tolist() if t != tokenizer.pad_token_id]
+            if request.state is not None:
+                request.state["confidence"] = answer_confidence(tokenizer, ids, [c[row].item() for c in chosen[:len(ids)]])
+        return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
 
 class ServerError(ConnectionError):
@@ -1288,9 +1318,11 @@ def check_init_box(box_xywh, width: int, height: int) -> list[float]:
 
 
 # Target-loss recovery (off by default, as the published loop has none): after an answer
-# that fails, the search square grows by this factor per frame, up to the largest factor.
+# that fails, or one less sure than LOST_BELOW, the search square grows by this factor per
+# frame, up to the largest factor.
 RECOVERY_GROWTH = 1.5
 RECOVERY_MAX_FACTOR = 12.0
+LOST_BELOW = 0.5  # a frame whose answer's confidence is lower counts the target as lost
 
 
 class Tracker:
@@ -1311,14 +1343,17 @@ class Tracker:
     then applies the published frame-edge rule (a box touching the frame's edge is not taken:
     the previous box and answer stay); "lenient" clamps the box into the frame. `fallbacks`
     counts the answers of the sequence that could not be used, `edge_holds` the boxes refused
-    by the frame-edge rule.
+    by the frame-edge rule. After each frame `confidence` says how sure the model was of its
+    box (answer_confidence; None where the answerer cannot say) and `lost` whether that is
+    below `lost_below`; with recover=True a lost frame, like an unusable answer, keeps the last
+    box and widens the next search.
     """
 
     is_deterministic = True  # greedy decoding
 
     def __init__(self, model=None, *, server=None, answer_fn=None, server_model=None, settings=None, crop_size=None,
                  template_factor=None, search_factor=None, think=None, wording=None, loop=None, device=None,
-                 dtype=None, recover=False, max_new_tokens=None, name=None, fast=True):
+                 dtype=None, recover=False, max_new_tokens=None, name=None, fast=True, lost_below=LOST_BELOW):
         if sum(x is not None for x in (model, server, answer_fn)) != 1:
             raise ValueError("give exactly one of: a model (name, folder or (model, processor)), server=, answer_fn=")
         loaded = None
@@ -1357,8 +1392,9 @@ class Tracker:
         else:
             self.answerer = function_answerer(answer_fn)
         self.name = name or "R1-Track"
-        self.recover = recover
+        self.recover, self.lost_below = recover, lost_below
         self.fallbacks = self.edge_holds = 0
+        self.confidence, self.lost = 1.0, False
 
     # -- the GOT-10k toolkit's interface --
 
@@ -1371,6 +1407,7 @@ class Tracker:
         self.previous_answer_xyxy = self.template_box_xyxy  # the answer reused before a first good one
         self.box_xywh = box_xywh
         self.fallbacks = self.edge_holds = self.misses = 0
+        self.confidence, self.lost = 1.0, False  # the given box
         self.state = {}  # the answerer's per-sequence cache (e.g. the template's keys and values)
 
     def update(self, image) -> list[float]:
@@ -1408,19 +1445,26 @@ class Tracker:
         return Request(self.template, search, self.template_box_xyxy, self.state, jpegs)
 
     def accept(self, answer: str) -> list[float]:
-        """The frame box (x, y, w, h) from the answer to the last request."""
+        """The frame box (x, y, w, h) from the answer to the last request. `confidence` becomes
+        the answer's (answer_confidence; 0 for an unusable answer; None where the answerer
+        cannot say, as a server or a function), and `lost` whether it is below `lost_below`."""
         published = self.settings.loop == "published"
         box = parse_answer(answer, think=self.settings.think, strict=published)
         if box is not None:
             box = clamp_box_xyxy(box, self.settings.crop_size)
             if box[2] <= box[0] or box[3] <= box[1]:
                 box = None
+        self.confidence = self.state.pop("confidence", None) if box is not None else 0.0
+        self.lost = self.confidence is not None and self.confidence < self.lost_below
         if box is None:
             self.fallbacks += 1
             if self.recover:  # keep the last box and look wider next frame
                 self.misses += 1
                 return list(self.box_xywh)
             box = self.previous_answer_xyxy
+        elif self.recover and self.lost:  # an answer the model doubts: hold the box, look wider
+            self.misses += 1
+            return list(self.box_xywh)
         self.misses = 0
         scale, origin, (width, height) = self.search_geometry
         box_xywh = crop_to_frame(box, scale, origin)

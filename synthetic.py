@@ -207,7 +207,7 @@ SYNTHETIC_STYLES = ("clutter", "plain")
 
 
 def make_synthetic_got10k(root, split="val", sequences=8, frames=30, size=(320, 240), seed=0,
-                          distractors=None, style="clutter", speed=(1.0, 4.0)) -> Path:
+                          distractors=None, style="clutter", speed=(1.0, 4.0), hiding=None) -> Path:
     """Write a small dataset in the official GOT-10k layout under `root/split`.
 
     style="clutter": each sequence has a patterned target that moves and changes scale over
@@ -216,11 +216,14 @@ def make_synthetic_got10k(root, split="val", sequences=8, frames=30, size=(320, 
     the image or is fully hidden. style="plain": the target alone on a flat background (no
     distractors unless given, no occluder), the easy case a very small model can learn.
     speed: the range of the objects' typical speed, in pixels per frame.
+    hiding: whether the occluder and the walks out of the image happen (default: in the
+    clutter style only); hiding=True gives the plain style's easy target the same absences.
     Labels (cover, absence, cut_by_image) are computed from what is really drawn.
     """
     if style not in SYNTHETIC_STYLES:
         raise ValueError(f"unknown style {style!r}; choose one of {', '.join(SYNTHETIC_STYLES)}")
     plain = style == "plain"
+    hiding = not plain if hiding is None else hiding
     distractors = (0 if plain else 2) if distractors is None else distractors
     width, height = size
     split_dir = Path(root) / split
@@ -244,7 +247,7 @@ def make_synthetic_got10k(root, split="val", sequences=8, frames=30, size=(320, 
         base_h = min(base_w * rng.uniform(0.5, 2.0), height / 1.5)  # wide frames: the target fits in height
         scale_wave = 1 + 0.3 * np.sin(np.linspace(0, rng.uniform(1, 4), frames) + rng.uniform(0, 6))
         margin = np.array([base_w, base_h]) * 0.5
-        leaves = rng.random() < 0.3 and not plain  # this target walks out of the image for a while
+        leaves = rng.random() < 0.3 and hiding  # this target walks out of the image for a while
         low = -margin * (2.5 if leaves else 0.0)
         high = np.array([width, height]) - margin * (1.0 if not leaves else -1.5) - np.array([base_w, base_h]) * 0.3
         start = rng.uniform([base_w * 0.2, base_h * 0.2], [width - base_w * 1.2, height - base_h * 1.2])
@@ -253,7 +256,7 @@ def make_synthetic_got10k(root, split="val", sequences=8, frames=30, size=(320, 
         path[0] = start  # the first frame always shows the whole target
         others = [_random_walk(rng, frames, rng.uniform([0, 0], [width * 0.8, height * 0.8]),
                                (0, 0), (width * 0.85, height * 0.85), pace) for _ in range(distractors)]
-        occluder_on = rng.random() < 0.6 and not plain
+        occluder_on = rng.random() < 0.6 and hiding
         occluder_w = rng.uniform(0.6, 1.6) * base_w
         occluder_x = np.linspace(-occluder_w, width, frames) if rng.random() < 0.5 else np.linspace(width, -occluder_w, frames)
         occluder_colour = rng.uniform(60, 200, size=3)
