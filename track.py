@@ -1,8 +1,11 @@
-"""Track one object through a video with R1-Track.
+"""Track objects through a video with R1-Track.
 
   python track.py --video clip.mp4 --box 241,66,329,154
+  python track.py --video clip.mp4 --box 241,66,329,154 --box 20,30,80,90@40   # two targets, one from frame 40
   python track.py --video frames/ --box 10,20,50,80 --box-format xywh --model runs/sft
   python track.py --video "shots/*.png" --text "the red car"
+  python track.py --video rtsp://camera.local/stream --box 241,66,329,154 --realtime
+  python track.py --video 0 --box 241,66,329,154 --realtime                       # the first camera
   python track.py --video clip.mp4 --box 241,66,329,154 --server http://localhost:8000
   python track.py --demo
 
@@ -10,11 +13,22 @@
 tracks them with demo_model/ (made by make_demo_model.py), scores them as eval_got10k.py
 does, and writes tracked.mp4 (ground truth in white, the tracker's box in green).
 
---video takes a video file (mp4, avi, mkv, webm, mov, ...), a folder of frames or a glob.
-The model runs in-process (a hub id or a folder), or behind an OpenAI-compatible server
-(--server) as the published R1-Track deployment did. --out receives boxes.txt (one
-x,y,w,h row per frame, the first row the given box), times.txt (seconds per frame) and
-tracked.mp4 (every frame with its box).
+--video takes a video file (mp4, avi, mkv, webm, mov, ...), a folder of frames, a glob, a
+network stream (rtsp://, http://, ...) or a camera (/dev/video0, or its index). Every --box
+(or line of --boxes) is a target, tracked with its own template and state; all targets are
+answered in one batched model call per frame. The model runs in-process (a hub id or a
+folder), or behind an OpenAI-compatible server (--server) as the published R1-Track
+deployment did.
+
+--out receives, for one target, boxes.txt (one x,y,w,h row per tracked frame, the first row
+the given box), frames.txt (the frame number of each row), confidence.txt (how sure the
+model was of each box, 0 to 1, from the probabilities of the tokens of its numbers; nan
+where the answerer cannot say, as a server) and lost.txt (1 where the confidence fell below
+--lost-below); with several targets the same files in target1/, target2/ ...; times.txt
+(seconds per frame) and tracked.mp4 (every frame with each target's box, number and
+confidence). --realtime tracks a live source as it comes: the newest frame each time, the
+frames the model could not keep up with dropped and counted, the latency measured
+(realtime.json). Ctrl-C stops and writes everything tracked so far.
 """
 
 from __future__ import annotations
@@ -22,6 +36,7 @@ from __future__ import annotations
 import copy
 import glob
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -76,58 +91,172 @@ def files_ahead(files, readers=2):
         yield from r1track.read_ahead(files, pool, read=read_image, ahead=2 * readers)
 
 
-class Video:
-    """A video file read with PyAV: frames as RGB arrays, None for one that fails to decode."""
+def is_stream(spec: str) -> bool:
+    return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", spec) is not None
 
-    def __init__(self, path: str):
+
+def is_camera(spec: str) -> bool:
+    return spec.isdigit() or spec.startswith("/dev/video")
+
+
+class Video:
+    """A video file or network stream read with PyAV: frames as RGB arrays, None for one
+    that fails to decode; `times` holds each frame's timestamp in seconds (or None)."""
+
+    def __init__(self, path: str, **open_options):
         import av
 
         try:
-            self.container = av.open(path)
+            self.container = av.open(path, **open_options)
             self.stream = self.container.streams.video[0]
         except (av.FFmpegError, IndexError, OSError, UnicodeDecodeError):
             raise UserError(f"cannot read {path} as a video") from None
         self.stream.thread_type = "AUTO"
         self.total = self.stream.frames or None
         self.fps = float(self.stream.average_rate) if self.stream.average_rate else 30.0
+        self.times = []
 
     def __iter__(self):
         import av
 
-        for packet in self.container.demux(self.stream):
-            try:
-                frames = packet.decode()
-            except av.FFmpegError:
-                yield None
-                continue
-            for frame in frames:
-                yield frame.to_ndarray(format="rgb24")
+        try:
+            for packet in self.container.demux(self.stream):
+                try:
+                    frames = packet.decode()
+                except av.FFmpegError:
+                    self.times.append(None)
+                    yield None
+                    continue
+                for frame in frames:
+                    self.times.append(frame.time)
+                    yield frame.to_ndarray(format="rgb24")
+        except av.FFmpegError as error:  # a stream that breaks off: the frames so far are tracked
+            print(f"warning: the video stopped: {r1track.first_line(error)}", file=sys.stderr)
         self.container.close()
 
 
-def open_frames(spec: str, fps: float | None):
-    """(first frame, iterator over every frame, frame count or None, frames per second): RGB
-    arrays, decoded in the background while the tracker works."""
-    files = frame_files(spec)
-    if files is None:
-        video = Video(spec)
-        frames, total, fps = r1track.in_background(iter(video)), video.total, fps or video.fps
+class Camera:
+    """A camera (/dev/videoN or its index) read with OpenCV, whose Linux builds carry the
+    V4L2 capture PyAV's wheels leave out: frames as RGB arrays, as they come."""
+
+    def __init__(self, spec: str):
+        import cv2
+
+        self.capture = cv2.VideoCapture(int(spec) if spec.isdigit() else spec)
+        if not self.capture.isOpened():
+            raise UserError(f"cannot open the camera {spec}")
+        self.total, self.times = None, []
+        self.fps = self.capture.get(cv2.CAP_PROP_FPS) or 30.0
+
+    def __iter__(self):
+        import cv2
+
+        while True:
+            ok, frame = self.capture.read()
+            if not ok:
+                break
+            self.times.append(None)
+            yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        self.capture.release()
+
+
+class NewestFrames:
+    """A source as a live one gives it (--realtime). The first frame (the one the boxes were
+    given on) comes first; from then on a reader thread takes each frame when it is due (a
+    file or a stream: at its timestamp; frames of a folder: every 1/fps; a camera: as it
+    comes) and keeps only the newest. Iterating yields (frame index, frame, the moment it
+    arrived), waiting for a frame not yet taken; those replaced before the tracker took them
+    are `dropped`."""
+
+    def __init__(self, first, rest, times, fps: float, paced: bool):
+        import threading
+
+        self.first, self.condition = first, threading.Condition()
+        self.newest, self.ended, self.dropped = None, False, 0
+        self.reader = threading.Thread(target=self._read, args=(rest, times, fps, paced), daemon=True)
+
+    def _read(self, frames, times, fps, paced):
+        started, first_time = time.perf_counter(), times[0] if times and times[0] is not None else 0.0
+        for index, frame in enumerate(frames, 1):
+            if paced:  # wait until the frame's moment comes, as it would from a camera
+                stamp = times[index] if index < len(times) and times[index] is not None else index / fps
+                time.sleep(max(0.0, started + stamp - first_time - time.perf_counter()))
+            with self.condition:
+                if self.newest is not None:
+                    self.dropped += 1
+                self.newest = (index, frame, time.perf_counter())
+                self.condition.notify()
+        with self.condition:
+            self.ended = True
+            self.condition.notify()
+
+    def __iter__(self):
+        arrived = time.perf_counter()
+        self.reader.start()  # the source's clock starts with the first frame's tracking
+        yield 0, self.first, arrived
+        while True:
+            with self.condition:
+                self.condition.wait_for(lambda: self.newest is not None or self.ended)
+                if self.newest is None:
+                    return
+                taken, self.newest = self.newest, None
+            yield taken
+
+
+def open_frames(spec: str, fps: float | None, realtime=False):
+    """(first frame, iterator over (frame index, frame, arrival time or None), frame count or
+    None, frames per second, the NewestFrames of --realtime or None): RGB arrays, decoded in
+    the background while the tracker works."""
+    files = None if is_stream(spec) or is_camera(spec) else frame_files(spec)
+    if files is not None:
+        source, total, fps, times = iter(files_ahead(files)), len(files), fps or 30.0, []
     else:
-        frames, total, fps = files_ahead(files), len(files), fps or 30.0
-    first = next(frames, None)
+        video = Camera(spec) if is_camera(spec) else Video(spec, timeout=30) if is_stream(spec) else Video(spec)
+        source, total, fps, times = iter(video), video.total, fps or video.fps, video.times
+    first = next(source, None)
     if first is None:
-        raise UserError(f"no frame could be decoded from {spec}" if files is None else
-                        f"cannot read the first frame {files[0]}")
+        raise UserError(f"cannot read the first frame {files[0]}" if files else f"no frame could be decoded from {spec}")
 
-    def all_frames():
+    if realtime:
+        live = NewestFrames(first, source, times, fps, paced=not is_camera(spec))
+        return first, iter(live), total, fps, live
+
+    def every_frame():
         yield first
-        yield from frames
+        yield from source
 
-    return first, all_frames(), total, fps
+    frames = r1track.in_background(every_frame()) if files is None else every_frame()
+    return first, ((index, frame, None) for index, frame in enumerate(frames)), total, fps, None
 
 
 # -----------------------------------------------------------------------------
 # The first box
+
+
+def parse_target(text: str, box_format: str, frame_size) -> tuple[list[float], int]:
+    """A target as --box or a line of --boxes gives it, `x1,y1,x2,y2` or `x1,y1,x2,y2@FRAME`
+    (it appears at frame FRAME, counted from 1): (its box x, y, w, h, its first frame from 0)."""
+    box, _, start = text.partition("@")
+    try:
+        first = int(start) - 1 if start.strip() else 0
+    except ValueError:
+        raise UserError(f"--box {text}: after @ comes the frame the target appears at (from 1)") from None
+    if first < 0:
+        raise UserError(f"--box {text}: frames are counted from 1")
+    return parse_box(box, box_format, frame_size), first
+
+
+def read_box_file(path: str) -> list[str]:
+    """--boxes: one target a line (as --box takes it); blank lines and # comments skipped."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as error:
+        raise UserError(f"--boxes {path}: {error.strerror or error}") from None
+    targets = [line.split("#")[0].strip() for line in lines]
+    targets = [line for line in targets if line]
+    if not targets:
+        raise UserError(f"--boxes {path}: no target in it (one x1,y1,x2,y2[@frame] a line)")
+    return targets
 
 
 def parse_box(text: str, box_format: str, frame_size) -> list[float]:
@@ -184,20 +313,69 @@ class VideoWriter:
         self.tmp.replace(self.path)
 
 
-def draw_box(image, box_xywh, index: int):
+COLOURS = ((0, 255, 0), (255, 64, 64), (64, 160, 255), (255, 200, 0), (255, 0, 255), (0, 255, 255),
+           (255, 128, 0), (160, 96, 255))
+
+
+def draw_targets(image, targets, index: int):
+    """The frame with each target's box in its colour, its number and confidence beside it;
+    a lost target's box drawn thin with "lost"."""
     from PIL import ImageDraw
 
     image = r1track.as_pil(image).copy()
     draw = ImageDraw.Draw(image)
-    x, y, w, h = box_xywh
     width = max(2, round(min(image.size) / 200))
-    draw.rectangle([x, y, x + w, y + h], outline=(0, 255, 0), width=width)
+    for target in targets:
+        if not target.frames or target.frames[-1] != index:
+            continue  # not started yet
+        x, y, w, h = target.boxes[-1]
+        colour = COLOURS[(target.number - 1) % len(COLOURS)]
+        lost = target.lost[-1]
+        draw.rectangle([x, y, x + w, y + h], outline=colour, width=1 if lost else width)
+        confidence = target.confidences[-1]
+        label = f"{target.number}" + ("" if confidence is None else f" {confidence:.2f}") + (" lost" if lost else "")
+        draw.text((x + 2, max(y - 12, 0)), label, fill=colour)
     draw.text((6, 4), f"#{index + 1}", fill=(255, 255, 0))
+    return image
+
+
+def draw_box(image, box_xywh, index: int):
+    """The frame with one box in green and its frame number (the demo's video)."""
+    from PIL import ImageDraw
+
+    image = r1track.as_pil(image).copy()
+    x, y, w, h = box_xywh
+    ImageDraw.Draw(image).rectangle([x, y, x + w, y + h], outline=COLOURS[0], width=max(2, round(min(image.size) / 200)))
+    ImageDraw.Draw(image).text((6, 4), f"#{index + 1}", fill=(255, 255, 0))
     return image
 
 
 def write_rows(path: Path, rows):
     r1track.write_atomic(path, "".join(",".join(f"{v:.3f}" for v in row) + "\n" for row in rows))
+
+
+class Target:
+    """One tracked object: where it starts, its tracker (its own state; the answerer is
+    shared) and what it has produced, one row per tracked frame."""
+
+    def __init__(self, number: int, box_xywh, first_frame: int):
+        self.number, self.box_xywh, self.first_frame = number, box_xywh, first_frame
+        self.tracker = None
+        self.frames, self.boxes, self.confidences, self.lost = [], [], [], []
+
+    def add(self, index: int, box, confidence, lost: bool):
+        self.frames.append(index)
+        self.boxes.append(list(box))
+        self.confidences.append(confidence)
+        self.lost.append(bool(lost))
+
+    def write(self, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        write_rows(folder / "boxes.txt", self.boxes)
+        r1track.write_atomic(folder / "frames.txt", "".join(f"{index + 1}\n" for index in self.frames))
+        r1track.write_atomic(folder / "confidence.txt", "".join(
+            "nan\n" if c is None else f"{c:.4f}\n" for c in self.confidences))
+        r1track.write_atomic(folder / "lost.txt", "".join(f"{int(lost)}\n" for lost in self.lost))
 
 
 # -----------------------------------------------------------------------------
@@ -207,9 +385,12 @@ def build_parser():
     parser = r1track.ArgumentParser(description=__doc__)
     parser.add_argument("--demo", action="store_true", help="offline demo: track synthetic clips with the "
                         "bundled demo_model/ (or --model), print their AO, write tracked.mp4")
-    parser.add_argument("--video", help="a video file, a folder of frames, or a glob such as 'frames/*.jpg'")
-    parser.add_argument("--box", help="the target in the first frame, in frame pixels: x1,y1,x2,y2 "
-                        "(or x,y,w,h with --box-format xywh)")
+    parser.add_argument("--video", help="a video file, a folder of frames, a glob such as 'frames/*.jpg', a stream "
+                        "URL (rtsp://, http://, ...) or a camera (/dev/video0, or its index)")
+    parser.add_argument("--box", action="append", help="a target in the first frame, in frame pixels: x1,y1,x2,y2 "
+                        "(or x,y,w,h with --box-format xywh); x1,y1,x2,y2@N: it appears at frame N. Repeat for "
+                        "several targets")
+    parser.add_argument("--boxes", help="a file of targets, one a line, each as --box takes it")
     parser.add_argument("--box-format", choices=["xyxy", "xywh"], default="xyxy",
                         help="how --box is written (default: xyxy; xywh as in GOT-10k files)")
     parser.add_argument("--text", help="find the target from a description in the first frame instead of --box, "
@@ -223,8 +404,13 @@ def build_parser():
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
                         help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
-    parser.add_argument("--recover", action="store_true", help="after a failed answer, widen the search region "
-                        "until the target is found again (not part of the published loop)")
+    parser.add_argument("--recover", action="store_true", help="after a failed answer, or one whose confidence is "
+                        "below --lost-below, keep the box and widen the search region until the target is found "
+                        "again (not part of the published loop)")
+    parser.add_argument("--lost-below", type=float, default=r1track.LOST_BELOW, help="a frame whose answer's "
+                        f"confidence is below this counts the target as lost (default: {r1track.LOST_BELOW})")
+    parser.add_argument("--realtime", action="store_true", help="track a live source as it comes: always the newest "
+                        "frame, dropping those the model cannot keep up with (files are played at their own pace)")
     parser.add_argument("--out", help="output folder (default: runs/track-<video name>, or runs/demo)")
     parser.add_argument("--fps", type=float, help="frame rate of tracked.mp4 (default: the video's, or 30)")
     parser.add_argument("--no-video", action="store_true", help="skip writing tracked.mp4")
@@ -234,6 +420,7 @@ def build_parser():
 def load_tracker(args, first_frame):
     """The tracker and the first box found by --text (None without --text)."""
     tracker, loaded = r1track.tracker_from_args(args, args.device, name=f"R1-Track[{Path(args.model).name}]")
+    tracker.lost_below = args.lost_below
     print(f"tracking settings: {tracker.settings.describe()}")
     box = None
     if args.text:
@@ -243,63 +430,116 @@ def load_tracker(args, first_frame):
     return tracker, box
 
 
+def check_args(args):
+    """Everything that can be refused before a frame is read or a model loaded."""
+    if not args.video:
+        raise UserError("--video is required")
+    given = (args.box is not None) + (args.boxes is not None) + (args.text is not None)
+    if given != 1:
+        raise UserError("give the target(s) with --box, --boxes or --text (one of them)")
+    if args.text and args.server:
+        raise UserError("--text needs a local model; with --server give --box")
+    if not 0 <= args.lost_below <= 1:
+        raise UserError("--lost-below is a confidence, between 0 and 1")
+
+
 def track(args) -> int:
     from tqdm import tqdm
 
     args.model = args.model or r1track.DEFAULT_MODEL
-    if not args.video:
-        raise UserError("--video is required")
-    if (args.box is None) == (args.text is None):
-        raise UserError("give the target with --box or with --text (one of them)")
-    if args.text and args.server:
-        raise UserError("--text needs a local model; with --server give --box")
-    first, frames, total, fps = open_frames(args.video, args.fps)
+    check_args(args)
+    specs = args.box or (read_box_file(args.boxes) if args.boxes else [])
+    first, frames, total, fps, live = open_frames(args.video, args.fps, args.realtime)
     size = (first.shape[1], first.shape[0])
-    box_xywh = parse_box(args.box, args.box_format, size) if args.box else None
+    targets = [Target(number, *parse_target(spec, args.box_format, size)) for number, spec in enumerate(specs, 1)]
     out = Path(args.out or f"runs/track-{Path(args.video.rstrip('/')).stem.strip('*') or 'frames'}")
     out.mkdir(parents=True, exist_ok=True)
 
     tracker, found = load_tracker(args, first)
-    box_xywh = box_xywh or found
-    boxes, times = [], []
+    if found is not None:
+        targets = [Target(1, found, 0)]
+    times, latencies = [], []
     writer = None if args.no_video else VideoWriter(out / "tracked.mp4", size, fps)
     last_image, decode_failures, interrupted = first, 0, False
-    bar = tqdm(total=total, desc="tracking", unit="frame", dynamic_ncols=True)
+    bar = tqdm(total=None if args.realtime else total, desc="tracking", unit="frame", dynamic_ncols=True)
     try:
-        for index, image in enumerate(frames):
+        for index, image, arrived in frames:
             started = time.perf_counter()
-            if index == 0:
-                tracker.init(image, box_xywh)
-                box = tracker.box_xywh
-            elif image is None:
+            if image is None:
                 decode_failures += 1
-                bar.write(f"warning: frame {index + 1} could not be decoded; keeping the last box", file=sys.stderr)
-                box, image = boxes[-1], last_image
+                bar.write(f"warning: frame {index + 1} could not be decoded; keeping the last boxes", file=sys.stderr)
+                image = last_image
+                for target in (t for t in targets if t.tracker):
+                    target.add(index, target.boxes[-1], target.confidences[-1], target.lost[-1])
             else:
-                box = tracker.update(image)
+                track_frame(targets, tracker, image, index)
             times.append(time.perf_counter() - started if index else 0.0)
-            boxes.append(box)
+            if arrived is not None:
+                latencies.append(time.perf_counter() - arrived)
             if writer:
-                writer.write(draw_box(image, box, index))
+                writer.write(draw_targets(image, targets, index))
             last_image = image
             bar.update()
     except KeyboardInterrupt:
         interrupted = True
     finally:
         bar.close()
-        write_rows(out / "boxes.txt", boxes)
+        for target in targets:
+            target.write(out if len(targets) == 1 else out / f"target{target.number}")
         write_rows(out / "times.txt", [[t] for t in times])
         if writer:
             writer.close()
-    tracked = [t for t in times[1:] if t > 0]
-    fps_measured = len(tracked) / sum(tracked) if tracked else 0.0
-    edge = f", {tracker.edge_holds} boxes held at the frame edge" if tracker.settings.loop == "published" else ""
-    print(f"{len(boxes)} frames, {fps_measured:.2f} FPS, {tracker.fallbacks} fallbacks "
-          f"(unusable answers: the previous one reused){edge}, {decode_failures} undecodable frames -> {out}")
+        if live:
+            write_realtime_report(out / "realtime.json", live, latencies, len(times))
+    summarise(targets, times, decode_failures, out, live, latencies)
     if interrupted:
         print("interrupted: the frames tracked so far are saved")
         return 130
     return 0
+
+
+def track_frame(targets, tracker, image, index: int):
+    """One frame: targets appearing here start (each with its own copy of the tracker), the
+    others are answered together in one batched call."""
+    running = [t for t in targets if t.tracker]
+    for target in targets:
+        # a target starts at its frame, or (realtime, its frame dropped) at the first one after
+        if target.tracker is None and index >= target.first_frame:
+            target.tracker = copy.copy(tracker)
+            target.tracker.init(image, target.box_xywh)
+            target.add(index, target.tracker.box_xywh, 1.0, False)
+    if running:
+        boxes = r1track.update_batch([t.tracker for t in running], [image] * len(running))
+        for target, box in zip(running, boxes):
+            target.add(index, box, target.tracker.confidence, target.tracker.lost)
+
+
+def write_realtime_report(path: Path, live, latencies, processed: int):
+    import statistics
+
+    report = {"frames_tracked": processed, "frames_dropped": live.dropped,
+              "latency_ms_median": 1000 * statistics.median(latencies) if latencies else None,
+              "latency_ms_max": 1000 * max(latencies) if latencies else None}
+    r1track.write_atomic(path, json.dumps(report, indent=2) + "\n")
+
+
+def summarise(targets, times, decode_failures, out, live, latencies):
+    tracked = [t for t in times[1:] if t > 0]
+    fps_measured = len(tracked) / sum(tracked) if tracked else 0.0
+    print(f"{len(times)} frames, {fps_measured:.2f} FPS, {decode_failures} undecodable frames -> {out}")
+    for target in targets:
+        if target.tracker is None:
+            print(f"target {target.number}: never started (its frame {target.first_frame + 1} did not come)")
+            continue
+        t = target.tracker
+        edge = f", {t.edge_holds} boxes held at the frame edge" if t.settings.loop == "published" else ""
+        name = f"target {target.number}: " if len(targets) > 1 else ""
+        print(f"{name}{len(target.boxes)} frames, {t.fallbacks} fallbacks (unusable answers: the previous one "
+              f"reused){edge}, {sum(target.lost)} frames lost (confidence below {t.lost_below})")
+    if live:
+        median = f"{1000 * sorted(latencies)[len(latencies) // 2]:.0f} ms" if latencies else "-"
+        print(f"realtime: {len(times)} frames tracked, {live.dropped} dropped (the model could not keep up), "
+              f"latency {median} (median, from a frame's arrival to its boxes)")
 
 
 # -----------------------------------------------------------------------------
