@@ -242,12 +242,8 @@ def fallbacks_file(results: Path, name: str) -> Path:
 
 
 def write_sequence(results: Path, name: str, boxes_xywh, seconds, answer_codes=None):
-    boxes_file, times_file = result_files(results, name)
-    # the boxes last: a sequence counts as done once they are there
-    if answer_codes is not None:
-        r1track.write_atomic(fallbacks_file(results, name), "".join(f"{code}\n" for code in answer_codes))
-    r1track.write_atomic(times_file, "".join(f"{t:.8f}\n" for t in seconds))
-    r1track.write_atomic(boxes_file, "".join(",".join(f"{v:.3f}" for v in box) + "\n" for box in boxes_xywh))
+    scoring.write_result_files(*result_files(results, name), fallbacks_file(results, name), boxes_xywh, seconds,
+                               answer_codes)
 
 
 def is_complete(results: Path, name: str, frames: int) -> bool:

@@ -46,10 +46,14 @@ def is_complete(results: Path, name: str, frames: int) -> bool:
 
 
 def write_sequence(results: Path, name: str, boxes_xywh, seconds, answer_codes=None):
-    boxes_file, times_file = result_files(results, name)
-    # the boxes last: a sequence counts as done once they are there
+    write_result_files(*result_files(results, name), fallbacks_file(results, name), boxes_xywh, seconds, answer_codes)
+
+
+def write_result_files(boxes_file: Path, times_file: Path, codes_file: Path, boxes_xywh, seconds, answer_codes=None):
+    """A sequence's result files, each whole or not at all; the boxes last: a sequence counts
+    as done once they are there."""
     if answer_codes is not None:
-        r1track.write_atomic(fallbacks_file(results, name), "".join(f"{code}\n" for code in answer_codes))
+        r1track.write_atomic(codes_file, "".join(f"{code}\n" for code in answer_codes))
     r1track.write_atomic(times_file, "".join(f"{t:.8f}\n" for t in seconds))
     r1track.write_atomic(boxes_file, "".join(",".join(f"{v:.3f}" for v in box) + "\n" for box in boxes_xywh))
 
