@@ -38,14 +38,17 @@ from training import autocast, to_device, trainable_parameters
 # The GRPO maths, importable and tested on their own
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6, scale=True) -> torch.Tensor:
     """(r - group mean) / (group std + eps), std with Bessel's correction; a group of one
-    has mean 0 and std 1. A group of equal rewards gets zero advantage, never NaN."""
+    has mean 0 and std 1. A group of equal rewards gets zero advantage, never NaN.
+    scale=False: r - group mean (Dr. GRPO: no division by the std)."""
     groups = rewards.view(-1, group_size).double()                           # [prompts, G]
     if group_size == 1:
         mean, std = torch.zeros_like(groups), torch.ones_like(groups)
     else:
         mean, std = groups.mean(1, keepdim=True), groups.std(1, keepdim=True)  # unbiased
+    if not scale:
+        std, eps = torch.ones_like(std), 0.0
     return ((groups - mean) / (std + eps)).view(-1).to(rewards.dtype)
 
 
@@ -56,15 +59,26 @@ def kl_low_var(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return (torch.exp(d) - d - 1).clamp(-10, 10)
 
 
-def policy_loss(logp, old_logp, advantages, mask, clip=0.2):
-    """PPO-clip loss as a token-level masked mean, and the share of tokens where clipping
+LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean")
+
+
+def masked_mean(values, mask, aggregation="token-mean"):
+    """The mean of values [B, T] over the answer tokens (mask): token-mean weighs every token
+    of the batch alike (EasyR1's default, the published runs'); seq-mean-token-mean takes each
+    answer's token mean, then their mean (TRL's "grpo" loss), so short answers weigh more."""
+    if aggregation == "token-mean":
+        return (values * mask).sum() / mask.sum().clamp(min=1)
+    return ((values * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+
+
+def policy_loss(logp, old_logp, advantages, mask, clip=0.2, aggregation="token-mean"):
+    """PPO-clip loss as a masked mean (masked_mean), and the share of tokens where clipping
     took over. logp, old_logp, mask: [B, T]; advantages: [B]."""
     ratio = torch.exp(logp - old_logp)
     unclipped = -advantages[:, None] * ratio
     clipped = -advantages[:, None] * ratio.clamp(1 - clip, 1 + clip)
     per_token = torch.maximum(unclipped, clipped)
-    tokens = mask.sum().clamp(min=1)
-    return (per_token * mask).sum() / tokens, ((clipped > unclipped).float() * mask).sum() / tokens
+    return masked_mean(per_token, mask, aggregation), masked_mean((clipped > unclipped).float(), mask)
 
 
 # -----------------------------------------------------------------------------
@@ -94,6 +108,11 @@ def build_parser():
                        f"{r1track.answer_token_limit(True)} with --think)")
     group.add_argument("--clip", type=float, default=0.2, help="PPO clip range")
     group.add_argument("--kl-coef", type=float, default=1e-2, help="weight of the KL-to-reference loss")
+    group.add_argument("--loss-agg", choices=LOSS_AGGREGATIONS, default="token-mean", help="how the per-token loss "
+                       "becomes one number: token-mean over all answer tokens of an update (EasyR1, the published "
+                       "runs; default) or seq-mean-token-mean, each answer's mean then their mean (TRL's grpo)")
+    group.add_argument("--scale-rewards", choices=["group", "none"], default="group", help="divide the advantages "
+                       "by the group's reward std (default, as published) or not (Dr. GRPO)")
     group.add_argument("--reward", choices=["r1track", "iou"], default="r1track",
                        help="r1track: the published shaped-GIoU reward; iou: plain IoU + a 0/1 format term")
     group.add_argument("--think", action="store_true", help="ask for <think> reasoning then an <answer>; "
@@ -205,7 +224,7 @@ def grpo_step(step, model, raw, reference, processor, optimizer, scheduler, stre
     rewards = torch.tensor([s["overall"] for s in scores])
 
     # 3. advantage: each answer against the other answers to the same question     [P*G]
-    advantages = group_advantages(rewards, args.group_size).to(dist.device)
+    advantages = group_advantages(rewards, args.group_size, scale=args.scale_rewards == "group").to(dist.device)
 
     # 4. loss: PPO-clip against the sampling policy + KL to the reference, token-level
     #    mean; the answers are split into --updates-per-batch mini-batches, a step each
@@ -278,15 +297,17 @@ def ppo_updates(model, optimizer, rows, updates, old, ref, advantages, processor
     losses, clip_fracs, grad_norms = [], [], []
     for update in updates:
         tokens = sum(sum(rows[i]["answer_mask"]) for chunk in update for i in chunk)
+        answers = sum(len(chunk) for chunk in update)
         for c, chunk in enumerate(update):
             batch, answer, mask = sample_batch([rows[i] for i in chunk], pad, dist.device)
             key = tuple(chunk)
             syncing = c == len(update) - 1 or dist.world == 1 or args.fsdp
             with (contextlib.nullcontext() if syncing else model.no_sync()), autocast(dist):
                 logp, _ = token_logprobs(model, batch, answer, args.temperature, suppressed)          # [B, T]
-                pg, clip_frac = policy_loss(logp, old[key], advantages[list(chunk)], mask, args.clip)
-                kl = (kl_low_var(logp, ref[key]) * mask).sum() / mask.sum().clamp(min=1)
-                share = float(mask.sum()) / tokens  # micro-batch means, weighted into the update's token mean
+                pg, clip_frac = policy_loss(logp, old[key], advantages[list(chunk)], mask, args.clip, args.loss_agg)
+                kl = masked_mean(kl_low_var(logp, ref[key]), mask, args.loss_agg)
+                # micro-batch means, weighted into the update's mean over its tokens (or its answers)
+                share = float(mask.sum()) / tokens if args.loss_agg == "token-mean" else len(chunk) / answers
                 loss = (pg + args.kl_coef * kl) * share
             loss.backward()
             losses.append(float(loss.detach()) / share)

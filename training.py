@@ -97,6 +97,9 @@ def add_run_args(parser, default_out="runs/sft", default_batch=4, default_accum=
     group.add_argument("--batch-size", type=positive_int, default=default_batch, help="pairs per micro-batch, per rank")
     group.add_argument("--grad-accum", type=positive_int, default=default_accum, help="micro-batches per optimizer step")
     group.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    group.add_argument("--decay-biases-and-norms", action=argparse.BooleanOptionalAction, default=True,
+                       help="apply the weight decay to biases and norm weights too (default, as the published "
+                       "EasyR1 runs; --no-decay-biases-and-norms: matrices only, as transformers' Trainer)")
     group.add_argument("--warmup-ratio", type=float, default=0.1, help="share of the steps with a linear warmup; cosine decay after")
     group.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this")
     group.add_argument("--seed", type=int, default=0, help="random seed (data order, sampled pairs, adapter init)")
@@ -265,8 +268,12 @@ def make_optimizer(model, args, dist, total_steps, schedule_kind="cosine"):
     params = trainable_parameters(model)
     if not params:
         raise UserError("nothing to train: every weight is frozen")
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999),
-                                  fused=dist.device.type == "cuda")
+    if getattr(args, "decay_biases_and_norms", True):
+        groups = [{"params": params, "weight_decay": args.weight_decay}]
+    else:  # biases and norm weights are the 1-D ones
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.999), fused=dist.device.type == "cuda")
     warmup = int(round(args.warmup_ratio * total_steps))
 
     def schedule(step):  # linear warmup, then cosine to zero (or constant)
@@ -425,8 +432,9 @@ def check_same_flags(resume_dir: Path, args) -> None:
     if saved is None:  # a checkpoint from before flags were saved
         return
     now = json.loads(json.dumps(run_flags(args)))  # as the file holds them (tuples as lists)
+    # a flag newer than the checkpoint is not in it: the run had that flag's behaviour before it existed
     changed = [f"--{key.replace('_', '-')} {saved.get(key)!r} -> {now.get(key)!r}"
-               for key in sorted(set(saved) | set(now)) if saved.get(key) != now.get(key)]
+               for key in sorted(saved) if saved.get(key) != now.get(key)]
     if changed:
         raise UserError(f"{resume_dir} was saved by a run with other flags ({'; '.join(changed)}); resume with "
                         "the run's own flags, or start a new run in another --out")

@@ -302,3 +302,28 @@ def test_curves_are_redrawn_within_a_small_share_of_the_run(tmp_path, monkeypatc
     metrics.plot(final=True)
     assert 3 <= len(drawings) <= 6  # at most 2% of the 400 s run
     assert drawings[-1] == clock["now"] - 1.0  # the final one, after the last step
+
+
+def test_loss_aggregations_and_unscaled_advantages_by_hand():
+    """token-mean weighs every answer token alike; seq-mean-token-mean each answer alike (a
+    one-token answer weighs as much as a three-token one); scale=False leaves r - mean."""
+    from train_grpo import masked_mean
+
+    values = torch.tensor([[1.0, 1.0, 1.0], [4.0, 9.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    assert float(masked_mean(values, mask, "token-mean")) == pytest.approx(7 / 4)
+    assert float(masked_mean(values, mask, "seq-mean-token-mean")) == pytest.approx((1 + 4) / 2)
+    assert group_advantages(torch.tensor([1.0, 2.0, 6.0]), 3, scale=False).tolist() == pytest.approx([-2, -1, 3])
+
+
+def test_weight_decay_can_leave_biases_and_norms_alone():
+    import argparse
+
+    import training
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    dist = type("Dist", (), {"device": torch.device("cpu")})()
+    for decay_all, decayed in ((True, 4), (False, 1)):  # weight, bias, norm weight, norm bias; or the matrix only
+        args = argparse.Namespace(lr=1e-3, weight_decay=0.1, warmup_ratio=0.0, decay_biases_and_norms=decay_all)
+        optimizer, _ = training.make_optimizer(model, args, dist, 10)
+        assert sum(len(g["params"]) for g in optimizer.param_groups if g["weight_decay"] == 0.1) == decayed

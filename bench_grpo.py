@@ -1,0 +1,286 @@
+"""GRPO side by side: this project's train_grpo.py and Hugging Face TRL's GRPOTrainer, from the
+same warm start, on the same pairs, with the same reward and matched settings, over seeds.
+
+  pip install trl                      # a development dependency: never needed to train
+  python bench_grpo.py --seeds 0 1 2 --json grpo-peer.json --plot grpo-peer.png
+  python bench_grpo.py --seeds 0 1 2 --only ours --variant seq-mean="--loss-agg seq-mean"
+
+The warm start is the tiny Qwen2.5-VL (synthetic.save_tiny_model) after --sft-steps steps of
+full SFT on --pairs synthetic pairs (train_sft.py); both trainers then fine-tune all its
+weights on those pairs with the published reward (r1track.reward): --questions questions a
+rollout, --group answers to each at --temperature, --updates optimizer steps a rollout, KL
+--kl to the starting weights, clip 0.2, AdamW at --lr with weight decay 0.01, for --rollouts
+rollouts. Reported per run: the mean reward and the format rate of every rollout, the KL,
+and the final greedy reward on the pairs; per trainer, the means over the seeds.
+--variant NAME="FLAGS" adds a run of train_grpo.py with extra flags (repeatable).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import r1track
+import synthetic
+from data import open_pairs
+
+ROOT = Path(__file__).resolve().parent
+
+
+def build_parser():
+    parser = r1track.ArgumentParser(description=__doc__)
+    parser.add_argument("--work", default="runs/grpo-peer", help="where the warm start and the runs go")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the GRPO runs")
+    parser.add_argument("--only", choices=["ours", "trl"], help="run one trainer only")
+    parser.add_argument("--variant", action="append", default=[], metavar='NAME="FLAGS"',
+                        help="another run of train_grpo.py with these extra flags")
+    parser.add_argument("--pairs", type=int, default=16, help="synthetic training pairs")
+    parser.add_argument("--sft-steps", type=int, default=100, help="SFT steps of the warm start")
+    parser.add_argument("--rollouts", type=int, default=40)
+    parser.add_argument("--questions", type=int, default=4, help="questions per rollout")
+    parser.add_argument("--group", type=int, default=5, help="answers per question")
+    parser.add_argument("--updates", type=int, default=4, help="optimizer steps per rollout")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--kl", type=float, default=0.01)
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--plot", help="write reward and format curves here (png)")
+    return parser
+
+
+def run_script(*args):
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+    if result.returncode:
+        raise r1track.UserError(f"{args[0]} failed: {result.stderr.strip().splitlines()[-1:]}")
+    return result
+
+
+# -----------------------------------------------------------------------------
+# The common ground: pairs, a warm start, the greedy reward
+
+
+def warm_start(args) -> tuple[Path, Path]:
+    """(the SFT checkpoint, the pairs' parquet), made once in --work."""
+    work = Path(args.work)
+    pairs, warm = work / f"pairs{args.pairs}.parquet", work / f"sft{args.sft_steps}"
+    if not pairs.is_file():
+        clips = synthetic.make_synthetic_got10k(work / "clips", "val", sequences=6, frames=24, seed=1)
+        run_script("prepare_data.py", "pairs", "--got10k", clips, "--out", pairs, "--num", args.pairs, "--size", 112,
+                   "--seed", 0)
+    if not (warm / "config.json").is_file():
+        tiny = synthetic.save_tiny_model(work / "tiny")
+        run_script("train_sft.py", "--model", tiny, "--data", pairs, "--out", warm, "--crop-size", 112, "--full",
+                   "--lr", "1e-3", "--batch-size", 16, "--grad-accum", 1, "--max-steps", args.sft_steps,
+                   "--no-gradient-checkpointing", "--save-every", 100000)
+    return warm, pairs
+
+
+def greedy_reward(model, processor, pairs) -> float:
+    """The mean published reward of the greedy answers to the pairs."""
+    rewards = []
+    for pair in pairs:
+        inputs = r1track.build_inputs(processor, pair.template, pair.search, pair.template_box_xyxy)
+        answer = r1track.generate_answers(model, processor, inputs)[0]
+        rewards.append(r1track.reward(answer, pair.search_box_xyxy)["overall"])
+    return float(np.mean(rewards))
+
+
+def load_pairs(path: Path) -> list:
+    source = open_pairs(str(path), 112)
+    return [source.load(i) for i in range(len(source))]
+
+
+# -----------------------------------------------------------------------------
+# Ours: train_grpo.py as a user runs it
+
+
+def run_ours(args, warm, pairs_file, pairs, seed, out, extra=()) -> dict:
+    started = time.perf_counter()
+    run_script("train_grpo.py", "--init", warm, "--data", pairs_file, "--out", out, "--full", "--crop-size", 112,
+               "--lr", args.lr, "--weight-decay", "0.01", "--temperature", args.temperature,
+               "--prompts-per-step", args.questions, "--group-size", args.group, "--updates-per-batch", args.updates,
+               "--batch-size", args.questions * args.group // args.updates, "--kl-coef", args.kl, "--clip", "0.2",
+               "--max-steps", args.rollouts, "--max-new-tokens", args.max_new_tokens, "--seed", seed,
+               "--save-every", 100000, "--no-gradient-checkpointing", *extra)
+    seconds = time.perf_counter() - started
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [s for s in steps if "reward_mean" in s]
+    model, processor = r1track.load_model(str(out), device="cpu")
+    return {"reward": [s["reward_mean"] for s in steps], "format": [s["format_rate"] for s in steps],
+            "kl": [s["kl"] for s in steps], "greedy_reward": greedy_reward(model, processor, pairs),
+            "step_s": float(np.median([s["step_s"] for s in steps])), "run_s_per_step": seconds / len(steps)}
+
+
+# -----------------------------------------------------------------------------
+# TRL's GRPOTrainer on the same questions
+
+
+def trl_processor(processor):
+    """Qwen2.5-VL's processor, built without a video processor (transformers cannot build one
+    without torchvision, and tracking shows no videos)."""
+    from transformers import Qwen2_5_VLProcessor
+
+    class WithoutVideo(Qwen2_5_VLProcessor):
+        def check_argument_for_proper_class(self, name, argument):
+            return None if name == "video_processor" else super().check_argument_for_proper_class(name, argument)
+
+    return WithoutVideo(image_processor=processor.image_processor, tokenizer=processor.tokenizer,
+                        video_processor=None, chat_template=processor.tokenizer.chat_template)
+
+
+def trl_example(pair) -> dict:
+    """The tracking question as r1track.build_messages words it, for TRL: every message's
+    content a list of parts (the system message's too), the images as placeholders there and
+    in an "images" column, the true box in "truth"."""
+    from PIL import Image
+
+    messages = r1track.build_messages(pair.template_box_xyxy)
+    prompt = [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}] if isinstance(m["content"], str)
+               else [{"type": part["type"], **({"text": part["text"]} if part["type"] == "text" else {})}
+                     for part in m["content"]]} for m in messages]
+    images = [Image.fromarray(i) if isinstance(i, np.ndarray) else i for i in (pair.template, pair.search)]
+    return {"prompt": prompt, "images": images, "truth": list(pair.search_box_xyxy)}
+
+
+def run_trl(args, warm, pairs, seed, out) -> dict:
+    import torch
+    import trl
+    from transformers import PrinterCallback, TrainerCallback
+
+    model, processor = r1track.load_model(str(warm), device="cpu")
+    rollouts = []  # per reward call (one rollout): mean reward, format rate
+
+    def reward(prompts, completions, completion_ids, truth, **_):
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        scores = [r1track.reward(text, box, response_len=len(ids)) for text, box, ids in zip(texts, truth, completion_ids)]
+        rollouts.append((float(np.mean([s["overall"] for s in scores])), float(np.mean([s["format"] for s in scores]))))
+        return [s["overall"] for s in scores]
+
+    kls = []  # per optimizer step
+
+    class Logs(TrainerCallback):
+        def on_log(self, arguments, state, control, logs=None, **kwargs):
+            if logs and "kl" in logs:
+                kls.append(float(logs["kl"]))
+
+    from datasets import Dataset
+
+    dataset = Dataset.from_list([trl_example(p) for p in pairs])
+    config = trl.GRPOConfig(
+        output_dir=str(out), learning_rate=args.lr, weight_decay=0.01, lr_scheduler_type="constant", warmup_steps=0,
+        temperature=args.temperature, top_p=1.0, top_k=0, num_generations=args.group,
+        per_device_train_batch_size=args.questions * args.group // args.updates, steps_per_generation=args.updates,
+        gradient_accumulation_steps=1, max_steps=args.rollouts * args.updates, beta=args.kl, epsilon=0.2,
+        loss_type="grpo", scale_rewards="group", max_completion_length=args.max_new_tokens, logging_steps=1,
+        report_to=[], save_strategy="no", seed=seed, use_cpu=True, bf16=False, remove_unused_columns=False,
+        max_grad_norm=1.0, disable_tqdm=True)
+    trainer = trl.GRPOTrainer(model=model, processing_class=trl_processor(processor), reward_funcs=[reward],
+                              args=config, train_dataset=dataset, callbacks=[Logs()])
+    trainer.remove_callback(PrinterCallback)  # it prints every step's log dictionary
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    model.eval()
+    with torch.no_grad():
+        greedy = greedy_reward(model, processor, pairs)
+    per_rollout_kl = [float(np.mean(kls[i:i + args.updates])) for i in range(0, len(kls), args.updates)]
+    return {"reward": [r for r, _ in rollouts], "format": [f for _, f in rollouts], "kl": per_rollout_kl,
+            "greedy_reward": greedy, "run_s_per_step": seconds / max(len(rollouts), 1)}
+
+
+# -----------------------------------------------------------------------------
+# Report
+
+
+def summary(runs: list[dict]) -> dict:
+    """Means over the seeds: first and last 5 rollouts' reward, format, final KL, greedy reward."""
+    def mean(values):
+        return float(np.mean(values))
+
+    return {"reward_first5": mean([np.mean(r["reward"][:5]) for r in runs]),
+            "reward_last5": mean([np.mean(r["reward"][-5:]) for r in runs]),
+            "format_first5": mean([np.mean(r["format"][:5]) for r in runs]),
+            "format_last5": mean([np.mean(r["format"][-5:]) for r in runs]),
+            "kl_last5": mean([np.mean(r["kl"][-5:]) for r in runs]),
+            "greedy_reward": mean([r["greedy_reward"] for r in runs]),
+            "greedy_reward_per_seed": [r["greedy_reward"] for r in runs]}
+
+
+def plot(results: dict, png: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for (name, entry), colour in zip(results.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        for k, run in enumerate(entry["runs"]):
+            for ax, key in zip(axes, ("reward", "format")):
+                ax.plot(np.arange(1, len(run[key]) + 1), run[key], color=colour, alpha=0.8,
+                        label=name if k == 0 else None)
+    for ax, title in zip(axes, ("mean reward per rollout", "format rate per rollout")):
+        ax.set(title=title, xlabel="rollout")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def run(args) -> int:
+    if args.only != "ours":
+        try:
+            import trl  # noqa: F401
+        except ImportError:
+            raise r1track.UserError("TRL is not installed: pip install trl (or --only ours)") from None
+    warm, pairs_file = warm_start(args)
+    pairs = load_pairs(pairs_file)
+    model, processor = r1track.load_model(str(warm), device="cpu")
+    print(f"warm start {warm}: greedy reward {greedy_reward(model, processor, pairs):.3f} on its {len(pairs)} pairs")
+    trainers = {}
+    if args.only != "trl":
+        trainers["ours"] = lambda seed, out: run_ours(args, warm, pairs_file, pairs, seed, out)
+    for spec in args.variant:
+        name, _, flags = spec.partition("=")
+        trainers[name] = lambda seed, out, flags=flags: run_ours(args, warm, pairs_file, pairs, seed, out,
+                                                                 shlex.split(flags))
+    if args.only != "ours":
+        trainers["trl"] = lambda seed, out: run_trl(args, warm, pairs, seed, out)
+    results = {}
+    for name, trainer in trainers.items():
+        runs = []
+        for seed in args.seeds:
+            runs.append(trainer(seed, Path(args.work) / f"{name}-seed{seed}"))
+            r = runs[-1]
+            print(f"{name:<12} seed {seed}: reward {np.mean(r['reward'][:5]):+.3f} -> {np.mean(r['reward'][-5:]):+.3f}, "
+                  f"format {np.mean(r['format'][:5]):.2f} -> {np.mean(r['format'][-5:]):.2f}, "
+                  f"KL {np.mean(r['kl'][-5:]):.3f}, greedy reward {r['greedy_reward']:.3f}", flush=True)
+        results[name] = {"runs": runs, "mean": summary(runs)}
+    for name, entry in results.items():
+        m = entry["mean"]
+        print(f"{name:<12} mean over {len(args.seeds)} seeds: reward {m['reward_first5']:+.3f} -> "
+              f"{m['reward_last5']:+.3f}, format {m['format_first5']:.2f} -> {m['format_last5']:.2f}, "
+              f"KL {m['kl_last5']:.3f}, greedy reward {m['greedy_reward']:.3f}")
+    report = {"date": datetime.date.today().isoformat(), "settings": {k: v for k, v in vars(args).items()
+                                                                     if k not in ("json", "plot")}, "results": results}
+    if args.json:
+        r1track.write_atomic(args.json, json.dumps(report, indent=2))
+    if args.plot:
+        plot(results, Path(args.plot))
+    return 0
+
+
+def main(argv=None) -> int:
+    return r1track.script_main(run, build_parser().parse_args(argv), quiet=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
