@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -43,6 +44,7 @@ def build_parser():
                         help="another run of train_grpo.py with these extra flags")
     parser.add_argument("--pairs", type=int, default=16, help="synthetic training pairs")
     parser.add_argument("--sft-steps", type=int, default=100, help="SFT steps of the warm start")
+    parser.add_argument("--warm", help="start from this checkpoint instead (made on the same --pairs)")
     parser.add_argument("--rollouts", type=int, default=40)
     parser.add_argument("--questions", type=int, default=4, help="questions per rollout")
     parser.add_argument("--group", type=int, default=5, help="answers per question")
@@ -75,7 +77,9 @@ def warm_start(args) -> tuple[Path, Path]:
         clips = synthetic.make_synthetic_got10k(work / "clips", "val", sequences=6, frames=24, seed=1)
         run_script("prepare_data.py", "pairs", "--got10k", clips, "--out", pairs, "--num", args.pairs, "--size", 112,
                    "--seed", 0)
-    if not (warm / "config.json").is_file():
+    if args.warm:
+        warm = Path(args.warm)
+    elif not (warm / "config.json").is_file():
         tiny = synthetic.save_tiny_model(work / "tiny")
         run_script("train_sft.py", "--model", tiny, "--data", pairs, "--out", warm, "--crop-size", 112, "--full",
                    "--lr", "1e-3", "--batch-size", 16, "--grad-accum", 1, "--max-steps", args.sft_steps,
@@ -103,6 +107,7 @@ def load_pairs(path: Path) -> list:
 
 
 def run_ours(args, warm, pairs_file, pairs, seed, out, extra=()) -> dict:
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run each time
     started = time.perf_counter()
     run_script("train_grpo.py", "--init", warm, "--data", pairs_file, "--out", out, "--full", "--crop-size", 112,
                "--lr", args.lr, "--weight-decay", "0.01", "--temperature", args.temperature,
@@ -114,9 +119,12 @@ def run_ours(args, warm, pairs_file, pairs, seed, out, extra=()) -> dict:
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [s for s in steps if "reward_mean" in s]
     model, processor = r1track.load_model(str(out), device="cpu")
+    # the loop's time per step (bookkeeping included) against the GRPO step's own, after the first
+    loop_s = (steps[-1]["elapsed_s"] - steps[0]["elapsed_s"]) / (len(steps) - 1) if len(steps) > 1 else float("nan")
     return {"reward": [s["reward_mean"] for s in steps], "format": [s["format_rate"] for s in steps],
             "kl": [s["kl"] for s in steps], "greedy_reward": greedy_reward(model, processor, pairs),
-            "step_s": float(np.median([s["step_s"] for s in steps])), "run_s_per_step": seconds / len(steps)}
+            "step_s": float(np.mean([s["step_s"] for s in steps[1:]])), "loop_s_per_step": loop_s,
+            "run_s_per_step": seconds / len(steps)}
 
 
 # -----------------------------------------------------------------------------
@@ -215,19 +223,21 @@ def summary(runs: list[dict]) -> dict:
 
 
 def plot(results: dict, png: Path):
+    """Per trainer, the mean over the seeds of each rollout's reward and format rate, as a
+    moving average over 5 rollouts (single rollouts of 20 answers are noisy)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for (name, entry), colour in zip(results.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
-        for k, run in enumerate(entry["runs"]):
-            for ax, key in zip(axes, ("reward", "format")):
-                ax.plot(np.arange(1, len(run[key]) + 1), run[key], color=colour, alpha=0.8,
-                        label=name if k == 0 else None)
+    for name, entry in results.items():
+        for ax, key in zip(axes, ("reward", "format")):
+            mean = np.mean([run[key] for run in entry["runs"]], axis=0)
+            smooth = np.convolve(mean, np.ones(5) / 5, mode="valid")
+            ax.plot(np.arange(5, len(mean) + 1), smooth, label=f"{name} ({len(entry['runs'])} seeds)")
     for ax, title in zip(axes, ("mean reward per rollout", "format rate per rollout")):
-        ax.set(title=title, xlabel="rollout")
+        ax.set(title=f"{title} (mean over seeds, 5-rollout average)", xlabel="rollout")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

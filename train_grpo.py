@@ -390,9 +390,11 @@ def train(args, dist):
 
     step = state["step"]
     bar = tqdm(total=total_steps, initial=step, desc="grpo", unit="step", disable=not dist.main, dynamic_ncols=True)
+    started = time.perf_counter()
     while step < total_steps:
         step += 1
         record = grpo_step(step, model, raw, reference, processor, optimizer, scheduler, stream, args, dist)
+        record["elapsed_s"] = time.perf_counter() - started  # the steps' own time against the run's (bookkeeping)
         metrics.log(record)
         bar.update()
         bar.set_postfix(reward=f"{record['reward_mean']:.3f}", iou=f"{record['iou_mean']:.3f}", kl=f"{record['kl']:.4f}")

@@ -4,7 +4,8 @@ import ast
 
 from conftest import ROOT
 
-SCRIPTS = {"train_sft", "train_grpo", "track", "eval_got10k", "prepare_data", "bench", "make_demo_model"}
+SCRIPTS = {"train_sft", "train_grpo", "track", "eval_got10k", "prepare_data", "bench", "bench_grpo",
+           "make_demo_model"}
 
 
 def project_files() -> dict:

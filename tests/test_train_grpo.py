@@ -119,8 +119,11 @@ def test_grpo_raises_the_reward(sft_warm, pairs4, pairs16, tmp_path):
     first, last = (sum(m["reward_mean"] for m in chunk) / 5 for chunk in (steps[:5], steps[-5:]))
     assert last - first >= 0.1, (first, last)
     expected = {"reward_mean", "reward_std", "iou_mean", "format_rate", "kl", "clip_frac", "response_len", "entropy",
-                "step_s", "loss", "grad_norm", "lr"}
+                "step_s", "loss", "grad_norm", "lr", "elapsed_s"}
     assert expected <= set(steps[0])
+    # the run's time per step (logging, curves, progress) within 1.2x of the GRPO steps' own
+    loop = steps[18]["elapsed_s"] - steps[0]["elapsed_s"]
+    assert loop <= 1.2 * sum(m["step_s"] for m in steps[1:19]), (loop, [m["step_s"] for m in steps])
     assert any("val_iou" in m for m in read_metrics(out))
     assert (out / "curves.png").is_file()
     config = json.loads((out / "adapter_config.json").read_text())
