@@ -224,10 +224,6 @@ def _trackingnet(root: Path, split: str) -> list[dict]:
     return sequences
 
 
-def has_ground_truth(sequence: dict) -> bool:
-    return len(sequence["boxes_xywh"]) == len(sequence["frames"]) or len(sequence["boxes_xywh"]) > 1
-
-
 # -----------------------------------------------------------------------------
 # Result files, as the got10k toolkit's ExperimentOTB writes them (pytracking writes the same
 # names with tabs; both are read)
