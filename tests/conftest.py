@@ -37,6 +37,16 @@ def got10k_root(tmp_path_factory):
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def main_in_process(main, argv, capsys):
+    """A script's main(argv) run in this process, for refusals that come before any model is
+    loaded (a subprocess costs seconds of imports): (exit status, stderr)."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_:  # argparse's refusals
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
 def run_script(*args, **kwargs):
     """Run one of the project's scripts with this Python, from the project folder."""
     return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, **kwargs)

@@ -11,7 +11,7 @@ import pytest
 
 import benchmarks
 import synthetic
-from conftest import run_script
+from conftest import main_in_process, run_script
 
 sys.path.insert(0, str(Path(__file__).parent))
 import lasot_toolkit  # noqa: E402
@@ -323,8 +323,11 @@ def test_trackingnet_test_split_is_packed_for_its_server(tiny_model_dir, tmp_pat
     (["--benchmark", "got10k", "--data", "{got10k}", "--init", "text"], "--init text needs sequences with descriptions"),
     (["--benchmark", "trackingnet", "--data", "{got10k}", "--eval-only", "x"], "no ground truth"),
 ])
-def test_wrong_layouts_and_flags_are_one_line(got10k_root, tmp_path, args, message):
+def test_wrong_layouts_and_flags_are_one_line(got10k_root, tmp_path, args, message, capsys):
+    import eval_got10k
+
     args = [a.format(got10k=got10k_root) for a in args]
-    result = run_script("eval_got10k.py", *args, "--model", "/no/such/model", "--out", tmp_path / "out")
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+    code, stderr = main_in_process(eval_got10k.main, [*args, "--model", "/no/such/model", "--out", tmp_path / "out"],
+                                   capsys)
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0], stderr

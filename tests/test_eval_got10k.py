@@ -15,7 +15,7 @@ import data
 import r1track
 import scoring
 import synthetic
-from conftest import ROOT, ChatServer, run_script
+from conftest import ROOT, ChatServer, main_in_process, run_script
 
 
 def noisy_results(root, result_dir, seed=0):
@@ -186,9 +186,12 @@ def test_test_split_is_packed_for_the_server(tiny_model_dir, tmp_path):
     (["--data", "{root}", "--sequences", "nope"], "nope"),
     (["--data", "{root}", "--split", "test", "--eval-only", "x"], "no ground truth"),
 ])
-def test_bad_input_is_one_line(got10k_root, args, message):
-    result = run_script("eval_got10k.py", *[a.format(root=got10k_root) for a in args], "--model", "/no/such/model")
-    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+def test_bad_input_is_one_line(got10k_root, args, message, capsys):
+    import eval_got10k
+
+    code, stderr = main_in_process(eval_got10k.main, [*[a.format(root=got10k_root) for a in args], "--model",
+                                                      "/no/such/model"], capsys)
+    assert code == 2 and message in stderr and "Traceback" not in stderr
 
 
 def test_fallbacks_are_counted_for_a_server_that_answers_garbage(got10k_root, tmp_path):
@@ -233,10 +236,12 @@ def closed_port() -> int:
     (["--loop", "mine"], "invalid choice: 'mine'"),
     (["--split", "nope"], "invalid choice: 'nope'"),
 ])
-def test_user_errors_are_one_line(got10k_root, tmp_path, args, message):
+def test_user_errors_are_one_line(got10k_root, tmp_path, args, message, capsys):
+    import eval_got10k
+
     port = closed_port()
     args = [a.format(port=port) for a in args]
-    result = run_script("eval_got10k.py", "--data", got10k_root, "--out", tmp_path / "out", *args)
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1, result.stderr
-    assert message.format(port=port) in lines[0] and "Traceback" not in result.stderr
+    code, stderr = main_in_process(eval_got10k.main, ["--data", got10k_root, "--out", tmp_path / "out", *args], capsys)
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1, stderr
+    assert message.format(port=port) in lines[0] and "Traceback" not in stderr

@@ -17,6 +17,7 @@ from PIL import Image
 import data
 import r1track
 import synthetic
+from conftest import main_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,8 +166,10 @@ def test_realtime_drops_what_the_model_cannot_keep_up_with(plain_clip, http_serv
     (["--box", "1,2,30,40", "--text", "car"], "one of them"),
     (["--box", "1,2,30,40", "--lost-below", "2"], "between 0 and 1"),
 ])
-def test_target_flags_are_refused_in_one_line(plain_clip, tmp_path, args, message):
-    result = run_track("--video", plain_clip["frames"][0].parent, *args, "--model", "/no/such/model",
-                       "--out", tmp_path)
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+def test_target_flags_are_refused_in_one_line(plain_clip, tmp_path, args, message, capsys):
+    import track
+
+    code, stderr = main_in_process(track.main, ["--video", plain_clip["frames"][0].parent, *args, "--model",
+                                                "/no/such/model", "--out", tmp_path], capsys)
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0], stderr

@@ -13,7 +13,7 @@ from PIL import Image
 
 import data
 import r1track
-from conftest import ChatServer
+from conftest import ChatServer, main_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -269,14 +269,17 @@ def test_track_py_frame_folder_with_a_broken_frame(got10k_root, tiny_model_dir, 
     (["--video", "{clip}"], "one of them"),
     (["--video", "{clip}", "--box", "1,2,3,4", "--loop", "nope"], "invalid choice: 'nope'"),
 ])
-def test_track_py_bad_input_is_one_line_before_loading_a_model(clip, tmp_path, args, message):
+def test_track_py_bad_input_is_one_line_before_loading_a_model(clip, tmp_path, args, message, capsys, monkeypatch):
+    import track
+
     (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(ROOT)  # README.md, as the script is run from the project folder
     args = [a.format(clip=clip[0], empty=tmp_path / "empty") for a in args]
     # the model does not exist: the input is refused before anything tries to load it
-    result = run_track(*args, "--model", "/no/such/model", "--out", tmp_path / "out")
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr, result.stderr
+    code, stderr = main_in_process(track.main, [*args, "--model", "/no/such/model", "--out", tmp_path / "out"], capsys)
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in stderr, stderr
 
 
 def test_track_py_missing_model_is_one_line(clip, tmp_path):
