@@ -82,17 +82,22 @@ LAYOUTS = {"lasot": "<class>/<class>-<n>/groundtruth.txt", "lasot_ext": "<class>
 
 
 def _boxes(path: Path, separators=",") -> np.ndarray:
-    """x,y,w,h rows; OTB's files separate them by commas, tabs or spaces."""
-    text = path.read_text()
-    for separator in separators:
-        text = text.replace(separator, " ")
-    try:
-        boxes = np.loadtxt(text.splitlines(), ndmin=2)
-    except ValueError as error:
-        raise UserError(f"{path}: not a file of x,y,w,h rows ({r1track.first_line(error)})") from None
-    if boxes.shape[1] != 4:
-        raise UserError(f"{path}: rows of {boxes.shape[1]} values, not x,y,w,h")
-    return boxes
+    """x,y,w,h rows; OTB's files separate them by commas, tabs or spaces. A row that is not
+    four numbers is a UserError naming the file and the line."""
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        for separator in separators:
+            line = line.replace(separator, " ")
+        if not line.strip():
+            continue
+        try:
+            values = [float(v) for v in line.split()]
+        except ValueError:
+            raise UserError(f"{path}, line {number}: not numbers: {line.strip()!r}") from None
+        if len(values) != 4:
+            raise UserError(f"{path}, line {number}: {len(values)} values, not x,y,w,h")
+        rows.append(values)
+    return np.array(rows, dtype=float).reshape(-1, 4)
 
 
 def _flags(path: Path) -> np.ndarray:
@@ -233,6 +238,13 @@ def result_files(results: Path, name: str) -> tuple[Path, Path]:
     return results / f"{name}.txt", results / "times" / f"{name}_time.txt"
 
 
+def times_file(results: Path, name: str) -> Path:
+    """Seconds per frame: in times/ as the got10k toolkit writes them, or beside the boxes as
+    pytracking does."""
+    ours = result_files(results, name)[1]
+    return ours if ours.is_file() else results / f"{name}_time.txt"
+
+
 def fallbacks_file(results: Path, name: str) -> Path:
     return results / "fallbacks" / f"{name}_fallbacks.txt"
 
@@ -341,6 +353,8 @@ def score(results: Path, benchmark: str, sequences: list[dict], attributes=None)
     per sequence, and per attribute where `attributes` (read_attributes) are given. Every
     result file is checked before anything is computed."""
     protocol = PROTOCOLS[benchmark]
+    if not results.is_dir():
+        raise UserError(f"{results}: no such folder")
     missing = [s["name"] for s in sequences if not result_files(results, s["name"])[0].is_file()]
     if missing:
         raise UserError(f"{results}: no results for {len(missing)} of {len(sequences)} sequences "
@@ -356,7 +370,7 @@ def score(results: Path, benchmark: str, sequences: list[dict], attributes=None)
         curve = sequence_curves(*errors, protocol=protocol)
         for key in curves:
             curves[key].append(curve[key])
-        times = scoring.read_times(result_files(results, sequence["name"])[1])
+        times = scoring.read_times(times_file(results, sequence["name"]))
         fps = float(np.mean(1.0 / times)) if len(times) else -1.0
         speeds.append(fps)
         answers = _answer_counts(results, sequence["name"], len(truth))

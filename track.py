@@ -246,16 +246,28 @@ def parse_target(text: str, box_format: str, frame_size) -> tuple[list[float], i
     return parse_box(box, box_format, frame_size), first
 
 
-def read_box_file(path: str) -> list[str]:
-    """--boxes: one target a line (as --box takes it); blank lines and # comments skipped."""
+def read_box_file(path: str) -> list[tuple[str, str]]:
+    """--boxes: one target a line (as --box takes it); blank lines and # comments skipped.
+    [(where it was written, for errors: "--boxes FILE, line N"), the target)]."""
     try:
         lines = Path(path).read_text().splitlines()
     except OSError as error:
         raise UserError(f"--boxes {path}: {error.strerror or error}") from None
-    targets = [line.split("#")[0].strip() for line in lines]
-    targets = [line for line in targets if line]
+    targets = [(f"--boxes {path}, line {number}", line.split("#")[0].strip())
+               for number, line in enumerate(lines, 1)]
+    targets = [(where, line) for where, line in targets if line]
     if not targets:
         raise UserError(f"--boxes {path}: no target in it (one x1,y1,x2,y2[@frame] a line)")
+    return targets
+
+
+def parse_targets(specs, box_format: str, frame_size) -> list[Target]:
+    targets = []
+    for number, (where, spec) in enumerate(specs, 1):
+        try:
+            targets.append(Target(number, *parse_target(spec, box_format, frame_size)))
+        except UserError as error:
+            raise UserError(f"{where}: {error}" if where else str(error)) from None
     return targets
 
 
@@ -448,10 +460,10 @@ def track(args) -> int:
 
     args.model = args.model or r1track.DEFAULT_MODEL
     check_args(args)
-    specs = args.box or (read_box_file(args.boxes) if args.boxes else [])
+    specs = [(None, box) for box in args.box or []] or (read_box_file(args.boxes) if args.boxes else [])
     first, frames, total, fps, live = open_frames(args.video, args.fps, args.realtime)
+    targets = parse_targets(specs, args.box_format, (first.shape[1], first.shape[0]))
     size = (first.shape[1], first.shape[0])
-    targets = [Target(number, *parse_target(spec, args.box_format, size)) for number, spec in enumerate(specs, 1)]
     out = Path(args.out or f"runs/track-{Path(args.video.rstrip('/')).stem.strip('*') or 'frames'}")
     out.mkdir(parents=True, exist_ok=True)
 
@@ -471,9 +483,10 @@ def track(args) -> int:
                 image = last_image
                 for target in (t for t in targets if t.tracker):
                     target.add(index, target.boxes[-1], target.confidences[-1], target.lost[-1])
+                answered = False
             else:
-                track_frame(targets, tracker, image, index)
-            times.append(time.perf_counter() - started if index else 0.0)
+                answered = track_frame(targets, tracker, image, index)
+            times.append(time.perf_counter() - started if answered else 0.0)  # 0: no answer asked
             if arrived is not None:
                 latencies.append(time.perf_counter() - arrived)
             if writer:
@@ -498,9 +511,9 @@ def track(args) -> int:
     return 0
 
 
-def track_frame(targets, tracker, image, index: int):
+def track_frame(targets, tracker, image, index: int) -> bool:
     """One frame: targets appearing here start (each with its own copy of the tracker), the
-    others are answered together in one batched call."""
+    others are answered together in one batched call. Whether the model was asked."""
     running = [t for t in targets if t.tracker]
     for target in targets:
         # a target starts at its frame, or (realtime, its frame dropped) at the first one after
@@ -512,6 +525,7 @@ def track_frame(targets, tracker, image, index: int):
         boxes = r1track.update_batch([t.tracker for t in running], [image] * len(running))
         for target, box in zip(running, boxes):
             target.add(index, box, target.tracker.confidence, target.tracker.lost)
+    return bool(running)
 
 
 def write_realtime_report(path: Path, live, latencies, processed: int):
@@ -524,9 +538,9 @@ def write_realtime_report(path: Path, live, latencies, processed: int):
 
 
 def summarise(targets, times, decode_failures, out, live, latencies):
-    tracked = [t for t in times[1:] if t > 0]
-    fps_measured = len(tracked) / sum(tracked) if tracked else 0.0
-    print(f"{len(times)} frames, {fps_measured:.2f} FPS, {decode_failures} undecodable frames -> {out}")
+    tracked = [t for t in times if t > 0]  # the frames the model was asked about
+    fps_measured = f"{len(tracked) / sum(tracked):.2f} FPS" if tracked else "no frame tracked"
+    print(f"{len(times)} frames read, {fps_measured}, {decode_failures} undecodable frames -> {out}")
     for target in targets:
         if target.tracker is None:
             print(f"target {target.number}: never started (its frame {target.first_frame + 1} did not come)")

@@ -331,3 +331,29 @@ def test_wrong_layouts_and_flags_are_one_line(got10k_root, tmp_path, args, messa
                                    capsys)
     lines = stderr.strip().splitlines()
     assert code == 2 and len(lines) == 1 and message in lines[0], stderr
+
+
+def test_result_files_as_other_tools_write_them(tmp_path, capsys):
+    """pytracking's layout (tabs, <seq>_time.txt beside the boxes) gives the same scores and
+    its speed; a malformed row is named by its line; a missing folder is said to be missing."""
+    import eval_got10k
+
+    root = synthetic.make_synthetic_benchmark(tmp_path / "data", "lasot", sequences=2, frames=6, images="empty")
+    sequences = benchmarks.read_sequences("lasot", root)
+    write_results(tmp_path / "ours", sequences, seed=7)
+    (tmp_path / "pytracking").mkdir()
+    for sequence in sequences:
+        rows = (tmp_path / "ours" / f"{sequence['name']}.txt").read_text().replace(",", "\t")
+        (tmp_path / "pytracking" / f"{sequence['name']}.txt").write_text(rows)
+        (tmp_path / "pytracking" / f"{sequence['name']}_time.txt").write_text("0.05\n" * 6)
+    ours = benchmarks.score(tmp_path / "ours", "lasot", sequences)
+    theirs = benchmarks.score(tmp_path / "pytracking", "lasot", sequences)
+    assert theirs["success_auc"] == ours["success_auc"] and theirs["fps"] == pytest.approx(20.0)
+    broken = tmp_path / "pytracking" / f"{sequences[0]['name']}.txt"
+    broken.write_text(broken.read_text().replace("\n", "\nabc\tdef\t1\t2\n", 1))
+    code, stderr = main_in_process(eval_got10k.main, ["--benchmark", "lasot", "--data", root, "--eval-only",
+                                                      tmp_path / "pytracking"], capsys)
+    assert code == 2 and f"{broken}, line 2: not numbers" in stderr, stderr
+    code, stderr = main_in_process(eval_got10k.main, ["--benchmark", "lasot", "--data", root, "--eval-only",
+                                                      tmp_path / "nope"], capsys)
+    assert code == 2 and "nope: no such folder" in stderr, stderr

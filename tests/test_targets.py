@@ -173,3 +173,13 @@ def test_target_flags_are_refused_in_one_line(plain_clip, tmp_path, args, messag
                                                 "/no/such/model", "--out", tmp_path], capsys)
     lines = stderr.strip().splitlines()
     assert code == 2 and len(lines) == 1 and message in lines[0], stderr
+
+
+def test_a_bad_line_of_a_boxes_file_is_named_by_file_and_line(plain_clip, tmp_path, capsys):
+    import track
+
+    boxes = tmp_path / "targets.txt"
+    boxes.write_text("# targets\n20,30,70,90\nfoo,bar\n")
+    code, stderr = main_in_process(track.main, ["--video", plain_clip["frames"][0].parent, "--boxes", boxes,
+                                                "--model", "/no/such/model", "--out", tmp_path / "out"], capsys)
+    assert code == 2 and f"--boxes {boxes}, line 3: --box takes four numbers" in stderr, stderr
