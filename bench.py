@@ -430,15 +430,15 @@ def bench_confidence(args) -> dict:
             split = synthetic.make_synthetic_got10k(folder, "val", sequences=args.streams, frames=args.frames,
                                                   seed=11, style=style, hiding=True)
             sequences = [read_got10k_sequence(split / name) for name in read_got10k_split(split)]
+            decoded = [[r1track.read_frame(path) for path in s["frames"]] for s in sequences]  # once, for all variants
             for variant, (recover, lost_below) in CONFIDENCE_VARIANTS.items():
                 tracker = r1track.Tracker((model, processor), settings=settings, recover=recover, lost_below=lost_below)
                 trackers = [copy.copy(tracker) for _ in sequences]
-                for copy_, sequence in zip(trackers, sequences):
-                    copy_.init(r1track.read_frame(sequence["frames"][0]), sequence["boxes_xywh"][0])
+                for copy_, sequence, frames in zip(trackers, sequences, decoded):
+                    copy_.init(frames[0], sequence["boxes_xywh"][0])
                 boxes, confidence = [[] for _ in sequences], [[] for _ in sequences]
                 for t in range(1, args.frames):
-                    frames = [r1track.read_frame(sequence["frames"][t]) for sequence in sequences]
-                    for k, box in enumerate(r1track.update_batch(trackers, frames)):
+                    for k, box in enumerate(r1track.update_batch(trackers, [frames[t] for frames in decoded])):
                         boxes[k].append(box)
                         confidence[k].append(trackers[k].confidence)
                 ious = np.concatenate([scoring.bounded_iou(np.array(b), s["boxes_xywh"][1:], *s["resolution"])

@@ -102,7 +102,10 @@ def _boxes(path: Path, separators=",") -> np.ndarray:
 
 def _flags(path: Path) -> np.ndarray:
     """LaSOT's full_occlusion.txt / out_of_view.txt: one line of comma-separated 0/1."""
-    return np.array([int(v) for v in re.split(r"[,\s]+", path.read_text().strip()) if v], dtype=bool)
+    try:
+        return np.array([int(v) for v in re.split(r"[,\s]+", path.read_text().strip()) if v], dtype=bool)
+    except ValueError:
+        raise UserError(f"{path}: not a line of 0/1 flags") from None
 
 
 def _lasot(root: Path) -> list[dict]:
@@ -292,7 +295,10 @@ def otb_errors(boxes_xywh, truth_xywh):
     union = boxes[:, 2] * boxes[:, 3] + truth[:, 2] * truth[:, 3] - inter
     ious = np.clip(inter / (union + np.finfo(float).eps), 0.0, 1.0)
     offset = _centers(boxes) - _centers(truth)
-    return ious, np.linalg.norm(offset, axis=1), np.linalg.norm(offset / truth[:, 2:], axis=1), len(ious)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a truth of no size: an error no threshold accepts
+        norm_errors = np.linalg.norm(offset / truth[:, 2:], axis=1)
+    norm_errors[np.isnan(norm_errors)] = np.inf
+    return ious, np.linalg.norm(offset, axis=1), norm_errors, len(ious)
 
 
 def lasot_errors(boxes_xywh, truth_xywh, absent=None):
@@ -309,8 +315,9 @@ def lasot_errors(boxes_xywh, truth_xywh, absent=None):
     boxes, truth = boxes[present], truth_xywh[present]
     offset = _centers(boxes) - _centers(truth)
     errors = np.linalg.norm(offset, axis=1)
-    norm_errors = np.linalg.norm(_centers(boxes) / truth[:, 2:] - _centers(truth) / truth[:, 2:], axis=1)
-    scored = (truth > 0).all(axis=1)
+    scored = (truth > 0).all(axis=1)  # the others are marked -1 below, whatever was computed for them
+    with np.errstate(divide="ignore", invalid="ignore"):
+        norm_errors = np.linalg.norm(_centers(boxes) / truth[:, 2:] - _centers(truth) / truth[:, 2:], axis=1)
     # MATLAB's max and min pass over NaN, hence fmax and fmin
     right = np.fmin(boxes[:, 0] + boxes[:, 2] - 1, truth[:, 0] + truth[:, 2] - 1)
     bottom = np.fmin(boxes[:, 1] + boxes[:, 3] - 1, truth[:, 1] + truth[:, 3] - 1)

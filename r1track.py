@@ -1134,18 +1134,29 @@ def greedy_config(processor, max_new_tokens: int):
                             suppress_tokens=vision_token_ids(tokenizer))
 
 
-def generate_answers(model, processor, batch: dict, generation_config=None, synced=False) -> list[str]:
+def generate_answers(model, processor, batch: dict, generation_config=None, synced=False, confidences=False):
     """Decoded answers of a (left-padded) batch; greedy unless told otherwise. synced: every
-    rank steps until all ranks are done (a sharded model's forward is a collective)."""
+    rank steps until all ranks are done (a sharded model's forward is a collective).
+    confidences: also each answer's answer_confidence, from the scores generate computes."""
     import torch
 
     generation_config = generation_config or greedy_config(processor, answer_token_limit(think=False))
     batch = {k: v.to(model.device) for k, v in batch.items() if k != "labels"}
     # a sharded model's gathered weights must not become inference tensors: training writes them later
     with torch.no_grad() if synced else torch.inference_mode():
-        out = model.generate(**batch, generation_config=generation_config, synced_gpus=synced)
-    new_tokens = out[:, batch["input_ids"].shape[1]:]
-    return processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        out = model.generate(**batch, generation_config=generation_config, synced_gpus=synced,
+                             return_dict_in_generate=True, output_scores=confidences)
+    new_tokens = out.sequences[:, batch["input_ids"].shape[1]:]
+    texts = processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    if not confidences:
+        return texts
+    # scores: one [rows, vocabulary] tensor per generated position; the chosen tokens' log-probabilities
+    chosen = torch.stack([step.float().log_softmax(-1).gather(1, new_tokens[:, i:i + 1])[:, 0]
+                          for i, step in enumerate(out.scores)], 1)
+    pad = processor.tokenizer.pad_token_id
+    rows = [[t for t in row if t != pad] for row in new_tokens.tolist()]
+    return texts, [answer_confidence(processor.tokenizer, ids, chosen[r, :len(ids)].tolist())
+                   for r, ids in enumerate(rows)]
 
 
 # -----------------------------------------------------------------------------
@@ -1190,26 +1201,16 @@ class ModelAnswerer:
         self.config.min_new_tokens = min_new_tokens
 
     def __call__(self, requests: list[Request]) -> list[str]:
-        import torch
-
         s = self.settings
         examples = [build_inputs(self.processor, r.template, r.search, r.template_box_xyxy, think=s.think,
                                  wording=s.wording, return_tensors=False, as_published_client=s.asks_as_client)
                     for r in requests]
         batch = collate(examples, self.processor.tokenizer.pad_token_id)
-        batch = {k: v.to(self.model.device) for k, v in batch.items() if k != "labels"}
-        with torch.inference_mode():
-            out = self.model.generate(**batch, generation_config=self.config, return_dict_in_generate=True,
-                                      output_scores=True)
-        new_tokens = out.sequences[:, batch["input_ids"].shape[1]:]
-        # scores: one [rows, vocabulary] tensor per generated position
-        chosen = [step.float().log_softmax(-1).gather(1, new_tokens[:, i:i + 1])[:, 0] for i, step in enumerate(out.scores)]
-        tokenizer = self.processor.tokenizer
-        for row, request in enumerate(requests):
-            ids = [t for t in new_tokens[row].tolist() if t != tokenizer.pad_token_id]
+        texts, confidences = generate_answers(self.model, self.processor, batch, self.config, confidences=True)
+        for request, confidence in zip(requests, confidences):
             if request.state is not None:
-                request.state["confidence"] = answer_confidence(tokenizer, ids, [c[row].item() for c in chosen[:len(ids)]])
-        return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+                request.state["confidence"] = confidence
+        return texts
 
 
 class ServerError(ConnectionError):

@@ -462,8 +462,8 @@ def track(args) -> int:
     check_args(args)
     specs = [(None, box) for box in args.box or []] or (read_box_file(args.boxes) if args.boxes else [])
     first, frames, total, fps, live = open_frames(args.video, args.fps, args.realtime)
-    targets = parse_targets(specs, args.box_format, (first.shape[1], first.shape[0]))
     size = (first.shape[1], first.shape[0])
+    targets = parse_targets(specs, args.box_format, size)
     out = Path(args.out or f"runs/track-{Path(args.video.rstrip('/')).stem.strip('*') or 'frames'}")
     out.mkdir(parents=True, exist_ok=True)
 

@@ -357,3 +357,18 @@ def test_result_files_as_other_tools_write_them(tmp_path, capsys):
     code, stderr = main_in_process(eval_got10k.main, ["--benchmark", "lasot", "--data", root, "--eval-only",
                                                       tmp_path / "nope"], capsys)
     assert code == 2 and "nope: no such folder" in stderr, stderr
+
+
+def test_a_truth_of_no_size_and_a_broken_flag_file(tmp_path, recwarn):
+    """A truth of 0,0,0,0 (an absent target in some benchmarks' files): the LaSOT toolkit marks
+    the frame -1, the OTB code's normalised error never meets a threshold; numpy's division
+    warnings stay off the screen. A flag file that is not 0/1 is one line."""
+    truth = np.array([[5.0, 5.0, 10.0, 10.0], [0.0, 0.0, 0.0, 0.0], [5.0, 5.0, 10.0, 10.0]])
+    assert benchmarks.lasot_errors(truth + 1, truth)[2][1] == -1
+    assert not (benchmarks.otb_errors(truth + 1, truth)[2][1] <= benchmarks.NORM_PRECISION_THRESHOLDS).any()
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    root = synthetic.make_synthetic_benchmark(tmp_path / "data", "lasot", sequences=1, frames=4, images=False)
+    flags = next(root.glob("*/*/out_of_view.txt"))
+    flags.write_text("0,1,x,0\n")
+    with pytest.raises(benchmarks.UserError, match="out_of_view.txt: not a line of 0/1 flags"):
+        benchmarks.read_sequences("lasot", root)

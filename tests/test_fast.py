@@ -25,16 +25,18 @@ def clips():
 
 def answers_on_every_frame(answerer, settings, clips, batch):
     """Track the clips, recording every answer text (not only the boxes), per sequence."""
-    seen, states = {}, []
+    seen, states, confidences = {}, [], []
 
     def recording(requests):
         texts = answerer(requests)
         for request, text in zip(requests, texts):
             states.append(request.state)  # kept alive: a finished sequence's id must not be reused
             seen.setdefault(id(request.state), []).append(text)  # one state per sequence
+            confidences.append(request.state.get("confidence"))
         return texts
 
     boxes, _, _ = bench.run_variant(recording, settings, clips, batch)
+    answers_on_every_frame.confidences = confidences  # in answering order, for the test that wants them
     return boxes, list(seen.values())
 
 
@@ -47,12 +49,16 @@ def test_fast_answers_equal_generate(trained, clips, options, batch):
     naive = r1track.ModelAnswerer(model, processor, settings)
     forwards, hook = bench.count_forwards(model)
     reference_boxes, reference = answers_on_every_frame(naive, settings, clips, 1)
+    reference_confidences = answers_on_every_frame.confidences
     hook.remove()
     frames = sum(len(answers) for answers in reference)
     assert forwards["n"] / frames > 8  # real answers: many decode steps per frame
     fast = fast_decoder.FastAnswerer(model, processor, settings, **options)
     boxes, answers = answers_on_every_frame(fast, settings, clips, batch)
     assert answers == reference and boxes == reference_boxes
+    if batch == 1:  # the same answers in the same order: the same confidence, from either decoder's logits
+        assert None not in reference_confidences
+        assert answers_on_every_frame.confidences == pytest.approx(reference_confidences, abs=1e-4)
     if options.get("draft", True):
         assert fast.decode_passes / frames * batch < forwards["n"] / frames - 1
 
