@@ -16,6 +16,7 @@ cut and PIL images when the model sees them.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -1140,12 +1141,13 @@ def generate_answers(model, processor, batch: dict, generation_config=None, sync
     confidences: also each answer's answer_confidence, from the scores generate computes."""
     import torch
 
-    generation_config = generation_config or greedy_config(processor, answer_token_limit(think=False))
+    generation_config = copy.copy(generation_config or greedy_config(processor, answer_token_limit(think=False)))
+    # in the config, not beside it: generate warns that passing both is deprecated
+    generation_config.return_dict_in_generate, generation_config.output_scores = True, confidences
     batch = {k: v.to(model.device) for k, v in batch.items() if k != "labels"}
     # a sharded model's gathered weights must not become inference tensors: training writes them later
     with torch.no_grad() if synced else torch.inference_mode():
-        out = model.generate(**batch, generation_config=generation_config, synced_gpus=synced,
-                             return_dict_in_generate=True, output_scores=confidences)
+        out = model.generate(**batch, generation_config=generation_config, synced_gpus=synced)
     new_tokens = out.sequences[:, batch["input_ids"].shape[1]:]
     texts = processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     if not confidences:
