@@ -206,8 +206,6 @@ def build_model(args, dist, init=None, resume_dir=None, fresh_adapter=False):
     start: a full model, or an adapter that is trained on (fresh_adapter=False) or merged
     into its base under a new adapter (fresh_adapter=True). `resume_dir`: a checkpoint of
     this run to continue."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
-
     init = str(init or args.model)
     # a sharded checkpoint holds no model folder: the weights start as `init` and come from its shards
     source = str(init if resume_dir is None or is_sharded_checkpoint(resume_dir) else resume_dir)
@@ -216,9 +214,14 @@ def build_model(args, dist, init=None, resume_dir=None, fresh_adapter=False):
                                           load_in_4bit=args.load_in_4bit, attn=args.attn, trainable=trainable)
     settings = model.r1track_settings
     is_adapter = hasattr(model, "peft_config")
+    # peft imported only where used: with bitsandbytes it costs seconds of start-up
     if args.load_in_4bit and not is_adapter:
+        from peft import prepare_model_for_kbit_training
+
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
     if not args.full and not is_adapter:
+        from peft import get_peft_model
+
         torch.manual_seed(args.seed)  # the same adapter initialisation on every rank and rerun
         model = get_peft_model(model, lora_config(args))
         # the weights under the adapter are `init` (an adapter chain is merged when loaded)
