@@ -15,6 +15,9 @@ os.environ["R1TRACK_CACHE"] = tempfile.mkdtemp(prefix="r1track-cache-")
 import r1track  # noqa: E402
 import synthetic  # noqa: E402
 
+# what torch's threads number in a process of its own, before any test changes it
+FRESH_PROCESS_THREADS = __import__("torch").get_num_threads()
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
@@ -52,10 +55,57 @@ def run_script(*args, **kwargs):
     return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, **kwargs)
 
 
+def run_main(script, *args):
+    """One of the project's scripts run as `run_script` runs it, but in this process: its
+    main(argv) from the project folder, stdout and stderr captured, and what a run leaves
+    behind in a process (torch's thread count, the random generators, signal handlers,
+    environment, logging levels, warning filters) put back afterwards. A subprocess costs
+    seconds of imports; the tests of what only a process shows (a kill, torchrun, the exit
+    path) keep run_script."""
+    import contextlib
+    import importlib
+    import io
+    import logging
+    import random
+    import signal
+    import warnings
+
+    import numpy as np
+    import torch
+
+    module = importlib.import_module(Path(script).stem)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    threads, cwd, environ = torch.get_num_threads(), os.getcwd(), dict(os.environ)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    rng = torch.random.get_rng_state(), np.random.get_state(), random.getstate()
+    levels = {name: logging.getLogger(name).level for name in ("transformers", "bitsandbytes")}
+    try:
+        os.chdir(ROOT)
+        torch.set_num_threads(FRESH_PROCESS_THREADS)  # float sums as in a fresh process: runs compared with one
+        with warnings.catch_warnings(), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = module.main([str(a) for a in args])
+            except SystemExit as exit_:  # argparse's refusals
+                code = exit_.code
+    finally:
+        os.chdir(cwd)
+        torch.set_num_threads(threads)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        torch.random.set_rng_state(rng[0])
+        np.random.set_state(rng[1])
+        random.setstate(rng[2])
+        os.environ.clear()
+        os.environ.update(environ)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+    return subprocess.CompletedProcess([script, *map(str, args)], code, stdout.getvalue(), stderr.getvalue())
+
+
 def make_pairs(got10k_root, out, num):
     """`num` training pairs of 112-px crops, made by prepare_data.py from the synthetic split."""
-    result = run_script("prepare_data.py", "pairs", "--got10k", got10k_root / "val", "--out", out,
-                        "--num", str(num), "--size", "112", "--seed", "0")
+    result = run_main("prepare_data.py", "pairs", "--got10k", got10k_root / "val", "--out", out,
+                      "--num", str(num), "--size", "112", "--seed", "0")
     assert result.returncode == 0, result.stderr
     return out
 
@@ -66,21 +116,23 @@ def pairs16(got10k_root, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def pairs4(got10k_root, tmp_path_factory):
-    """The first 4 of pairs16 (same sampler, same seed): a small fixed question set."""
-    return make_pairs(got10k_root, tmp_path_factory.mktemp("pairs") / "pairs4.parquet", 4)
+def sft_run(tiny_model_dir, pairs16, tmp_path_factory):
+    """The tiny model fully fine-tuned on pairs16 for 100 steps, validated on them at steps 60
+    and 100, a checkpoint at both: bench_grpo.py's two warm starts. At the end it has memorised
+    its pairs (greedy reward 1.5, the most there is); at checkpoint-60 it has not (0.225, most
+    sampled answers malformed), and there GRPO learns (BENCHMARKS.md)."""
+    out = tmp_path_factory.mktemp("sft_run") / "sft"
+    result = run_main("train_sft.py", "--model", tiny_model_dir, "--data", pairs16, "--out", out, "--crop-size", "112",
+                      "--full", "--lr", "1e-3", "--batch-size", "16", "--grad-accum", "1", "--max-steps", "100",
+                      "--val-data", pairs16, "--eval-every", "60", "--save-every", "60", "--no-gradient-checkpointing")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
 
 
 @pytest.fixture(scope="session")
-def sft_warm(tiny_model_dir, pairs16, tmp_path_factory):
-    """The tiny model after a short SFT on pairs16 (80 steps): greedy answers mostly right,
-    sampled ones often not, which leaves reinforcement learning something to do."""
-    out = tmp_path_factory.mktemp("sft_warm") / "sft"
-    result = run_script("train_sft.py", "--model", tiny_model_dir, "--data", pairs16, "--out", out, "--crop-size", "112",
-                        "--full", "--lr", "1e-3", "--batch-size", "16", "--grad-accum", "1", "--max-steps", "80",
-                        "--no-gradient-checkpointing")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+def sft_warm(sft_run):
+    """A model that answers its pairs: the end of sft_run."""
+    return sft_run
 
 
 class ChatServer:

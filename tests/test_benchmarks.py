@@ -11,7 +11,7 @@ import pytest
 
 import benchmarks
 import synthetic
-from conftest import main_in_process, run_script
+from conftest import main_in_process, run_main
 
 sys.path.insert(0, str(Path(__file__).parent))
 import lasot_toolkit  # noqa: E402
@@ -278,8 +278,8 @@ def test_an_overlap_of_exactly_13_20_meets_each_toolkits_threshold_as_it_does(tm
 def test_init_text_tracks_a_tnl2k_clip_end_to_end(tiny_model_dir, tmp_path):
     root = synthetic.make_synthetic_benchmark(tmp_path / "data", "tnl2k", sequences=2, frames=4, size=(96, 72))
     out = tmp_path / "out"
-    result = run_script("eval_got10k.py", "--benchmark", "tnl2k", "--data", root, "--init", "text", "--model",
-                        tiny_model_dir, "--out", out, "--device", "cpu", "--no-progress", "--batch", "2")
+    result = run_main("eval_got10k.py", "--benchmark", "tnl2k", "--data", root, "--init", "text", "--model",
+                      tiny_model_dir, "--out", out, "--device", "cpu", "--no-progress", "--batch", "2")
     assert result.returncode == 0, result.stderr
     sequences = benchmarks.read_sequences("tnl2k", root)
     report = json.loads((out / "report.json").read_text())
@@ -298,15 +298,15 @@ def test_init_text_tracks_a_tnl2k_clip_end_to_end(tiny_model_dir, tmp_path):
     assert result.stderr.count("the description was not found") == len(not_found)
     for plot in ("success_plot.png", "precision_plot.png", "norm_precision_plot.png"):
         assert (out / plot).is_file()
-    again = run_script("eval_got10k.py", "--benchmark", "tnl2k", "--data", root, "--model", tiny_model_dir,
-                       "--out", out, "--device", "cpu", "--no-progress")
+    again = run_main("eval_got10k.py", "--benchmark", "tnl2k", "--data", root, "--model", tiny_model_dir,
+                     "--out", out, "--device", "cpu", "--no-progress")
     assert again.returncode == 2 and "started with --init text" in again.stderr
 
 
 def test_trackingnet_test_split_is_packed_for_its_server(tiny_model_dir, tmp_path):
     root = synthetic.make_synthetic_benchmark(tmp_path / "data", "trackingnet", sequences=2, frames=3)
-    result = run_script("eval_got10k.py", "--benchmark", "trackingnet", "--data", root, "--model", tiny_model_dir,
-                        "--out", tmp_path / "tn", "--device", "cpu", "--no-progress")
+    result = run_main("eval_got10k.py", "--benchmark", "trackingnet", "--data", root, "--model", tiny_model_dir,
+                      "--out", tmp_path / "tn", "--device", "cpu", "--no-progress")
     assert result.returncode == 0, result.stderr
     names = [s["name"] for s in benchmarks.read_sequences("trackingnet", root)]
     with zipfile.ZipFile(tmp_path / "tn.zip") as archive:

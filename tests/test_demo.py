@@ -1,16 +1,18 @@
 """The offline demo (track.py --demo with the bundled demo_model/) and its recipe."""
 import json
+import types
+from pathlib import Path
 
 import av
 import pytest
 
 import make_demo_model
 import r1track
-from conftest import run_script
+from conftest import run_main
 
 
 def test_demo_really_tracks_clips_it_never_saw(tmp_path):
-    result = run_script("track.py", "--demo", "--out", tmp_path, "--device", "cpu")
+    result = run_main("track.py", "--demo", "--out", tmp_path, "--device", "cpu")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["ao"] >= 0.5
@@ -35,13 +37,21 @@ def test_demo_model_is_small_and_loads_as_a_hub_model_would():
     (["--model", "/no/such/model"], "cannot load the model"),
 ])
 def test_demo_bad_input_is_one_line(tmp_path, args, message):
-    result = run_script("track.py", "--demo", *args, "--out", tmp_path)
+    result = run_main("track.py", "--demo", *args, "--out", tmp_path)
     assert result.returncode == 2 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
 def test_demo_model_recipe_runs_end_to_end(tmp_path, monkeypatch, capsys):
-    # the whole recipe in miniature: clips, a random start, SFT, held-out evaluation, copy
+    # the whole recipe in miniature: clips, a random start, SFT, held-out evaluation, copy;
+    # each script it runs runs in this process (conftest.run_main), not in one of its own
+    def in_process(command):
+        _python, script, *args = command
+        result = run_main(Path(script).name, *args)
+        print(result.stdout, end="")
+        return result
+
+    monkeypatch.setattr(make_demo_model, "subprocess", types.SimpleNamespace(run=in_process))
     monkeypatch.setitem(make_demo_model.TRAIN_CLIPS, "sequences", 3)
     monkeypatch.setitem(make_demo_model.TRAIN_CLIPS, "frames", 6)
     monkeypatch.setitem(make_demo_model.VAL_CLIPS, "sequences", 2)

@@ -15,7 +15,7 @@ import data
 import r1track
 import scoring
 import synthetic
-from conftest import ROOT, ChatServer, main_in_process, run_script
+from conftest import ROOT, ChatServer, main_in_process, run_main, run_script
 
 
 def noisy_results(root, result_dir, seed=0):
@@ -84,7 +84,7 @@ def box_files(results):
 @pytest.fixture(scope="module")
 def whole_run(got10k_root, sft_warm, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "whole"
-    result = run_script(*eval_args(got10k_root, sft_warm, out))
+    result = run_main(*eval_args(got10k_root, sft_warm, out))
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result.stdout
 
@@ -115,7 +115,7 @@ def test_killed_run_resumes_to_the_same_results(whole_run, got10k_root, sft_warm
     process.wait()
     done = len(box_files(broken))
     assert 2 <= done < len(data.read_got10k_split(got10k_root / "val"))
-    again = run_script(*eval_args(got10k_root, sft_warm, broken))
+    again = run_main(*eval_args(got10k_root, sft_warm, broken))
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"{done} already tracked" in again.stdout
     assert box_files(broken) == box_files(whole_run[0])
@@ -124,7 +124,7 @@ def test_killed_run_resumes_to_the_same_results(whole_run, got10k_root, sft_warm
 
 def test_batched_sequences_give_the_same_boxes(whole_run, got10k_root, sft_warm, tmp_path):
     out = tmp_path / "batch4"
-    result = run_script(*eval_args(got10k_root, sft_warm, out, "--batch", "4"))
+    result = run_main(*eval_args(got10k_root, sft_warm, out, "--batch", "4"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert box_files(out) == box_files(whole_run[0])
 
@@ -141,7 +141,7 @@ def test_several_result_folders_side_by_side(whole_run, got10k_root, tmp_path):
     other = tmp_path / "noisy"
     noisy_results(got10k_root, other)
     report = tmp_path / "both.json"
-    result = run_script("eval_got10k.py", "--data", got10k_root, "--eval-only", whole_run[0], other, "--report", report)
+    result = run_main("eval_got10k.py", "--data", got10k_root, "--eval-only", whole_run[0], other, "--report", report)
     assert result.returncode == 0, result.stderr
     both = json.loads(report.read_text())
     assert set(both) == {"whole", "noisy"} and both["noisy"]["ao"] != both["whole"]["ao"]
@@ -161,7 +161,7 @@ def test_malformed_result_file_is_named(got10k_root, tmp_path, damage, message):
     noisy_results(got10k_root, results)
     name = data.read_got10k_split(got10k_root / "val")[2]
     damage(results / name / f"{name}_001.txt")
-    result = run_script("eval_got10k.py", "--data", got10k_root, "--eval-only", results)
+    result = run_main("eval_got10k.py", "--data", got10k_root, "--eval-only", results)
     assert result.returncode == 2, result.stdout
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
@@ -173,8 +173,8 @@ def test_test_split_is_packed_for_the_server(tiny_model_dir, tmp_path):
     root = tmp_path / "got10k"
     synthetic.make_synthetic_got10k(root, "test", sequences=2, frames=4, seed=3)
     out = tmp_path / "test_results"
-    result = run_script("eval_got10k.py", "--data", root, "--split", "test", "--model", tiny_model_dir, "--out", out,
-                        "--no-progress")
+    result = run_main("eval_got10k.py", "--data", root, "--split", "test", "--model", tiny_model_dir, "--out", out,
+                      "--no-progress")
     assert result.returncode == 0, result.stderr[-2000:]
     with zipfile.ZipFile(tmp_path / "test_results.zip") as archive:
         members = sorted(n for n in archive.namelist() if not n.endswith("/"))
@@ -200,8 +200,8 @@ def test_fallbacks_are_counted_for_a_server_that_answers_garbage(got10k_root, tm
     r1track.TrackSettings(crop_size=112).save(tmp_path)
     names = data.read_got10k_split(got10k_root / "val")[:3]
     with ChatServer(lambda index, payload: ["I cannot see it", "[1,2,3]", "[50,50,50,90]"][index % 3]) as server:
-        result = run_script("eval_got10k.py", "--data", got10k_root, "--server", server.url, "--settings", settings,
-                            "--out", tmp_path / "garbage", "--sequences", *names, "--no-progress")
+        result = run_main("eval_got10k.py", "--data", got10k_root, "--server", server.url, "--settings", settings,
+                          "--out", tmp_path / "garbage", "--sequences", *names, "--no-progress")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "garbage" / "report.json").read_text())
     assert report["fallbacks"] == report["tracked_frames"] == 3 * 23
@@ -215,7 +215,7 @@ def test_fallbacks_are_counted_for_a_server_that_answers_garbage(got10k_root, tm
 
 def test_results_of_other_trackers_have_no_fallback_count(got10k_root, tmp_path):
     noisy_results(got10k_root, tmp_path / "noisy")
-    result = run_script("eval_got10k.py", "--data", got10k_root, "--eval-only", tmp_path / "noisy")
+    result = run_main("eval_got10k.py", "--data", got10k_root, "--eval-only", tmp_path / "noisy")
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "noisy" / "report.json").read_text())["fallbacks"] is None
 

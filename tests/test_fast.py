@@ -9,7 +9,7 @@ import bench
 import fast_decoder
 import r1track
 import synthetic
-from conftest import run_script
+from conftest import run_main
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +93,8 @@ def test_tracker_uses_the_fast_path_by_default(trained):
 
 def test_bench_smoke(sft_warm, tmp_path):
     out = tmp_path / "bench.json"
-    result = run_script("bench.py", "--model", sft_warm, "--streams", "2", "--frames", "4", "--repeats", "1",
-                        "--device", "cpu", "--json", out)
+    result = run_main("bench.py", "--model", sft_warm, "--streams", "2", "--frames", "4", "--repeats", "1",
+                      "--device", "cpu", "--json", out)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["identical_boxes"] is True
@@ -107,8 +107,8 @@ def test_bench_smoke(sft_warm, tmp_path):
 
 def test_bench_training_smoke(tiny_model_dir, tmp_path):
     out = tmp_path / "train.json"
-    result = run_script("bench.py", "--train", "--model", tiny_model_dir, "--train-steps", "2", "--device", "cpu",
-                        "--json", out)
+    result = run_main("bench.py", "--train", "--model", tiny_model_dir, "--train-steps", "2", "--device", "cpu",
+                      "--json", out)
     assert result.returncode == 0, result.stderr[-2000:]
     training = json.loads(out.read_text())["training"]
     assert set(training) == {"lora", "full"} and all(m["tokens_per_s"] > 0 for m in training.values())
@@ -117,7 +117,7 @@ def test_bench_training_smoke(tiny_model_dir, tmp_path):
 
 def test_bench_recovery_smoke(tmp_path):
     out = tmp_path / "recovery.json"
-    result = run_script("bench.py", "--recovery", "--streams", "3", "--frames", "20", "--json", out)
+    result = run_main("bench.py", "--recovery", "--streams", "3", "--frames", "20", "--json", out)
     assert result.returncode == 0, result.stderr[-2000:]
     recovery = json.loads(out.read_text())["recovery"]
     for motion in ("usual motion", "fast motion"):
@@ -140,7 +140,7 @@ def test_the_3b_shape_matches_the_published_model(tiny):
 
 def test_bench_pipeline_smoke(tmp_path):
     out = tmp_path / "pipeline.json"
-    result = run_script("bench.py", "--pipeline", "--streams", "2", "--frames", "3", "--repeats", "1", "--json", out)
+    result = run_main("bench.py", "--pipeline", "--streams", "2", "--frames", "3", "--repeats", "1", "--json", out)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["frame_size"] == [1920, 1080] and report["crop_size"] == 336

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 import data
 import published_r1track
 import r1track
-from conftest import ChatServer, run_script
+from conftest import ChatServer, run_main, run_script
 
 # -----------------------------------------------------------------------------
 # Checkpoints as published
@@ -236,10 +236,10 @@ def test_datasets_parquet_reads_as_the_published_pairs(published_dataset):
 
 
 def test_sft_trains_on_the_datasets_parquet_folder(published_dataset, tiny_model_dir, tmp_path):
-    result = run_script("train_sft.py", "--model", tiny_model_dir, "--data", published_dataset / "data",
-                        "--wording", "r1track-100k", "--crop-size", "112", "--out", tmp_path / "sft", "--full",
-                        "--max-steps", "2", "--batch-size", "2", "--grad-accum", "1", "--val-size", "2",
-                        "--no-gradient-checkpointing")
+    result = run_main("train_sft.py", "--model", tiny_model_dir, "--data", published_dataset / "data",
+                      "--wording", "r1track-100k", "--crop-size", "112", "--out", tmp_path / "sft", "--full",
+                      "--max-steps", "2", "--batch-size", "2", "--grad-accum", "1", "--val-size", "2",
+                      "--no-gradient-checkpointing")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "training data: " in result.stdout and ": 12 usable" in result.stdout
     assert "validation data: " in result.stdout and ": 4 usable" in result.stdout

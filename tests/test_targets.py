@@ -4,8 +4,6 @@ import functools
 import http.server
 import json
 import math
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -17,13 +15,14 @@ from PIL import Image
 import data
 import r1track
 import synthetic
-from conftest import main_in_process
+from conftest import main_in_process, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_track(*args):
-    return subprocess.run([sys.executable, "track.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+    """track.py in this process (conftest.run_main): a process of its own costs seconds of imports."""
+    return run_main("track.py", *args)
 
 
 def rows(path):

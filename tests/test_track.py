@@ -13,7 +13,7 @@ from PIL import Image
 
 import data
 import r1track
-from conftest import ChatServer, main_in_process
+from conftest import ChatServer, main_in_process, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -221,6 +221,11 @@ def run_track(*args):
     return subprocess.run([sys.executable, "track.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True)
 
 
+def run_track_here(*args):
+    """track.py in this process (conftest.run_main)."""
+    return run_main("track.py", *args)
+
+
 def count_video_frames(path):
     with av.open(str(path)) as container:
         return sum(1 for _ in container.decode(video=0))
@@ -247,8 +252,8 @@ def test_track_py_frame_folder_with_a_broken_frame(got10k_root, tiny_model_dir, 
         frame.save(folder / f"{t:04d}.png")
     (folder / "0003.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     x, y, w, h = sequence["boxes_xywh"][0]
-    result = run_track("--video", folder, "--box", f"{x},{y},{w},{h}", "--box-format", "xywh", "--model", tiny_model_dir,
-                       "--out", tmp_path / "out", "--no-video")
+    result = run_track_here("--video", folder, "--box", f"{x},{y},{w},{h}", "--box-format", "xywh", "--model",
+                            tiny_model_dir, "--out", tmp_path / "out", "--no-video")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "frame 4 could not be decoded" in result.stderr
     boxes = np.loadtxt(tmp_path / "out" / "boxes.txt", delimiter=",")
@@ -288,7 +293,8 @@ def test_track_py_missing_model_is_one_line(clip, tmp_path):
 
 
 def test_track_py_text_that_the_model_cannot_find(clip, tiny_model_dir, tmp_path):
-    result = run_track("--video", clip[0], "--text", "the patterned box", "--model", tiny_model_dir, "--out", tmp_path)
+    result = run_track_here("--video", clip[0], "--text", "the patterned box", "--model", tiny_model_dir,
+                            "--out", tmp_path)
     assert result.returncode == 2 and "could not find" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -306,8 +312,8 @@ def test_settings_named_apart_from_the_served_name(tmp_path):
 
     def run_against(served, *extra):
         with ChatServer(lambda index, payload: "[40,40,80,80]", model=served) as server:
-            result = run_track("--video", frames, "--box", "60,60,100,100", "--server", server.url, "--out",
-                               tmp_path / "out", "--no-video", *extra)
+            result = run_track_here("--video", frames, "--box", "60,60,100,100", "--server", server.url, "--out",
+                                    tmp_path / "out", "--no-video", *extra)
             if result.returncode:
                 return result, None
             assert {payload["model"] for payload in server.payloads} == {served}
@@ -336,7 +342,8 @@ def test_track_py_unreachable_server_is_one_line(clip, tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    result = run_track("--video", clip[0], "--box", clip[1], "--server", f"http://127.0.0.1:{port}", "--out", tmp_path)
+    result = run_track_here("--video", clip[0], "--box", clip[1], "--server", f"http://127.0.0.1:{port}",
+                            "--out", tmp_path)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "cannot reach" in lines[0], result.stderr
 

@@ -13,12 +13,18 @@ from safetensors.torch import load_file
 
 import data
 import r1track
+from conftest import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(args, **kwargs):
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, **kwargs)
+
+
+def run_here(args):
+    """train_sft.py in this process (conftest.run_main): the same run, without seconds of imports."""
+    return run_main(*args)
 
 
 def sft_args(model_dir, data, out, *extra):
@@ -30,18 +36,15 @@ def read_metrics(out):
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_memorises_16_pairs(tiny_model_dir, pairs16, tmp_path):
-    """Full fine-tuning, validation = the training pairs: greedy answers reach IoU >= 0.9."""
-    out = tmp_path / "sft"
-    result = run(sft_args(tiny_model_dir, pairs16, out, "--val-data", str(pairs16), "--full", "--lr", "1e-3",
-                          "--batch-size", "16", "--grad-accum", "1", "--max-steps", "120", "--eval-every", "60",
-                          "--save-every", "60"))
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_memorises_16_pairs(sft_run, pairs16):
+    """Full fine-tuning, validation = the training pairs: greedy answers reach IoU >= 0.9
+    (the run is conftest's sft_run, which the GRPO tests start from)."""
+    out = sft_run
     evals = [m for m in read_metrics(out) if "val_iou" in m]
-    assert [m["step"] for m in evals] == [60, 120]
+    assert [m["step"] for m in evals] == [60, 100]
     assert evals[-1]["val_iou"] >= 0.9, evals
     steps = [m for m in read_metrics(out) if "loss" in m]
-    assert len(steps) == 120 and steps[-1]["loss"] < steps[0]["loss"] / 5
+    assert len(steps) == 100 and steps[-1]["loss"] < steps[0]["loss"] / 5
     assert {"step", "loss", "lr", "grad_norm", "tokens_per_s"} <= set(steps[0])
     assert (out / "curves.png").stat().st_size > 1000
 
@@ -61,8 +64,8 @@ def test_memorises_16_pairs(tiny_model_dir, pairs16, tmp_path):
 
 def test_lora_adapter_output_and_merge(tiny_model_dir, pairs16, tmp_path):
     out = tmp_path / "lora"
-    result = run(sft_args(tiny_model_dir, pairs16, out, "--lora-rank", "4", "--batch-size", "4", "--grad-accum",
-                          "1", "--max-steps", "3", "--merge-lora", "--lr", "1e-3"))
+    result = run_here(sft_args(tiny_model_dir, pairs16, out, "--lora-rank", "4", "--batch-size", "4", "--grad-accum",
+                               "1", "--max-steps", "3", "--merge-lora", "--lr", "1e-3"))
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 4 and config["base_model_name_or_path"] == str(tiny_model_dir)
@@ -92,7 +95,7 @@ def test_two_ranks_of_b_pairs_step_as_one_rank_of_2b(tiny_model_dir, pairs16, tm
     common = ("--grad-accum", "1", "--max-steps", "3", "--lr", "1e-3", "--save-every", "3", "--crop-size", "336",
               "--val-data", str(pairs16), "--val-size", "5", "--eval-every", "3")
     one, two = tmp_path / "one", tmp_path / "two"
-    single = run(sft_args(tiny_model_dir, pairs16, one, "--batch-size", "4", *common))
+    single = run_here(sft_args(tiny_model_dir, pairs16, one, "--batch-size", "4", *common))
     assert single.returncode == 0, single.stderr[-3000:]
     ranks = run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "tests/ranks_probe.py",
                  *sft_args(tiny_model_dir, pairs16, two, "--batch-size", "2", *common)])
@@ -111,18 +114,34 @@ def test_two_ranks_of_b_pairs_step_as_one_rank_of_2b(tiny_model_dir, pairs16, tm
     assert val_two["val_loss"] == pytest.approx(val_one["val_loss"], rel=1e-4)
 
 
-def test_fsdp_full_fine_tuning_matches_ddp(tiny_model_dir, got10k_root, pairs16, tmp_path):
+TORCHRUN = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "tests/ranks_probe.py"]
+# full fine-tuning on 2 ranks, 2 pairs a rank, 2 accumulated micro-steps a step; validation on
+# 5 pairs, shared unevenly by the ranks, at the end
+FSDP_COMMON = ("--full", "--fsdp", "--batch-size", "2", "--grad-accum", "2", "--max-steps", "6", "--save-every", "2",
+               "--lr", "1e-3", "--val-data", "{pairs16}", "--val-size", "5", "--eval-every", "6")
+
+
+def fsdp_args(tiny_model_dir, got10k_root, pairs16, out, *extra, fsdp=True):
+    common = [a.format(pairs16=pairs16) for a in FSDP_COMMON if fsdp or a != "--fsdp"]
+    return [*TORCHRUN, *sft_args(tiny_model_dir, got10k_root / "val", out, *common, *extra)]
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tiny_model_dir, got10k_root, pairs16, tmp_path_factory):
+    """A straight FSDP run of FSDP_COMMON, never interrupted."""
+    out = tmp_path_factory.mktemp("fsdp") / "straight"
+    result = run(fsdp_args(tiny_model_dir, got10k_root, pairs16, out), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_fsdp_full_fine_tuning_matches_ddp(fsdp_run, tiny_model_dir, got10k_root, pairs16, tmp_path):
     """--fsdp shards the same computation: its weights equal a DDP run's to float precision,
     and so do its validation results, with 5 validation pairs shared unevenly by the 2 ranks
     (where an FSDP forward, itself a collective, waited forever on the rank that had none left)."""
-    outs = {}
-    for mode in ("ddp", "fsdp"):
-        outs[mode] = tmp_path / mode
-        result = run(["-m", "torch.distributed.run", "--nproc_per_node", "2", *sft_args(
-            tiny_model_dir, got10k_root / "val", outs[mode], "--full", "--batch-size", "2", "--grad-accum", "2",
-            "--max-steps", "3", "--lr", "1e-3", "--val-data", str(pairs16), "--val-size", "5", "--eval-every", "3",
-            *(["--fsdp"] if mode == "fsdp" else []))], timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
+    result = run(fsdp_args(tiny_model_dir, got10k_root, pairs16, tmp_path / "ddp", fsdp=False), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outs = {"ddp": tmp_path / "ddp", "fsdp": fsdp_run}
     ddp, fsdp = load_file(outs["ddp"] / "model.safetensors"), load_file(outs["fsdp"] / "model.safetensors")
     base = load_file(tiny_model_dir / "model.safetensors")
     assert max((ddp[k] - fsdp[k]).abs().max() for k in ddp) < 1e-5
@@ -133,7 +152,8 @@ def test_fsdp_full_fine_tuning_matches_ddp(tiny_model_dir, got10k_root, pairs16,
     assert fsdp_val[0]["val_loss"] == pytest.approx(ddp_val[0]["val_loss"], rel=1e-4)
 
 
-def test_a_killed_rank_ends_the_run_and_resume_equals_a_straight_run(tiny_model_dir, got10k_root, tmp_path):
+def test_a_killed_rank_ends_the_run_and_resume_equals_a_straight_run(fsdp_run, tiny_model_dir, got10k_root, pairs16,
+                                                                    tmp_path):
     """Full fine-tuning under FSDP on 2 ranks, rank 1 killed at step 3 of 6: the run ends at
     once, rank 0 says in one line that it lost the others, torchrun names rank 1. The
     checkpoints hold each rank's shards (no gathered model); --resume from checkpoint-2 ends
@@ -141,13 +161,10 @@ def test_a_killed_rank_ends_the_run_and_resume_equals_a_straight_run(tiny_model_
     import os
     import re
 
-    torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "tests/ranks_probe.py"]
-    common = ("--full", "--fsdp", "--batch-size", "2", "--grad-accum", "1", "--max-steps", "6", "--save-every", "2",
-              "--lr", "1e-3")
-    broken, straight = tmp_path / "broken", tmp_path / "straight"
+    broken = tmp_path / "broken"
     started = time.time()
-    killed = run([*torchrun, *sft_args(tiny_model_dir, got10k_root / "val", broken, *common)],
-                 env={**os.environ, "PROBE_KILL": "1:3"}, timeout=300)
+    killed = run(fsdp_args(tiny_model_dir, got10k_root, pairs16, broken), env={**os.environ, "PROBE_KILL": "1:3"},
+                 timeout=300)
     assert killed.returncode != 0 and time.time() - started < 120
     output = killed.stdout + killed.stderr
     assert "error: rank 0 lost the other ranks (" in output and "[rank0]: Traceback" not in output
@@ -156,11 +173,9 @@ def test_a_killed_rank_ends_the_run_and_resume_equals_a_straight_run(tiny_model_
     assert checkpoint.is_dir() and not (broken / "checkpoint-4").exists()
     shards = sorted(p.name for p in (checkpoint / "shards").iterdir() if p.suffix == ".distcp")
     assert shards == ["__0_0.distcp", "__1_0.distcp"] and not (checkpoint / "model.safetensors").exists()
-    resumed = run([*torchrun, *sft_args(tiny_model_dir, got10k_root / "val", broken, *common, "--resume")])
+    resumed = run(fsdp_args(tiny_model_dir, got10k_root, pairs16, broken, "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    whole = run([*torchrun, *sft_args(tiny_model_dir, got10k_root / "val", straight, *common)])
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    a, b = load_file(straight / "model.safetensors"), load_file(broken / "model.safetensors")
+    a, b = load_file(fsdp_run / "model.safetensors"), load_file(broken / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     base = load_file(tiny_model_dir / "model.safetensors")
     assert max(float((a[k] - base[k]).abs().max()) for k in base) > 1e-3  # while training moved them
@@ -183,7 +198,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_model_dir, got10k_root
     extra = ["--batch-size", "2", "--grad-accum", "2", "--max-steps", "14", "--save-every", "3", "--lr", "1e-3",
              "--keep-checkpoints", "10", *(["--full"] if mode == "full" else ["--lora-rank", "4"])]
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    assert run(sft_args(tiny_model_dir, got10k_root / "val", whole, *extra, "--data-workers", "0")).returncode == 0
+    assert run_here(sft_args(tiny_model_dir, got10k_root / "val", whole, *extra, "--data-workers", "0")).returncode == 0
     extra += ["--data-workers", "2"]
 
     process = subprocess.Popen([sys.executable, *sft_args(tiny_model_dir, got10k_root / "val", broken, *extra)],
@@ -197,7 +212,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_model_dir, got10k_root
         assert process.returncode == 130, stderr[-2000:]
     assert not (broken / "r1track.json").exists()  # it never reached the end
 
-    resumed = run(sft_args(tiny_model_dir, got10k_root / "val", broken, *extra, "--resume"))
+    resumed = run_here(sft_args(tiny_model_dir, got10k_root / "val", broken, *extra, "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout
     weights = "model.safetensors" if mode == "full" else "adapter_model.safetensors"
@@ -210,8 +225,8 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_model_dir, got10k_root
 
 def test_checkpoint_folders_are_complete_models(tiny_model_dir, pairs16, tmp_path):
     out = tmp_path / "ckpt"
-    assert run(sft_args(tiny_model_dir, pairs16, out, "--max-steps", "4", "--save-every", "2", "--batch-size", "2",
-                        "--grad-accum", "1", "--keep-checkpoints", "1")).returncode == 0
+    assert run_here(sft_args(tiny_model_dir, pairs16, out, "--max-steps", "4", "--save-every", "2", "--batch-size", "2",
+                             "--grad-accum", "1", "--keep-checkpoints", "1")).returncode == 0
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-4"]  # older ones pruned
     assert not list(out.glob(".checkpoint-*"))  # no temporary folder left behind
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
@@ -219,19 +234,20 @@ def test_checkpoint_folders_are_complete_models(tiny_model_dir, pairs16, tmp_pat
     r1track.load_model(str(out / "checkpoint-4"), device="cpu")
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--data", "/no/such/data.parquet"], "not a dataset"),
-    (["--data", "README.md"], "not a dataset"),
-    (["--model", "/no/such/model"], "cannot load the model"),
-    (["--resume", "/no/such/checkpoint"], "not a complete checkpoint"),
+@pytest.mark.parametrize("extra, message, through", [
+    (["--data", "/no/such/data.parquet"], "not a dataset", run_here),
+    (["--data", "README.md"], "not a dataset", run_here),
+    # a process of its own: what the libraries print while a model loads reaches its stderr
+    (["--model", "/no/such/model"], "cannot load the model", run),
+    (["--resume", "/no/such/checkpoint"], "not a complete checkpoint", run_here),
 ])
-def test_bad_input_is_one_line(tiny_model_dir, pairs16, tmp_path, extra, message):
+def test_bad_input_is_one_line(tiny_model_dir, pairs16, tmp_path, extra, message, through):
     args = sft_args(tiny_model_dir, pairs16, tmp_path / "bad", "--max-steps", "1")
     for flag in ("--data", "--model"):
         if flag in extra:
             at = args.index(flag)
             del args[at:at + 2]
-    result = run(args + extra)
+    result = through(args + extra)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr, result.stderr
