@@ -296,8 +296,9 @@ def bench_pipeline(args) -> dict:
     tracker = r1track.Tracker((model, processor), settings=settings)
     tracker.answerer = FastAnswerer(model, processor, settings, max_new_tokens=forced, min_new_tokens=forced)
     spent, hooks = time_forward(model)
-    results = {"threads": torch.get_num_threads()}
-    with tempfile.TemporaryDirectory() as folder, ThreadPoolExecutor(max_workers=4) as pool, \
+    readers = r1track.frame_readers(model.device.type == "cpu", most=4)  # as eval_got10k.py reads ahead
+    results = {"threads": torch.get_num_threads(), "readers": readers}
+    with tempfile.TemporaryDirectory() as folder, ThreadPoolExecutor(max_workers=readers) as pool, \
             ThreadPoolExecutor(max_workers=min(args.streams, os.cpu_count() or 1)) as cutting:
         split = synthetic.make_synthetic_got10k(folder, "val", sequences=args.streams, frames=args.frames,
                                                 size=(1920, 1080), style="plain", seed=11)

@@ -159,6 +159,8 @@ def track_sequences(tracker, sequences: list[dict], results: Path, batch: int, p
     bar = tqdm(total=sum(len(s["frames"]) for s in sequences), desc="tracking", unit="frame", disable=not progress,
                dynamic_ncols=True)
     croppers = min(batch, os.cpu_count() or 1)  # the batch's crops cut at once, between the model's passes
+    model = getattr(tracker.answerer, "model", None)  # None: answers come from a server or a function
+    readers = r1track.frame_readers(model is not None and model.device.type == "cpu", readers) if readers else 0
     with ThreadPoolExecutor(max_workers=max(readers, 1)) as pool, ThreadPoolExecutor(max_workers=croppers) as cutting:
         def frames_of(sequence):
             if readers:

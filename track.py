@@ -203,13 +203,13 @@ class NewestFrames:
             yield taken
 
 
-def open_frames(spec: str, fps: float | None, realtime=False):
+def open_frames(spec: str, fps: float | None, realtime=False, readers=2):
     """(first frame, iterator over (frame index, frame, arrival time or None), frame count or
     None, frames per second, the NewestFrames of --realtime or None): RGB arrays, decoded in
     the background while the tracker works."""
     files = None if is_stream(spec) or is_camera(spec) else frame_files(spec)
     if files is not None:
-        source, total, fps, times = iter(files_ahead(files)), len(files), fps or 30.0, []
+        source, total, fps, times = iter(files_ahead(files, readers)), len(files), fps or 30.0, []
     else:
         video = Camera(spec) if is_camera(spec) else Video(spec, timeout=30) if is_stream(spec) else Video(spec)
         source, total, fps, times = iter(video), video.total, fps or video.fps, video.times
@@ -461,7 +461,9 @@ def track(args) -> int:
     args.model = args.model or r1track.DEFAULT_MODEL
     check_args(args)
     specs = [(None, box) for box in args.box or []] or (read_box_file(args.boxes) if args.boxes else [])
-    first, frames, total, fps, live = open_frames(args.video, args.fps, args.realtime)
+    model_on_cpu = not args.server and str(args.device or r1track.default_device()).startswith("cpu")
+    first, frames, total, fps, live = open_frames(args.video, args.fps, args.realtime,
+                                                  readers=r1track.frame_readers(model_on_cpu, most=2))
     size = (first.shape[1], first.shape[0])
     targets = parse_targets(specs, args.box_format, size)
     out = Path(args.out or f"runs/track-{Path(args.video.rstrip('/')).stem.strip('*') or 'frames'}")

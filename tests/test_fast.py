@@ -144,6 +144,7 @@ def test_bench_pipeline_smoke(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["frame_size"] == [1920, 1080] and report["crop_size"] == 336
+    assert report["pipeline"]["readers"] >= 1  # frame readers beside the model's threads (r1track.frame_readers)
     for batch in ("batch_1", "batch_2"):
         stages = report["pipeline"][batch]["stages_ms_per_frame"]
         assert set(stages) == {"decode", "crop", "inputs", "model", "decode_loop", "answer"}

@@ -105,3 +105,17 @@ def test_a_reader_starts_reading_when_made():
         frames = r1track.read_ahead(range(5), pool, read=lambda path: started.set() or path, ahead=2)
         assert started.wait(timeout=5)  # nothing asked yet
         assert list(frames) == [0, 1, 2, 3, 4]
+
+
+def test_frame_readers_leave_the_models_cores_to_it(monkeypatch):
+    """With the model on the CPU, frames are decoded by the cores torch's threads leave free
+    (at least one reader); with the model elsewhere, by as many readers as asked."""
+    import os
+
+    import torch
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    for threads, readers in ((7, 1), (8, 1), (6, 2), (2, 4)):
+        monkeypatch.setattr(torch, "get_num_threads", lambda threads=threads: threads)
+        assert r1track.frame_readers(True, 4) == readers, threads
+        assert r1track.frame_readers(False, 4) == 4
