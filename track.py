@@ -461,6 +461,8 @@ def track(args) -> int:
     args.model = args.model or r1track.DEFAULT_MODEL
     check_args(args)
     specs = [(None, box) for box in args.box or []] or (read_box_file(args.boxes) if args.boxes else [])
+    # the frames are opened before the model loads: torch still holds every core, and with the
+    # model on the CPU one reader is left (as leave_a_core_for_reading will leave it one core)
     model_on_cpu = not args.server and str(args.device or r1track.default_device()).startswith("cpu")
     first, frames, total, fps, live = open_frames(args.video, args.fps, args.realtime,
                                                   readers=r1track.frame_readers(model_on_cpu, most=2))

@@ -12,11 +12,17 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # Arrow copies of parquet files go to a folder of this run, not the user's cache.
 os.environ["R1TRACK_CACHE"] = tempfile.mkdtemp(prefix="r1track-cache-")
 
+import torch  # noqa: E402
+
 import r1track  # noqa: E402
 import synthetic  # noqa: E402
 
-# what torch's threads number in a process of its own, before any test changes it
-FRESH_PROCESS_THREADS = __import__("torch").get_num_threads()
+# run_main's runs are compared with subprocess runs: the same thread count sums floats alike
+FRESH_PROCESS_THREADS = torch.get_num_threads()
+# the warning filters a fresh interpreter starts with, newest first (warnings.filterwarnings prepends)
+FRESH_PROCESS_WARNINGS = [("ignore", ResourceWarning, ""), ("ignore", ImportWarning, ""),
+                          ("ignore", PendingDeprecationWarning, ""), ("ignore", DeprecationWarning, ""),
+                          ("default", DeprecationWarning, "__main__")]
 
 
 @pytest.fixture(scope="session")
@@ -57,11 +63,11 @@ def run_script(*args, **kwargs):
 
 def run_main(script, *args):
     """One of the project's scripts run as `run_script` runs it, but in this process: its
-    main(argv) from the project folder, stdout and stderr captured, and what a run leaves
-    behind in a process (torch's thread count, the random generators, signal handlers,
-    environment, logging levels, warning filters) put back afterwards. A subprocess costs
-    seconds of imports; the tests of what only a process shows (a kill, torchrun, the exit
-    path) keep run_script."""
+    main(argv) from the project folder, as a fresh process would start it (torch's thread
+    count, randomly seeded generators, the interpreter's warning filters), its stdout and
+    stderr captured (warnings and log records included), and the process state it changes
+    put back afterwards. A subprocess costs seconds of imports; what only a process shows (a
+    kill, torchrun, forked data workers, the libraries' import-time chatter) keeps run_script."""
     import contextlib
     import importlib
     import io
@@ -70,35 +76,54 @@ def run_main(script, *args):
     import signal
     import warnings
 
+    import cv2
     import numpy as np
-    import torch
+    import transformers
 
     module = importlib.import_module(Path(script).stem)
     stdout, stderr = io.StringIO(), io.StringIO()
-    threads, cwd, environ = torch.get_num_threads(), os.getcwd(), dict(os.environ)
+    threads, cv2_threads, cwd, environ = torch.get_num_threads(), cv2.getNumThreads(), os.getcwd(), dict(os.environ)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     rng = torch.random.get_rng_state(), np.random.get_state(), random.getstate()
     levels = {name: logging.getLogger(name).level for name in ("transformers", "bitsandbytes")}
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    to_stderr = logging.StreamHandler(stderr)  # what Python's last-resort handler prints in a process
+    to_stderr.setLevel(logging.WARNING)
     try:
         os.chdir(ROOT)
-        torch.set_num_threads(FRESH_PROCESS_THREADS)  # float sums as in a fresh process: runs compared with one
+        torch.set_num_threads(FRESH_PROCESS_THREADS)
+        torch.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)  # a process draws a fresh seed
+        np.random.seed(int.from_bytes(os.urandom(4), "little"))
+        random.seed(os.urandom(16))
+        logging.getLogger().addHandler(to_stderr)
         with warnings.catch_warnings(), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            warnings.resetwarnings()
+            for action, category, module_name in FRESH_PROCESS_WARNINGS:
+                warnings.filterwarnings(action, category=category, module=module_name)
+            # printed to the (captured) stderr as in a process, not recorded by pytest's own hook
+            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: \
+                sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
             try:
                 code = module.main([str(a) for a in args])
             except SystemExit as exit_:  # argparse's refusals
                 code = exit_.code
     finally:
+        logging.getLogger().removeHandler(to_stderr)
         os.chdir(cwd)
         torch.set_num_threads(threads)
+        cv2.setNumThreads(cv2_threads)
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
         torch.random.set_rng_state(rng[0])
         np.random.set_state(rng[1])
         random.setstate(rng[2])
-        os.environ.clear()
-        os.environ.update(environ)
+        for key in set(os.environ) - set(environ):
+            del os.environ[key]
+        os.environ.update({k: v for k, v in environ.items() if os.environ.get(k) != v})
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
     return subprocess.CompletedProcess([script, *map(str, args)], code, stdout.getvalue(), stderr.getvalue())
 
 
@@ -124,7 +149,8 @@ def sft_run(tiny_model_dir, pairs16, tmp_path_factory):
     out = tmp_path_factory.mktemp("sft_run") / "sft"
     result = run_main("train_sft.py", "--model", tiny_model_dir, "--data", pairs16, "--out", out, "--crop-size", "112",
                       "--full", "--lr", "1e-3", "--batch-size", "16", "--grad-accum", "1", "--max-steps", "100",
-                      "--val-data", pairs16, "--eval-every", "60", "--save-every", "60", "--no-gradient-checkpointing")
+                      "--val-data", pairs16, "--eval-every", "60", "--save-every", "60", "--keep-checkpoints", "2",
+                      "--no-gradient-checkpointing")
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 

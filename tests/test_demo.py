@@ -1,5 +1,6 @@
 """The offline demo (track.py --demo with the bundled demo_model/) and its recipe."""
 import json
+import sys
 import types
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def test_demo_model_recipe_runs_end_to_end(tmp_path, monkeypatch, capsys):
         _python, script, *args = command
         result = run_main(Path(script).name, *args)
         print(result.stdout, end="")
+        print(result.stderr, end="", file=sys.stderr)  # a failed step says why
         return result
 
     monkeypatch.setattr(make_demo_model, "subprocess", types.SimpleNamespace(run=in_process))

@@ -5,7 +5,6 @@ import http.server
 import json
 import math
 import threading
-from pathlib import Path
 
 import av
 import numpy as np
@@ -17,7 +16,6 @@ import r1track
 import synthetic
 from conftest import main_in_process, run_main
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_track(*args):

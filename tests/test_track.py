@@ -222,7 +222,7 @@ def run_track(*args):
 
 
 def run_track_here(*args):
-    """track.py in this process (conftest.run_main)."""
+    """track.py in this process (conftest.run_main): without seconds of imports."""
     return run_main("track.py", *args)
 
 

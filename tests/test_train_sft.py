@@ -212,7 +212,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_model_dir, got10k_root
         assert process.returncode == 130, stderr[-2000:]
     assert not (broken / "r1track.json").exists()  # it never reached the end
 
-    resumed = run_here(sft_args(tiny_model_dir, got10k_root / "val", broken, *extra, "--resume"))
+    resumed = run(sft_args(tiny_model_dir, got10k_root / "val", broken, *extra, "--resume"))  # forks its workers
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout
     weights = "model.safetensors" if mode == "full" else "adapter_model.safetensors"
