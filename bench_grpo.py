@@ -4,14 +4,16 @@ same warm start, on the same pairs, with the same reward and matched settings, o
   pip install trl                      # a development dependency: never needed to train
   python bench_grpo.py --seeds 0 1 2 --json grpo-peer.json --plot grpo-peer.png
   python bench_grpo.py --seeds 0 1 2 --only ours --variant seq-mean="--loss-agg seq-mean"
+  python bench_grpo.py --warm-step 60 --questions 8 --rollouts 30 --seeds 0 1 2 3 4 5
 
 The warm start is the tiny Qwen2.5-VL (synthetic.save_tiny_model) after --sft-steps steps of
-full SFT on --pairs synthetic pairs (train_sft.py); both trainers then fine-tune all its
-weights on those pairs with the published reward (r1track.reward): --questions questions a
-rollout, --group answers to each at --temperature, --updates optimizer steps a rollout, KL
---kl to the starting weights, clip 0.2, AdamW at --lr with weight decay 0.01, for --rollouts
-rollouts. Reported per run: the mean reward and the format rate of every rollout, the KL,
-and the final greedy reward on the pairs; per trainer, the means over the seeds.
+full SFT on --pairs synthetic pairs (train_sft.py), or its checkpoint at --warm-step; both
+trainers then fine-tune all its weights on those pairs with the published reward
+(r1track.reward): --questions questions a rollout, --group answers to each at --temperature,
+--updates optimizer steps a rollout, KL --kl to the starting weights, clip 0.2, AdamW at --lr
+with weight decay 0.01, for --rollouts rollouts. Reported per run: the mean reward and the
+format rate of every rollout, the KL, and the final greedy reward on the pairs; per trainer,
+the means over the seeds.
 --variant NAME="FLAGS" adds a run of train_grpo.py with extra flags (repeatable).
 """
 
@@ -44,6 +46,8 @@ def build_parser():
                         help="another run of train_grpo.py with these extra flags")
     parser.add_argument("--pairs", type=int, default=16, help="synthetic training pairs")
     parser.add_argument("--sft-steps", type=int, default=100, help="SFT steps of the warm start")
+    parser.add_argument("--warm-step", type=int, help="start from the warm start's checkpoint at this SFT step, "
+                        "a multiple of 20 (60 of 100: a model that has not memorised its pairs)")
     parser.add_argument("--warm", help="start from this checkpoint instead (made on the same --pairs)")
     parser.add_argument("--rollouts", type=int, default=40)
     parser.add_argument("--questions", type=int, default=4, help="questions per rollout")
@@ -78,13 +82,19 @@ def warm_start(args) -> tuple[Path, Path]:
         run_script("prepare_data.py", "pairs", "--got10k", clips, "--out", pairs, "--num", args.pairs, "--size", 112,
                    "--seed", 0)
     if args.warm:
-        warm = Path(args.warm)
-    elif not (warm / "config.json").is_file():
+        return Path(args.warm), pairs
+    if not (warm / "config.json").is_file():  # checkpoints every 20 steps, all kept, for --warm-step
         tiny = synthetic.save_tiny_model(work / "tiny")
         run_script("train_sft.py", "--model", tiny, "--data", pairs, "--out", warm, "--crop-size", 112, "--full",
                    "--lr", "1e-3", "--batch-size", 16, "--grad-accum", 1, "--max-steps", args.sft_steps,
-                   "--no-gradient-checkpointing", "--save-every", 100000)
-    return warm, pairs
+                   "--no-gradient-checkpointing", "--save-every", 20, "--keep-checkpoints", args.sft_steps // 20 + 1)
+    if args.warm_step is None:
+        return warm, pairs
+    checkpoint = warm / f"checkpoint-{args.warm_step}"
+    if not (checkpoint / "config.json").is_file():
+        raise r1track.UserError(f"no {checkpoint}: --warm-step takes a multiple of 20 up to --sft-steps (a warm "
+                                f"start made before checkpoints were kept: remove {warm} to make it again)")
+    return checkpoint, pairs
 
 
 def greedy_reward(model, processor, pairs) -> float:
