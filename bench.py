@@ -201,11 +201,13 @@ def bench_tracking(args) -> dict:
 
 
 def time_forward(model):
-    """A running total of the seconds spent in the model's forward (hooks around it)."""
-    spent = {"s": 0.0, "start": 0.0}
+    """A running total of the seconds spent in the model's forward (hooks around it), and when
+    the first forward since `first` was last cleared began."""
+    spent = {"s": 0.0, "start": 0.0, "first": None}
 
     def before(module, args, kwargs):
         spent["start"] = time.perf_counter()
+        spent["first"] = spent["first"] or spent["start"]
 
     def after(module, args, kwargs, output):
         spent["s"] += time.perf_counter() - spent["start"]
@@ -222,9 +224,9 @@ def run_streams(tracker, sequences, batch, spent, pool=None, stages=None, cuttin
     any size. Frames are read ahead by `pool` or, without one, in turn; a batch's crops are cut
     by the threads of `cutting` at once, as eval_got10k.py cuts them. With `stages` (a dict
     of lists), each stage's milliseconds per frame are added to it: decode (reading the frame),
-    crop (the search crop and its JPEG round trip), inputs (the crop's pixel tensors, measured
-    apart), model (forward passes), decode_loop (the fast decoder between passes), answer
-    (parsing, mapping back)."""
+    crop (the search crop and its JPEG round trip), inputs (from the answerer's call to the
+    model's first pass: the crop's pixel tensors, the rows' ids), model (forward passes),
+    decode_loop (the fast decoder between passes), answer (parsing, mapping back)."""
     def readers_of(group):
         return [r1track.read_ahead(s["frames"], pool) if pool else map(r1track.read_frame, s["frames"]) for s in group]
 
@@ -243,18 +245,15 @@ def run_streams(tracker, sequences, batch, spent, pool=None, stages=None, cuttin
             clock, decode = time.perf_counter(), time.perf_counter() - clock
             requests = r1track.batch_requests(trackers, frames, cutting)
             clock, crop = time.perf_counter(), time.perf_counter() - clock
-            inputs = 0.0
-            if stages is not None:  # measured apart: the answerer prepares them again inside
-                r1track.image_patches([r.search for r in requests], tracker.answerer.processor.image_processor,
-                                      tracker.answerer.model.device)
-                clock, inputs = time.perf_counter(), time.perf_counter() - clock
-            spent["s"] = 0.0
+            spent["s"], spent["first"] = 0.0, None
             tracker.answerer(requests)
+            # inputs: from the call to the model's first pass (the crops' pixel tensors, the rows' ids)
+            inputs = spent["first"] - clock
             clock, answering = time.perf_counter(), time.perf_counter() - clock
             for each, sequence in zip(trackers, group):
                 each.accept(oracle_answer(each, sequence["boxes_xywh"][t]))
             answer = time.perf_counter() - clock
-            elapsed += time.perf_counter() - started - inputs
+            elapsed += time.perf_counter() - started
             if stages is not None:
                 for name, seconds in (("decode", decode), ("crop", crop), ("inputs", inputs), ("model", spent["s"]),
                                       ("decode_loop", max(answering - spent["s"] - inputs, 0.0)), ("answer", answer)):
