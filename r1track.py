@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -1055,15 +1056,52 @@ def image_patches(images, image_processor, device=None, as_bytes=False) -> dict:
     if not kept:
         return image_processor(images=images, return_tensors="pt")
     n, gh, gw = len(arrays), height // p, width // p
+    grid = torch.tensor([[1, gh, gw]] * n, device=device)
+    if not as_bytes and torch.device(device or "cpu").type == "cpu":
+        return {"pixel_values": _normalised_patches(arrays, image_processor), "image_grid_thw": grid}
     pixels = torch.from_numpy(np.stack(arrays)).to(device)                                  # [N, H, W, C] uint8
     # the processor's patch order: merge blocks row by row, 2x2 patches within, each patch C x p x p;
     # reordered while still bytes (a quarter of the floats' memory traffic)
     patches = pixels.view(n, gh // m, m, p, gw // m, m, p, 3).permute(0, 1, 4, 2, 5, 7, 3, 6).contiguous()
     patches = patches.view(n * gh * gw, 3 * p * p)
-    grid = torch.tensor([[1, gh, gw]] * n, device=device)
     if as_bytes:
         return {"patch_bytes": patches, "image_grid_thw": grid}
     return {"pixel_values": pixels_from_bytes(patches, image_processor), "image_grid_thw": grid}
+
+
+def _normalised_patches(arrays, image_processor):
+    """image_patches' pixel_values on the CPU: each channel of an image normalised through a
+    lookup table into a float plane (OpenCV), then put in the processor's patch order and
+    repeated in time by one copy whose runs are a patch's rows. A 336-px crop takes ~0.45 ms
+    this way against ~0.7 ms as bytes reordered, then normalised in float passes
+    (pixels_from_bytes), whose channel-interleaved reads cannot be vectorised. One image at a
+    time, so that its planes stay in the cache: 8 crops in 3.5 ms against 6.5 ms at once."""
+    import cv2
+    import torch
+
+    p, m, t = image_processor.patch_size, image_processor.merge_size, image_processor.temporal_patch_size
+    (height, width, _), n = arrays[0].shape, len(arrays)
+    gh, gw = height // p, width // p
+    tables = _pixel_tables(tuple(image_processor.image_mean), tuple(image_processor.image_std),
+                           image_processor.rescale_factor)
+    planes = torch.empty(3, height, width, dtype=torch.float32)                              # [C, H, W]
+    # the processor's patch order: merge blocks row by row, 2x2 patches within, each patch C x t x p x p
+    blocks = planes.view(3, gh // m, m, p, gw // m, m, p).permute(1, 4, 2, 5, 0, 3, 6).unsqueeze(5)
+    pixels = torch.empty(n, gh // m, gw // m, m, m, 3, t, p, p, dtype=torch.float32)
+    for image, image_pixels in zip(arrays, pixels):
+        for table, channel, plane in zip(tables, cv2.split(image), planes.numpy()):
+            if cv2.LUT(channel, table, dst=plane) is not plane:  # an OpenCV that would not write in place
+                plane[...] = cv2.LUT(channel, table)
+        image_pixels.copy_(blocks.expand(image_pixels.shape))                                 # repeated in time
+    return pixels.view(n * gh * gw, 3 * t * p * p)
+
+
+@functools.lru_cache(maxsize=8)
+def _pixel_tables(mean, std, rescale_factor) -> list[np.ndarray]:
+    """Per channel, the normalised value of each byte as a [1, 256] float32 lookup table,
+    computed as the processor computes it (rescaled in float64, normalised in float32)."""
+    rescaled = (np.arange(256) * rescale_factor).astype(np.float32)
+    return [((rescaled - np.float32(mu)) / np.float32(sigma)).reshape(1, 256) for mu, sigma in zip(mean, std)]
 
 
 def pixels_from_bytes(patch_bytes, image_processor):
