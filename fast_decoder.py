@@ -30,6 +30,8 @@ class FastAnswerer:
     def __init__(self, model, processor, settings: TrackSettings, max_new_tokens=None, reuse_template=True,
                  draft=True, draft_tokens=8, min_new_tokens=0):
         self.model, self.processor, self.settings = model, processor, settings
+        # read once: each reading walks the model's modules to a parameter (~10-60 us a pass)
+        self.device, self.dtype = model.device, model.dtype
         self.max_new_tokens = max_new_tokens or answer_token_limit(settings.think)
         self.min_new_tokens = min_new_tokens
         self.reuse_template = reuse_template
@@ -39,6 +41,7 @@ class FastAnswerer:
         self.pad = tokenizer.pad_token_id
         self.suppressed = vision_token_ids(tokenizer)
         self.decode_passes = 0
+        self._rows_of = None  # (the states last answered together, their rows: see _rows)
 
     def __call__(self, requests: list[Request]) -> list[str]:
         import torch
@@ -58,10 +61,9 @@ class FastAnswerer:
     def _forward(self, **inputs):
         import torch
 
-        device = self.model.device
-        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        inputs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
         if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         return self.model(**inputs, use_cache=True)
 
     def _sequence(self, request: Request) -> dict:
@@ -101,10 +103,39 @@ class FastAnswerer:
     def _prefill(self, requests, states):
         """Run every row's search image and question (left-padded to one width) against its
         prefix; returns the cache, the attention mask so far and each row's first token."""
-        import torch
         from transformers import DynamicCache
 
-        search = image_patches([r.search for r in requests], self.processor.image_processor, self.model.device)
+        search = image_patches([r.search for r in requests], self.processor.image_processor, self.device)
+        ids, positions, types, mask, cache, template_pixels = self._rows(states)
+        if cache is not None:  # the last frame's cache of these rows, cut back to their prefix
+            prefix = states[0]["prefix"]
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys[..., :prefix, :], layer.values[..., :prefix, :]
+            pixels, grids = search["pixel_values"], search["image_grid_thw"]  # only the search images are new
+        else:
+            import torch
+
+            cache = DynamicCache()
+            per_image = search["pixel_values"].chunk(len(states))
+            pixels = torch.cat([torch.cat([template.to(p.device), p]) for template, p in zip(template_pixels, per_image)])
+            grids = torch.cat([state["grids"] for state in states])
+        out = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, mm_token_type_ids=types,
+                            pixel_values=pixels, image_grid_thw=grids, cache=cache, logits_to_keep=1)
+        tokens, logprobs = self._greedy(out.logits, [0] * len(states))
+        return out.cache, mask, list(zip(tokens[:, -1].tolist(), logprobs[:, -1].tolist()))
+
+    def _rows(self, states):
+        """The rows' ids, 3D positions, token types and attention mask (questions left-padded to
+        one width) and a DynamicCache of their stacked prefixes (None without template reuse):
+        fixed while the same sequences are answered together, so made once for them (a tracked
+        video or an eval group answers the same rows frame after frame), not per frame. The
+        cache grows by a frame's tokens and is cut back to the prefix before the next (slices,
+        no copies: rebuilding it copied every layer's keys and values twice a frame)."""
+        if self._rows_of is not None and len(self._rows_of[0]) == len(states) \
+                and all(kept is state for kept, state in zip(self._rows_of[0], states)):
+            return self._rows_of[1]
+        import torch
+
         prefix = states[0]["prefix"]
         suffixes = [state["ids"][prefix:] for state in states]
         rows, width = len(states), max(len(x) for x in suffixes)
@@ -119,20 +150,16 @@ class FastAnswerer:
             positions[:, row, width - n:] = state["positions"][:, prefix:]
             types[row, width - n:] = state["types"][prefix:]
             mask[row, prefix + width - n:] = 1
-        if prefix:  # stack the rows' prefix caches; only the search images are new
+        cache = None
+        if prefix:
+            from transformers import DynamicCache
+
             layers = zip(*(state["prefix_cache"] for state in states))
             cache = DynamicCache(ddp_cache_data=[(torch.cat([k for k, _ in layer]), torch.cat([v for _, v in layer]))
                                                  for layer in layers])
-            pixels, grids = search["pixel_values"], search["image_grid_thw"]
-        else:
-            cache = DynamicCache()
-            per_image = search["pixel_values"].chunk(rows)
-            pixels = torch.cat([torch.cat([state["template_pixels"].to(p.device), p]) for state, p in zip(states, per_image)])
-            grids = torch.cat([state["grids"] for state in states])
-        out = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, mm_token_type_ids=types,
-                            pixel_values=pixels, image_grid_thw=grids, cache=cache, logits_to_keep=1)
-        tokens, logprobs = self._greedy(out.logits, [0] * rows)
-        return out.cache, mask, list(zip(tokens[:, -1].tolist(), logprobs[:, -1].tolist()))
+        made = ids, positions, types, mask, cache, [state["template_pixels"] for state in states]
+        self._rows_of = (list(states), made)
+        return made
 
     def _greedy(self, logits, answer_lengths):
         """Argmax tokens [rows, positions] and their log-probabilities; position i of a row
