@@ -358,10 +358,14 @@ def read_frame(path) -> np.ndarray:
     read frames; UserError when it cannot be decoded."""
     import cv2
 
-    frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if hasattr(cv2, "IMREAD_COLOR_RGB"):  # OpenCV >= 4.11: straight to RGB, the same pixels, a pass fewer
+        frame = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB)
+    else:
+        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        frame = None if frame is None else cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
     if frame is None:
         raise UserError(f"cannot decode the image {path}")
-    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    return frame
 
 
 def open_image(source) -> Image.Image:
