@@ -283,11 +283,13 @@ def bench_pipeline(args) -> dict:
     336-px crops, one stream and --streams streams; how much reading ahead hides."""
     import dataclasses
 
+    import cv2
     import torch
 
     model, processor, settings = load(args)
     if model.device.type == "cpu":
         r1track.leave_a_core_for_reading()  # as track.py and eval_got10k.py do
+    r1track.opencv_on_one_thread()  # as they do
     # the published loop (OpenCV crops, JPEG), the one the published checkpoints run; the demo
     # model, taught on 112-px lenient crops, only lends its weights and processor here
     settings = dataclasses.replace(settings, crop_size=336, loop="published")
@@ -296,7 +298,7 @@ def bench_pipeline(args) -> dict:
     tracker.answerer = FastAnswerer(model, processor, settings, max_new_tokens=forced, min_new_tokens=forced)
     spent, hooks = time_forward(model)
     readers = r1track.frame_readers(model.device.type == "cpu", most=4)  # as eval_got10k.py reads ahead
-    results = {"threads": torch.get_num_threads(), "readers": readers}
+    results = {"threads": torch.get_num_threads(), "readers": readers, "opencv_threads": cv2.getNumThreads()}
     with tempfile.TemporaryDirectory() as folder, ThreadPoolExecutor(max_workers=readers) as pool, \
             ThreadPoolExecutor(max_workers=min(args.streams, os.cpu_count() or 1)) as cutting:
         split = synthetic.make_synthetic_got10k(folder, "val", sequences=args.streams, frames=args.frames,

@@ -148,6 +148,7 @@ def test_bench_pipeline_smoke(tmp_path):
     # frames read by the cores the model's threads leave free
     threads, readers = report["pipeline"]["threads"], report["pipeline"]["readers"]
     assert readers == max(1, min(4, (os.cpu_count() or 1) - threads)), (threads, readers)
+    assert report["pipeline"]["opencv_threads"] == 1  # crops cut on the calling thread, as the scripts cut them
     for batch in ("batch_1", "batch_2"):
         stages = report["pipeline"][batch]["stages_ms_per_frame"]
         assert set(stages) == {"decode", "crop", "inputs", "model", "decode_loop", "answer"}

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import r1track
+from conftest import ROOT
 
 
 def test_read_ahead_keeps_order_overlaps_and_bounds_the_frames_in_flight():
@@ -119,3 +120,23 @@ def test_frame_readers_leave_the_models_cores_to_it(monkeypatch):
         monkeypatch.setattr(torch, "get_num_threads", lambda threads=threads: threads)
         assert r1track.frame_readers(True, 4) == readers, threads
         assert r1track.frame_readers(False, 4) == 4
+
+
+def test_the_tracking_scripts_cut_crops_on_their_own_thread():
+    """A crop and its JPEG are too small to share out among OpenCV's threads (slower, and the
+    second thread takes the core frames are read on): the scripts' tracker turns them off."""
+    import argparse
+
+    import cv2
+    import torch
+
+    threads, cv2_threads = torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(2)
+        args = argparse.Namespace(model=str(ROOT / "demo_model"), server=None, server_model=None, think=None,
+                                  recover=False, loop=None, settings=None, dtype=None)
+        tracker, loaded = r1track.tracker_from_args(args, "cpu")
+        assert loaded is not None and cv2.getNumThreads() == 1
+    finally:
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(cv2_threads)
