@@ -325,8 +325,13 @@ def bench_pipeline(args) -> dict:
         train_split = synthetic.make_synthetic_got10k(folder, "train", sequences=8, frames=10, size=(1920, 1080),
                                                       style="plain", seed=12)
         source = Got10kPairs(train_split, 336, loop="published")
-        rates = {workers: statistics.median(example_rate(source, processor, workers, 48) for _ in range(args.repeats))
-                 for workers in (0, 1, 2, 4)}
+        # the worker counts taken in turn within each repeat, so that they compare under the
+        # same conditions (this machine's speed drifts by 10-30 % over minutes)
+        samples = {workers: [] for workers in (0, 1, 2, 4)}
+        for _ in range(args.repeats):
+            for workers, rates in samples.items():
+                rates.append(example_rate(source, processor, workers, 96))
+        rates = {workers: statistics.median(values) for workers, values in samples.items()}
         results["training_examples_per_s"] = rates
         print("training examples/s by workers: " + "  ".join(f"{k}: {v:.1f}" for k, v in rates.items()), flush=True)
     for hook in hooks:
