@@ -247,7 +247,8 @@ def run_streams(tracker, sequences, batch, spent, pool=None, stages=None, cuttin
             clock, crop = time.perf_counter(), time.perf_counter() - clock
             spent["s"], spent["first"] = 0.0, None
             tracker.answerer(requests)
-            # inputs: from the call to the model's first pass (the crops' pixel tensors, the rows' ids)
+            # inputs: from the call to the model's first pass (the crops' pixel tensors, the rows' ids);
+            # at a sequence's first frame that pass is its prefix's, and the rest falls in decode_loop
             inputs = spent["first"] - clock
             clock, answering = time.perf_counter(), time.perf_counter() - clock
             for each, sequence in zip(trackers, group):

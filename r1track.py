@@ -1578,6 +1578,7 @@ def tracker_from_args(args, device=None, name=None):
     import torch
 
     options = dict(think=args.think, recover=args.recover, loop=args.loop, settings=args.settings)
+    opencv_on_one_thread()  # the crops are cut here, whoever answers
     if args.server:
         try:
             return Tracker(server=args.server, server_model=args.server_model, **options), None
@@ -1586,7 +1587,6 @@ def tracker_from_args(args, device=None, name=None):
     loaded = load_model(args.model, dtype=getattr(torch, args.dtype) if args.dtype else None, device=device)
     if loaded[0].device.type == "cpu":
         leave_a_core_for_reading()
-    opencv_on_one_thread()
     return Tracker(loaded, name=name, **options), loaded
 
 

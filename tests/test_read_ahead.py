@@ -124,7 +124,8 @@ def test_frame_readers_leave_the_models_cores_to_it(monkeypatch):
 
 def test_the_tracking_scripts_cut_crops_on_their_own_thread():
     """A crop and its JPEG are too small to share out among OpenCV's threads (slower, and the
-    second thread takes the core frames are read on): the scripts' tracker turns them off."""
+    second thread takes the core frames are read on): the scripts' tracker turns them off,
+    whether a model or a server answers."""
     import argparse
 
     import cv2
@@ -137,6 +138,10 @@ def test_the_tracking_scripts_cut_crops_on_their_own_thread():
                                   recover=False, loop=None, settings=None, dtype=None)
         tracker, loaded = r1track.tracker_from_args(args, "cpu")
         assert loaded is not None and cv2.getNumThreads() == 1
+        cv2.setNumThreads(2)  # with a server the crops are cut here all the same
+        args.model, args.server, args.server_model = None, "http://127.0.0.1:9", "WangBiao/R1-Track-SFT"
+        tracker, loaded = r1track.tracker_from_args(args)
+        assert loaded is None and cv2.getNumThreads() == 1
     finally:
         torch.set_num_threads(threads)
         cv2.setNumThreads(cv2_threads)
