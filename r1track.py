@@ -1110,21 +1110,17 @@ def _pixel_tables(mean, std, rescale_factor) -> list[np.ndarray]:
 
 def pixels_from_bytes(patch_bytes, image_processor):
     """The processor's pixel_values [patches, 3 * 2 * 14 * 14] float32 from image_patches'
-    patch_bytes, on their device, equal to the last bit."""
+    patch_bytes, on their device, equal to the last bit: each byte looked up in its channel's
+    table (_pixel_tables, as _normalised_patches does on the CPU), repeated in time."""
     import torch
 
-    p, t = image_processor.patch_size, image_processor.temporal_patch_size
-    pixels = patch_bytes.view(-1, 3, p, p)
-    # the processor rescales in float64 and normalises in float32; dividing by 255 in float32
-    # gives the same 256 values (checked here), so the pixels are equal to the last bit
-    scale = image_processor.rescale_factor
-    exact = bool(np.array_equal((np.arange(256) * scale).astype(np.float32), np.arange(256, dtype=np.float32) / np.float32(255)))
-    mean, std = (torch.tensor(v, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
-                 for v in (image_processor.image_mean, image_processor.image_std))
-    pixels = pixels.float().div_(255) if exact else (pixels.double() * scale).float()      # [P, C, p, p]
-    # in place: each new tensor of this size costs page faults as well as a pass over it
-    pixels = pixels.sub_(mean).div_(std).unsqueeze(2).expand(-1, 3, t, p, p)  # the frame repeated in time
-    return pixels.reshape(-1, 3 * t * p * p)
+    t, device = image_processor.temporal_patch_size, patch_bytes.device
+    tables = _pixel_tables(tuple(image_processor.image_mean), tuple(image_processor.image_std),
+                           image_processor.rescale_factor)
+    table = torch.from_numpy(np.concatenate(tables, axis=1)).to(device).view(-1)                # [3 * 256]
+    channels = torch.arange(0, 3 * 256, 256, device=device).view(1, 3, 1)
+    pixels = table[patch_bytes.view(len(patch_bytes), 3, -1).long() + channels]               # [P, C, p * p]
+    return pixels.unsqueeze(2).expand(-1, -1, t, -1).reshape(len(pixels), -1)
 
 
 def collate(examples: list[dict], pad_token_id: int) -> dict:
