@@ -1075,29 +1075,41 @@ def image_patches(images, image_processor, device=None, as_bytes=False) -> dict:
 
 def _normalised_patches(arrays, image_processor):
     """image_patches' pixel_values on the CPU: each channel of an image normalised through a
-    lookup table into a float plane (OpenCV), then put in the processor's patch order and
-    repeated in time by one copy whose runs are a patch's rows. A 336-px crop takes ~0.45 ms
-    this way against ~0.7 ms as bytes reordered, then normalised in float passes
+    lookup table into a float plane (OpenCV), then the planes' patch rows (p floats, the
+    longest run the two orders share) gathered in the processor's order and repeated in time
+    by one index_select. A 336-px crop takes ~0.3 ms this way against ~0.45 ms as a strided
+    copy of the planes and ~0.7 ms as bytes reordered, then normalised in float passes
     (pixels_from_bytes), whose channel-interleaved reads cannot be vectorised. One image at a
-    time, so that its planes stay in the cache: 8 crops in 3.5 ms against 6.5 ms at once."""
+    time, so that its planes stay in the cache."""
     import cv2
     import torch
 
     p, m, t = image_processor.patch_size, image_processor.merge_size, image_processor.temporal_patch_size
     (height, width, _), n = arrays[0].shape, len(arrays)
-    gh, gw = height // p, width // p
     tables = _pixel_tables(tuple(image_processor.image_mean), tuple(image_processor.image_std),
                            image_processor.rescale_factor)
+    order = _patch_row_order(height, width, p, m, t)
     planes = torch.empty(3, height, width, dtype=torch.float32)                              # [C, H, W]
-    # the processor's patch order: merge blocks row by row, 2x2 patches within, each patch C x t x p x p
-    blocks = planes.view(3, gh // m, m, p, gw // m, m, p).permute(1, 4, 2, 5, 0, 3, 6).unsqueeze(5)
-    pixels = torch.empty(n, gh // m, gw // m, m, m, 3, t, p, p, dtype=torch.float32)
+    pixels = torch.empty(n, len(order), p, dtype=torch.float32)                              # [N, patch rows, p]
     for image, image_pixels in zip(arrays, pixels):
         for table, channel, plane in zip(tables, cv2.split(image), planes.numpy()):
             if cv2.LUT(channel, table, dst=plane) is not plane:  # an OpenCV that would not write in place
                 plane[...] = cv2.LUT(channel, table)
-        image_pixels.copy_(blocks.expand(image_pixels.shape))                                 # repeated in time
-    return pixels.view(n * gh * gw, 3 * t * p * p)
+        torch.index_select(planes.view(-1, p), 0, order, out=image_pixels)
+    return pixels.view(n * (height // p) * (width // p), 3 * t * p * p)
+
+
+@functools.lru_cache(maxsize=8)
+def _patch_row_order(height: int, width: int, p: int, m: int, t: int):
+    """For each p-float run of pixel_values, in the processor's patch order (merge blocks row by
+    row, 2x2 patches within, each patch C x t x p x p), the index of its run in the channel
+    planes [C, H, W] viewed as [C * H * W / p, p]."""
+    import torch
+
+    gh, gw = height // p, width // p
+    runs = torch.arange(3 * height * width // p).view(3, gh // m, m, p, gw // m, m, 1)       # [C, H, W / p]
+    return runs.permute(1, 4, 2, 5, 0, 3, 6).unsqueeze(5).expand(
+        gh // m, gw // m, m, m, 3, t, p, 1).reshape(-1)
 
 
 @functools.lru_cache(maxsize=8)

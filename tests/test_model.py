@@ -74,6 +74,20 @@ def test_pixels_sent_as_bytes_become_the_processors_pixel_values(tiny, official_
     assert sent[0]["patch_bytes"].nbytes * 8 == batch["pixel_values"].nbytes // 3
 
 
+@pytest.mark.parametrize("height, width", [(336, 336), (84, 168), (168, 56)])
+def test_cpu_patches_of_any_kept_size_equal_the_processors(tiny, official_processor, height, width):
+    """The CPU path (_normalised_patches: lookup planes gathered into patch order) on the
+    tracking size, on crops wider or taller than high, several at once: the official
+    processor's pixel_values to the last bit, in its order."""
+    _, processor = tiny
+    rng = np.random.default_rng(height * width)
+    arrays = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(3)]
+    ours = r1track.image_patches(arrays, processor.image_processor)
+    official = official_processor.image_processor(images=[Image.fromarray(a) for a in arrays], return_tensors="pt")
+    assert torch.equal(ours["image_grid_thw"], official["image_grid_thw"])
+    assert torch.equal(ours["pixel_values"], official["pixel_values"])
+
+
 def test_answer_tokens_and_labels(tiny, official_processor):
     _, processor = tiny
     template, search = random_image(2), random_image(3)
