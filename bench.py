@@ -327,11 +327,12 @@ def bench_pipeline(args) -> dict:
                                                       style="plain", seed=12)
         source = Got10kPairs(train_split, 336, loop="published")
         # the worker counts taken in turn within each repeat, so that they compare under the
-        # same conditions (this machine's speed drifts by 10-30 % over minutes)
+        # same conditions (this machine's speed drifts by 10-30 % over minutes); 192 examples,
+        # so that what the workers had begun ahead (two chunks each) is a small part of each count
         samples = {workers: [] for workers in (0, 1, 2, 4)}
         for _ in range(args.repeats):
             for workers, rates in samples.items():
-                rates.append(example_rate(source, processor, workers, 96))
+                rates.append(example_rate(source, processor, workers, 192))
         rates = {workers: statistics.median(values) for workers, values in samples.items()}
         results["training_examples_per_s"] = rates
         print("training examples/s by workers: " + "  ".join(f"{k}: {v:.1f}" for k, v in rates.items()), flush=True)

@@ -422,19 +422,20 @@ class PairStream:
         positions = itertools.count(position)
         if not self.workers:
             return map(self.__getitem__, positions)
+        import cv2
         from torch.utils.data import DataLoader
 
-        # in order, whatever worker finished first; each worker a few items ahead
-        # forked, not spawned: a worker shares the source (a memory-mapped dataset) instead of a pickled copy
-        import cv2
+        chunks = iter(lambda: list(itertools.islice(positions, WORKER_CHUNK)), None)  # endless
 
         # OpenCV's thread pool does not survive fork (a forked worker would wait on threads it
         # does not have): it is stopped before the workers are forked. Each worker crops one
         # pair at a time anyway, and the workers are the parallelism.
         cv2.setNumThreads(1)
-        return iter(DataLoader(self, batch_size=None, sampler=positions, num_workers=self.workers,
-                               collate_fn=_as_is, prefetch_factor=4,
-                               multiprocessing_context="fork" if sys.platform == "linux" else None))
+        # in order, whatever worker finished first; each worker two chunks ahead; forked, not
+        # spawned: a worker shares the source (a memory-mapped dataset) instead of a pickled copy
+        loader = DataLoader(self, batch_sampler=chunks, num_workers=self.workers, collate_fn=_packed, prefetch_factor=2,
+                            multiprocessing_context="fork" if sys.platform == "linux" else None)
+        return (item for chunk in loader for item in _unpacked(chunk))
 
     def close(self):
         """Stop the worker processes (they read ahead); the stream goes on from its position."""
@@ -444,8 +445,41 @@ class PairStream:
         return self.position / max(1, len(self.source) // self.world)
 
 
-def _as_is(item):
-    return item
+# A worker prepares this many consecutive positions and sends them as one message, their
+# tensors in one buffer (_packed). Each tensor sent on its own costs a shared-memory file, a
+# socket handshake to pass it and page faults on both sides: with two tensors an SFT example,
+# ~1.6 ms of CPU more than in chunks, which two workers on two cores pay out of the time they
+# prepare in (two workers made 1.69x the examples of one; in chunks of 4, 1.85x).
+WORKER_CHUNK = 4
+
+
+def _packed(items: list) -> tuple:
+    """A worker's chunk of items as one message: the tensors of its dict items as bytes in one
+    buffer (their dtypes, shapes and places in `layout`), the items without them."""
+    import torch
+
+    layout, parts, offset, bare = [], [], 0, []
+    for index, item in enumerate(items):
+        if isinstance(item, dict):
+            item = dict(item)
+            for key, value in item.items():
+                if torch.is_tensor(value):
+                    data = value.detach().contiguous().view(-1).view(torch.uint8)
+                    padding = -len(data) % 8  # every tensor starts 8-aligned, so that it can be viewed as any dtype
+                    layout.append((index, key, value.dtype, tuple(value.shape), offset, len(data)))
+                    parts += [data, torch.zeros(padding, dtype=torch.uint8)]
+                    offset += len(data) + padding
+                    item[key] = None
+        bare.append(item)
+    return (torch.cat(parts) if parts else None), layout, bare
+
+
+def _unpacked(chunk: tuple) -> list:
+    """_packed's items as they were, their tensors views into the one buffer received."""
+    buffer, layout, items = chunk
+    for index, key, dtype, shape, offset, size in layout:
+        items[index][key] = buffer[offset:offset + size].view(dtype).view(shape)
+    return items
 
 
 def validation_pairs(source, size, seed):

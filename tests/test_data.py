@@ -2,6 +2,7 @@
 with the published geometry, and the deterministic, rank-sharded stream."""
 import io
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -282,3 +283,63 @@ def test_validation_that_cannot_be_built_is_an_error(tmp_path):
     (folder / "val.parquet").unlink()
     train, val = training.open_data(args, one)  # no val split at all: run without, and say so
     assert len(train) == 4 and val is None
+
+
+class NumberedRows:
+    """A pair source whose every fifth row is unusable; its pairs are their own index."""
+    name = "numbered rows"
+
+    def __len__(self):
+        return 23
+
+    def load(self, index, rng):
+        if index % 5 == 4:
+            raise data.BadRow("unusable")
+        return index
+
+
+def tensors_of(index):
+    """A prepared item with tensors of every kind a worker may send (or, for some rows, no dict)."""
+    import torch
+
+    if index % 7 == 3:
+        return ("not a dict", index)
+    grid = torch.arange(24, dtype=torch.int64).view(4, 6) * index
+    return {"bytes": torch.full((index + 1, 5), index, dtype=torch.uint8), "ids": [index] * 3,
+            "grid": grid, "strided": grid.t()[::2], "mask": torch.arange(index + 3) % 2 == 0,
+            "half": torch.full((3,), index / 7, dtype=torch.bfloat16), "scalar": torch.tensor(index / 3),
+            "empty": torch.zeros(0, 4), "none": None}
+
+
+def same_items(a, b) -> bool:
+    import torch
+
+    if isinstance(a, dict) != isinstance(b, dict):
+        return False
+    if not isinstance(a, dict):
+        return a == b
+    return a.keys() == b.keys() and all(
+        torch.is_tensor(b[k]) and a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k])
+        if torch.is_tensor(a[k]) else a[k] == b[k] for k in a)
+
+
+def test_worker_streams_send_chunks_and_give_the_same_items_as_one_process():
+    """Pairs prepared by two worker processes arrive as in this process, in order, whatever
+    their tensors' dtypes and shapes, with unusable rows skipped alike and a stream stopped
+    mid-chunk resuming where it stood. A chunk's tensors come in one buffer (one
+    shared-memory transfer, not one per tensor)."""
+    expected_stream = data.PairStream(NumberedRows(), 3, prepare=tensors_of)
+    expected = expected_stream.next_pairs(30)
+    stream = data.PairStream(NumberedRows(), 3, prepare=tensors_of, workers=2)
+    got = stream.next_pairs(3) + stream.next_pairs(7)
+    stream.close()  # mid-chunk: the rest is prepared again from the stream's position
+    resumed = data.PairStream(NumberedRows(), 3, position=stream.position, skipped=stream.skipped,
+                              prepare=tensors_of, workers=2)
+    got += resumed.next_pairs(20)
+    resumed.close()
+    assert len(got) == len(expected) == 30
+    assert all(same_items(a, b) for a, b in zip(expected, got))
+    assert (resumed.position, resumed.skipped) == (expected_stream.position, expected_stream.skipped)
+    buffers = {tensor.untyped_storage().data_ptr() for item in got[10:] if isinstance(item, dict)
+               for tensor in item.values() if hasattr(tensor, "untyped_storage")}
+    assert len(buffers) <= math.ceil((resumed.position - stream.position) / data.WORKER_CHUNK)
