@@ -36,7 +36,7 @@ from pathlib import Path
 import r1track
 import scoring
 import synthetic
-from data import Got10kPairs, PairStream, read_got10k_sequence, read_got10k_split
+from data import WORKER_CHUNK, Got10kPairs, PairStream, read_got10k_sequence, read_got10k_split
 from fast_decoder import FastAnswerer
 
 ROOT = Path(__file__).resolve().parent
@@ -271,7 +271,9 @@ def example_rate(source, processor, workers, count) -> float:
     import training
 
     stream = PairStream(source, 0, prepare=functools.partial(training.sft_example, processor, "seed"), workers=workers)
-    stream.next_pairs(max(2 * workers, 2))  # the workers started and warm
+    # the workers started and busy: what they began ahead at the start (two chunks each) is
+    # taken before the clock starts, so that it does not count for more workers more
+    stream.next_pairs(max(2 * WORKER_CHUNK * workers, 2))
     started = time.perf_counter()
     stream.next_pairs(count)
     rate = count / (time.perf_counter() - started)

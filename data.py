@@ -385,9 +385,9 @@ def pair_rng(seed: int, epoch: int, index: int):
 class PairStream:
     """A rank's endless stream of pairs from a source, each made ready by `prepare` (default:
     the pair itself; a trainer turns it into model inputs); its position is all it needs to
-    resume. With `workers`, DataLoader processes load and prepare the pairs ahead, position
-    by position, so the stream is the same with any number of them. Unusable rows are
-    skipped and counted; a source that is mostly unusable is an error."""
+    resume. With `workers`, DataLoader processes load and prepare the pairs ahead, in chunks of
+    WORKER_CHUNK consecutive positions, so the stream is the same with any number of them.
+    Unusable rows are skipped and counted; a source that is mostly unusable is an error."""
 
     def __init__(self, source, seed, rank=0, world=1, position=0, skipped=0, prepare=None, workers=0):
         self.source, self.seed, self.rank, self.world = source, seed, rank, world
@@ -455,17 +455,18 @@ WORKER_CHUNK = 4
 
 def _packed(items: list) -> tuple:
     """A worker's chunk of items as one message: the tensors of its dict items as bytes in one
-    buffer (their dtypes, shapes and places in `layout`), the items without them."""
+    buffer (their dtypes, shapes and places in `layout`), the items without them. They arrive
+    as plain tensors (no autograd); one tensor under two keys arrives as two."""
     import torch
 
     layout, parts, offset, bare = [], [], 0, []
     for index, item in enumerate(items):
         if isinstance(item, dict):
-            item = dict(item)
+            item = item.copy()  # of its own kind (an OrderedDict stays one)
             for key, value in item.items():
-                if torch.is_tensor(value):
-                    data = value.detach().contiguous().view(-1).view(torch.uint8)
-                    padding = -len(data) % 8  # every tensor starts 8-aligned, so that it can be viewed as any dtype
+                if torch.is_tensor(value) and value.layout == torch.strided and not value.is_quantized:
+                    data = value.detach().resolve_conj().resolve_neg().contiguous().view(-1).view(torch.uint8)
+                    padding = -len(data) % 16  # every tensor starts 16-aligned, so that it can be viewed as any dtype
                     layout.append((index, key, value.dtype, tuple(value.shape), offset, len(data)))
                     parts += [data, torch.zeros(padding, dtype=torch.uint8)]
                     offset += len(data) + padding

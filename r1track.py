@@ -1107,7 +1107,7 @@ def _patch_row_order(height: int, width: int, p: int, m: int, t: int):
     import torch
 
     gh, gw = height // p, width // p
-    runs = torch.arange(3 * height * width // p).view(3, gh // m, m, p, gw // m, m, 1)       # [C, H, W / p]
+    runs = torch.arange(3 * height * width // p, dtype=torch.int32).view(3, gh // m, m, p, gw // m, m, 1)  # [C, H, W / p]
     return runs.permute(1, 4, 2, 5, 0, 3, 6).unsqueeze(5).expand(
         gh // m, gw // m, m, m, 3, t, p, 1).reshape(-1)
 

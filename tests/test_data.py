@@ -3,6 +3,7 @@ with the published geometry, and the deterministic, rank-sharded stream."""
 import io
 import json
 import math
+import multiprocessing
 import subprocess
 import sys
 from pathlib import Path
@@ -308,6 +309,7 @@ def tensors_of(index):
     return {"bytes": torch.full((index + 1, 5), index, dtype=torch.uint8), "ids": [index] * 3,
             "grid": grid, "strided": grid.t()[::2], "mask": torch.arange(index + 3) % 2 == 0,
             "half": torch.full((3,), index / 7, dtype=torch.bfloat16), "scalar": torch.tensor(index / 3),
+            "complex": torch.full((2,), complex(index, 1), dtype=torch.complex128).conj(),
             "empty": torch.zeros(0, 4), "none": None}
 
 
@@ -337,6 +339,7 @@ def test_worker_streams_send_chunks_and_give_the_same_items_as_one_process():
                               prepare=tensors_of, workers=2)
     got += resumed.next_pairs(20)
     resumed.close()
+    assert not multiprocessing.active_children()  # closing stopped the workers
     assert len(got) == len(expected) == 30
     assert all(same_items(a, b) for a, b in zip(expected, got))
     assert (resumed.position, resumed.skipped) == (expected_stream.position, expected_stream.skipped)

@@ -86,6 +86,8 @@ def test_cpu_patches_of_any_kept_size_equal_the_processors(tiny, official_proces
     official = official_processor.image_processor(images=[Image.fromarray(a) for a in arrays], return_tensors="pt")
     assert torch.equal(ours["image_grid_thw"], official["image_grid_thw"])
     assert torch.equal(ours["pixel_values"], official["pixel_values"])
+    # and the CPU path itself, which image_patches takes only for sizes the processor keeps
+    assert torch.equal(r1track._normalised_patches(arrays, processor.image_processor), official["pixel_values"])
 
 
 def test_answer_tokens_and_labels(tiny, official_processor):
