@@ -8,7 +8,7 @@ variant gives exactly the naive loop's boxes.
   python bench.py --train --device cuda           # SFT tokens/s and peak memory: LoRA, QLoRA, full
   python bench.py --recovery                      # AO with and without target-loss recovery
   python bench.py --confidence --json conf.json   # how well the confidence tells good frames from lost ones
-  python bench.py --pipeline --json pipeline.json # host ms per frame at 1080p, read-ahead overlap
+  python bench.py --pipeline --json pipeline.json # host ms per frame at 1080p, read-ahead overlap, data workers
 
 Variants (per-frame latency and frames/s, medians of --repeats runs):
   naive           the whole prompt through `generate` every frame, one sequence at a time
@@ -27,6 +27,7 @@ import json
 import os
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,7 +58,8 @@ def build_parser():
     parser.add_argument("--train", action="store_true", help="measure SFT throughput instead of tracking")
     parser.add_argument("--pipeline", action="store_true", help="measure the host's share of a frame at GOT-10k's "
                         "frame size (1080p JPEGs, 336-px crops; answers held to --answer-tokens): per-stage ms, "
-                        "and frames/s with frames read ahead or in turn")
+                        "frames/s with frames read ahead or in turn, training examples/s by data workers, and "
+                        "the peak memory of reading a parquet of 100 and of 100,000 pairs")
     parser.add_argument("--recovery", action="store_true", help="measure target-loss recovery: AO with and without "
                         "--recover on synthetic clips with occlusion and absence, answered by an ideal detector")
     parser.add_argument("--confidence", action="store_true", help="measure the answers' confidence on synthetic clips "
@@ -281,6 +283,30 @@ def example_rate(source, processor, workers, count) -> float:
     return rate
 
 
+# peak resident memory from VmHWM: the reading process's own (ru_maxrss would carry the caller's over exec)
+READ_AND_REPORT_MEMORY = """
+import re, sys
+import data
+source = data.open_pairs(sys.argv[1], 112)
+pairs = [source.load(index) for index in range(0, len(source), max(1, len(source) // 40))]
+peak_kb = int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+print(len(source), peak_kb // 1024)
+"""
+
+
+def peak_memory_reading(path, cache=None) -> tuple[int, int]:
+    """(rows, peak resident MB) of a fresh process that opens a parquet of pairs as training
+    does and loads 40 pairs spread over it; `cache`: its R1TRACK_CACHE (where the images'
+    Arrow copy is made)."""
+    env = dict(os.environ, **({"R1TRACK_CACHE": str(cache)} if cache else {}))
+    result = subprocess.run([sys.executable, "-c", READ_AND_REPORT_MEMORY, str(path)], cwd=ROOT, env=env,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"reading {path} failed: {result.stderr[-2000:]}")
+    rows, megabytes = map(int, result.stdout.split())
+    return rows, megabytes
+
+
 def bench_pipeline(args) -> dict:
     """The host's share of a tracked frame at GOT-10k's real frame size (1920x1080 JPEGs) and
     336-px crops, one stream and --streams streams; how much reading ahead hides."""
@@ -338,6 +364,14 @@ def bench_pipeline(args) -> dict:
         rates = {workers: statistics.median(values) for workers, values in samples.items()}
         results["training_examples_per_s"] = rates
         print("training examples/s by workers: " + "  ".join(f"{k}: {v:.1f}" for k, v in rates.items()), flush=True)
+        peaks = {}
+        for rows in (100, 100_000):  # R1-Track-100k's rows, in one row group as pyarrow writes a table
+            path = Path(folder) / f"pairs-{rows}.parquet"
+            synthetic.write_pairs_parquet(path, rows)
+            peaks[rows] = peak_memory_reading(path, cache=Path(folder) / "cache")[1]
+        results["parquet_peak_resident_mb"] = peaks
+        print("peak resident MB reading a parquet of 100 / 100,000 pairs: "
+              f"{peaks[100]} / {peaks[100_000]}", flush=True)
     for hook in hooks:
         hook.remove()
     return {"pipeline": results, "frames": args.frames, "streams": args.streams, "repeats": args.repeats,

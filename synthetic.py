@@ -676,3 +676,28 @@ def make_synthetic_benchmark(root, benchmark, sequences=3, frames=12, size=(64, 
     with tempfile.TemporaryDirectory(prefix="synthetic-clips-") as tmp:
         _BENCHMARK_WRITERS[benchmark](root, Path(tmp), names, frames, size, seed, style, images)
     return root
+
+
+def write_pairs_parquet(path, rows: int, seed=0) -> float:
+    """A parquet of `rows` pairs in the EasyR1 layout whose images are 50 distinct ~2.5 KB
+    JPEGs, repeated, in one row group (as pyarrow writes a table by default): R1-Track-100k's
+    size in rows at a fraction of its size on disk. Returns the bytes its images would take
+    held as Python bytes."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    jpegs = []
+    for _ in range(50):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (80, 80, 3), dtype=np.uint8)).save(buffer, format="JPEG", quality=40)
+        jpegs.append(buffer.getvalue())
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    blobs = pa.array([jpegs[k % 50] for k in range(2 * rows)], pa.binary())
+    structs = pa.StructArray.from_arrays([blobs, pa.nulls(2 * rows, pa.string())], fields=list(image))
+    images = pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * rows + 1, 2, dtype=np.int32)), structs)
+    problem = pa.array(["<image><image>" + QUESTIONS["seed"].format(box="[10,20,30,40]")] * rows)
+    pq.write_table(pa.table({"images": images, "problem": problem, "answer": pa.array(["[50,60,70,80]"] * rows)}), path)
+    return sum(len(j) for j in jpegs) / len(jpegs) * 2 * rows

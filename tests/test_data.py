@@ -16,6 +16,7 @@ from PIL import Image
 
 import data
 import r1track
+import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = r1track.QUESTIONS["seed"]
@@ -185,44 +186,14 @@ def test_prepare_pairs_bad_folder_is_one_line(tmp_path):
     assert result.returncode == 2 and "list.txt" in result.stderr and "Traceback" not in result.stderr
 
 
-def rows_parquet(path, rows, seed=0):
-    """`rows` pairs of distinct ~2.5 KB JPEGs (50 of them, repeated) in one row group, as
-    pyarrow writes a table by default and as R1-Track-100k's size in rows would be."""
-    rng = np.random.default_rng(seed)
-    jpegs = []
-    for _ in range(50):
-        buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 255, (80, 80, 3), dtype=np.uint8)).save(buffer, format="JPEG", quality=40)
-        jpegs.append(buffer.getvalue())
-    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    blobs = pa.array([jpegs[k % 50] for k in range(2 * rows)], pa.binary())
-    structs = pa.StructArray.from_arrays([blobs, pa.nulls(2 * rows, pa.string())], fields=list(image))
-    images = pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * rows + 1, 2, dtype=np.int32)), structs)
-    problem = pa.array(["<image><image>" + QUESTION.format(box="[10,20,30,40]")] * rows)
-    pq.write_table(pa.table({"images": images, "problem": problem, "answer": pa.array(["[50,60,70,80]"] * rows)}), path)
-    return sum(len(j) for j in jpegs) / len(jpegs) * 2 * rows
-
-
-# peak resident memory from VmHWM: this process's own (ru_maxrss would carry the test's over exec)
-READ_AND_REPORT_MEMORY = """
-import re, sys
-import data
-source = data.open_pairs(sys.argv[1], 112)
-pairs = [source.load(index) for index in range(0, len(source), max(1, len(source) // 40))]
-peak_kb = int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
-print(len(source), peak_kb // 1024)
-"""
-
-
 def test_a_100k_row_parquet_is_read_without_holding_its_images(tmp_path):
+    import bench
+
     memory = {}
     for rows in (100, 100_000):
         path = tmp_path / f"rows{rows}.parquet"
-        image_bytes = rows_parquet(path, rows)
-        result = subprocess.run([sys.executable, "-c", READ_AND_REPORT_MEMORY, str(path)], cwd=ROOT,
-                                capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr[-2000:]
-        count, memory[rows] = map(int, result.stdout.split())
+        image_bytes = synthetic.write_pairs_parquet(path, rows)
+        count, memory[rows] = bench.peak_memory_reading(path)
         assert count == rows
     assert image_bytes > 450e6  # held as Python bytes, the images alone would cost this much
     assert memory[100_000] - memory[100] < 300, memory  # MB of peak resident memory

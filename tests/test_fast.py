@@ -155,3 +155,6 @@ def test_bench_pipeline_smoke(tmp_path):
         assert all(value >= 0 for value in stages.values()) and stages["model"] > 0 and stages["decode"] > 0
         rates = report["pipeline"][batch]["frames_per_s"]
         assert rates["in_turn"] > 0 and rates["read_ahead"] > 0 and rates["model_alone"] > 0
+    assert set(report["pipeline"]["training_examples_per_s"]) == {"0", "1", "2", "4"}
+    peaks = report["pipeline"]["parquet_peak_resident_mb"]  # the images held on disk, not in Python bytes
+    assert set(peaks) == {"100", "100000"} and 0 < peaks["100000"] - peaks["100"] < 300, peaks
