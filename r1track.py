@@ -325,11 +325,19 @@ def jpeg_round_trip(crop: np.ndarray):
     ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         raise ValueError("OpenCV could not encode a crop as JPEG")
-    if hasattr(cv2, "IMREAD_COLOR_RGB"):  # OpenCV >= 4.11
-        decoded = cv2.imdecode(encoded, cv2.IMREAD_COLOR_RGB)
-    else:
-        decoded = cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    return decoded, encoded.tobytes()
+    return _opencv_rgb(cv2.imdecode, encoded), encoded.tobytes()
+
+
+def _opencv_rgb(decode, source):
+    """`decode(source, flags)` (cv2.imread or cv2.imdecode) as an RGB array, or None where
+    OpenCV cannot decode it: straight to RGB where OpenCV can (>= 4.11; the same pixels, a
+    pass fewer), else decoded as BGR and converted."""
+    import cv2
+
+    if hasattr(cv2, "IMREAD_COLOR_RGB"):
+        return decode(source, cv2.IMREAD_COLOR_RGB)
+    image = decode(source, cv2.IMREAD_COLOR)
+    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def as_array(image) -> np.ndarray:
@@ -358,11 +366,7 @@ def read_frame(path) -> np.ndarray:
     read frames; UserError when it cannot be decoded."""
     import cv2
 
-    if hasattr(cv2, "IMREAD_COLOR_RGB"):  # OpenCV >= 4.11: straight to RGB, the same pixels, a pass fewer
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB)
-    else:
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        frame = None if frame is None else cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    frame = _opencv_rgb(cv2.imread, str(path))
     if frame is None:
         raise UserError(f"cannot decode the image {path}")
     return frame

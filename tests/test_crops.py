@@ -210,3 +210,31 @@ def test_jpeg_round_trip_decodes_as_pil_decodes(tmp_path):
         assert np.array_equal(decoded, np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")))
         # RGB, not BGR: each channel's mean as the crop's
         assert np.abs(decoded.mean(axis=(0, 1)) - crop.mean(axis=(0, 1))).max() < 3
+
+
+@pytest.mark.parametrize("direct_rgb", [True, False], ids=["opencv-4.11", "older-opencv"])
+def test_frames_and_crops_decode_as_pil_with_or_without_direct_rgb(tmp_path, monkeypatch, direct_rgb):
+    """OpenCV before 4.11 has no IMREAD_COLOR_RGB: frames and crops are then decoded as BGR and
+    converted. Either way a frame file reads as PIL reads it, a crop's JPEG decodes as PIL
+    decodes it, and a file that is no image is the usual one-line error."""
+    import io
+
+    import cv2
+
+    from r1track import UserError, jpeg_round_trip, read_frame
+
+    if not direct_rgb:
+        monkeypatch.delattr(cv2, "IMREAD_COLOR_RGB", raising=False)
+    rng = np.random.default_rng(3)
+    frame = np.clip(rng.normal(128, 60, (120, 160, 3)), 0, 255).astype(np.uint8)
+    frame[:, :80, 0] = 250  # a red left half: a swap of R and B would show
+    path = tmp_path / "frame.jpg"
+    Image.fromarray(frame).save(path, quality=90)
+    read = read_frame(path)
+    assert np.array_equal(read, np.asarray(Image.open(path).convert("RGB")))
+    assert read[:, :80, 0].mean() > 200
+    decoded, jpeg = jpeg_round_trip(frame)
+    assert np.array_equal(decoded, np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")))
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(UserError, match="cannot decode"):
+        read_frame(tmp_path / "broken.jpg")
