@@ -3,12 +3,11 @@ LLaMA-Factory ShareGPT), pairs cut on the fly from GOT-10k sequences, and the re
 stream that hands each rank its pairs.
 
 A pair is (template crop, template box, search crop, answer box), boxes in crop pixels:
-what `r1track.build_inputs` turns into a question and its answer.
+what `build_inputs` turns into a question and its answer.
 """
 
 from __future__ import annotations
 
-import configparser
 import contextlib
 import itertools
 import json
@@ -22,42 +21,13 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from r1track import (JPEG_QUALITY, TrackSettings, UserError, clamp_box_xyxy, crop_around, format_box_xyxy,
-                     jpeg_round_trip, open_image, parse_answer, parse_prompt_box, question_text, read_frame)
-
-# -----------------------------------------------------------------------------
-# The GOT-10k layout: SPLIT/list.txt, SPLIT/<sequence>/00000001.jpg ..., groundtruth.txt,
-# cover.label, absence.label, cut_by_image.label, meta_info.ini
-
-
-def read_got10k_split(split_dir) -> list[str]:
-    """Sequence names of a GOT-10k split folder (its list.txt)."""
-    list_file = Path(split_dir) / "list.txt"
-    if not list_file.is_file():
-        raise UserError(f"{split_dir} is not a GOT-10k split folder: no list.txt")
-    return [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
-
-
-def read_got10k_sequence(seq_dir) -> dict:
-    """One sequence: frame paths, ground truth (x, y, w, h per frame; only the first on the
-    test split), the labels that exist (cover, absence, cut_by_image) and the resolution."""
-    seq_dir = Path(seq_dir)
-    frames = sorted(seq_dir.glob("*.jpg"))
-    boxes_xywh = np.loadtxt(seq_dir / "groundtruth.txt", delimiter=",", ndmin=2)
-    sequence = {"name": seq_dir.name, "frames": frames, "boxes_xywh": boxes_xywh}
-    for label in ("cover", "absence", "cut_by_image"):
-        label_file = seq_dir / f"{label}.label"
-        if label_file.is_file():
-            sequence[label] = np.loadtxt(label_file, ndmin=1)
-    meta = seq_dir / "meta_info.ini"
-    if meta.is_file():
-        parser = configparser.ConfigParser()
-        parser.read_string(meta.read_text())
-        values = dict(parser.items(parser.sections()[0])) if parser.sections() else {}
-        if "resolution" in values:
-            sequence["resolution"] = tuple(int(v) for v in re.findall(r"\d+", values["resolution"])[:2])
-    return sequence
-
+from answers import parse_answer, parse_prompt_box
+from benchmarks.got10k import read_got10k_sequence, read_got10k_split
+from boxes import JPEG_QUALITY, clamp_box_xyxy, crop_around, jpeg_round_trip
+from cli import UserError
+from frames import open_image, read_frame
+from prompts import format_box_xyxy, question_text
+from settings import TrackSettings
 
 # -----------------------------------------------------------------------------
 # Pair sources: stored rows (parquet, ShareGPT) and pairs cut on the fly from GOT-10k
@@ -228,7 +198,6 @@ class ParquetImages:
 
     def __init__(self, paths):
         import pyarrow as pa
-
         import pyarrow.compute as pc
 
         # the mapped files stay open: the column's buffers point into them

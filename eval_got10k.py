@@ -26,7 +26,7 @@ evaluation server.
 --benchmark lasot, lasot_ext, trackingnet, otb100, uav123, nfs or tnl2k reads that benchmark's
 official layout from --data and writes results as the got10k toolkit lays them out for it:
 RESULTS/<seq>.txt, RESULTS/times/<seq>_time.txt (and RESULTS/fallbacks/). Scores follow each
-benchmark's toolkit (see benchmarks.py): success AUC, SR0.5, precision at 20 px, normalised
+benchmark's toolkit (see benchmarks/): success AUC, SR0.5, precision at 20 px, normalised
 precision as the area over [0, 0.5] (Pnorm AUC) and at 0.2 (Pnorm@0.2), with success,
 precision and normalised precision plots. TrackingNet's test split is packed into
 RESULTS.zip for its server. --init text starts every sequence from its description (LaSOT's
@@ -40,16 +40,17 @@ import os
 import sys
 from pathlib import Path
 
-import benchmarks
 import r1track
-import scoring
-from data import read_got10k_sequence
-from r1track import UserError
+from benchmarks import BENCHMARKS
+from benchmarks.curves import read_attributes
+from benchmarks.results import track_sequences
+from cli import ArgumentParser, UserError, script_main, write_atomic
+from settings import DEFAULT_MODEL, add_settings_args
 
 
 def build_parser():
-    parser = r1track.ArgumentParser(description=__doc__)
-    parser.add_argument("--benchmark", default="got10k", choices=benchmarks.BENCHMARKS,
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--benchmark", default="got10k", choices=BENCHMARKS,
                         help="the benchmark --data holds, in its official layout (default: got10k)")
     parser.add_argument("--data", required=True, help="the benchmark's root (for GOT-10k: the folder holding val/ "
                         "and test/)")
@@ -59,11 +60,11 @@ def build_parser():
                         "box (default) or from its description (lasot, lasot_ext, tnl2k; a local model)")
     parser.add_argument("--sequences", nargs="+", metavar="NAME", help="only these sequences (default: all in list.txt)")
     parser.add_argument("--out", help="result folder (default: results/<model name>)")
-    parser.add_argument("--model", default=r1track.DEFAULT_MODEL, help=f"hub id or folder (default: {r1track.DEFAULT_MODEL})")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or folder (default: {DEFAULT_MODEL})")
     parser.add_argument("--server", help="an OpenAI-compatible server URL to ask instead of a local model")
     parser.add_argument("--server-model", help="the model name the server serves (default: its first); also "
                         "where the tracking settings are read from, unless --settings says")
-    r1track.add_settings_args(parser)
+    add_settings_args(parser)
     parser.add_argument("--batch", type=int, default=1, help="sequences tracked at once, in one batched call (default: 1)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available; under torchrun the "
                         "LOCAL_RANK GPU)")
@@ -78,131 +79,101 @@ def build_parser():
 
 
 def run(args) -> int:
-    benchmark = args.benchmark
-    if args.batch < 1:
-        raise UserError("--batch must be at least 1")
-    if args.split and benchmark not in ("got10k", "trackingnet"):
-        raise UserError(f"--split: {benchmarks.TITLES[benchmark]} has one set; leave --split out")
-    if args.split == "val" and benchmark == "trackingnet":
-        raise UserError("--split: TrackingNet has the splits test and train")
-    args.split = args.split or ("test" if benchmark == "trackingnet" else "val")
-    if args.init == "text" and benchmark not in ("lasot", "lasot_ext", "tnl2k"):
-        raise UserError(f"--init text needs sequences with descriptions: lasot, lasot_ext or tnl2k, not {benchmark}")
-    if args.init == "text" and args.server:
-        raise UserError("--init text needs a local model; with --server start from the first box")
-    if args.eval_only and args.split == "test" and benchmark in ("got10k", "trackingnet"):
-        raise UserError("the test split has no ground truth: its RESULTS.zip goes to the evaluation server")
-    if args.attributes and benchmark == "got10k":
-        raise UserError("--attributes: GOT-10k is scored as its toolkit scores it, without attributes")
-    suite = Suite(benchmark, Path(args.data), args.split, args.sequences)
-    attributes = benchmarks.read_attributes(args.attributes, benchmark, suite.sequences) if args.attributes else None
+    benchmark = BENCHMARKS[args.benchmark]
+    check_args(args, benchmark)
+    sequences = benchmark.sequences(Path(args.data), args.split, args.sequences)
+    attributes = read_attributes(args.attributes, benchmark, sequences) if args.attributes else None
 
     if args.eval_only:
-        print(suite.described())
-        reports = {Path(folder).name: suite.score(Path(folder), attributes) for folder in args.eval_only}
-        return finish(args, reports, Path(args.eval_only[0]))
+        print(benchmark.described(sequences))
+        reports = {Path(folder).name: score(benchmark, Path(folder), sequences, attributes) for folder in args.eval_only}
+        return finish(args, benchmark, reports, Path(args.eval_only[0]))
 
     results = Path(args.out or f"results/{Path(args.model.rstrip('/')).name}")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     device = args.device or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if _cuda() else "cpu")
-    suite.check_init(results, args.init)
-    todo = [s for s in suite.sequences[rank::world] if not suite.is_complete(results, s)]  # each rank its share
+    check_init(results, args.init)
+    todo = [s for s in sequences[rank::world] if not benchmark.is_complete(results, s)]  # each rank its share
     if rank == 0:
-        done = sum(suite.is_complete(results, s) for s in suite.sequences)
-        print(f"{suite.described()}; {done} already tracked in {results}")
+        done = sum(benchmark.is_complete(results, s) for s in sequences)
+        print(f"{benchmark.described(sequences)}; {done} already tracked in {results}")
     if todo:
-        suite.check_frames(todo)
+        check_frames(todo)
         tracker, loaded = r1track.tracker_from_args(args, device)
         if rank == 0:
             print(f"tracking settings: {tracker.settings.describe()}; started from the "
                   f"{'description' if args.init == 'text' else 'first box'}")
         start = start_from_text(loaded) if args.init == "text" else None
-        scoring.track_sequences(tracker, todo, results, args.batch, progress=not args.no_progress and rank == 0,
-                                write=suite.write, start=start)
+        track_sequences(tracker, benchmark, todo, results, args.batch, progress=not args.no_progress and rank == 0,
+                        start=start)
     if world > 1:
         _barrier()
     if rank != 0:
         return 0
-    if not suite.has_truth:
-        archive = suite.pack(results)
+    if args.split in benchmark.truthless:
+        archive = benchmark.pack(results, [s["name"] for s in sequences])
         print(f"results for the evaluation server: {archive}")
         return 0
-    return finish(args, {results.name: suite.score(results, attributes)}, results)
+    return finish(args, benchmark, {results.name: score(benchmark, results, sequences, attributes)}, results)
 
 
-class Suite:
-    """A benchmark's sequences and its rules: where results go, how they are scored and packed."""
+def check_args(args, benchmark) -> None:
+    """Everything about the flags that can be refused before anything is read; args.split
+    becomes the benchmark's default split where none was given."""
+    if args.batch < 1:
+        raise UserError("--batch must be at least 1")
+    if args.split and not benchmark.splits:
+        raise UserError(f"--split: {benchmark.title} has one set; leave --split out")
+    if args.split and args.split not in benchmark.splits:
+        raise UserError(f"--split: {benchmark.title} has the splits {' and '.join(benchmark.splits)}")
+    args.split = args.split or (benchmark.splits[0] if benchmark.splits else None)
+    if args.init == "text" and not benchmark.descriptions:
+        described = [b.name for b in BENCHMARKS.values() if b.descriptions]
+        raise UserError(f"--init text needs sequences with descriptions: {', '.join(described[:-1])} or "
+                        f"{described[-1]}, not {benchmark.name}")
+    if args.init == "text" and args.server:
+        raise UserError("--init text needs a local model; with --server start from the first box")
+    if args.eval_only and args.split in benchmark.truthless:
+        raise UserError(f"the {args.split} split has no ground truth: its RESULTS.zip goes to the evaluation server")
+    if args.attributes and not benchmark.attributes:
+        raise UserError(f"--attributes: {benchmark.title} is scored as its toolkit scores it, without attributes")
 
-    def __init__(self, benchmark: str, root: Path, split: str, wanted=None):
-        self.benchmark, self.title = benchmark, benchmarks.TITLES[benchmark]
-        if benchmark == "got10k":
-            self.split_dir = root / split
-            names = scoring.load_sequences(root, split, wanted)
-            self.sequences = [read_got10k_sequence(self.split_dir / name) for name in names]
-            self.has_truth = split != "test"
-        else:
-            self.sequences = benchmarks.read_sequences(benchmark, root, split)
-            self.has_truth = not (benchmark == "trackingnet" and split == "test")
-        if wanted and benchmark != "got10k":
-            known = {s["name"] for s in self.sequences}
-            unknown = [n for n in wanted if n not in known]
-            if unknown:
-                raise UserError(f"not among the {self.title} sequences in {root}: {', '.join(unknown)}")
-            self.sequences = [s for s in self.sequences if s["name"] in wanted]
-        self.names = [s["name"] for s in self.sequences]
-        got10k = benchmark == "got10k"
-        self.write = scoring.write_sequence if got10k else benchmarks.write_sequence
-        self._complete = scoring.is_complete if got10k else benchmarks.is_complete
 
-    def described(self) -> str:
-        """`280 sequences of LaSOT`, with the size of the benchmark's test set where they differ."""
-        full = benchmarks.TEST_SET_SIZES.get(self.benchmark)
-        note = f" (its test set has {full})" if full and len(self.sequences) != full else ""
-        return f"{len(self.sequences)} sequences of {self.title}{note}"
-
-    def is_complete(self, results: Path, sequence: dict) -> bool:
-        return self._complete(results, sequence["name"], len(sequence["frames"]))
-
-    def check_frames(self, sequences):
-        """Every sequence to track has its frames, as many as its boxes where it has them all."""
-        for sequence in sequences:
-            frames, boxes = sequence["frames"], len(sequence["boxes_xywh"])
-            if not frames or not Path(frames[0]).is_file():
-                raise UserError(f"{sequence['name']}: no frames ({frames[0] if frames else 'none found'})")
-            if boxes > 1 and boxes != len(frames):
-                raise UserError(f"{sequence['name']}: {len(frames)} frames but {boxes} boxes")
-
-    def check_init(self, results: Path, init: str):
-        """Results started from boxes and from descriptions never mix in one folder."""
-        record = results / INIT_FILE
-        if record.is_file():
-            before = json.loads(record.read_text()).get("init", "box")
-            if before != init:
-                raise UserError(f"{results} holds results started with --init {before}; give another --out")
-        else:
-            r1track.write_atomic(record, json.dumps({"init": init}, indent=2))
-
-    def score(self, results: Path, attributes=None) -> dict:
-        if self.benchmark == "got10k":
-            report = scoring.score(results, self.split_dir, self.names)
-            report["benchmark"] = "got10k"
-        else:
-            report = benchmarks.score(results, self.benchmark, self.sequences, attributes)
-        record = results / INIT_FILE
-        report["init"] = json.loads(record.read_text()).get("init", "box") if record.is_file() else "box"
-        return report
-
-    def pack(self, results: Path) -> Path:
-        if self.benchmark == "got10k":
-            return scoring.pack_for_server(results, self.names)
-        return benchmarks.pack_trackingnet(results, self.names)
+def check_frames(sequences):
+    """Every sequence to track has its frames, as many as its boxes where it has them all."""
+    for sequence in sequences:
+        frames, boxes = sequence["frames"], len(sequence["boxes_xywh"])
+        if not frames or not Path(frames[0]).is_file():
+            raise UserError(f"{sequence['name']}: no frames ({frames[0] if frames else 'none found'})")
+        if boxes > 1 and boxes != len(frames):
+            raise UserError(f"{sequence['name']}: {len(frames)} frames but {boxes} boxes")
 
 
 INIT_FILE = "initialisation.json"  # how the sequences of a result folder were started
 
 
+def check_init(results: Path, init: str):
+    """Results started from boxes and from descriptions never mix in one folder."""
+    record = results / INIT_FILE
+    if record.is_file():
+        before = json.loads(record.read_text()).get("init", "box")
+        if before != init:
+            raise UserError(f"{results} holds results started with --init {before}; give another --out")
+    else:
+        write_atomic(record, json.dumps({"init": init}, indent=2))
+
+
+def score(benchmark, results: Path, sequences, attributes=None) -> dict:
+    """The benchmark's report of one result folder, with how its sequences were started."""
+    report = benchmark.score(results, sequences, attributes)
+    report.setdefault("benchmark", benchmark.name)
+    record = results / INIT_FILE
+    report["init"] = json.loads(record.read_text()).get("init", "box") if record.is_file() else "box"
+    return report
+
+
 def start_from_text(loaded):
-    """`start` for scoring.track_sequences: the box the model finds for the sequence's
+    """`start` for benchmarks.results.track_sequences: the box the model finds for the sequence's
     description in its first frame. Where it finds none, the sequence starts from the middle
     quarter of the frame, said at once and marked in its fallbacks file (code 3 on frame 1)."""
     def start(sequence, frame):
@@ -217,21 +188,15 @@ def start_from_text(loaded):
     return start
 
 
-def finish(args, reports: dict, folder: Path) -> int:
+def finish(args, benchmark, reports: dict, folder: Path) -> int:
     report_file = Path(args.report) if args.report else folder / "report.json"
     single = len(reports) == 1
-    if args.benchmark == "got10k":
-        scoring.print_reports(reports)
-        scoring.plot_success(reports, report_file.with_name("success_plot.png"))
-        plots = [report_file.with_name("success_plot.png")]
-    else:
-        benchmarks.print_reports(reports)
-        plots = benchmarks.plot_reports(reports, report_file.parent)
+    plots = benchmark.show(reports, report_file.parent)
     for label, report in reports.items():
         if report.get("init_not_found"):
             print(f"warning: {label}: {len(report['init_not_found'])} sequences started from the middle of the frame: "
                   "their description was not found", file=sys.stderr)
-    r1track.write_atomic(report_file, json.dumps(next(iter(reports.values())) if single else reports, indent=2))
+    write_atomic(report_file, json.dumps(next(iter(reports.values())) if single else reports, indent=2))
     print(f"report: {report_file}, plots: {', '.join(str(p) for p in plots)}")
     return 0
 
@@ -252,7 +217,7 @@ def _barrier():
 
 
 def main(argv=None) -> int:
-    return r1track.script_main(run, build_parser().parse_args(argv))
+    return script_main(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

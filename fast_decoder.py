@@ -3,13 +3,23 @@ less work per frame. The one place that reaches into transformers' cache interna
 (`DynamicCache` layers, 3D rope positions), so a transformers upgrade is checked here.
 
 `r1track.Tracker` answers through `FastAnswerer` when it holds a local model (unless
-built with fast=False, which asks plain `generate`).
+built with fast=False, which asks plain `generate`). It speaks the prompts' and answers'
+vocabulary only, and the core imports it, never the other way.
 """
 
 from __future__ import annotations
 
-from r1track import (END_OF_TURN, VISION_START, Request, TrackSettings, answer_confidence, answer_token_limit,
-                     build_inputs, format_box_xyxy, image_patches, vision_token_ids)
+from answers import Answer, answer_confidence
+from prompts import (
+    END_OF_TURN,
+    VISION_START,
+    Request,
+    answer_token_limit,
+    build_inputs,
+    format_box_xyxy,
+    image_patches,
+    vision_token_ids,
+)
 
 
 class FastAnswerer:
@@ -27,7 +37,7 @@ class FastAnswerer:
     `decode_passes` counts the forward passes after the first token.
     """
 
-    def __init__(self, model, processor, settings: TrackSettings, max_new_tokens=None, reuse_template=True,
+    def __init__(self, model, processor, settings, max_new_tokens=None, reuse_template=True,
                  draft=True, draft_tokens=8, min_new_tokens=0):
         self.model, self.processor, self.settings = model, processor, settings
         # read once: each reading walks the model's modules to a parameter (~10-60 us a pass)
@@ -43,20 +53,20 @@ class FastAnswerer:
         self.decode_passes = 0
         self._rows_of = None  # (the states last answered together, their rows: see _rows)
 
-    def __call__(self, requests: list[Request]) -> list[str]:
+    def __call__(self, requests: list[Request]) -> list[Answer]:
         import torch
 
         with torch.inference_mode():
             states = [self._sequence(r) for r in requests]
             cache, mask, first = self._prefill(requests, states)
             answers, logprobs = self._decode(states, cache, mask, first)
-        texts = []
+        tokenizer, replies = self.processor.tokenizer, []
         for state, answer, chosen in zip(states, answers, logprobs):
             answer, chosen = answer[:self.max_new_tokens], chosen[:self.max_new_tokens]  # a last pass may overshoot
             state["draft"] = answer  # the next frame's guess
-            state["confidence"] = answer_confidence(self.processor.tokenizer, answer, chosen)
-            texts.append(self.processor.tokenizer.decode(answer, skip_special_tokens=True))
-        return texts
+            replies.append(Answer(tokenizer.decode(answer, skip_special_tokens=True),
+                                  answer_confidence(tokenizer, answer, chosen)))
+        return replies
 
     def _forward(self, **inputs):
         import torch

@@ -14,11 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import r1track
 import synthetic
+from cli import ArgumentParser, HelpFormatter, UserError, positive_int, script_main
 from data import Got10kPairs, PairStream, pair_to_row
-from r1track import UserError, positive_int
-
+from prompts import WORDINGS
+from settings import LOOPS
 
 ROWS_PER_GROUP = 500  # pairs per parquet row group: about 30 MB of 336-px JPEG pairs
 
@@ -33,26 +33,26 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def build_parser() -> r1track.ArgumentParser:
-    parser = r1track.ArgumentParser(description=__doc__)
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     pairs = commands.add_parser(
         "pairs", help="sample training pairs from a GOT-10k split into an EasyR1 parquet file",
-        formatter_class=r1track.HelpFormatter)
+        formatter_class=HelpFormatter)
     pairs.add_argument("--got10k", required=True, help="a GOT-10k-layout split folder (holding list.txt)")
     pairs.add_argument("--out", required=True, help="the parquet file to write")
     pairs.add_argument("--num", type=positive_int, default=5000, help="number of pairs")
     pairs.add_argument("--size", type=positive_int, default=336, help="crop size in pixels")
-    pairs.add_argument("--wording", default="seed", choices=r1track.WORDINGS, help="question wording of `problem`")
-    pairs.add_argument("--loop", default="published", choices=r1track.LOOPS,
+    pairs.add_argument("--wording", default="seed", choices=WORDINGS, help="question wording of `problem`")
+    pairs.add_argument("--loop", default="published", choices=LOOPS,
                        help="published: crops cut by OpenCV and stored as JPEG quality 95, as R1-Track-5k/100k were; "
                        "lenient: antialiased crops")
     pairs.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same pairs")
 
     clips = commands.add_parser(
         "synthetic", help="write a synthetic dataset in the GOT-10k layout",
-        formatter_class=r1track.HelpFormatter)
+        formatter_class=HelpFormatter)
     clips.add_argument("--out", required=True, help="dataset root; the split goes to OUT/SPLIT")
     clips.add_argument("--split", default="val", choices=["train", "val", "test"],
                        help="split folder to write (test keeps only the first box, as GOT-10k does)")
@@ -106,7 +106,7 @@ def write_synthetic(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return r1track.script_main(write_pairs if args.command == "pairs" else write_synthetic, args, quiet=False)
+    return script_main(write_pairs if args.command == "pairs" else write_synthetic, args, quiet=False)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@
   python track.py --demo
 
 --demo needs nothing but this folder: it draws synthetic clips the bundled model never saw,
-tracks them with demo_model/ (made by make_demo_model.py), scores them as eval_got10k.py
+tracks them with demo_model/ (made by tools/make_demo_model.py), scores them as eval_got10k.py
 does, and writes tracked.mp4 (ground truth in white, the tracker's box in green).
 
 --video takes a video file (mp4, avi, mkv, webm, mov, ...), a folder of frames, a glob, a
@@ -34,200 +34,27 @@ frames the model could not keep up with dropped and counted, the latency measure
 from __future__ import annotations
 
 import copy
-import glob
 import json
-import re
 import sys
 import time
 from pathlib import Path
 
+import frame_loop
 import r1track
-import scoring
 import synthetic
-from data import read_got10k_sequence, read_got10k_split
-from r1track import UserError
+from answers import parse_answer
+from benchmarks import got10k
+from benchmarks.got10k import GOT10K, read_got10k_sequence
+from benchmarks.results import track_sequences
+from boxes import check_init_box, xyxy_to_xywh
+from cli import ArgumentParser, UserError, frame_readers, script_main, write_atomic
+from frames import as_pil, open_frames, read_frame
+from prompts import question_text
+from settings import DEFAULT_MODEL, DEMO_MODEL, add_settings_args
 
-# The demo's clips: drawn as the demo model's training data (make_demo_model.py), with a seed
+# The demo's clips: drawn as the demo model's training data (tools/make_demo_model.py), with a seed
 # its training and validation never used.
 DEMO_CLIPS = dict(split="val", sequences=8, frames=40, seed=2026, style="plain")
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-
-
-# -----------------------------------------------------------------------------
-# Frames in
-
-
-def frame_files(spec: str) -> list[Path] | None:
-    """The frames of a folder or glob in name order; None when `spec` is a (video) file."""
-    path = Path(spec)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    elif any(c in spec for c in "*?["):
-        files = sorted(Path(p) for p in glob.glob(spec) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
-    elif path.is_file():
-        return None
-    else:
-        raise UserError(f"no such video, folder or glob: {spec}")
-    if not files:
-        raise UserError(f"no frames (image files) in {spec}")
-    return files
-
-
-def read_image(path: Path):
-    """A frame file as an RGB array (decoded by OpenCV, as the published scripts read frames),
-    or None when it cannot be decoded (the loop then keeps the last box)."""
-    try:
-        return r1track.read_frame(path)
-    except UserError:
-        return None
-
-
-def files_ahead(files, readers=2):
-    """The frames of `files`, decoded by `readers` threads ahead of the tracker."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=readers) as pool:
-        yield from r1track.read_ahead(files, pool, read=read_image, ahead=2 * readers)
-
-
-def is_stream(spec: str) -> bool:
-    return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", spec) is not None
-
-
-def is_camera(spec: str) -> bool:
-    return spec.isdigit() or spec.startswith("/dev/video")
-
-
-class Video:
-    """A video file or network stream read with PyAV: frames as RGB arrays, None for one
-    that fails to decode; `times` holds each frame's timestamp in seconds (or None)."""
-
-    def __init__(self, path: str, **open_options):
-        import av
-
-        try:
-            self.container = av.open(path, **open_options)
-            self.stream = self.container.streams.video[0]
-        except (av.FFmpegError, IndexError, OSError, UnicodeDecodeError):
-            raise UserError(f"cannot read {path} as a video") from None
-        self.stream.thread_type = "AUTO"
-        self.total = self.stream.frames or None
-        self.fps = float(self.stream.average_rate) if self.stream.average_rate else 30.0
-        self.times = []
-
-    def __iter__(self):
-        import av
-
-        try:
-            for packet in self.container.demux(self.stream):
-                try:
-                    frames = packet.decode()
-                except av.FFmpegError:
-                    self.times.append(None)
-                    yield None
-                    continue
-                for frame in frames:
-                    self.times.append(frame.time)
-                    yield frame.to_ndarray(format="rgb24")
-        except av.FFmpegError as error:  # a stream that breaks off: the frames so far are tracked
-            print(f"warning: the video stopped: {r1track.first_line(error)}", file=sys.stderr)
-        self.container.close()
-
-
-class Camera:
-    """A camera (/dev/videoN or its index) read with OpenCV, whose Linux builds carry the
-    V4L2 capture PyAV's wheels leave out: frames as RGB arrays, as they come."""
-
-    def __init__(self, spec: str):
-        import cv2
-
-        self.capture = cv2.VideoCapture(int(spec) if spec.isdigit() else spec)
-        if not self.capture.isOpened():
-            raise UserError(f"cannot open the camera {spec}")
-        self.total, self.times = None, []
-        self.fps = self.capture.get(cv2.CAP_PROP_FPS) or 30.0
-
-    def __iter__(self):
-        import cv2
-
-        while True:
-            ok, frame = self.capture.read()
-            if not ok:
-                break
-            self.times.append(None)
-            yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-        self.capture.release()
-
-
-class NewestFrames:
-    """A source as a live one gives it (--realtime). The first frame (the one the boxes were
-    given on) comes first; from then on a reader thread takes each frame when it is due (a
-    file or a stream: at its timestamp; frames of a folder: every 1/fps; a camera: as it
-    comes) and keeps only the newest. Iterating yields (frame index, frame, the moment it
-    arrived), waiting for a frame not yet taken; those replaced before the tracker took them
-    are `dropped`."""
-
-    def __init__(self, first, rest, times, fps: float, paced: bool):
-        import threading
-
-        self.first, self.condition = first, threading.Condition()
-        self.newest, self.ended, self.dropped = None, False, 0
-        self.reader = threading.Thread(target=self._read, args=(rest, times, fps, paced), daemon=True)
-
-    def _read(self, frames, times, fps, paced):
-        started, first_time = time.perf_counter(), times[0] if times and times[0] is not None else 0.0
-        for index, frame in enumerate(frames, 1):
-            if paced:  # wait until the frame's moment comes, as it would from a camera
-                stamp = times[index] if index < len(times) and times[index] is not None else index / fps
-                time.sleep(max(0.0, started + stamp - first_time - time.perf_counter()))
-            with self.condition:
-                if self.newest is not None:
-                    self.dropped += 1
-                self.newest = (index, frame, time.perf_counter())
-                self.condition.notify()
-        with self.condition:
-            self.ended = True
-            self.condition.notify()
-
-    def __iter__(self):
-        arrived = time.perf_counter()
-        self.reader.start()  # the source's clock starts with the first frame's tracking
-        yield 0, self.first, arrived
-        while True:
-            with self.condition:
-                self.condition.wait_for(lambda: self.newest is not None or self.ended)
-                if self.newest is None:
-                    return
-                taken, self.newest = self.newest, None
-            yield taken
-
-
-def open_frames(spec: str, fps: float | None, realtime=False, readers=2):
-    """(first frame, iterator over (frame index, frame, arrival time or None), frame count or
-    None, frames per second, the NewestFrames of --realtime or None): RGB arrays, decoded in
-    the background while the tracker works."""
-    files = None if is_stream(spec) or is_camera(spec) else frame_files(spec)
-    if files is not None:
-        source, total, fps, times = iter(files_ahead(files, readers)), len(files), fps or 30.0, []
-    else:
-        video = Camera(spec) if is_camera(spec) else Video(spec, timeout=30) if is_stream(spec) else Video(spec)
-        source, total, fps, times = iter(video), video.total, fps or video.fps, video.times
-    first = next(source, None)
-    if first is None:
-        raise UserError(f"cannot read the first frame {files[0]}" if files else f"no frame could be decoded from {spec}")
-
-    if realtime:
-        live = NewestFrames(first, source, times, fps, paced=not is_camera(spec))
-        return first, iter(live), total, fps, live
-
-    def every_frame():
-        yield first
-        yield from source
-
-    frames = r1track.in_background(every_frame()) if files is None else every_frame()
-    return first, ((index, frame, None) for index, frame in enumerate(frames)), total, fps, None
-
 
 # -----------------------------------------------------------------------------
 # The first box
@@ -283,9 +110,9 @@ def parse_box(text: str, box_format: str, frame_size) -> list[float]:
         x1, y1, x2, y2 = values
         if x2 <= x1 or y2 <= y1:
             raise UserError(f"--box {text} is empty or inverted: it needs x2 > x1 and y2 > y1 (x1,y1,x2,y2)")
-        values = r1track.xyxy_to_xywh(values)
+        values = xyxy_to_xywh(values)
     try:
-        return r1track.check_init_box(values, *frame_size)
+        return check_init_box(values, *frame_size)
     except ValueError as error:
         raise UserError(f"--box {text}: {error}") from None
 
@@ -334,7 +161,7 @@ def draw_targets(image, targets, index: int):
     a lost target's box drawn thin with "lost"."""
     from PIL import ImageDraw
 
-    image = r1track.as_pil(image).copy()
+    image = as_pil(image).copy()
     draw = ImageDraw.Draw(image)
     width = max(2, round(min(image.size) / 200))
     for target in targets:
@@ -355,7 +182,7 @@ def draw_box(image, box_xywh, index: int):
     """The frame with one box in green and its frame number (the demo's video)."""
     from PIL import ImageDraw
 
-    image = r1track.as_pil(image).copy()
+    image = as_pil(image).copy()
     x, y, w, h = box_xywh
     ImageDraw.Draw(image).rectangle([x, y, x + w, y + h], outline=COLOURS[0], width=max(2, round(min(image.size) / 200)))
     ImageDraw.Draw(image).text((6, 4), f"#{index + 1}", fill=(255, 255, 0))
@@ -363,7 +190,7 @@ def draw_box(image, box_xywh, index: int):
 
 
 def write_rows(path: Path, rows):
-    r1track.write_atomic(path, "".join(",".join(f"{v:.3f}" for v in row) + "\n" for row in rows))
+    write_atomic(path, "".join(",".join(f"{v:.3f}" for v in row) + "\n" for row in rows))
 
 
 class Target:
@@ -375,26 +202,27 @@ class Target:
         self.tracker = None
         self.frames, self.boxes, self.confidences, self.lost = [], [], [], []
 
-    def add(self, index: int, box, confidence, lost: bool):
+    def add(self, index: int, frame):
+        """One tracked frame (frame_loop.TargetFrame)."""
         self.frames.append(index)
-        self.boxes.append(list(box))
-        self.confidences.append(confidence)
-        self.lost.append(bool(lost))
+        self.boxes.append(list(frame.box_xywh))
+        self.confidences.append(frame.confidence)
+        self.lost.append(bool(frame.lost))
 
     def write(self, folder: Path):
         folder.mkdir(parents=True, exist_ok=True)
         write_rows(folder / "boxes.txt", self.boxes)
-        r1track.write_atomic(folder / "frames.txt", "".join(f"{index + 1}\n" for index in self.frames))
-        r1track.write_atomic(folder / "confidence.txt", "".join(
+        write_atomic(folder / "frames.txt", "".join(f"{index + 1}\n" for index in self.frames))
+        write_atomic(folder / "confidence.txt", "".join(
             "nan\n" if c is None else f"{c:.4f}\n" for c in self.confidences))
-        r1track.write_atomic(folder / "lost.txt", "".join(f"{int(lost)}\n" for lost in self.lost))
+        write_atomic(folder / "lost.txt", "".join(f"{int(lost)}\n" for lost in self.lost))
 
 
 # -----------------------------------------------------------------------------
 
 
 def build_parser():
-    parser = r1track.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--demo", action="store_true", help="offline demo: track synthetic clips with the "
                         "bundled demo_model/ (or --model), print their AO, write tracked.mp4")
     parser.add_argument("--video", help="a video file, a folder of frames, a glob such as 'frames/*.jpg', a stream "
@@ -408,11 +236,11 @@ def build_parser():
     parser.add_argument("--text", help="find the target from a description in the first frame instead of --box, "
                         "with Qwen2.5-VL's grounding (local model only)")
     parser.add_argument("--model", default=None, help=f"hub id or folder of the model (default: "
-                        f"{r1track.DEFAULT_MODEL}; with --demo, demo_model/)")
+                        f"{DEFAULT_MODEL}; with --demo, demo_model/)")
     parser.add_argument("--server", help="an OpenAI-compatible server URL (e.g. vLLM) to ask instead of a local model")
     parser.add_argument("--server-model", help="the model name the server serves (default: its first model); "
                         "also where the tracking settings are read from, unless --settings says")
-    r1track.add_settings_args(parser)
+    add_settings_args(parser)
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
                         help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
@@ -431,8 +259,8 @@ def build_parser():
 
 def load_tracker(args, first_frame):
     """The tracker and the first box found by --text (None without --text)."""
-    tracker, loaded = r1track.tracker_from_args(args, args.device, name=f"R1-Track[{Path(args.model).name}]")
-    tracker.lost_below = args.lost_below
+    tracker, loaded = r1track.tracker_from_args(args, args.device, name=f"R1-Track[{Path(args.model).name}]",
+                                                lost_below=args.lost_below)
     print(f"tracking settings: {tracker.settings.describe()}")
     box = None
     if args.text:
@@ -458,14 +286,14 @@ def check_args(args):
 def track(args) -> int:
     from tqdm import tqdm
 
-    args.model = args.model or r1track.DEFAULT_MODEL
+    args.model = args.model or DEFAULT_MODEL
     check_args(args)
     specs = [(None, box) for box in args.box or []] or (read_box_file(args.boxes) if args.boxes else [])
     # the frames are opened before the model loads: torch still holds every core, and with the
     # model on the CPU one reader is left (as leave_a_core_for_reading will leave it one core)
     model_on_cpu = not args.server and str(args.device or r1track.default_device()).startswith("cpu")
     first, frames, total, fps, live = open_frames(args.video, args.fps, args.realtime,
-                                                  readers=r1track.frame_readers(model_on_cpu, most=2))
+                                                  readers=frame_readers(model_on_cpu, most=2))
     size = (first.shape[1], first.shape[0])
     targets = parse_targets(specs, args.box_format, size)
     out = Path(args.out or f"runs/track-{Path(args.video.rstrip('/')).stem.strip('*') or 'frames'}")
@@ -474,33 +302,37 @@ def track(args) -> int:
     tracker, found = load_tracker(args, first)
     if found is not None:
         targets = [Target(1, found, 0)]
-    times, latencies = [], []
+    times, latencies, undecodable = [], [], []
     writer = None if args.no_video else VideoWriter(out / "tracked.mp4", size, fps)
-    last_image, decode_failures, interrupted = first, 0, False
-    bar = tqdm(total=None if args.realtime else total, desc="tracking", unit="frame", dynamic_ncols=True)
+    shown = [first]  # the last frame that could be decoded, shown in place of one that could not
+
+    def on_frame(result):
+        if result.frame is None:
+            undecodable.append(result.index)
+            tqdm.write(f"warning: frame {result.index + 1} could not be decoded; keeping the last boxes",
+                       file=sys.stderr)
+        else:
+            shown[0] = result.frame
+        for target, frame in zip(targets, result.targets):
+            if frame is not None:
+                target.add(result.index, frame)
+        answered = any(frame is not None and frame.outcome in ANSWERS for frame in result.targets)
+        times.append(result.seconds if answered else 0.0)  # 0: no answer asked
+        if result.arrived is not None:
+            latencies.append(time.perf_counter() - result.arrived)
+        if writer:
+            writer.write(draw_targets(shown[0], targets, result.index))
+
+    interrupted = False
+    for target in targets:
+        target.tracker = copy.copy(tracker)  # each its own state, all one answerer: one batched call a frame
     try:
-        for index, image, arrived in frames:
-            started = time.perf_counter()
-            if image is None:
-                decode_failures += 1
-                bar.write(f"warning: frame {index + 1} could not be decoded; keeping the last boxes", file=sys.stderr)
-                image = last_image
-                for target in (t for t in targets if t.tracker):
-                    target.add(index, target.boxes[-1], target.confidences[-1], target.lost[-1])
-                answered = False
-            else:
-                answered = track_frame(targets, tracker, image, index)
-            times.append(time.perf_counter() - started if answered else 0.0)  # 0: no answer asked
-            if arrived is not None:
-                latencies.append(time.perf_counter() - arrived)
-            if writer:
-                writer.write(draw_targets(image, targets, index))
-            last_image = image
-            bar.update()
+        starts = [frame_loop.Start(target.tracker, target.box_xywh, target.first_frame) for target in targets]
+        frame_loop.run([frame_loop.Sequence(frames, starts)], on_frame, progress="tracking",
+                       total=None if args.realtime else total)
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        bar.close()
         for target in targets:
             target.write(out if len(targets) == 1 else out / f"target{target.number}")
         write_rows(out / "times.txt", [[t] for t in times])
@@ -508,28 +340,15 @@ def track(args) -> int:
             writer.close()
         if live:
             write_realtime_report(out / "realtime.json", live, latencies, len(times))
-    summarise(targets, times, decode_failures, out, live, latencies)
+    summarise(targets, times, len(undecodable), out, live, latencies)
     if interrupted:
         print("interrupted: the frames tracked so far are saved")
         return 130
     return 0
 
 
-def track_frame(targets, tracker, image, index: int) -> bool:
-    """One frame: targets appearing here start (each with its own copy of the tracker), the
-    others are answered together in one batched call. Whether the model was asked."""
-    running = [t for t in targets if t.tracker]
-    for target in targets:
-        # a target starts at its frame, or (realtime, its frame dropped) at the first one after
-        if target.tracker is None and index >= target.first_frame:
-            target.tracker = copy.copy(tracker)
-            target.tracker.init(image, target.box_xywh)
-            target.add(index, target.tracker.box_xywh, 1.0, False)
-    if running:
-        boxes = r1track.update_batch([t.tracker for t in running], [image] * len(running))
-        for target, box in zip(running, boxes):
-            target.add(index, box, target.tracker.confidence, target.tracker.lost)
-    return bool(running)
+# what became of a target on a frame where the model was asked about it
+ANSWERS = (frame_loop.ANSWERED, frame_loop.UNUSABLE, frame_loop.EDGE_HOLD)
 
 
 def write_realtime_report(path: Path, live, latencies, processed: int):
@@ -538,7 +357,7 @@ def write_realtime_report(path: Path, live, latencies, processed: int):
     report = {"frames_tracked": processed, "frames_dropped": live.dropped,
               "latency_ms_median": 1000 * statistics.median(latencies) if latencies else None,
               "latency_ms_max": 1000 * max(latencies) if latencies else None}
-    r1track.write_atomic(path, json.dumps(report, indent=2) + "\n")
+    write_atomic(path, json.dumps(report, indent=2) + "\n")
 
 
 def summarise(targets, times, decode_failures, out, live, latencies):
@@ -546,7 +365,7 @@ def summarise(targets, times, decode_failures, out, live, latencies):
     fps_measured = f"{len(tracked) / sum(tracked):.2f} FPS" if tracked else "no frame tracked"
     print(f"{len(times)} frames read, {fps_measured}, {decode_failures} undecodable frames -> {out}")
     for target in targets:
-        if target.tracker is None:
+        if not target.frames:
             print(f"target {target.number}: never started (its frame {target.first_frame + 1} did not come)")
             continue
         t = target.tracker
@@ -568,21 +387,22 @@ def demo(args) -> int:
     """Synthetic clips -> the batched tracker -> the official score -> tracked.mp4."""
     if args.video or args.box or args.text or args.server:
         raise UserError("--demo makes its own clips and uses a local model: leave out --video, --box, --text, --server")
-    if args.model is None and not (r1track.DEMO_MODEL / "config.json").is_file():
-        raise UserError(f"no demo model in {r1track.DEMO_MODEL}: run `python make_demo_model.py` to make it")
-    args.model = args.model or str(r1track.DEMO_MODEL)
+    if args.model is None and not (DEMO_MODEL / "config.json").is_file():
+        raise UserError(f"no demo model in {DEMO_MODEL}: run `python tools/make_demo_model.py` to make it")
+    args.model = args.model or str(DEMO_MODEL)
     out = Path(args.out or "runs/demo")
     clips = synthetic.make_synthetic_got10k(out / "clips", **DEMO_CLIPS)
-    names = read_got10k_split(clips)
+    sequences = GOT10K.sequences(clips.parent, clips.name)
+    names = [sequence["name"] for sequence in sequences]
     print(f"{len(names)} synthetic clips of {DEMO_CLIPS['frames']} frames in {clips}, never seen in training")
 
     tracker, _ = load_tracker(args, None)
     results = out / "results"
-    scoring.track_sequences(tracker, [read_got10k_sequence(clips / n) for n in names], results, batch=len(names))
-    report = scoring.score(results, clips, names)
-    scoring.print_reports({"demo": report})
-    r1track.write_atomic(out / "report.json", json.dumps(report, indent=2))
-    scoring.plot_success({Path(args.model).name: report}, out / "success_plot.png")
+    track_sequences(tracker, GOT10K, sequences, results, batch=len(names))
+    report = GOT10K.score(results, sequences)
+    got10k.print_reports({"demo": report})
+    write_atomic(out / "report.json", json.dumps(report, indent=2))
+    got10k.plot_success({Path(args.model).name: report}, out / "success_plot.png")
     write_example(out / "example.png", tracker, clips, names[0], results)
     if not args.no_video:
         write_demo_video(out / "tracked.mp4", clips, names, results, args.fps or 10.0)
@@ -599,23 +419,23 @@ def write_example(path: Path, tracker, clips: Path, name: str, results: Path, fr
     from PIL import Image, ImageDraw
 
     sequence = read_got10k_sequence(clips / name)
-    tracked = scoring.read_boxes(scoring.result_files(results, name)[0], len(sequence["frames"]))
+    tracked = got10k.read_boxes(got10k.result_files(results, name)[0], len(sequence["frames"]))
     tracker = copy.copy(tracker)
-    tracker.init(r1track.read_frame(sequence["frames"][0]), sequence["boxes_xywh"][0])
-    tracker.box_xywh = list(tracked[frame_index - 1])  # where the tracker stood before this frame
-    request = tracker.request(r1track.read_frame(sequence["frames"][frame_index]))
-    answer = tracker.answerer([request])[0]
+    tracker.init(read_frame(sequence["frames"][0]), sequence["boxes_xywh"][0])
+    tracker.move_to(tracked[frame_index - 1])  # where the tracker stood before this frame
+    request = tracker.request(read_frame(sequence["frames"][frame_index]))
+    answer = tracker.answerer([request])[0].text
     side = 224
     s = tracker.settings
-    text = r1track.question_text(request.template_box_xyxy, s.think, s.wording, s.asks_as_client)
+    text = question_text(request.template_box_xyxy, s.think, s.wording, s.asks_as_client)
     lines = ["", ""] + textwrap.wrap(text.replace("\n", " "), 76) + [
         "", f"answer: {answer.strip()}"]
     canvas = Image.new("RGB", (2 * side + 24, side + 24 + 14 * len(lines)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for column, (crop, box_xyxy, colour) in enumerate(
             [(request.template, request.template_box_xyxy, (255, 255, 255)),
-             (request.search, r1track.parse_answer(answer, think=tracker.settings.think), (0, 255, 0))]):
-        crop = r1track.as_pil(crop)
+             (request.search, parse_answer(answer, think=tracker.settings.think), (0, 255, 0))]):
+        crop = as_pil(crop)
         left, ratio = 8 + column * (side + 8), side / crop.width
         canvas.paste(crop.resize((side, side)), (left, 8))
         draw.text((left, side + 16), ["image 1: template", "image 2: search"][column], fill=(0, 0, 0))
@@ -635,9 +455,9 @@ def write_demo_video(path: Path, clips: Path, names, results: Path, fps: float):
     writer = None
     for name in names:
         sequence = read_got10k_sequence(clips / name)
-        tracked = scoring.read_boxes(scoring.result_files(results, name)[0], len(sequence["frames"]))
+        tracked = got10k.read_boxes(got10k.result_files(results, name)[0], len(sequence["frames"]))
         for index, (frame, truth_xywh) in enumerate(zip(sequence["frames"], sequence["boxes_xywh"])):
-            image = draw_box(r1track.read_frame(frame), tracked[index], index)
+            image = draw_box(read_frame(frame), tracked[index], index)
             x, y, w, h = truth_xywh
             ImageDraw.Draw(image).rectangle([x, y, x + w, y + h], outline=(255, 255, 255), width=1)
             ImageDraw.Draw(image).text((6, image.height - 14), name, fill=(255, 255, 0))
@@ -648,7 +468,7 @@ def write_demo_video(path: Path, clips: Path, names, results: Path, fps: float):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return r1track.script_main(demo if args.demo else track, args)
+    return script_main(demo if args.demo else track, args)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,11 @@ import torch
 
 import r1track
 import training
+from answers import reward
+from cli import ArgumentParser, UserError, first_line, positive_int
 from data import PairStream
-from r1track import positive_int
+from prompts import END_OF_TURN, answer_token_limit, build_inputs, collate, greedy_config, vision_token_ids
+from settings import LoadError, TrackSettings, read_settings
 from training import autocast, to_device, trainable_parameters
 
 # -----------------------------------------------------------------------------
@@ -86,7 +89,7 @@ def policy_loss(logp, old_logp, advantages, mask, clip=0.2, aggregation="token-m
 
 
 def build_parser():
-    parser = r1track.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     training.add_model_args(parser, default_lr=1e-6)
     parser.add_argument("--init", default=None, help="where the policy and the reference start: an SFT output "
                         "folder (adapter or full), a hub id or a base model (default: --model)")
@@ -104,8 +107,8 @@ def build_parser():
     group.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling")
     group.add_argument("--max-new-tokens", type=positive_int, default=None,
-                       help=f"longest answer (default: {r1track.answer_token_limit(False)}, or "
-                       f"{r1track.answer_token_limit(True)} with --think)")
+                       help=f"longest answer (default: {answer_token_limit(False)}, or "
+                       f"{answer_token_limit(True)} with --think)")
     group.add_argument("--clip", type=float, default=0.2, help="PPO clip range")
     group.add_argument("--kl-coef", type=float, default=1e-2, help="weight of the KL-to-reference loss")
     group.add_argument("--loss-agg", choices=LOSS_AGGREGATIONS, default="token-mean", help="how the per-token loss "
@@ -124,15 +127,15 @@ def build_parser():
 def check_args(parser, args):
     args.init = args.init or args.model
     try:  # the questions the --init model was trained on, unless the flags say otherwise
-        training.fill_settings(args, r1track.read_settings(args.init) or r1track.TrackSettings())
-    except r1track.LoadError as error:
+        training.fill_settings(args, read_settings(args.init) or TrackSettings())
+    except LoadError as error:
         parser.error(str(error))
     training.check_common_args(parser, args)
     if args.group_size < 2:
         parser.error("--group-size must be at least 2: advantages compare answers to the same question")
     if (args.prompts_per_step * args.group_size) % args.updates_per_batch:
         parser.error("--updates-per-batch must divide --prompts-per-step x --group-size")
-    args.max_new_tokens = args.max_new_tokens or r1track.answer_token_limit(args.think)
+    args.max_new_tokens = args.max_new_tokens or answer_token_limit(args.think)
 
 
 # -----------------------------------------------------------------------------
@@ -145,20 +148,20 @@ def rollout(raw, processor, pairs, args, dist, step):
     that with left-padded prompts every answer sits in the same last T columns), the
     decoded texts, and the answers' lengths in tokens (the end token not counted)."""
     tokenizer = processor.tokenizer
-    pad, end = tokenizer.pad_token_id, tokenizer.convert_tokens_to_ids(r1track.END_OF_TURN)
+    pad, end = tokenizer.pad_token_id, tokenizer.convert_tokens_to_ids(END_OF_TURN)
     # sampling is a function of (seed, step, rank): a resumed run draws the same answers
     torch.manual_seed(int(np.random.SeedSequence([args.seed, step, dist.rank]).generate_state(1)[0]))
-    prompts = [r1track.build_inputs(processor, p.template, p.search, p.template_box_xyxy, think=args.think,
+    prompts = [build_inputs(processor, p.template, p.search, p.template_box_xyxy, think=args.think,
                                     wording=args.wording, return_tensors=False) for p in pairs]
     examples = [e for e in prompts for _ in range(args.group_size)]            # [P*G]
-    config = r1track.greedy_config(processor, args.max_new_tokens)
+    config = greedy_config(processor, args.max_new_tokens)
     # sample from the policy itself: temperature and top-p only, no library default top-k
     config.do_sample, config.temperature, config.top_p, config.top_k = True, args.temperature, args.top_p, 0
     answers = []
     was_training = raw.training
     raw.eval()
     for start in range(0, len(examples), args.rollout_batch):
-        batch = to_device(r1track.collate(examples[start:start + args.rollout_batch], pad), dist.device)
+        batch = to_device(collate(examples[start:start + args.rollout_batch], pad), dist.device)
         # no_grad, not inference_mode: FSDP's gathered weights made in inference mode could not be
         # written by the training steps that follow
         with torch.no_grad(), autocast(dist):
@@ -177,9 +180,21 @@ def rollout(raw, processor, pairs, args, dist, step):
     return rows, texts, [len(a) - (a[-1] == end) for a in answers]
 
 
+def sample_batches(rows, updates, pad) -> dict:
+    """Every micro-batch's sample_batch, collated once (on the CPU) for both passes that use it:
+    the sampling log-probabilities and the update. Keyed by the micro-batch's row indices."""
+    return {tuple(chunk): sample_batch([rows[i] for i in chunk], pad, "cpu") for update in updates for chunk in update}
+
+
+def on_device(sample, device):
+    """A sample_batch's (inputs, answer ids, answer mask) on `device`."""
+    batch, answer, mask = sample
+    return to_device(batch, device), answer.to(device), mask.to(device)
+
+
 def sample_batch(rows, pad, device):
     """Rollout rows as model inputs, answer ids and answer mask ([B, T] each)."""
-    prompts = r1track.collate(rows, pad)
+    prompts = collate(rows, pad)
     answer = torch.tensor([r["answer"] for r in rows])
     mask = torch.tensor([r["answer_mask"] for r in rows])
     batch = {
@@ -220,7 +235,7 @@ def grpo_step(step, model, raw, reference, processor, optimizer, scheduler, stre
     truths = [pairs[k // args.group_size].search_box_xyxy for k in range(len(texts))]
     scores, failure = score_answers(texts, lengths, truths, args)
     if dist.all_sum([float(failure is not None)])[0]:  # every rank stops, not only the one whose reward broke
-        raise r1track.UserError(failure or "the reward raised on another rank (its message names the answer)")
+        raise UserError(failure or "the reward raised on another rank (its message names the answer)")
     rewards = torch.tensor([s["overall"] for s in scores])
 
     # 3. advantage: each answer against the other answers to the same question     [P*G]
@@ -229,8 +244,9 @@ def grpo_step(step, model, raw, reference, processor, optimizer, scheduler, stre
     # 4. loss: PPO-clip against the sampling policy + KL to the reference, token-level
     #    mean; the answers are split into --updates-per-batch mini-batches, a step each
     updates = split_updates(len(rows), args)                                    # [U][micro][row]
-    old, ref, sampling = sampling_logprobs(raw, reference, rows, updates, processor, args, dist)
-    trained = ppo_updates(model, optimizer, rows, updates, old, ref, advantages, processor, args, dist)
+    batches = sample_batches(rows, updates, processor.tokenizer.pad_token_id)   # collated once, used twice
+    old, ref, sampling = sampling_logprobs(raw, reference, batches, updates, processor, args, dist)
+    trained = ppo_updates(model, optimizer, batches, updates, old, ref, advantages, processor, args, dist)
     scheduler.step()
 
     totals = dist.all_sum([float(rewards.sum()), float((rewards ** 2).sum()), float(len(rewards)),
@@ -252,9 +268,9 @@ def score_answers(texts, lengths, truths, args):
     scores, failure = [], None
     for text, length, truth in zip(texts, lengths, truths):
         try:
-            scores.append(r1track.reward(text, truth, think=args.think, response_len=length, kind=args.reward))
+            scores.append(reward(text, truth, think=args.think, response_len=length, kind=args.reward))
         except Exception as error:
-            failure = failure or (f"the reward raised {type(error).__name__}: {r1track.first_line(error)}, "
+            failure = failure or (f"the reward raised {type(error).__name__}: {first_line(error)}, "
                                   f"on the answer {text!r} (true box {truth})")
             scores.append(None)
     return scores, failure
@@ -270,17 +286,17 @@ def split_updates(count, args):
 
 
 @torch.no_grad()
-def sampling_logprobs(raw, reference, rows, updates, processor, args, dist):
+def sampling_logprobs(raw, reference, batches, updates, processor, args, dist):
     """The sampling policy's and the reference's log-probs of every answer token, on the
     very micro-batches the updates will use, so that before any update ratio = 1 and
     KL = 0 exactly. Also the rollout's summed KL and entropy, and its answer tokens."""
-    pad, suppressed = processor.tokenizer.pad_token_id, r1track.vision_token_ids(processor.tokenizer)
+    suppressed = vision_token_ids(processor.tokenizer)
     old, ref, kl_sum, entropy_sum, tokens = {}, {}, 0.0, 0.0, 0.0
     raw.eval()
     with autocast(dist):
         for chunk in (chunk for update in updates for chunk in update):
-            batch, answer, mask = sample_batch([rows[i] for i in chunk], pad, dist.device)
             key = tuple(chunk)
+            batch, answer, mask = on_device(batches[key], dist.device)
             old[key], entropy = token_logprobs(raw, batch, answer, args.temperature, suppressed, with_entropy=True)
             with reference(raw) as ref_model:
                 ref[key], _ = token_logprobs(ref_model, batch, answer, args.temperature, suppressed)
@@ -291,16 +307,16 @@ def sampling_logprobs(raw, reference, rows, updates, processor, args, dist):
     return old, ref, {"kl": kl_sum, "entropy": entropy_sum, "tokens": tokens}
 
 
-def ppo_updates(model, optimizer, rows, updates, old, ref, advantages, processor, args, dist):
+def ppo_updates(model, optimizer, batches, updates, old, ref, advantages, processor, args, dist):
     """One optimizer step per mini-batch; returns the mean loss, clip fraction and gradient norm."""
-    pad, suppressed = processor.tokenizer.pad_token_id, r1track.vision_token_ids(processor.tokenizer)
+    suppressed = vision_token_ids(processor.tokenizer)
     losses, clip_fracs, grad_norms = [], [], []
     for update in updates:
-        tokens = sum(sum(rows[i]["answer_mask"]) for chunk in update for i in chunk)
+        tokens = sum(float(batches[tuple(chunk)][2].sum()) for chunk in update)
         answers = sum(len(chunk) for chunk in update)
         for c, chunk in enumerate(update):
-            batch, answer, mask = sample_batch([rows[i] for i in chunk], pad, dist.device)
             key = tuple(chunk)
+            batch, answer, mask = on_device(batches[key], dist.device)
             syncing = c == len(update) - 1 or dist.world == 1 or args.fsdp
             with (contextlib.nullcontext() if syncing else model.no_sync()), autocast(dist):
                 logp, _ = token_logprobs(model, batch, answer, args.temperature, suppressed)          # [B, T]
@@ -367,7 +383,7 @@ def train(args, dist):
     train_source, val_source = training.open_data(args, dist)
     model, processor = training.build_model(args, dist, init=args.init, resume_dir=resume_dir,
                                             fresh_adapter=not (args.full or args.continue_adapter))
-    settings = r1track.TrackSettings(wording=args.wording, think=args.think, crop_size=args.crop_size, loop=args.loop)
+    settings = TrackSettings(wording=args.wording, think=args.think, crop_size=args.crop_size, loop=args.loop)
     model, raw = training.wrap_distributed(model, args, dist)
     reference = make_reference(raw, args, dist)
 

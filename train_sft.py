@@ -27,14 +27,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import r1track
 import training
+from cli import ArgumentParser
 from data import PairStream
+from prompts import collate
+from settings import TrackSettings
 from training import autocast, to_device
 
 
 def build_parser():
-    parser = r1track.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     training.add_model_args(parser)
     training.add_data_args(parser)
     training.add_run_args(parser)
@@ -43,7 +45,7 @@ def build_parser():
 
 def check_args(parser, args):
     training.check_common_args(parser, args)
-    training.fill_settings(args, r1track.TrackSettings())
+    training.fill_settings(args, TrackSettings())
 
 
 # -----------------------------------------------------------------------------
@@ -73,7 +75,7 @@ def train(args, dist):
     resume_dir = training.find_resume(args, dist)
     train_source, val_source = training.open_data(args, dist)
     model, processor = training.build_model(args, dist, resume_dir=resume_dir)
-    settings = r1track.TrackSettings(wording=args.wording, think=False, crop_size=args.crop_size, loop=args.loop)
+    settings = TrackSettings(wording=args.wording, think=False, crop_size=args.crop_size, loop=args.loop)
     model, raw = training.wrap_distributed(model, args, dist)
 
     per_step = args.batch_size * args.grad_accum * dist.world
@@ -94,13 +96,13 @@ def train(args, dist):
 
     def next_step_batches():  # built in a background thread while the model works
         examples = stream.next_pairs(args.batch_size * args.grad_accum)
-        batches = [r1track.collate(examples[i:i + args.batch_size], pad) for i in range(0, len(examples), args.batch_size)]
+        batches = [collate(examples[i:i + args.batch_size], pad) for i in range(0, len(examples), args.batch_size)]
         # where the stream stands once these are consumed (it runs ahead while prefetching)
         return batches, {"position": stream.position, "skipped": stream.skipped, "epoch": stream.epoch()}
 
     def validation_loss(model, pairs):  # (summed loss, answer tokens)
         examples = [training.sft_example(processor, args.wording, p) for p in pairs]
-        batch = to_device(r1track.collate(examples, pad), dist.device, processor.image_processor)
+        batch = to_device(collate(examples, pad), dist.device, processor.image_processor)
         return float(answer_loss_sum(model, batch)), float((batch["labels"] != -100).sum())
 
     def checkpoint(step):

@@ -2,7 +2,7 @@
 algorithms: the flags common to both, ranks (the same script under python and torchrun),
 the model (LoRA, QLoRA or full; DDP or FSDP2), the optimizer, data and validation,
 checkpoints that are whole or absent, metrics and curves, Ctrl-C, and the `main` both
-scripts run (through r1track.script_main: bad input is one line).
+scripts run (through script_main: bad input is one line).
 """
 
 from __future__ import annotations
@@ -22,8 +22,20 @@ from pathlib import Path
 import torch
 
 import r1track
+from answers import parse_answer
+from boxes import iou_xyxy
+from cli import UserError, first_line, positive_int, script_main, write_atomic
 from data import HUB_DATASETS, NoSplit, StoredPairs, open_pairs, validation_pairs
-from r1track import UserError, positive_int
+from prompts import (
+    WORDINGS,
+    answer_token_limit,
+    build_inputs,
+    collate,
+    format_box_xyxy,
+    greedy_config,
+    pixels_from_bytes,
+)
+from settings import LOOPS, load_settings
 
 # -----------------------------------------------------------------------------
 # Command line
@@ -75,9 +87,9 @@ def add_data_args(parser, default_data="r1track5k", inherited=""):
     group.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction of a stored --data")
     group.add_argument("--val-size", type=positive_int, default=64, help="validation pairs per evaluation")
     group.add_argument("--crop-size", type=crop_size, default=None, help=f"crop side in pixels (default: {inherited}336)")
-    group.add_argument("--wording", default=None, choices=r1track.WORDINGS,
+    group.add_argument("--wording", default=None, choices=WORDINGS,
                        help=f"question wording (default: {inherited}seed)")
-    group.add_argument("--loop", default=None, choices=r1track.LOOPS,
+    group.add_argument("--loop", default=None, choices=LOOPS,
                        help="how pairs cut from a GOT-10k folder look, saved as the model's tracking loop: "
                        "published (OpenCV crops stored as JPEG, as R1-Track-5k was made) or lenient (antialiased "
                        f"crops) (default: {inherited}published)")
@@ -304,10 +316,10 @@ def autocast(dist):
 
 
 def to_device(batch, device, image_processor=None):
-    """The batch on `device`; patch_bytes (r1track.image_patches) become pixel_values there."""
+    """The batch on `device`; patch_bytes (image_patches) become pixel_values there."""
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     if "patch_bytes" in batch:
-        batch["pixel_values"] = r1track.pixels_from_bytes(batch.pop("patch_bytes"), image_processor)
+        batch["pixel_values"] = pixels_from_bytes(batch.pop("patch_bytes"), image_processor)
     return batch
 
 
@@ -360,8 +372,8 @@ def sft_example(processor, wording, pair):
     """A pair as the model inputs of an SFT step, whose labels are the answer box
     `[x1,y1,x2,y2]`; the pixels still bytes (they become floats on the model's device, in
     to_device)."""
-    return r1track.build_inputs(processor, pair.template, pair.search, pair.template_box_xyxy,
-                                answer=r1track.format_box_xyxy(pair.search_box_xyxy), wording=wording,
+    return build_inputs(processor, pair.template, pair.search, pair.template_box_xyxy,
+                                answer=format_box_xyxy(pair.search_box_xyxy), wording=wording,
                                 return_tensors=False, pixels_as_bytes=True)
 
 
@@ -382,7 +394,7 @@ def evaluate(model, processor, pairs, args, dist, think=False, loss_sum=None):
     batches = math.ceil(math.ceil(len(pairs) / dist.world) / args.batch_size) if in_step else \
         math.ceil(len(mine) / args.batch_size)
     loss_total = tokens = iou_sum = 0.0
-    config = r1track.greedy_config(processor, r1track.answer_token_limit(think))
+    config = greedy_config(processor, answer_token_limit(think))
     for start in range(0, batches * args.batch_size, args.batch_size):
         chunk = mine[start:start + args.batch_size]
         counted = bool(chunk)
@@ -392,13 +404,13 @@ def evaluate(model, processor, pairs, args, dist, think=False, loss_sum=None):
                 chunk_loss, chunk_tokens = loss_sum(model, chunk)
                 if counted:
                     loss_total, tokens = loss_total + chunk_loss, tokens + chunk_tokens
-            prompts = [r1track.build_inputs(processor, p.template, p.search, p.template_box_xyxy, think=think,
+            prompts = [build_inputs(processor, p.template, p.search, p.template_box_xyxy, think=think,
                                             wording=args.wording, return_tensors=False) for p in chunk]
-            answers = r1track.generate_answers(model, processor, r1track.collate(prompts, pad), config,
+            answers = r1track.generate_answers(model, processor, collate(prompts, pad), config,
                                                synced=in_step)
         for pair, answer in zip(chunk if counted else [], answers):
-            box = r1track.parse_answer(answer, think=think)
-            iou_sum += r1track.iou_xyxy(box, pair.search_box_xyxy) if box else 0.0
+            box = parse_answer(answer, think=think)
+            iou_sum += iou_xyxy(box, pair.search_box_xyxy) if box else 0.0
     loss_total, tokens, iou_sum, count = dist.all_sum([loss_total, tokens, iou_sum, float(len(mine))])
     model.train(was_training)
     return (loss_total / max(tokens, 1.0) if loss_sum is not None else None), iou_sum / max(count, 1.0)
@@ -534,7 +546,7 @@ def schedule_and_rng(scheduler) -> dict:
 
 def commit_checkpoint(tmp: Path, final: Path, state: dict):
     """The state file last, then the folder renamed into place: a checkpoint is whole or absent."""
-    r1track.write_atomic(tmp / STATE_FILE, json.dumps(state, indent=2))
+    write_atomic(tmp / STATE_FILE, json.dumps(state, indent=2))
     os.replace(tmp, final)
 
 
@@ -628,7 +640,7 @@ def merge_lora(out: Path, dist):
     if not dist.main:
         return
     model, processor = r1track.load_model(str(out), dtype=torch.bfloat16, device="cpu")
-    save_model_folder(out / "merged", model, processor, r1track.load_settings(str(out)))
+    save_model_folder(out / "merged", model, processor, load_settings(str(out)))
     print(f"merged model: {out / 'merged'}")
 
 
@@ -647,7 +659,7 @@ class Metrics:
             # a resumed run redoes the steps after its checkpoint: drop their old lines
             lines = [line for line in self.path.read_text().splitlines() if line.strip()]
             kept = [line for line in lines if json.loads(line).get("step", 0) <= resume_step]
-            r1track.write_atomic(self.path, "".join(line + "\n" for line in kept))
+            write_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def log(self, record: dict):
         if self.main:
@@ -767,11 +779,11 @@ def main(build_parser, check_args, train, argv=None) -> int:
             return train(args, dist)
         except RuntimeError as error:
             if dist.world > 1 and lost_the_others(error):
-                raise UserError(f"rank {dist.rank} lost the other ranks ({r1track.first_line(error)[:160]}): "
+                raise UserError(f"rank {dist.rank} lost the other ranks ({first_line(error)[:160]}): "
                                 "torchrun's summary names the rank that failed; --resume continues from the last "
                                 "checkpoint") from None
             raise
         finally:
             dist.close()
 
-    return r1track.script_main(train_on_this_rank, args)
+    return script_main(train_on_this_rank, args)

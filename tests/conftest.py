@@ -67,12 +67,15 @@ def run_main(script, *args):
     count, randomly seeded generators, the interpreter's warning filters), its stdout and
     stderr captured (warnings and log records included), and the process state it changes
     put back afterwards. A subprocess costs seconds of imports; what only a process shows (a
-    kill, torchrun, forked data workers, the libraries' import-time chatter) keeps run_script."""
+    kill, torchrun, forked data workers, the libraries' import-time chatter) keeps run_script.
+    A development tool (tools/NAME.py) runs as `python tools/NAME.py` runs it, as __main__ from
+    its file (tests import no tool)."""
     import contextlib
     import importlib
     import io
     import logging
     import random
+    import runpy
     import signal
     import warnings
 
@@ -80,9 +83,11 @@ def run_main(script, *args):
     import numpy as np
     import transformers
 
-    module = importlib.import_module(Path(script).stem)
+    tool = Path(script).parent.name == "tools"
+    module = None if tool else importlib.import_module(Path(script).stem)
     stdout, stderr = io.StringIO(), io.StringIO()
     threads, cv2_threads, cwd, environ = torch.get_num_threads(), cv2.getNumThreads(), os.getcwd(), dict(os.environ)
+    argv, path = list(sys.argv), list(sys.path)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     rng = torch.random.get_rng_state(), np.random.get_state(), random.getstate()
     levels = {name: logging.getLogger(name).level for name in ("transformers", "bitsandbytes")}
@@ -104,11 +109,17 @@ def run_main(script, *args):
             warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: \
                 sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
             try:
-                code = module.main([str(a) for a in args])
-            except SystemExit as exit_:  # argparse's refusals
+                if tool:
+                    sys.argv = [script, *map(str, args)]
+                    runpy.run_path(str(ROOT / script), run_name="__main__")
+                    code = 0
+                else:
+                    code = module.main([str(a) for a in args])
+            except SystemExit as exit_:  # argparse's refusals, and a tool's sys.exit(main())
                 code = exit_.code
     finally:
         logging.getLogger().removeHandler(to_stderr)
+        sys.argv[:], sys.path[:] = argv, path
         os.chdir(cwd)
         torch.set_num_threads(threads)
         cv2.setNumThreads(cv2_threads)

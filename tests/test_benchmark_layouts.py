@@ -6,8 +6,10 @@ import os
 import re
 from pathlib import Path
 
+import benchmark_layouts
 import numpy as np
 import pytest
+from benchmark_layouts import SYNTHETIC_BENCHMARKS, make_synthetic_benchmark
 from PIL import Image
 
 import synthetic
@@ -102,7 +104,7 @@ def _check_lasot(dataset, names, drawn):
 
 
 def test_lasot_reads_back_with_got10k(tmp_path):
-    root = synthetic.make_synthetic_benchmark(tmp_path / "lasot", "lasot", sequences=3, frames=8, size=SIZE)
+    root = make_synthetic_benchmark(tmp_path / "lasot", "lasot", sequences=3, frames=8, size=SIZE)
     names = ["airplane-1", "basketball-1", "bear-2"]
     assert sorted(p.relative_to(root).as_posix() for p in root.glob("*/*")) == sorted(
         f"{n.split('-')[0]}/{n}" for n in names)
@@ -116,7 +118,7 @@ def test_lasot_reads_back_with_got10k(tmp_path):
 
 def test_lasot_ext_flags_follow_what_is_drawn(tmp_path):
     # seed 1 at this size: the first target walks out of the image, the third is hidden once
-    root = synthetic.make_synthetic_benchmark(tmp_path / "ext", "lasot_ext", sequences=3, frames=16, size=SIZE,
+    root = make_synthetic_benchmark(tmp_path / "ext", "lasot_ext", sequences=3, frames=16, size=SIZE,
                                               seed=1, style="clutter")
     names = ["atv-1", "badminton-1", "cosplay-1"]
     drawn = _clips(tmp_path / "drawn", 3, 16, seed=1, style="clutter")
@@ -129,7 +131,7 @@ def test_lasot_ext_flags_follow_what_is_drawn(tmp_path):
 def test_trackingnet_files(tmp_path):
     """got10k's TrackingNet reader sorts frames by int() of their whole path and looks for
     them in <chunk>/<seq>, not <chunk>/frames/<seq>: check the files directly."""
-    root = synthetic.make_synthetic_benchmark(tmp_path / "tn", "trackingnet", sequences=2, frames=5, size=SIZE)
+    root = make_synthetic_benchmark(tmp_path / "tn", "trackingnet", sequences=2, frames=5, size=SIZE)
     drawn = _clips(tmp_path / "drawn", 4, 5)
     test_names = sorted(p.stem for p in (root / "TEST" / "anno").glob("*.txt"))
     train_names = sorted(p.stem for p in (root / "TRAIN_0" / "anno").glob("*.txt"))
@@ -152,7 +154,7 @@ def test_trackingnet_files(tmp_path):
 def test_otb_reads_back_with_got10k_and_jogging_has_two_targets(tmp_path):
     from got10k.datasets import OTB
 
-    root = synthetic.make_synthetic_benchmark(tmp_path / "otb", "otb100", sequences=3, frames=6, size=SIZE)
+    root = make_synthetic_benchmark(tmp_path / "otb", "otb100", sequences=3, frames=6, size=SIZE)
     drawn = _clips(tmp_path / "drawn", 3, 6)
     dataset = OTB(str(root), version="tb100", download=False)
     assert sorted(dataset.seq_names) == ["Basketball", "Biker", "Jogging.1", "Jogging.2"]
@@ -197,15 +199,15 @@ def uav123_reader(monkeypatch):
 def test_names_and_uav123_configuration_are_the_real_ones():
     from got10k.datasets import OTB
 
-    assert set(synthetic.LASOT_TEST_NAMES) <= set(json.loads((GOT10K_DATASETS / "lasot.json").read_text())["test"])
-    assert set(synthetic.OTB_NAMES) | {"Jogging"} <= set(OTB._OTB__tb100_seqs)
+    assert set(benchmark_layouts.LASOT_TEST_NAMES) <= set(json.loads((GOT10K_DATASETS / "lasot.json").read_text())["test"])
+    assert set(benchmark_layouts.OTB_NAMES) | {"Jogging"} <= set(OTB._OTB__tb100_seqs)
     config = json.loads((GOT10K_DATASETS / "uav123.json").read_text())["UAV123"]
-    for name, (start, end, folder) in synthetic.UAV123_SEQUENCES.items():
+    for name, (start, end, folder) in benchmark_layouts.UAV123_SEQUENCES.items():
         assert config[name] == {"start_frame": start, "end_frame": end, "folder_name": folder}
 
 
 def test_uav123_reads_back_with_got10k_with_nan_rows(tmp_path, uav123_reader):
-    root = synthetic.make_synthetic_benchmark(tmp_path / "uav", "uav123", sequences=3, size=SIZE, style="clutter")
+    root = make_synthetic_benchmark(tmp_path / "uav", "uav123", sequences=3, size=SIZE, style="clutter")
     dataset = uav123_reader(str(root))
     assert sorted(dataset.seq_names) == ["uav2", "uav5", "uav6"]
     hidden = 0
@@ -225,7 +227,7 @@ def test_uav123_reads_back_with_got10k_with_nan_rows(tmp_path, uav123_reader):
 
 def test_uav123_subsequence_without_images(tmp_path, uav123_reader):
     # bird1_2 is frames 775..1477 of the video folder bird1; `frames` does not change that
-    root = synthetic.make_synthetic_benchmark(tmp_path / "uav", "uav123", names=["bird1_2"], frames=5, size=SIZE,
+    root = make_synthetic_benchmark(tmp_path / "uav", "uav123", names=["bird1_2"], frames=5, size=SIZE,
                                               images=False)
     frames, boxes = uav123_reader(str(root))["bird1_2"]
     folder = root / "data_seq" / "UAV123" / "bird1"
@@ -237,7 +239,7 @@ def test_uav123_subsequence_without_images(tmp_path, uav123_reader):
 def test_nfs_reads_back_with_got10k_from_240_fps_rows(tmp_path):
     from got10k.datasets import NfS
 
-    root = synthetic.make_synthetic_benchmark(tmp_path / "nfs", "nfs", sequences=3, frames=6, size=SIZE)
+    root = make_synthetic_benchmark(tmp_path / "nfs", "nfs", sequences=3, frames=6, size=SIZE)
     drawn = _clips(tmp_path / "drawn", 3, 6)
     dataset = NfS(str(root), fps=30)
     assert dataset.seq_names == ["airboard_1", "basketball_1", "bee"]
@@ -264,12 +266,12 @@ def test_nfs_reads_back_with_got10k_from_240_fps_rows(tmp_path):
 
 
 def test_tnl2k_files(tmp_path):
-    root = synthetic.make_synthetic_benchmark(tmp_path / "tnl2k", "tnl2k", sequences=3, frames=5, size=SIZE)
+    root = make_synthetic_benchmark(tmp_path / "tnl2k", "tnl2k", sequences=3, frames=5, size=SIZE)
     drawn = _clips(tmp_path / "drawn", 3, 5)
-    names = [name for name, _, _ in synthetic.TNL2K_SEQUENCES[:3]]
+    names = [name for name, _, _ in benchmark_layouts.TNL2K_SEQUENCES[:3]]
     assert sorted(p.name for p in root.iterdir()) == sorted(names)
     suffixes = set()
-    for (name, ext, digits), clip in zip(synthetic.TNL2K_SEQUENCES, drawn):
+    for (name, ext, digits), clip in zip(benchmark_layouts.TNL2K_SEQUENCES, drawn):
         frames = sorted((root / name / "imgs").iterdir())
         assert [p.name for p in frames] == [f"{t + 1:0{digits}d}.{ext}" for t in range(5)]
         for path, drawn_path in zip(frames, clip["frames"]):
@@ -288,14 +290,14 @@ def _is_frame(path) -> bool:
     return path.suffix in (".jpg", ".png")
 
 
-@pytest.mark.parametrize("benchmark", synthetic.SYNTHETIC_BENCHMARKS)
+@pytest.mark.parametrize("benchmark", SYNTHETIC_BENCHMARKS)
 def test_frames_written_empty_or_left_out(tmp_path, benchmark):
     """images="empty" gives the same files with no bytes, images=False the same folders with
     no frame files; the annotations are the same in all three."""
     kwargs = {"names": ["uav6"]} if benchmark == "uav123" else {"sequences": 3}
     layouts = {}
     for images in (True, "empty", False):
-        root = synthetic.make_synthetic_benchmark(tmp_path / str(images), benchmark, frames=4, size=SIZE,
+        root = make_synthetic_benchmark(tmp_path / str(images), benchmark, frames=4, size=SIZE,
                                                   images=images, **kwargs)
         layouts[images] = {p.relative_to(root): p for p in root.rglob("*")}
     frames = {r for r, p in layouts[True].items() if _is_frame(r)}
@@ -311,8 +313,8 @@ def test_frames_written_empty_or_left_out(tmp_path, benchmark):
 
 def test_refuses_what_it_cannot_write(tmp_path):
     with pytest.raises(ValueError, match="unknown benchmark"):
-        synthetic.make_synthetic_benchmark(tmp_path, "vot2018")
+        make_synthetic_benchmark(tmp_path, "vot2018")
     with pytest.raises(ValueError, match="images"):
-        synthetic.make_synthetic_benchmark(tmp_path, "lasot", images="some")
+        make_synthetic_benchmark(tmp_path, "lasot", images="some")
     with pytest.raises(ValueError, match="UAV123"):
-        synthetic.make_synthetic_benchmark(tmp_path, "uav123", names=["not_a_sequence"])
+        make_synthetic_benchmark(tmp_path, "uav123", names=["not_a_sequence"])

@@ -8,13 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import benchmarks
-import synthetic
 from conftest import main_in_process, run_main
+
+from benchmarks import BENCHMARKS
+from benchmarks.curves import NORM_PRECISION_THRESHOLDS
+from benchmarks.lasot import LASOT_ATTRIBUTES, lasot_errors
+from benchmarks.otb import otb_errors
+from cli import UserError
+
+TOOLKIT_LAYOUT = BENCHMARKS["otb100"]  # the result files of every benchmark but GOT-10k: the got10k toolkit's layout
 
 sys.path.insert(0, str(Path(__file__).parent))
 import lasot_toolkit  # noqa: E402
+from benchmark_layouts import make_synthetic_benchmark  # noqa: E402
 
 
 def noisy_boxes(truth, rng, unusable=False):
@@ -39,7 +45,7 @@ def write_results(results, sequences, seed, unusable=False):
     rng = np.random.default_rng(seed)
     for sequence in sequences:
         boxes = noisy_boxes(sequence["boxes_xywh"], rng, unusable)
-        benchmarks.write_sequence(results, sequence["name"], boxes, rng.uniform(0.01, 0.2, len(boxes)))
+        TOOLKIT_LAYOUT.write(results, sequence["name"], boxes, rng.uniform(0.01, 0.2, len(boxes)))
 
 
 def close(ours, theirs):
@@ -91,9 +97,9 @@ def test_otb_style_scores_equal_the_got10k_toolkit(benchmark, layout, tmp_path, 
 
     # got10k's UAV123 refuses a root of fewer than 4 entries; the dataset's holds anno/ and data_seq/
     monkeypatch.setattr(UAV123, "_check_integrity", lambda self, root_dir, version: None)
-    root = synthetic.make_synthetic_benchmark(tmp_path / "data", benchmark, style="clutter", **layout)
+    root = make_synthetic_benchmark(tmp_path / "data", benchmark, style="clutter", **layout)
     experiment, results_parent = got10k_experiment(benchmark, root, tmp_path)
-    sequences = benchmarks.read_sequences(benchmark, root)
+    sequences = BENCHMARKS[benchmark].sequences(root)
     assert [s["name"] for s in sequences] == list(experiment.dataset.seq_names)
     for sequence, (frames, truth) in zip(sequences, experiment.dataset):
         assert [str(f) for f in sequence["frames"]] == list(frames)
@@ -102,7 +108,7 @@ def test_otb_style_scores_equal_the_got10k_toolkit(benchmark, layout, tmp_path, 
         assert any(np.isnan(s["boxes_xywh"]).any() for s in sequences)  # the case UAV123's rule is for
     write_results(results_parent / "ours", sequences, seed=1)
     performance = experiment.report(["ours"])["ours"]
-    report = benchmarks.score(results_parent / "ours", benchmark, sequences)
+    report = BENCHMARKS[benchmark].score(results_parent / "ours", sequences)
     check_against_got10k(report, performance, sequences)
 
 
@@ -112,8 +118,8 @@ def test_trackingnet_train_scores_equal_the_got10k_metric_code(tmp_path):
     from got10k.experiments import ExperimentOTB
     from got10k.utils.metrics import center_error, rect_iou
 
-    root = synthetic.make_synthetic_benchmark(tmp_path / "data", "trackingnet", sequences=3, frames=8, images="empty")
-    sequences = benchmarks.read_sequences("trackingnet", root, "train")
+    root = make_synthetic_benchmark(tmp_path / "data", "trackingnet", sequences=3, frames=8, images="empty")
+    sequences = BENCHMARKS["trackingnet"].sequences(root, "train")
     assert len(sequences) == 3 and all(len(s["boxes_xywh"]) == len(s["frames"]) == 8 for s in sequences)
     write_results(tmp_path / "ours", sequences, seed=2)
     curves = ExperimentOTB.__new__(ExperimentOTB)
@@ -125,7 +131,7 @@ def test_trackingnet_train_scores_equal_the_got10k_metric_code(tmp_path):
         s, p = curves._calc_curves(rect_iou(boxes, sequence["boxes_xywh"]), center_error(boxes, sequence["boxes_xywh"]))
         success.append(s)
         precision.append(p)
-    report = benchmarks.score(tmp_path / "ours", "trackingnet", sequences)
+    report = BENCHMARKS["trackingnet"].score(tmp_path / "ours", sequences)
     assert close(report["success_curve"], np.mean(success, axis=0))
     assert close(report["success_auc"], np.mean(np.mean(success, axis=0)))
     assert close(report["precision_20px"], np.mean(precision, axis=0)[20])
@@ -151,9 +157,9 @@ def lasot_reference(sequences, results, absent_of):
 
 @pytest.mark.parametrize("benchmark", ["lasot", "lasot_ext", "tnl2k"])
 def test_lasot_style_scores_equal_the_lasot_toolkit(benchmark, tmp_path):
-    root = synthetic.make_synthetic_benchmark(tmp_path / "data", benchmark, sequences=4, frames=14,
+    root = make_synthetic_benchmark(tmp_path / "data", benchmark, sequences=4, frames=14,
                                               style="clutter", images="empty")
-    sequences = benchmarks.read_sequences(benchmark, root)
+    sequences = BENCHMARKS[benchmark].sequences(root)
     if benchmark == "lasot":  # the got10k toolkit's LaSOT reader sees the same boxes and flags
         from got10k.datasets import LaSOT
 
@@ -175,7 +181,7 @@ def test_lasot_style_scores_equal_the_lasot_toolkit(benchmark, tmp_path):
         return (sum(flags) > 0).astype(int) if flags else np.zeros(len(sequence["boxes_xywh"]), int)
 
     write_results(tmp_path / "ours", sequences, seed=3, unusable=True)
-    report = benchmarks.score(tmp_path / "ours", benchmark, sequences)
+    report = BENCHMARKS[benchmark].score(tmp_path / "ours", sequences)
     (success, success_auc), (precision, _), (norm, norm_auc) = lasot_reference(sequences, tmp_path / "ours", absent_of)
     assert close(report["success_curve"], success) and close(report["success_auc"], success_auc)
     assert close(report["precision_curve"], precision)
@@ -187,8 +193,8 @@ def test_lasot_style_scores_equal_the_lasot_toolkit(benchmark, tmp_path):
 def test_per_attribute_scores_equal_the_lasot_toolkit_on_the_sequences_that_have_it(tmp_path, capsys):
     import eval_got10k
 
-    root = synthetic.make_synthetic_benchmark(tmp_path / "data", "lasot", sequences=5, frames=10, images="empty")
-    sequences = benchmarks.read_sequences("lasot", root)
+    root = make_synthetic_benchmark(tmp_path / "data", "lasot", sequences=5, frames=10, images="empty")
+    sequences = BENCHMARKS["lasot"].sequences(root)
     write_results(tmp_path / "ours", sequences, seed=6, unusable=True)
     rng = np.random.default_rng(6)
     flags = {s["name"]: rng.random(14) < 0.5 for s in sequences}
@@ -203,7 +209,7 @@ def test_per_attribute_scores_equal_the_lasot_toolkit_on_the_sequences_that_have
         boxes = np.loadtxt(tmp_path / "ours" / f"{sequence['name']}.txt", delimiter=",", ndmin=2)
         reference.append(lasot_toolkit.sequence_curves(boxes, sequence["boxes_xywh"], sequence["absent"], False)[0])
     reference = np.array(reference)
-    for k, (short, name) in enumerate(benchmarks.LASOT_ATTRIBUTES):
+    for k, (short, name) in enumerate(LASOT_ATTRIBUTES):
         having = np.array([flags[s["name"]][k] for s in sequences])
         if not having.any():
             assert short not in report["per_attribute"]
@@ -225,15 +231,15 @@ def test_a_sequence_never_scored_is_left_out_as_the_lasot_toolkit_does(tmp_path)
     sequences = [{"name": name, "frames": [None] * 6, "boxes_xywh": truth, "absent": None, "description": None}
                  for name, truth in (("scored", truth_scored), ("edge", truth_edge))]
     for sequence in sequences:
-        benchmarks.write_sequence(tmp_path, sequence["name"], noisy_boxes(sequence["boxes_xywh"], rng), [0.1] * 6)
-    both = benchmarks.score(tmp_path, "lasot", sequences)
-    alone = benchmarks.score(tmp_path, "lasot", sequences[:1])
+        TOOLKIT_LAYOUT.write(tmp_path, sequence["name"], noisy_boxes(sequence["boxes_xywh"], rng), [0.1] * 6)
+    both = BENCHMARKS["lasot"].score(tmp_path, sequences)
+    alone = BENCHMARKS["lasot"].score(tmp_path, sequences[:1])
     assert both["per_sequence"]["edge"]["success_auc"] == 0
     assert both["success_auc"] == pytest.approx(alone["success_auc"], abs=1e-12) and alone["success_auc"] > 0
     (_, auc), *_ = lasot_reference(sequences, tmp_path, lambda s: np.zeros(6, int))
     assert close(both["success_auc"], auc)
     # the got10k toolkit's OTB protocol has no such rule: it scores the edge sequence as any other
-    assert benchmarks.score(tmp_path, "otb100", sequences)["per_sequence"]["edge"]["success_auc"] > 0
+    assert BENCHMARKS["otb100"].score(tmp_path, sequences)["per_sequence"]["edge"]["success_auc"] > 0
 
 
 # -----------------------------------------------------------------------------
@@ -248,8 +254,8 @@ def test_normalised_precision_variants_by_hand(benchmark, tmp_path):
     truth = np.array([[5.0, 5.0, 10.0, 20.0]] * 3)
     boxes = truth + [[0, 0, 0, 0], [1.55, 0, 0, 0], [0, 6.1, 0, 0]]
     sequence = {"name": "hand", "frames": ["a", "b", "c"], "boxes_xywh": truth, "absent": None, "description": None}
-    benchmarks.write_sequence(tmp_path, "hand", boxes, [0.1] * 3)
-    report = benchmarks.score(tmp_path, benchmark, [sequence])
+    TOOLKIT_LAYOUT.write(tmp_path, "hand", boxes, [0.1] * 3)
+    report = BENCHMARKS[benchmark].score(tmp_path, [sequence])
     assert report["norm_precision_auc"] == pytest.approx((16 / 3 + 15 * 2 / 3 + 20) / 51, abs=1e-12)
     assert report["norm_precision_at_0.2"] == pytest.approx(2 / 3, abs=1e-12)
     # and the plain precision: 1.55 px and 6.1 px are within 20 px
@@ -263,9 +269,9 @@ def test_an_overlap_of_exactly_13_20_meets_each_toolkits_threshold_as_it_does(tm
     truth = np.array([[2.0, 2.0, 20.0, 10.0]] * 2)
     boxes = np.array([[2.0, 2.0, 20.0, 10.0], [2.0, 2.0, 13.0, 10.0]])
     sequence = {"name": "exact", "frames": ["a", "b"], "boxes_xywh": truth, "absent": None, "description": None}
-    benchmarks.write_sequence(tmp_path, "exact", boxes, [0.1, 0.1])
-    lasot = benchmarks.score(tmp_path, "lasot", [sequence])["success_curve"][13]
-    otb = benchmarks.score(tmp_path, "otb100", [sequence])["success_curve"][13]
+    TOOLKIT_LAYOUT.write(tmp_path, "exact", boxes, [0.1, 0.1])
+    lasot = BENCHMARKS["lasot"].score(tmp_path, [sequence])["success_curve"][13]
+    otb = BENCHMARKS["otb100"].score(tmp_path, [sequence])["success_curve"][13]
     assert lasot == pytest.approx(1.0) and otb == pytest.approx(0.5)
     (curve, _), *_ = lasot_reference([sequence], tmp_path, lambda s: np.zeros(2, int))
     assert curve[13] == pytest.approx(lasot)
@@ -276,12 +282,12 @@ def test_an_overlap_of_exactly_13_20_meets_each_toolkits_threshold_as_it_does(tm
 
 
 def test_init_text_tracks_a_tnl2k_clip_end_to_end(tiny_model_dir, tmp_path):
-    root = synthetic.make_synthetic_benchmark(tmp_path / "data", "tnl2k", sequences=2, frames=4, size=(96, 72))
+    root = make_synthetic_benchmark(tmp_path / "data", "tnl2k", sequences=2, frames=4, size=(96, 72))
     out = tmp_path / "out"
     result = run_main("eval_got10k.py", "--benchmark", "tnl2k", "--data", root, "--init", "text", "--model",
                       tiny_model_dir, "--out", out, "--device", "cpu", "--no-progress", "--batch", "2")
     assert result.returncode == 0, result.stderr
-    sequences = benchmarks.read_sequences("tnl2k", root)
+    sequences = BENCHMARKS["tnl2k"].sequences(root)
     report = json.loads((out / "report.json").read_text())
     assert report["init"] == "text" and report["benchmark"] == "tnl2k" and report["protocol"] == "lasot"
     not_found = []
@@ -304,11 +310,11 @@ def test_init_text_tracks_a_tnl2k_clip_end_to_end(tiny_model_dir, tmp_path):
 
 
 def test_trackingnet_test_split_is_packed_for_its_server(tiny_model_dir, tmp_path):
-    root = synthetic.make_synthetic_benchmark(tmp_path / "data", "trackingnet", sequences=2, frames=3)
+    root = make_synthetic_benchmark(tmp_path / "data", "trackingnet", sequences=2, frames=3)
     result = run_main("eval_got10k.py", "--benchmark", "trackingnet", "--data", root, "--model", tiny_model_dir,
                       "--out", tmp_path / "tn", "--device", "cpu", "--no-progress")
     assert result.returncode == 0, result.stderr
-    names = [s["name"] for s in benchmarks.read_sequences("trackingnet", root)]
+    names = [s["name"] for s in BENCHMARKS["trackingnet"].sequences(root)]
     with zipfile.ZipFile(tmp_path / "tn.zip") as archive:
         assert sorted(archive.namelist()) == sorted(f"{n}.txt" for n in names)
         rows = np.loadtxt(archive.open(f"{names[0]}.txt"), delimiter=",", ndmin=2)
@@ -338,16 +344,16 @@ def test_result_files_as_other_tools_write_them(tmp_path, capsys):
     its speed; a malformed row is named by its line; a missing folder is said to be missing."""
     import eval_got10k
 
-    root = synthetic.make_synthetic_benchmark(tmp_path / "data", "lasot", sequences=2, frames=6, images="empty")
-    sequences = benchmarks.read_sequences("lasot", root)
+    root = make_synthetic_benchmark(tmp_path / "data", "lasot", sequences=2, frames=6, images="empty")
+    sequences = BENCHMARKS["lasot"].sequences(root)
     write_results(tmp_path / "ours", sequences, seed=7)
     (tmp_path / "pytracking").mkdir()
     for sequence in sequences:
         rows = (tmp_path / "ours" / f"{sequence['name']}.txt").read_text().replace(",", "\t")
         (tmp_path / "pytracking" / f"{sequence['name']}.txt").write_text(rows)
         (tmp_path / "pytracking" / f"{sequence['name']}_time.txt").write_text("0.05\n" * 6)
-    ours = benchmarks.score(tmp_path / "ours", "lasot", sequences)
-    theirs = benchmarks.score(tmp_path / "pytracking", "lasot", sequences)
+    ours = BENCHMARKS["lasot"].score(tmp_path / "ours", sequences)
+    theirs = BENCHMARKS["lasot"].score(tmp_path / "pytracking", sequences)
     assert theirs["success_auc"] == ours["success_auc"] and theirs["fps"] == pytest.approx(20.0)
     broken = tmp_path / "pytracking" / f"{sequences[0]['name']}.txt"
     broken.write_text(broken.read_text().replace("\n", "\nabc\tdef\t1\t2\n", 1))
@@ -364,11 +370,11 @@ def test_a_truth_of_no_size_and_a_broken_flag_file(tmp_path, recwarn):
     the frame -1, the OTB code's normalised error never meets a threshold; numpy's division
     warnings stay off the screen. A flag file that is not 0/1 is one line."""
     truth = np.array([[5.0, 5.0, 10.0, 10.0], [0.0, 0.0, 0.0, 0.0], [5.0, 5.0, 10.0, 10.0]])
-    assert benchmarks.lasot_errors(truth + 1, truth)[2][1] == -1
-    assert not (benchmarks.otb_errors(truth + 1, truth)[2][1] <= benchmarks.NORM_PRECISION_THRESHOLDS).any()
+    assert lasot_errors(truth + 1, truth)[2][1] == -1
+    assert not (otb_errors(truth + 1, truth)[2][1] <= NORM_PRECISION_THRESHOLDS).any()
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
-    root = synthetic.make_synthetic_benchmark(tmp_path / "data", "lasot", sequences=1, frames=4, images=False)
+    root = make_synthetic_benchmark(tmp_path / "data", "lasot", sequences=1, frames=4, images=False)
     flags = next(root.glob("*/*/out_of_view.txt"))
     flags.write_text("0,1,x,0\n")
-    with pytest.raises(benchmarks.UserError, match="out_of_view.txt: not a line of 0/1 flags"):
-        benchmarks.read_sequences("lasot", root)
+    with pytest.raises(UserError, match="out_of_view.txt: not a line of 0/1 flags"):
+        BENCHMARKS["lasot"].sequences(root)

@@ -5,8 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from r1track import (clamp_box_xywh_to_frame, clamp_box_xyxy, giou_xyxy, iou_xyxy, xywh_to_xyxy,
-                     xyxy_to_xywh)
+from boxes import clamp_box_xywh_to_frame, clamp_box_xyxy, giou_xyxy, iou_xyxy, xywh_to_xyxy, xyxy_to_xywh
 
 
 def raster(box, size=60):

@@ -5,11 +5,11 @@ import math
 import random
 
 import numpy as np
+import published_r1track
 import pytest
 from PIL import Image
 
-import published_r1track
-from r1track import crop_around, crop_to_frame
+from boxes import crop_around, crop_to_frame
 
 RED = (255, 0, 0)
 
@@ -94,12 +94,11 @@ def test_huge_published_crop_samples_as_opencv_resize(monkeypatch):
     """Above MAX_OPENCV_SIDE the square is not padded first; its pixels are still OpenCV's
     bilinear samples of the frame (nearly to the grey level: the warp's coordinates are
     fixed-point)."""
-    import r1track
 
     frame = np.random.default_rng(4).integers(0, 256, size=(700, 900, 3), dtype=np.uint8)
     box = [600, -40, 300, 250]  # the square hangs over the top and right edges
     exact, _, _, _ = crop_around(frame, box, 4, 336)
-    monkeypatch.setattr(r1track, "MAX_OPENCV_SIDE", 100)
+    monkeypatch.setattr("boxes.MAX_OPENCV_SIDE", 100)
     warped, _, _, _ = crop_around(frame, box, 4, 336)
     difference = np.abs(exact.astype(int) - warped.astype(int))
     assert difference.mean() < 0.5 and np.percentile(difference, 99) <= 2
@@ -127,7 +126,6 @@ def test_big_published_crop_fills_only_the_rows_it_reads(monkeypatch):
     """Squares much bigger than the crop are padded only in the rows the resize reads; the
     rows left unwritten are filled with junk here, and the pixels still equal the published
     crop's, bit for bit."""
-    import r1track
 
     empty, junk_squares = np.empty, []
 
@@ -140,7 +138,7 @@ def test_big_published_crop_fills_only_the_rows_it_reads(monkeypatch):
     rng = np.random.default_rng(8)
     frame_rgb = rng.integers(0, 256, size=(1080, 1920, 3), dtype=np.uint8)
     frame_bgr = np.ascontiguousarray(frame_rgb[..., ::-1])
-    monkeypatch.setattr(r1track.np, "empty", junk_empty)
+    monkeypatch.setattr("boxes.np.empty", junk_empty)
     for _ in range(150):
         w, h = rng.uniform(100, 1500), rng.uniform(100, 1000)
         box = [float(rng.uniform(-w, 1920)), float(rng.uniform(-h, 1080)), float(w), float(h)]
@@ -190,8 +188,9 @@ def test_jpeg_round_trip_decodes_as_pil_decodes(tmp_path):
     import io
 
     import synthetic
-    from data import read_got10k_sequence, read_got10k_split
-    from r1track import jpeg_round_trip, read_frame
+    from benchmarks.got10k import read_got10k_sequence, read_got10k_split
+    from boxes import jpeg_round_trip
+    from frames import read_frame
 
     rng = np.random.default_rng(9)
     ramp = np.linspace(0, 255, 336, dtype=np.float32)
@@ -221,7 +220,9 @@ def test_frames_and_crops_decode_as_pil_with_or_without_direct_rgb(tmp_path, mon
 
     import cv2
 
-    from r1track import UserError, jpeg_round_trip, read_frame
+    from boxes import jpeg_round_trip
+    from cli import UserError
+    from frames import read_frame
 
     if not direct_rgb:
         monkeypatch.delattr(cv2, "IMREAD_COLOR_RGB", raising=False)

@@ -12,14 +12,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_script
 from PIL import Image
 
 import data
-import r1track
 import synthetic
+from answers import parse_prompt_box
+from cli import UserError
+from prompts import QUESTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
-QUESTION = r1track.QUESTIONS["seed"]
+QUESTION = QUESTIONS["seed"]
 
 
 def jpeg(colour, size=224):
@@ -56,7 +59,7 @@ def test_sharegpt_json_with_relative_image_paths(tmp_path):
     records = [{"messages": [{"role": "user", "content": "<image><image>" + QUESTION.format(box="[1,2,3,4]")},
                              {"role": "assistant", "content": "[5,6,7,8]"}],
                 "images": ["img/a.jpg", "img/b.jpg"]},
-               {"conversations": [{"from": "human", "value": "<image><image>" + r1track.QUESTIONS["r1track-100k"].format(box="[9,9,20,20]")},
+               {"conversations": [{"from": "human", "value": "<image><image>" + QUESTIONS["r1track-100k"].format(box="[9,9,20,20]")},
                                   {"from": "gpt", "value": "[1,1,2,2]"}],
                 "images": ["img/a.jpg", "img/b.jpg"]},
                {"messages": [{"role": "user", "content": "no box"}], "images": []}]
@@ -175,7 +178,7 @@ def test_prepare_pairs_is_reproducible_and_in_easyr1_layout(got10k_root, tmp_pat
     assert a.equals(b) and not a.equals(c)
     for row in a.to_pylist():
         assert row["problem"].startswith("<image><image>Please identify")
-        template_box, answer = r1track.parse_prompt_box(row["problem"]), json.loads(row["answer"])
+        template_box, answer = parse_prompt_box(row["problem"]), json.loads(row["answer"])
         assert all(0 <= v <= 112 for v in template_box + answer)
         assert Image.open(io.BytesIO(row["images"][0]["bytes"])).size == (112, 112)
 
@@ -187,13 +190,14 @@ def test_prepare_pairs_bad_folder_is_one_line(tmp_path):
 
 
 def test_a_100k_row_parquet_is_read_without_holding_its_images(tmp_path):
-    import bench
-
     memory = {}
     for rows in (100, 100_000):
         path = tmp_path / f"rows{rows}.parquet"
         image_bytes = synthetic.write_pairs_parquet(path, rows)
-        count, memory[rows] = bench.peak_memory_reading(path)
+        # a fresh process opens it as training does and loads 40 pairs spread over it (tools/bench.py's measurement)
+        result = run_script("tools/bench.py", "--read-parquet", path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        count, memory[rows] = map(int, result.stdout.split())
         assert count == rows
     assert image_bytes > 450e6  # held as Python bytes, the images alone would cost this much
     assert memory[100_000] - memory[100] < 300, memory  # MB of peak resident memory
@@ -217,7 +221,7 @@ def test_prepared_pairs_come_in_row_groups_that_every_reader_reads(got10k_root, 
 def test_parquet_without_images_column_is_one_line_and_plain_bytes_are_images(tmp_path):
     question = "<image><image>" + QUESTION.format(box="[10,20,30,40]")
     pq.write_table(pa.table({"problem": [question], "answer": ["[50,60,70,80]"]}), tmp_path / "texts.parquet")
-    with pytest.raises(r1track.UserError, match="no images column"):
+    with pytest.raises(UserError, match="no images column"):
         data.open_pairs(str(tmp_path / "texts.parquet"), 112)
     pq.write_table(pa.table({"images": [[jpeg("red"), jpeg("blue")]], "problem": [question], "answer": ["[50,60,70,80]"]}),
                    tmp_path / "bytes.parquet")
@@ -240,7 +244,7 @@ def test_validation_that_cannot_be_built_is_an_error(tmp_path):
     pq.write_table(pa.Table.from_pylist([broken, broken]), bad)
     pairs, unusable = data.validation_pairs(data.open_pairs(str(mixed), 112), 64, 1)
     assert len(pairs) == 2 and unusable == 1
-    with pytest.raises(r1track.UserError, match="no usable validation pairs in .*bad.parquet.*2 tried"):
+    with pytest.raises(UserError, match="no usable validation pairs in .*bad.parquet.*2 tried"):
         data.validation_pairs(data.open_pairs(str(bad), 112), 64, 1)
 
     folder = tmp_path / "dataset"
@@ -250,7 +254,7 @@ def test_validation_that_cannot_be_built_is_an_error(tmp_path):
     args = types.SimpleNamespace(data=str(folder), val_data=None, val_fraction=0.0, crop_size=112,
                                  tracking_pairs=0.0, loop="published")
     one = types.SimpleNamespace(world=1, main=True)
-    with pytest.raises(r1track.UserError, match="val.parquet: not in the EasyR1 layout"):
+    with pytest.raises(UserError, match="val.parquet: not in the EasyR1 layout"):
         training.open_data(args, one)
     (folder / "val.parquet").unlink()
     train, val = training.open_data(args, one)  # no val split at all: run without, and say so

@@ -1,15 +1,13 @@
 """The offline demo (track.py --demo with the bundled demo_model/) and its recipe."""
 import json
-import sys
-import types
-from pathlib import Path
 
 import av
 import pytest
+from conftest import run_main, run_script
 
-import make_demo_model
 import r1track
-from conftest import run_main
+import synthetic
+from settings import DEMO_MODEL, load_settings
 
 
 def test_demo_really_tracks_clips_it_never_saw(tmp_path):
@@ -24,13 +22,13 @@ def test_demo_really_tracks_clips_it_never_saw(tmp_path):
 
 
 def test_demo_model_is_small_and_loads_as_a_hub_model_would():
-    if not (r1track.DEMO_MODEL / "config.json").is_file():
-        pytest.fail("demo_model/ is missing: run make_demo_model.py")
-    size = sum(f.stat().st_size for f in r1track.DEMO_MODEL.iterdir())
+    if not (DEMO_MODEL / "config.json").is_file():
+        pytest.fail("demo_model/ is missing: run tools/make_demo_model.py")
+    size = sum(f.stat().st_size for f in DEMO_MODEL.iterdir())
     assert size <= 20 * 2**20
-    model, _ = r1track.load_model(str(r1track.DEMO_MODEL), device="cpu")
+    model, _ = r1track.load_model(str(DEMO_MODEL), device="cpu")
     assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
-    assert r1track.load_settings(str(r1track.DEMO_MODEL)).crop_size == 112
+    assert load_settings(str(DEMO_MODEL)).crop_size == 112
 
 
 @pytest.mark.parametrize("args, message", [
@@ -43,26 +41,18 @@ def test_demo_bad_input_is_one_line(tmp_path, args, message):
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
-def test_demo_model_recipe_runs_end_to_end(tmp_path, monkeypatch, capsys):
-    # the whole recipe in miniature: clips, a random start, SFT, held-out evaluation, copy;
-    # each script it runs runs in this process (conftest.run_main), not in one of its own
-    def in_process(command):
-        _python, script, *args = command
-        result = run_main(Path(script).name, *args)
-        print(result.stdout, end="")
-        print(result.stderr, end="", file=sys.stderr)  # a failed step says why
-        return result
-
-    monkeypatch.setattr(make_demo_model, "subprocess", types.SimpleNamespace(run=in_process))
-    monkeypatch.setitem(make_demo_model.TRAIN_CLIPS, "sequences", 3)
-    monkeypatch.setitem(make_demo_model.TRAIN_CLIPS, "frames", 6)
-    monkeypatch.setitem(make_demo_model.VAL_CLIPS, "sequences", 2)
-    monkeypatch.setitem(make_demo_model.VAL_CLIPS, "frames", 4)
+def test_demo_model_recipe_runs_end_to_end(tmp_path):
+    # the whole recipe in miniature, as a user runs it: clips (small ones made beforehand, which
+    # the recipe keeps), a random start, SFT, held-out evaluation, copy
+    work = tmp_path / "work"
+    synthetic.make_synthetic_got10k(work / "clips", "train", sequences=3, frames=6, seed=100, style="plain")
+    synthetic.make_synthetic_got10k(work / "clips", "val", sequences=2, frames=4, seed=200, style="plain")
     out = tmp_path / "model"
-    assert make_demo_model.main(["--work", str(tmp_path / "work"), "--out", str(out), "--steps", "0.0005"]) == 0
-    assert "AO" in capsys.readouterr().out
+    result = run_script("tools/make_demo_model.py", "--work", work, "--out", out, "--steps", "0.0005")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "AO" in result.stdout
     model, _ = r1track.load_model(str(out), device="cpu")
-    assert r1track.load_settings(str(out)).crop_size == 112
-    for stage, steps in zip(make_demo_model.STAGES, (2, 1)):  # 4000 and 1000 steps, scaled down
-        lines = [json.loads(line) for line in (tmp_path / "work" / stage / "metrics.jsonl").read_text().splitlines()]
+    assert load_settings(str(out)).crop_size == 112
+    for stage, steps in (("sft-published-jitter", 2), ("sft-tracking-pairs", 1)):  # 4000 and 1000 steps, scaled
+        lines = [json.loads(line) for line in (work / stage / "metrics.jsonl").read_text().splitlines()]
         assert max(line["step"] for line in lines) == steps and any("val_iou" in line for line in lines)

@@ -10,20 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import data
-import r1track
-import scoring
-import synthetic
 from conftest import ROOT, ChatServer, main_in_process, run_main, run_script
+
+import synthetic
+from benchmarks import got10k
+from benchmarks.got10k import GOT10K
+from settings import TrackSettings
 
 
 def noisy_results(root, result_dir, seed=0):
     """Result files for every val sequence: the truth jittered, some frames far off, some
     boxes pushed over the image border, some hopeless."""
     rng = np.random.default_rng(seed)
-    for name in data.read_got10k_split(root / "val"):
-        truth = data.read_got10k_sequence(root / "val" / name)["boxes_xywh"]
+    for name in got10k.read_got10k_split(root / "val"):
+        truth = got10k.read_got10k_sequence(root / "val" / name)["boxes_xywh"]
         boxes = truth + rng.normal(0, 6, truth.shape)
         boxes[:, 2:] = np.maximum(boxes[:, 2:], 1)
         far = rng.random(len(boxes)) < 0.15
@@ -31,22 +31,22 @@ def noisy_results(root, result_dir, seed=0):
         boxes[rng.random(len(boxes)) < 0.1, 0] = -30.0   # over the left edge
         boxes[rng.random(len(boxes)) < 0.1, 1] = 230.0   # over the bottom edge
         boxes[0] = truth[0]
-        scoring.write_sequence(result_dir, name, boxes, rng.uniform(0.01, 0.2, len(boxes)))
+        GOT10K.write(result_dir, name, boxes, rng.uniform(0.01, 0.2, len(boxes)))
 
 
 def test_scores_equal_the_official_toolkit(got10k_root, tmp_path):
     from got10k.experiments import ExperimentGOT10k
     from got10k.utils.metrics import rect_iou
 
-    covers = np.concatenate([data.read_got10k_sequence(got10k_root / "val" / n)["cover"][1:]
-                             for n in data.read_got10k_split(got10k_root / "val")])
+    covers = np.concatenate([got10k.read_got10k_sequence(got10k_root / "val" / n)["cover"][1:]
+                             for n in got10k.read_got10k_split(got10k_root / "val")])
     assert (covers == 0).any()  # absent frames are in the data and must be left out
     results = tmp_path / "results" / "GOT-10k" / "ours"
     noisy_results(got10k_root, results)
     experiment = ExperimentGOT10k(str(got10k_root), subset="val", result_dir=str(tmp_path / "results"),
                                   report_dir=str(tmp_path / "reports"))
     official = experiment.report(["ours"])["ours"]
-    ours = scoring.score(results, got10k_root / "val", data.read_got10k_split(got10k_root / "val"))
+    ours = GOT10K.score(results, GOT10K.sequences(got10k_root, "val"))
 
     assert ours["ao"] == pytest.approx(official["overall"]["ao"], abs=1e-12)
     assert ours["sr50"] == pytest.approx(official["overall"]["sr"], abs=1e-12)
@@ -56,8 +56,8 @@ def test_scores_equal_the_official_toolkit(got10k_root, tmp_path):
         assert ours["per_sequence"][name]["ao"] == pytest.approx(row["ao"], abs=1e-12)
     # SR0.75, which the toolkit does not report: the share of its own IoUs above 0.75
     ious = []
-    for name in data.read_got10k_split(got10k_root / "val"):
-        sequence = data.read_got10k_sequence(got10k_root / "val" / name)
+    for name in got10k.read_got10k_split(got10k_root / "val"):
+        sequence = got10k.read_got10k_sequence(got10k_root / "val" / name)
         boxes = np.loadtxt(results / name / f"{name}_001.txt", delimiter=",")
         iou = rect_iou(boxes[1:], sequence["boxes_xywh"][1:].copy(), bound=sequence["resolution"])
         ious.append(iou[sequence["cover"][1:] > 0])
@@ -68,7 +68,7 @@ def test_scores_equal_the_official_toolkit(got10k_root, tmp_path):
 
 def test_bounded_iou_keeps_the_toolkits_edge_rule():
     # x = -10, w = 30 in a 100-wide image: x -> 0 and w stays 30 (clipped only to W - x)
-    a = scoring.bounded_iou([[-10, 0, 30, 10]], [[0, 0, 30, 10]], 100, 100)
+    a = got10k.bounded_iou([[-10, 0, 30, 10]], [[0, 0, 30, 10]], 100, 100)
     assert a[0] == pytest.approx(1.0)
 
 
@@ -91,7 +91,7 @@ def whole_run(got10k_root, sft_warm, tmp_path_factory):
 
 def test_a_full_run_reports_every_number(whole_run, got10k_root):
     out, stdout = whole_run
-    names = data.read_got10k_split(got10k_root / "val")
+    names = got10k.read_got10k_split(got10k_root / "val")
     assert len(box_files(out)) == len(names)
     report = json.loads((out / "report.json").read_text())
     assert {"ao", "sr50", "sr75", "fps", "succ_curve", "per_sequence"} <= set(report)
@@ -114,7 +114,7 @@ def test_killed_run_resumes_to_the_same_results(whole_run, got10k_root, sft_warm
     process.send_signal(signal.SIGKILL)
     process.wait()
     done = len(box_files(broken))
-    assert 2 <= done < len(data.read_got10k_split(got10k_root / "val"))
+    assert 2 <= done < len(got10k.read_got10k_split(got10k_root / "val"))
     again = run_main(*eval_args(got10k_root, sft_warm, broken))
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"{done} already tracked" in again.stdout
@@ -159,7 +159,7 @@ def test_several_result_folders_side_by_side(whole_run, got10k_root, tmp_path):
 def test_malformed_result_file_is_named(got10k_root, tmp_path, damage, message):
     results = tmp_path / "results"
     noisy_results(got10k_root, results)
-    name = data.read_got10k_split(got10k_root / "val")[2]
+    name = got10k.read_got10k_split(got10k_root / "val")[2]
     damage(results / name / f"{name}_001.txt")
     result = run_main("eval_got10k.py", "--data", got10k_root, "--eval-only", results)
     assert result.returncode == 2, result.stdout
@@ -197,8 +197,8 @@ def test_bad_input_is_one_line(got10k_root, args, message, capsys):
 def test_fallbacks_are_counted_for_a_server_that_answers_garbage(got10k_root, tmp_path):
     """A model whose answers never parse is scored on a frozen box: the report says so."""
     settings = tmp_path / "r1track.json"
-    r1track.TrackSettings(crop_size=112).save(tmp_path)
-    names = data.read_got10k_split(got10k_root / "val")[:3]
+    TrackSettings(crop_size=112).save(tmp_path)
+    names = got10k.read_got10k_split(got10k_root / "val")[:3]
     with ChatServer(lambda index, payload: ["I cannot see it", "[1,2,3]", "[50,50,50,90]"][index % 3]) as server:
         result = run_main("eval_got10k.py", "--data", got10k_root, "--server", server.url, "--settings", settings,
                           "--out", tmp_path / "garbage", "--sequences", *names, "--no-progress")

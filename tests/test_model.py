@@ -7,11 +7,24 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from PIL import Image
 
 import r1track
 import synthetic
-from conftest import ROOT
+from answers import answer_confidence
+from prompts import (
+    QWEN2_5_VL_CHAT_TEMPLATE,
+    WORDINGS,
+    _normalised_patches,
+    build_inputs,
+    build_messages,
+    collate,
+    greedy_config,
+    image_patches,
+    vision_token_ids,
+)
+from settings import PUBLISHED_SETTINGS, LoadError, TrackSettings, load_settings, read_settings
 
 BOX = [12.7, 30, 80, 99.9]
 
@@ -30,7 +43,7 @@ def official_processor(tiny, monkeypatch_module):
     monkeypatch_module.setattr(ProcessorMixin, "check_argument_for_proper_class", lambda self, name, arg: type(arg))
     _, processor = tiny
     return Qwen2_5_VLProcessor(image_processor=processor.image_processor, tokenizer=processor.tokenizer,
-                               video_processor=None, chat_template=r1track.QWEN2_5_VL_CHAT_TEMPLATE)
+                               video_processor=None, chat_template=QWEN2_5_VL_CHAT_TEMPLATE)
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +52,15 @@ def monkeypatch_module():
         yield patch
 
 
-@pytest.mark.parametrize("wording", r1track.WORDINGS)
+@pytest.mark.parametrize("wording", WORDINGS)
 @pytest.mark.parametrize("think", [False, True])
 def test_inputs_equal_the_official_processor(tiny, official_processor, wording, think):
     _, processor = tiny
     template, search = random_image(0), random_image(1)
-    messages = r1track.build_messages(BOX, think=think, wording=wording, images=(template, search))
+    messages = build_messages(BOX, think=think, wording=wording, images=(template, search))
     official = official_processor.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
                                                       return_dict=True, return_tensors="pt")
-    ours = r1track.build_inputs(processor, template, search, BOX, think=think, wording=wording)
+    ours = build_inputs(processor, template, search, BOX, think=think, wording=wording)
     assert set(ours) == {"input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw"}
     for key in ours:
         assert torch.equal(ours[key], official[key]), key
@@ -63,10 +76,10 @@ def test_pixels_sent_as_bytes_become_the_processors_pixel_values(tiny, official_
     _, processor = tiny
     pad = processor.tokenizer.pad_token_id
     crops = [(random_image(10 + 2 * k), random_image(11 + 2 * k)) for k in range(3)]
-    sent = [r1track.build_inputs(processor, t, s, BOX, answer="[1,2,3,4]", return_tensors=False,
+    sent = [build_inputs(processor, t, s, BOX, answer="[1,2,3,4]", return_tensors=False,
                                  pixels_as_bytes=True) for t, s in crops]
     assert "pixel_values" not in sent[0] and sent[0]["patch_bytes"].dtype == torch.uint8
-    batch = training.to_device(r1track.collate(sent, pad), "cpu", processor.image_processor)
+    batch = training.to_device(collate(sent, pad), "cpu", processor.image_processor)
     official = official_processor.image_processor(images=[image for pair in crops for image in pair],
                                                   return_tensors="pt")
     assert "patch_bytes" not in batch and torch.equal(batch["pixel_values"], official["pixel_values"])
@@ -82,21 +95,21 @@ def test_cpu_patches_of_any_kept_size_equal_the_processors(tiny, official_proces
     _, processor = tiny
     rng = np.random.default_rng(height * width)
     arrays = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(3)]
-    ours = r1track.image_patches(arrays, processor.image_processor)
+    ours = image_patches(arrays, processor.image_processor)
     official = official_processor.image_processor(images=[Image.fromarray(a) for a in arrays], return_tensors="pt")
     assert torch.equal(ours["image_grid_thw"], official["image_grid_thw"])
     assert torch.equal(ours["pixel_values"], official["pixel_values"])
     # and the CPU path itself, which image_patches takes only for sizes the processor keeps
-    assert torch.equal(r1track._normalised_patches(arrays, processor.image_processor), official["pixel_values"])
+    assert torch.equal(_normalised_patches(arrays, processor.image_processor), official["pixel_values"])
 
 
 def test_answer_tokens_and_labels(tiny, official_processor):
     _, processor = tiny
     template, search = random_image(2), random_image(3)
-    messages = r1track.build_messages(BOX, images=(template, search)) + [
+    messages = build_messages(BOX, images=(template, search)) + [
         {"role": "assistant", "content": "[3,40,57,99]"}]
     official = official_processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt")
-    ours = r1track.build_inputs(processor, template, search, BOX, answer="[3,40,57,99]")
+    ours = build_inputs(processor, template, search, BOX, answer="[3,40,57,99]")
     # the official rendering ends the turn with "<|im_end|>\n"; training stops at the end token
     assert torch.equal(ours["input_ids"], official["input_ids"][:, :-1])
     labels = ours["labels"][0]
@@ -130,12 +143,29 @@ def test_tiny_checkpoint_is_small_and_safetensors(tiny_model_dir, tiny):
     assert settings["crop_size"] == 112 and settings["wording"] == "seed"
 
 
-def test_tiny_checkpoint_loads_with_plain_transformers(tiny_model_dir):
-    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+def test_tiny_checkpoint_loads_with_plain_transformers(tiny_model_dir, tiny):
+    """The folder is a checkpoint as the hub has them: plain transformers loads the same weights,
+    and its own tokenizer and image processor encode a question as ours do."""
+    from transformers import AutoImageProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    image_processor = AutoImageProcessor.from_pretrained(tiny_model_dir, backend="pil")
+    ours, processor = tiny
     assert model.config.text_config.vocab_size == len(tokenizer)
+    weights = dict(ours.named_parameters())
+    assert {n for n, _ in model.named_parameters()} == set(weights)
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
+    template, search = random_image(1), random_image(2)
+    messages = build_messages(BOX, images=(template, search))
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert prompt.count("<|vision_start|><|image_pad|><|vision_end|>") == 2  # its template keeps the images
+    vision = image_processor(images=[template, search], return_tensors="pt")
+    inputs = build_inputs(processor, template, search, BOX)
+    assert torch.equal(vision["image_grid_thw"], inputs["image_grid_thw"])
+    assert torch.equal(vision["pixel_values"], inputs["pixel_values"])
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, ours(**inputs).logits)
 
 
 def test_same_seed_same_weights(tmp_path, tiny):
@@ -147,11 +177,34 @@ def test_same_seed_same_weights(tmp_path, tiny):
     assert not all(torch.equal(p, weights[n]) for n, p in other.named_parameters())
 
 
-def test_generate_from_build_inputs(tiny):
+def test_generate_answers_decodes_the_greedy_tokens_and_their_confidence(tiny):
+    """generate_answers on build_inputs gives, for each row, the text of the tokens a forward
+    pass at a time would choose greedily (vision tokens never), and answer_confidence of the
+    log-probabilities of those choices."""
     model, processor = tiny
-    inputs = r1track.build_inputs(processor, random_image(4), random_image(5), BOX)
-    answers = r1track.generate_answers(model, processor, inputs, r1track.greedy_config(processor, 6))
-    assert len(answers) == 1 and isinstance(answers[0], str)
+    tokenizer = processor.tokenizer
+    config = greedy_config(processor, 6)
+    config.min_new_tokens = 6  # random weights would end at once: six real choices
+    inputs = build_inputs(processor, random_image(4), random_image(5), BOX)
+    texts, confidences = r1track.generate_answers(model, processor, inputs, config, confidences=True)
+    ids, chosen, logprobs = inputs["input_ids"], [], []
+    ends = {tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id}
+    with torch.no_grad():
+        for step in range(6):
+            batch = {**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids),
+                     "mm_token_type_ids": torch.nn.functional.pad(inputs["mm_token_type_ids"], (0, step))}
+            logits = model(**batch).logits[0, -1].float()
+            logits[vision_token_ids(tokenizer)] = float("-inf")
+            logits[list(ends)] = float("-inf")  # min_new_tokens holds the end back
+            token = int(logits.argmax())
+            chosen.append(token)
+            logprobs.append(float(logits.log_softmax(-1)[token]))
+            ids = torch.cat([ids, torch.tensor([[token]])], 1)
+    assert texts == [tokenizer.decode(chosen, skip_special_tokens=True)]
+    expected = answer_confidence(tokenizer, chosen, logprobs)
+    assert (confidences[0] is None) == (expected is None)
+    if expected is not None:
+        assert confidences[0] == pytest.approx(expected, abs=1e-5)
 
 
 def test_left_padded_batch_equals_rows_one_by_one(tiny):
@@ -160,14 +213,14 @@ def test_left_padded_batch_equals_rows_one_by_one(tiny):
     model, processor = tiny
     pad = processor.tokenizer.pad_token_id
     examples = [
-        r1track.build_inputs(processor, random_image(6), random_image(7), BOX, return_tensors=False),
-        r1track.build_inputs(processor, random_image(8), random_image(9), BOX, think=True, return_tensors=False),
+        build_inputs(processor, random_image(6), random_image(7), BOX, return_tensors=False),
+        build_inputs(processor, random_image(8), random_image(9), BOX, think=True, return_tensors=False),
     ]
     assert len(examples[0]["input_ids"]) != len(examples[1]["input_ids"])
     with torch.no_grad():
-        alone = torch.cat([model(**r1track.collate([e], pad)).logits[:, -1] for e in examples])
-        batched = model(**r1track.collate(examples, pad)).logits[:, -1]
-        batch = r1track.collate(examples, pad)
+        alone = torch.cat([model(**collate([e], pad)).logits[:, -1] for e in examples])
+        batched = model(**collate(examples, pad)).logits[:, -1]
+        batch = collate(examples, pad)
         batch.pop("mm_token_type_ids")
         without_types = model(**batch).logits[:, -1]
     assert torch.allclose(alone, batched, atol=1e-5)
@@ -177,10 +230,10 @@ def test_left_padded_batch_equals_rows_one_by_one(tiny):
 def test_left_padding_ends_every_row_with_its_answer(tiny):
     _, processor = tiny
     pad = processor.tokenizer.pad_token_id
-    examples = [r1track.build_inputs(processor, random_image(i), random_image(i + 1), BOX, answer=answer,
+    examples = [build_inputs(processor, random_image(i), random_image(i + 1), BOX, answer=answer,
                                      return_tensors=False)
                 for i, answer in ((10, "[1,2,3,4]"), (12, "[100,200,300,310]"))]
-    batch = r1track.collate(examples, pad)
+    batch = collate(examples, pad)
     width = batch["input_ids"].shape[1]
     for row, example in enumerate(examples):
         n = len(example["input_ids"])
@@ -193,24 +246,24 @@ def test_left_padding_ends_every_row_with_its_answer(tiny):
 
 
 def test_settings_round_trip_and_published_defaults(tmp_path):
-    r1track.TrackSettings(wording="r1track-100k", think=True, crop_size=224, loop="lenient").save(tmp_path)
-    assert r1track.load_settings(str(tmp_path)) == r1track.TrackSettings("r1track-100k", True, 224, loop="lenient")
-    assert r1track.load_settings(str(tmp_path / "r1track.json")).crop_size == 224  # the file itself
-    assert r1track.load_settings("WangBiao/R1-Track-GRPO-wo-Think-100k").wording == "r1track-100k"
-    assert r1track.load_settings("WangBiao/R1-Track-GRPO-5k").think is True
-    assert r1track.load_settings("WangBiao/R1-Track-SFT-5k-lora") == r1track.TrackSettings()
-    assert all(s.loop == "published" for s in r1track.PUBLISHED_SETTINGS.values())
+    TrackSettings(wording="r1track-100k", think=True, crop_size=224, loop="lenient").save(tmp_path)
+    assert load_settings(str(tmp_path)) == TrackSettings("r1track-100k", True, 224, loop="lenient")
+    assert load_settings(str(tmp_path / "r1track.json")).crop_size == 224  # the file itself
+    assert load_settings("WangBiao/R1-Track-GRPO-wo-Think-100k").wording == "r1track-100k"
+    assert load_settings("WangBiao/R1-Track-GRPO-5k").think is True
+    assert load_settings("WangBiao/R1-Track-SFT-5k-lora") == TrackSettings()
+    assert all(s.loop == "published" for s in PUBLISHED_SETTINGS.values())
 
 
 def test_a_settings_file_from_before_loops_means_the_lenient_loop(tmp_path):
     """Checkpoints saved before the loop setting existed were trained on antialiased crops."""
     (tmp_path / "r1track.json").write_text('{"wording": "seed", "think": false, "crop_size": 112}')
-    assert r1track.load_settings(str(tmp_path)).loop == "lenient"
+    assert load_settings(str(tmp_path)).loop == "lenient"
 
 
 def test_a_checkpoint_without_settings_gets_the_defaults_said_on_stderr(tmp_path, capsys):
-    assert r1track.read_settings(str(tmp_path)) is None
-    assert r1track.load_settings(str(tmp_path)) == r1track.TrackSettings()
+    assert read_settings(str(tmp_path)) is None
+    assert load_settings(str(tmp_path)) == TrackSettings()
     note = capsys.readouterr().err.strip().splitlines()
     assert len(note) == 1 and str(tmp_path) in note[0] and "default settings (wording seed" in note[0]
 
@@ -223,18 +276,19 @@ def test_a_checkpoint_without_settings_gets_the_defaults_said_on_stderr(tmp_path
 ])
 def test_unreadable_settings_are_an_error_not_the_defaults(tmp_path, text, message):
     (tmp_path / "r1track.json").write_text(text)
-    with pytest.raises(r1track.LoadError, match=message) as error:
-        r1track.load_settings(str(tmp_path))
+    with pytest.raises(LoadError, match=message) as error:
+        load_settings(str(tmp_path))
     assert str(tmp_path) in str(error.value) and "\n" not in str(error.value)
 
 
 HUB_SCRIPT = """
-import json, r1track
+import json
+from settings import LoadError, read_settings
 out = {}
 for repo in ["org/with-settings", "org/no-settings", "org/private"]:
     try:
-        out[repo] = r1track.read_settings(repo).describe() if r1track.read_settings(repo) else None
-    except r1track.LoadError as error:
+        out[repo] = read_settings(repo).describe() if read_settings(repo) else None
+    except LoadError as error:
         out[repo] = "LoadError: " + str(error)
 print(json.dumps(out))
 """
@@ -291,12 +345,13 @@ def test_hub_settings_through_a_hub_on_this_machine(tmp_path):
 
 OFFLINE_SCRIPT = """
 import json, r1track
+from settings import LoadError, read_settings
 out = {}
 for repo in ["org/full", "org/adapter", "org/with-settings", "org/known-absent", "org/uncached"]:
     try:
-        found = r1track.read_settings(repo)
+        found = read_settings(repo)
         out[repo] = found.describe() if found else None
-    except r1track.LoadError as error:
+    except LoadError as error:
         out[repo] = "LoadError: " + str(error)
 out["adapter base"] = r1track._adapter_base("org/adapter")
 print(json.dumps(out))

@@ -9,15 +9,20 @@ import shutil
 
 import cv2
 import numpy as np
+import published_r1track
 import pytest
 import torch
+from conftest import ChatServer, run_main, run_script
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import data
-import published_r1track
 import r1track
-from conftest import ChatServer, run_main, run_script
+from benchmarks import got10k
+from boxes import crop_around
+from frames import read_frame
+from prompts import build_inputs
+from settings import LoadError, TrackSettings
 
 # -----------------------------------------------------------------------------
 # Checkpoints as published
@@ -26,7 +31,7 @@ from conftest import ChatServer, run_main, run_script
 def random_pair_inputs(processor, seed=0, size=112):
     rng = np.random.default_rng(seed)
     template, search = (Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(2))
-    return r1track.build_inputs(processor, template, search, [10, 12, 60, 70])
+    return build_inputs(processor, template, search, [10, 12, 60, 70])
 
 
 def logits_of(model, processor, seed=0):
@@ -88,7 +93,7 @@ def test_adapter_whose_keys_match_nothing_is_an_error(adapters, tmp_path):
     weights = load_file(broken / "adapter_model.safetensors")
     save_file({k.replace("base_model.model.", "base_model.model.decoder."): v for k, v in weights.items()},
               broken / "adapter_model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(r1track.LoadError, match="not every weight of this adapter") as error:
+    with pytest.raises(LoadError, match="not every weight of this adapter") as error:
         r1track.load_model(str(broken), device="cpu")
     assert "\n" not in str(error.value) and "weights missing from it" in str(error.value)
 
@@ -100,7 +105,7 @@ def test_adapter_missing_one_tensor_is_an_error(adapters, tmp_path):
     gone = sorted(weights)[5]
     del weights[gone]
     save_file(weights, broken / "adapter_model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(r1track.LoadError, match="1 weights missing"):
+    with pytest.raises(LoadError, match="1 weights missing"):
         r1track.load_model(str(broken), device="cpu")
 
 
@@ -155,7 +160,7 @@ def test_checkpoint_with_a_removed_tensor_is_a_one_line_error(tiny_model_dir, tm
     weights = load_file(broken / "model.safetensors")
     del weights["model.layers.1.mlp.down_proj.weight"]
     save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(r1track.LoadError, match=r"1 weights missing from it \(model.language_model.layers.1.mlp"):
+    with pytest.raises(LoadError, match=r"1 weights missing from it \(model.language_model.layers.1.mlp"):
         r1track.load_model(str(broken), device="cpu")
     clip = tmp_path / "frames"
     clip.mkdir()
@@ -174,9 +179,9 @@ def published_pair_folders(got10k_root, folder, count, seed=0):
     [2, 8], centre moved by up to a fifth of the side), written with cv2.imwrite, boxes as
     int-truncated x1,y1,x2,y2 text files, one pair_NNNNNN folder each."""
     rng = np.random.default_rng(seed)
-    names = data.read_got10k_split(got10k_root / "val")
+    names = got10k.read_got10k_split(got10k_root / "val")
     for index in range(count):
-        sequence = data.read_got10k_sequence(got10k_root / "val" / names[index % len(names)])
+        sequence = got10k.read_got10k_sequence(got10k_root / "val" / names[index % len(names)])
         pair = folder / f"pair_{index + 1:06d}"
         pair.mkdir(parents=True)
         frames = rng.choice(np.nonzero(sequence["cover"] > 0)[0], size=2, replace=False)
@@ -318,9 +323,9 @@ def test_published_loop_reproduces_the_published_script(tmp_path, think):
         theirs = published_r1track.track_video(clip, server.url, model_name="R1-Track", think=think)
     assert len(theirs["boxes_xywh"]) == 18
 
-    sequence = data.read_got10k_sequence(clip)
-    frames = [r1track.read_frame(path) for path in sequence["frames"]]
-    settings = r1track.TrackSettings(think=think)  # the published defaults: seed wording, 336 px, factors 4
+    sequence = got10k.read_got10k_sequence(clip)
+    frames = [read_frame(path) for path in sequence["frames"]]
+    settings = TrackSettings(think=think)  # the published defaults: seed wording, 336 px, factors 4
     with ChatServer(scripted(answers), model="R1-Track") as server:
         tracker = r1track.Tracker(server=server.url, settings=settings)
         tracker.init(frames[0], sequence["boxes_xywh"][0])
@@ -347,7 +352,7 @@ def test_published_loop_reproduces_the_published_script(tmp_path, think):
         assert np.array_equal(search, decode_data_url(search_url))
 
     for t, their_crop in enumerate(theirs["search_crops"], start=1):  # before JPEG: OpenCV's crop
-        crop, _, _, _ = r1track.crop_around(frames[t], ours[t - 1], 4, 336)
+        crop, _, _, _ = crop_around(frames[t], ours[t - 1], 4, 336)
         assert np.array_equal(crop, their_crop[..., ::-1])
 
 

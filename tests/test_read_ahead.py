@@ -5,9 +5,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 import r1track
-from conftest import ROOT
+from cli import UserError, frame_readers, leave_a_core_for_reading
+from frames import in_background, read_ahead
 
 
 def test_read_ahead_keeps_order_overlaps_and_bounds_the_frames_in_flight():
@@ -24,7 +26,7 @@ def test_read_ahead_keeps_order_overlaps_and_bounds_the_frames_in_flight():
         return path * 10
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        frames = r1track.read_ahead(range(12), pool, read=slow_read, ahead=3)
+        frames = read_ahead(range(12), pool, read=slow_read, ahead=3)
         assert next(frames) == 0
         time.sleep(0.1)  # while the tracker works on frame 0, the next ones are decoded
         assert len(started) == 4  # frames 1-3 ahead (and frame 0), no more
@@ -40,9 +42,9 @@ def test_read_ahead_raises_a_bad_frame_in_its_turn(tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not a jpeg")
     with ThreadPoolExecutor(max_workers=2) as pool:
-        frames = r1track.read_ahead([good, good, bad, good], pool)
+        frames = read_ahead([good, good, bad, good], pool)
         assert next(frames).shape == (8, 8, 3) and next(frames).shape == (8, 8, 3)
-        with pytest.raises(r1track.UserError, match="bad.jpg"):
+        with pytest.raises(UserError, match="bad.jpg"):
             next(frames)
 
 
@@ -54,7 +56,7 @@ def test_in_background_produces_ahead_and_stops_with_its_user():
             produced.append(k)
             yield k
 
-    items = r1track.in_background(numbers(), ahead=4)
+    items = in_background(numbers(), ahead=4)
     assert [next(items) for _ in range(3)] == [0, 1, 2]
     time.sleep(0.2)
     assert len(produced) <= 3 + 4 + 1  # the queue bounds how far the producer runs ahead
@@ -70,7 +72,7 @@ def test_in_background_hands_over_the_producers_error():
         yield 1
         raise ValueError("decoder failed")
 
-    items = r1track.in_background(broken())
+    items = in_background(broken())
     assert next(items) == 1
     with pytest.raises(ValueError, match="decoder failed"):
         next(items)
@@ -85,14 +87,14 @@ def test_a_cpu_model_leaves_a_core_to_the_readers(monkeypatch):
     try:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
         torch.set_num_threads(3)
-        r1track.leave_a_core_for_reading()
+        leave_a_core_for_reading()
         assert torch.get_num_threads() == 2
         torch.set_num_threads(1)
-        r1track.leave_a_core_for_reading()
+        leave_a_core_for_reading()
         assert torch.get_num_threads() == 1
         monkeypatch.setenv("OMP_NUM_THREADS", "3")
         torch.set_num_threads(3)
-        r1track.leave_a_core_for_reading()
+        leave_a_core_for_reading()
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(threads)
@@ -103,7 +105,7 @@ def test_a_reader_starts_reading_when_made():
     must be on their way before the first is asked for."""
     started = threading.Event()
     with ThreadPoolExecutor(max_workers=2) as pool:
-        frames = r1track.read_ahead(range(5), pool, read=lambda path: started.set() or path, ahead=2)
+        frames = read_ahead(range(5), pool, read=lambda path: started.set() or path, ahead=2)
         assert started.wait(timeout=5)  # nothing asked yet
         assert list(frames) == [0, 1, 2, 3, 4]
 
@@ -118,8 +120,8 @@ def test_frame_readers_leave_the_models_cores_to_it(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     for threads, readers in ((7, 1), (8, 1), (6, 2), (2, 4)):
         monkeypatch.setattr(torch, "get_num_threads", lambda threads=threads: threads)
-        assert r1track.frame_readers(True, 4) == readers, threads
-        assert r1track.frame_readers(False, 4) == 4
+        assert frame_readers(True, 4) == readers, threads
+        assert frame_readers(False, 4) == 4
 
 
 def test_the_tracking_scripts_cut_crops_on_their_own_thread():

@@ -5,7 +5,7 @@ makes each band of the shaping easy to reach: (0,0.4) -> 0, (0.75,0.95) -> +0.2,
 """
 import pytest
 
-from r1track import reward
+from answers import reward
 
 GT = [0, 0, 10, 10]
 

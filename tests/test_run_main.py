@@ -7,7 +7,6 @@ import types
 import warnings
 
 import torch
-
 from conftest import run_main
 
 

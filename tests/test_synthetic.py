@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import data
 import synthetic
+from benchmarks import got10k
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def test_official_toolkit_reads_it(got10k_root):
 
 
 def test_targets_move_change_scale_and_get_hidden(got10k_root):
-    sequences = [data.read_got10k_sequence(got10k_root / "val" / n) for n in data.read_got10k_split(got10k_root / "val")]
+    sequences = [got10k.read_got10k_sequence(got10k_root / "val" / n) for n in got10k.read_got10k_split(got10k_root / "val")]
     for s in sequences:
         boxes = s["boxes_xywh"]
         assert np.ptp(boxes[:, 0]) > 5 or np.ptp(boxes[:, 1]) > 5
@@ -49,8 +49,8 @@ def _patch(frame_path, box_xywh):
 def test_ground_truth_follows_the_drawn_target(got10k_root):
     """In fully visible frames the patch under the ground-truth box looks like the first
     frame's target; the same box moved by its own width does not."""
-    for name in data.read_got10k_split(got10k_root / "val"):
-        s = data.read_got10k_sequence(got10k_root / "val" / name)
+    for name in got10k.read_got10k_split(got10k_root / "val"):
+        s = got10k.read_got10k_sequence(got10k_root / "val" / name)
         target = _patch(s["frames"][0], s["boxes_xywh"][0])
         same, moved = [], []
         for t in np.nonzero(s["cover"] == 8)[0][1:]:
@@ -64,7 +64,7 @@ def test_same_seed_same_data(tmp_path):
     a = synthetic.make_synthetic_got10k(tmp_path / "a", "val", sequences=2, frames=5, seed=3)
     b = synthetic.make_synthetic_got10k(tmp_path / "b", "val", sequences=2, frames=5, seed=3)
     c = synthetic.make_synthetic_got10k(tmp_path / "c", "val", sequences=2, frames=5, seed=4)
-    name = data.read_got10k_split(a)[0]
+    name = got10k.read_got10k_split(a)[0]
     assert (a / name / "groundtruth.txt").read_text() == (b / name / "groundtruth.txt").read_text()
     assert (a / name / "00000003.jpg").read_bytes() == (b / name / "00000003.jpg").read_bytes()
     assert (a / name / "groundtruth.txt").read_text() != (c / name / "groundtruth.txt").read_text()
@@ -72,7 +72,7 @@ def test_same_seed_same_data(tmp_path):
 
 def test_test_split_has_only_the_first_box(tmp_path):
     split = synthetic.make_synthetic_got10k(tmp_path, "test", sequences=2, frames=6)
-    s = data.read_got10k_sequence(split / data.read_got10k_split(split)[0])
+    s = got10k.read_got10k_sequence(split / got10k.read_got10k_split(split)[0])
     assert s["boxes_xywh"].shape == (1, 4) and len(s["frames"]) == 6 and "cover" not in s
 
 
@@ -81,7 +81,7 @@ def test_prepare_data_synthetic_command(tmp_path):
                              "--sequences", "3", "--frames", "4", "--size", "160x120", "--seed", "5"],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    names = data.read_got10k_split(tmp_path / "train")
+    names = got10k.read_got10k_split(tmp_path / "train")
     assert names == ["GOT-10k_Train_000001", "GOT-10k_Train_000002", "GOT-10k_Train_000003"]
     assert Image.open(tmp_path / "train" / names[0] / "00000004.jpg").size == (160, 120)
 

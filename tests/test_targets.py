@@ -9,13 +9,14 @@ import threading
 import av
 import numpy as np
 import pytest
+from conftest import main_in_process, run_main
 from PIL import Image
 
-import data
 import r1track
 import synthetic
-from conftest import main_in_process, run_main
-
+from benchmarks import got10k
+from frames import read_frame
+from settings import DEMO_MODEL
 
 
 def run_track(*args):
@@ -48,12 +49,12 @@ def plain_clip(tmp_path_factory):
     out of frames 21 to 30 (its box filled with the background's grey): frames, truth, cover."""
     root = tmp_path_factory.mktemp("plain")
     split = synthetic.make_synthetic_got10k(root, "val", sequences=1, frames=40, seed=7, style="plain")
-    sequence = data.read_got10k_sequence(split / data.read_got10k_split(split)[0])
+    sequence = got10k.read_got10k_sequence(split / got10k.read_got10k_split(split)[0])
     folder = root / "hidden"
     folder.mkdir()
     cover = sequence["cover"].copy()
     for t, path in enumerate(sequence["frames"]):
-        frame = r1track.read_frame(path)
+        frame = read_frame(path)
         if t in HIDDEN:
             x, y, w, h = sequence["boxes_xywh"][t]
             grey = np.median(frame.reshape(-1, 3), axis=0)
@@ -70,7 +71,7 @@ def test_two_targets_in_one_run_give_each_targets_own_boxes(plain_clip, tmp_path
     x, y, w, h = plain_clip["boxes_xywh"][0]
     first = f"{x:.2f},{y:.2f},{x + w:.2f},{y + h:.2f}"
     second = "20,30,70,90@5"
-    common = ["--video", folder, "--model", r1track.DEMO_MODEL, "--device", "cpu", "--no-video"]
+    common = ["--video", folder, "--model", DEMO_MODEL, "--device", "cpu", "--no-video"]
     alone_1 = run_track(*common, "--box", first, "--out", tmp_path / "one")
     alone_2 = run_track(*common, "--box", second, "--out", tmp_path / "two")
     (tmp_path / "targets.txt").write_text(f"# two targets\n{first}\n\n{second}\n")
@@ -104,13 +105,13 @@ def search_shows_target(previous_xywh, truth_xywh, visible, factor):
 def test_confidence_is_lower_where_the_search_crop_holds_no_target(plain_clip, tmp_path):
     x, y, w, h = plain_clip["boxes_xywh"][0]
     result = run_track("--video", plain_clip["frames"][0].parent, "--box", f"{x},{y},{w},{h}", "--box-format", "xywh",
-                       "--model", r1track.DEMO_MODEL, "--device", "cpu", "--out", tmp_path, "--no-video")
+                       "--model", DEMO_MODEL, "--device", "cpu", "--out", tmp_path, "--no-video")
     assert result.returncode == 0, result.stderr[-2000:]
     confidence = np.loadtxt(tmp_path / "confidence.txt")
     boxes = rows(tmp_path / "boxes.txt")
     assert confidence.shape == (len(plain_clip["frames"]),) and ((0 <= confidence) & (confidence <= 1)).all()
     assert np.array_equal(np.loadtxt(tmp_path / "lost.txt"), (confidence < r1track.LOST_BELOW).astype(float))
-    factor = json.loads((r1track.DEMO_MODEL / "r1track.json").read_text())["search_factor"]
+    factor = json.loads((DEMO_MODEL / "r1track.json").read_text())["search_factor"]
     shows = np.array([search_shows_target(boxes[t - 1], plain_clip["boxes_xywh"][t], plain_clip["cover"][t] > 0,
                                           factor) for t in range(1, len(boxes))])
     assert shows.sum() >= 5 and (~shows).sum() >= 3, "the clip must have frames of both kinds"
@@ -137,12 +138,12 @@ def test_realtime_drops_what_the_model_cannot_keep_up_with(plain_clip, http_serv
     """A 40-frame stream at 400 frames/s, served over HTTP: the model takes longer than a
     frame's 2.5 ms, so frames are dropped; every tracked frame is the newest at its time, and
     its box is written with its frame number."""
-    frames = [r1track.read_frame(f) for f in plain_clip["frames"]]
+    frames = [read_frame(f) for f in plain_clip["frames"]]
     write_video(tmp_path / "live.ts", frames, fps=400)
     x, y, w, h = plain_clip["boxes_xywh"][0]
     out = tmp_path / "out"
     result = run_track("--video", f"{http_server}/live.ts", "--box", f"{x},{y},{w},{h}", "--box-format", "xywh",
-                       "--realtime", "--model", r1track.DEMO_MODEL, "--device", "cpu", "--out", out)
+                       "--realtime", "--model", DEMO_MODEL, "--device", "cpu", "--out", out)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((out / "realtime.json").read_text())
     tracked = np.loadtxt(out / "frames.txt", dtype=int)

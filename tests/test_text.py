@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from r1track import answer_tag_content, build_messages, parse_answer, parse_prompt_box, think_format_ok
+from answers import answer_tag_content, parse_answer, parse_prompt_box, think_format_ok
+from prompts import build_messages
 
 SEED_TEXT = ("Please identify the target specified by the bounding box [241,66,329,154] in the first image "
              "and locate it in the second image. \n Return the coordinates in [x_min,y_min,x_max,y_max] format.")

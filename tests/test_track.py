@@ -9,22 +9,24 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from conftest import ChatServer, main_in_process, run_main
 from PIL import Image
 
-import data
 import r1track
-from conftest import ChatServer, main_in_process, run_main
+from benchmarks import got10k
+from boxes import clamp_box_xyxy, iou_xyxy, xywh_to_xyxy, xyxy_to_xywh
+from settings import DEMO_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def clipped_iou(a_xywh, b_xywh, size):
     """IoU after clipping both boxes to the frame, as GOT-10k scores."""
-    clip = lambda b: r1track.clamp_box_xyxy(r1track.xywh_to_xyxy(b), max(size))  # noqa: E731
+    clip = lambda b: clamp_box_xyxy(xywh_to_xyxy(b), max(size))  # noqa: E731
     a, b = clip(a_xywh), clip(b_xywh)
     a = [min(a[0], size[0]), min(a[1], size[1]), min(a[2], size[0]), min(a[3], size[1])]
     b = [min(b[0], size[0]), min(b[1], size[1]), min(b[2], size[0]), min(b[3], size[1])]
-    return r1track.iou_xyxy(a, b)
+    return iou_xyxy(a, b)
 
 
 class Oracle:
@@ -38,7 +40,7 @@ class Oracle:
     def __call__(self, template, search, template_box_xyxy):
         if self.visible is not None and not self.visible[self.frame]:
             return "I cannot see it"
-        scale, origin, _ = self.tracker.search_geometry
+        scale, origin, _ = self.tracker.search_crop
         x, y, w, h = self.boxes[self.frame]
         box = [(x - origin[0]) * scale, (y - origin[1]) * scale, (x + w - origin[0]) * scale, (y + h - origin[1]) * scale]
         return json.dumps([round(v) for v in box])
@@ -64,8 +66,8 @@ def test_oracle_answers_reproduce_the_ground_truth(got10k_root):
     """With an answer_fn that knows the true box, the loop's crops and mappings give the
     ground truth back; only integer rounding is left."""
     ious = []
-    for name in data.read_got10k_split(got10k_root / "val"):
-        sequence = data.read_got10k_sequence(got10k_root / "val" / name)
+    for name in got10k.read_got10k_split(got10k_root / "val"):
+        sequence = got10k.read_got10k_sequence(got10k_root / "val" / name)
         tracker = r1track.Tracker(answer_fn=lambda *a: oracle(*a))
         oracle = Oracle(tracker, sequence["boxes_xywh"])
         boxes = track_with(tracker, oracle, load_frames(sequence), sequence["boxes_xywh"][0])
@@ -77,7 +79,7 @@ def test_oracle_answers_reproduce_the_ground_truth(got10k_root):
 
 
 def test_garbage_answers_keep_the_initial_box(got10k_root):
-    sequence = data.read_got10k_sequence(got10k_root / "val" / data.read_got10k_split(got10k_root / "val")[0])
+    sequence = got10k.read_got10k_sequence(got10k_root / "val" / got10k.read_got10k_split(got10k_root / "val")[0])
     frames = load_frames(sequence)
     for garbage in ("", "no idea", "[1,2,3]", "[50,50,10,10]", "[400,400,500,500]"):
         tracker = r1track.Tracker(answer_fn=lambda *a: garbage)
@@ -88,7 +90,7 @@ def test_garbage_answers_keep_the_initial_box(got10k_root):
 
 
 def test_pytracking_interface_and_numpy_frames(got10k_root):
-    sequence = data.read_got10k_sequence(got10k_root / "val" / data.read_got10k_split(got10k_root / "val")[1])
+    sequence = got10k.read_got10k_sequence(got10k_root / "val" / got10k.read_got10k_split(got10k_root / "val")[1])
     frames = load_frames(sequence)[:6]
     first = list(sequence["boxes_xywh"][0])
     a = r1track.Tracker(answer_fn=lambda *x: oracle_a(*x))
@@ -111,7 +113,7 @@ def test_got10k_toolkit_runs_the_tracker(got10k_root, tmp_path):
     experiment = ExperimentGOT10k(str(got10k_root), subset="val", result_dir=str(tmp_path / "results"),
                                   report_dir=str(tmp_path / "reports"))
     experiment.run(tracker)
-    names = data.read_got10k_split(got10k_root / "val")
+    names = got10k.read_got10k_split(got10k_root / "val")
     record = np.loadtxt(tmp_path / "results" / "GOT-10k" / "fixed" / names[0] / f"{names[0]}_001.txt", delimiter=",")
     assert record.shape == (24, 4)
     assert not (tmp_path / "results" / "GOT-10k" / "fixed" / names[0] / f"{names[0]}_002.txt").exists()
@@ -149,18 +151,17 @@ def test_recovery_finds_a_target_that_jumped_while_hidden():
     frames = moving_red_box_clip(positions)
     final_ious = {}
     for recover in (False, True):
-        tracker = r1track.Tracker(answer_fn=lambda *a: oracle(*a), recover=recover)
-        oracle = Oracle(tracker, truth, visible=visible)
+        oracle = Oracle(None, truth, visible=visible)
 
-        def answer(template, search, template_box, oracle=oracle, tracker=tracker):
+        def answer(template, search, template_box, oracle=oracle):
             # a detector that sees the target only when it lies inside the search crop
-            scale, origin, _ = tracker.search_geometry
+            scale, origin, _ = oracle.tracker.search_crop
             x, y, w, h = truth[oracle.frame]
             inside = 0 <= (x - origin[0]) * scale and (x + w - origin[0]) * scale <= 336 and \
                 0 <= (y - origin[1]) * scale and (y + h - origin[1]) * scale <= 336
             return Oracle.__call__(oracle, template, search, template_box) if inside else "not here"
 
-        tracker.answerer = r1track.function_answerer(answer)
+        tracker = oracle.tracker = r1track.Tracker(answer_fn=answer, recover=recover)
         result = track_with(tracker, oracle, frames, truth[0])
         final_ious[recover] = clipped_iou(result[-1], truth[-1], frames[0].size)
     assert final_ious[False] < 0.1 and final_ious[True] > 0.9, final_ious
@@ -210,7 +211,7 @@ def write_clip(path, frames, fps=10):
 
 @pytest.fixture(scope="module")
 def clip(got10k_root, tmp_path_factory):
-    sequence = data.read_got10k_sequence(got10k_root / "val" / data.read_got10k_split(got10k_root / "val")[0])
+    sequence = got10k.read_got10k_sequence(got10k_root / "val" / got10k.read_got10k_split(got10k_root / "val")[0])
     path = tmp_path_factory.mktemp("clip") / "clip.mp4"
     write_clip(path, load_frames(sequence)[:12])
     x, y, w, h = sequence["boxes_xywh"][0]
@@ -237,7 +238,7 @@ def test_track_py_writes_one_row_and_frame_per_input_frame(clip, tiny_model_dir,
     assert result.returncode == 0, result.stderr[-2000:]
     boxes = np.loadtxt(tmp_path / "boxes.txt", delimiter=",")
     assert boxes.shape == (12, 4)
-    assert boxes[0] == pytest.approx(r1track.xyxy_to_xywh([float(v) for v in box.split(",")]), abs=1e-3)
+    assert boxes[0] == pytest.approx(xyxy_to_xywh([float(v) for v in box.split(",")]), abs=1e-3)
     assert np.loadtxt(tmp_path / "times.txt").shape == (12,)
     assert count_video_frames(tmp_path / "tracked.mp4") == 12
     assert "12 frames" in result.stdout and "fallbacks" in result.stdout and "FPS" in result.stdout
@@ -245,7 +246,7 @@ def test_track_py_writes_one_row_and_frame_per_input_frame(clip, tiny_model_dir,
 
 
 def test_track_py_frame_folder_with_a_broken_frame(got10k_root, tiny_model_dir, tmp_path):
-    sequence = data.read_got10k_sequence(got10k_root / "val" / data.read_got10k_split(got10k_root / "val")[0])
+    sequence = got10k.read_got10k_sequence(got10k_root / "val" / got10k.read_got10k_split(got10k_root / "val")[0])
     folder = tmp_path / "frames"
     folder.mkdir()
     for t, frame in enumerate(load_frames(sequence)[:6]):
@@ -324,7 +325,7 @@ def test_settings_named_apart_from_the_served_name(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "my-finetune" in lines[0] and "--settings" in lines[0]
 
-    result, image = run_against("my-finetune", "--settings", r1track.DEMO_MODEL)
+    result, image = run_against("my-finetune", "--settings", DEMO_MODEL)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (image.format, image.size) == ("PNG", (112, 112)) and "note:" not in result.stderr
     assert "112-px crops, template/search factors 4/4, loop lenient" in result.stdout

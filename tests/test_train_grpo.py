@@ -9,12 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, run_main, run_script
 from safetensors.torch import load_file
 
 import data
 import r1track
 import train_grpo
-from conftest import ROOT, run_main, run_script
+from answers import reward
+from prompts import build_inputs, collate, greedy_config, vision_token_ids
+from settings import TrackSettings
 from train_grpo import group_advantages, kl_low_var, policy_loss
 
 # -- the maths --
@@ -64,14 +67,14 @@ def test_logprobs_are_those_of_the_rollout_distribution(sft_warm, pairs16):
     """What the loss computes for a sampled answer is what generate sampled it from."""
     model, processor = r1track.load_model(str(sft_warm), device="cpu")
     pairs = [data.open_pairs(str(pairs16), 112).load(i) for i in range(3)]
-    examples = [r1track.build_inputs(processor, p.template, p.search, p.template_box_xyxy, return_tensors=False)
+    examples = [build_inputs(processor, p.template, p.search, p.template_box_xyxy, return_tensors=False)
                 for p in pairs]
-    pad, suppressed = processor.tokenizer.pad_token_id, r1track.vision_token_ids(processor.tokenizer)
-    config = r1track.greedy_config(processor, 16)
+    pad, suppressed = processor.tokenizer.pad_token_id, vision_token_ids(processor.tokenizer)
+    config = greedy_config(processor, 16)
     config.do_sample, config.temperature, config.top_k = True, 0.7, 0
     config.output_logits, config.return_dict_in_generate = True, True
     torch.manual_seed(0)
-    batch = r1track.collate(examples, pad)
+    batch = collate(examples, pad)
     with torch.no_grad():
         out = model.generate(**batch, generation_config=config)
     answers = out.sequences[:, batch["input_ids"].shape[1]:]
@@ -242,7 +245,7 @@ def test_truncated_answers_are_scored(sft_warm, pairs16, tmp_path):
 def test_a_reward_that_raises_stops_the_run(sft_warm, pairs16, tmp_path, monkeypatch, capsys):
     """A broken reward would leave the KL term alone training the model: the run stops at once,
     one line naming the answer it broke on, and no step is recorded."""
-    real, calls = r1track.reward, []
+    real, calls = reward, []
 
     def flaky(*args, **kwargs):
         calls.append(1)
@@ -250,7 +253,7 @@ def test_a_reward_that_raises_stops_the_run(sft_warm, pairs16, tmp_path, monkeyp
             raise RuntimeError("a reward that breaks")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(r1track, "reward", flaky)
+    monkeypatch.setattr(train_grpo, "reward", flaky)
     out = tmp_path / "grpo"
     code = train_grpo.main(grpo_args(sft_warm, pairs16, out, "--prompts-per-step", "3", "--group-size", "2",
                                      "--updates-per-batch", "1", "--max-steps", "2")[1:])
@@ -261,6 +264,23 @@ def test_a_reward_that_raises_stops_the_run(sft_warm, pairs16, tmp_path, monkeyp
     assert errors[0].startswith("error: the reward raised RuntimeError: a reward that breaks, on the answer '")
     assert "true box [" in errors[0]
     assert not (out / "metrics.jsonl").exists() or not [m for m in read_metrics(out) if "reward_mean" in m]
+
+
+def test_a_step_collates_each_answer_once_for_both_of_its_passes(sft_warm, pairs16, tmp_path, monkeypatch):
+    """The rollout collates its prompts once; each micro-batch is collated once, and the same
+    batch serves the sampling log-probabilities and the update (not collated again for each)."""
+    real, collated = train_grpo.collate, []
+
+    def counting(examples, pad):
+        collated.append(len(examples))
+        return real(examples, pad)
+
+    monkeypatch.setattr(train_grpo, "collate", counting)
+    code = train_grpo.main(grpo_args(sft_warm, pairs16, tmp_path / "grpo", "--prompts-per-step", "3", "--group-size",
+                                     "2", "--updates-per-batch", "1", "--batch-size", "2", "--max-steps", "1",
+                                     "--no-save")[1:])
+    assert code == 0
+    assert collated == [6, 2, 2, 2]  # 3 questions x 2 answers in one generate call, then 3 micro-batches
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -278,7 +298,7 @@ def test_bad_grpo_flags(sft_warm, pairs16, tmp_path, extra, message, capsys):
 def test_questions_default_to_those_the_init_model_was_trained_on(tmp_path):
     """GRPO from an SFT output asks the wording, crop size and loop it was trained with,
     unless the flags say otherwise."""
-    r1track.TrackSettings(wording="r1track-100k", crop_size=224, loop="lenient").save(tmp_path)
+    TrackSettings(wording="r1track-100k", crop_size=224, loop="lenient").save(tmp_path)
     parser = train_grpo.build_parser()
 
     def checked(*flags):

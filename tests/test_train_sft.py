@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_main
 from safetensors.torch import load_file
 
 import data
 import r1track
-from conftest import run_main
+from answers import parse_answer
+from boxes import iou_xyxy
+from prompts import build_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,9 +60,9 @@ def test_memorises_16_pairs(sft_run, pairs16):
     # and it answers the pairs it was taught (checked here outside the training script)
     source = data.open_pairs(str(pairs16), 112)
     pair = source.load(0)
-    inputs = r1track.build_inputs(processor, pair.template, pair.search, pair.template_box_xyxy)
+    inputs = build_inputs(processor, pair.template, pair.search, pair.template_box_xyxy)
     answer = r1track.generate_answers(model, processor, inputs)[0]
-    assert r1track.iou_xyxy(r1track.parse_answer(answer), pair.search_box_xyxy) > 0.5, answer
+    assert iou_xyxy(parse_answer(answer), pair.search_box_xyxy) > 0.5, answer
 
 
 def test_lora_adapter_output_and_merge(tiny_model_dir, pairs16, tmp_path):

@@ -2,13 +2,13 @@
 batched streams, in one process, on one model and the same clips, checking that every
 variant gives exactly the naive loop's boxes.
 
-  python bench.py                                 # the demo checkpoint on this machine
-  python bench.py --model runs/sft --device cuda --json bench.json
-  python bench.py --architecture 3b --device cuda # Qwen2.5-VL-3B's shape, random weights
-  python bench.py --train --device cuda           # SFT tokens/s and peak memory: LoRA, QLoRA, full
-  python bench.py --recovery                      # AO with and without target-loss recovery
-  python bench.py --confidence --json conf.json   # how well the confidence tells good frames from lost ones
-  python bench.py --pipeline --json pipeline.json # host ms per frame at 1080p, read-ahead overlap, data workers
+  python tools/bench.py                                 # the demo checkpoint on this machine
+  python tools/bench.py --model runs/sft --device cuda --json bench.json
+  python tools/bench.py --architecture 3b --device cuda # Qwen2.5-VL-3B's shape, random weights
+  python tools/bench.py --train --device cuda           # SFT tokens/s and peak memory: LoRA, QLoRA, full
+  python tools/bench.py --recovery                      # AO with and without target-loss recovery
+  python tools/bench.py --confidence --json conf.json   # how well the confidence tells good frames from lost ones
+  python tools/bench.py --pipeline --json pipeline.json # host ms per frame at 1080p, read-ahead overlap, data workers
 
 Variants (per-frame latency and frames/s, medians of --repeats runs):
   naive           the whole prompt through `generate` every frame, one sequence at a time
@@ -21,6 +21,7 @@ Variants (per-frame latency and frames/s, medians of --repeats runs):
 
 from __future__ import annotations
 
+import argparse
 import copy
 import datetime
 import json
@@ -31,22 +32,31 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import r1track
-import scoring
-import synthetic
-from data import WORKER_CHUNK, Got10kPairs, PairStream, read_got10k_sequence, read_got10k_split
-from fast_decoder import FastAnswerer
+ROOT = Path(__file__).resolve().parents[1]  # the project: a tool runs from tools/ on its modules
+sys.path.insert(0, str(ROOT))
 
-ROOT = Path(__file__).resolve().parent
+import frame_loop  # noqa: E402
+import r1track  # noqa: E402
+import synthetic  # noqa: E402
+from benchmarks import got10k  # noqa: E402
+from benchmarks.got10k import GOT10K  # noqa: E402
+from benchmarks.results import track_sequences  # noqa: E402
+from cli import (ArgumentParser, UserError, frame_readers, leave_a_core_for_reading, opencv_on_one_thread,  # noqa: E402
+                 script_main, write_atomic)
+from data import WORKER_CHUNK, Got10kPairs, PairStream, open_pairs  # noqa: E402
+from fast_decoder import FastAnswerer  # noqa: E402
+from frames import read_frame  # noqa: E402
+from prompts import load_processor  # noqa: E402
+from settings import DEMO_MODEL, TrackSettings, load_settings  # noqa: E402
+
 TRAIN_BATCH = 4  # pairs per step in the training benchmark, as train_sft.py's default
 
 
 def build_parser():
-    parser = r1track.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default=str(r1track.DEMO_MODEL), help="hub id or folder (default: the demo checkpoint)")
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default=str(DEMO_MODEL), help="hub id or folder (default: the demo checkpoint)")
     parser.add_argument("--architecture", choices=["3b"], help="instead of --model: random weights in the shape of "
                         "Qwen2.5-VL-3B (answers held to --answer-tokens tokens)")
     parser.add_argument("--answer-tokens", type=int, default=17, help="answer length forced on random weights")
@@ -67,6 +77,7 @@ def build_parser():
                         "and AO with and without confidence-driven recovery")
     parser.add_argument("--train-steps", type=int, default=10, help="optimizer steps timed per training mode")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--read-parquet", help=argparse.SUPPRESS)  # the process peak_memory_reading measures
     return parser
 
 
@@ -82,16 +93,16 @@ def load(args):
     dtype = getattr(torch, args.dtype) if args.dtype else None
     if not args.architecture:
         model, processor = r1track.load_model(args.model, dtype=dtype, device=device)
-        return model, processor, model.r1track_settings or r1track.load_settings(args.model)
+        return model, processor, model.r1track_settings or load_settings(args.model)
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     with tempfile.TemporaryDirectory() as folder:  # its tokenizer and image processor, with no download
-        processor = r1track.load_processor(str(synthetic.save_tiny_model(Path(folder) / "tiny")))
+        processor = load_processor(str(synthetic.save_tiny_model(Path(folder) / "tiny")))
     with torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration._from_config(
             synthetic.qwen2_5_vl_config(processor.tokenizer, synthetic.QWEN2_5_VL_3B_SHAPE),
             dtype=dtype or r1track.default_dtype(device), attn_implementation=r1track.default_attention(device))
-    return model.eval(), processor, r1track.TrackSettings(crop_size=336)
+    return model.eval(), processor, TrackSettings(crop_size=336)
 
 
 # -----------------------------------------------------------------------------
@@ -102,36 +113,34 @@ def make_clips(streams, frames, seed=0):
     """Synthetic sequences (frames as RGB arrays, first boxes) made on the spot."""
     with tempfile.TemporaryDirectory() as folder:
         split = synthetic.make_synthetic_got10k(folder, "val", sequences=streams, frames=frames, seed=seed, style="plain")
-        clips = []
-        for name in read_got10k_split(split):
-            sequence = read_got10k_sequence(split / name)
-            clips.append(([r1track.read_frame(f) for f in sequence["frames"]], sequence["boxes_xywh"][0]))
-    return clips
+        return [([read_frame(f) for f in sequence["frames"]], sequence["boxes_xywh"][0])
+                for sequence in GOT10K.sequences(split.parent, split.name)]
+
+
+def in_memory(frames):
+    """Decoded frames as a frame source of the frame loop."""
+    return frame_loop.Sequence(((index, frame, None) for index, frame in enumerate(frames)), [], len(frames))
 
 
 def run_variant(answerer, settings, clips, batch):
-    """Track every clip, `batch` of them per answerer call; returns (boxes, seconds per
-    frame, answerer calls)."""
-    base = r1track.Tracker(answer_fn=lambda *a: "", crop_size=settings.crop_size, think=settings.think,
-                           wording=settings.wording, template_factor=settings.template_factor,
-                           search_factor=settings.search_factor, loop=settings.loop)
-    base.answerer = answerer
-    boxes, tracked, elapsed, calls = [], 0, 0.0, 0
-    for start in range(0, len(clips), batch):
-        group = clips[start:start + batch]
-        trackers = [copy.copy(base) for _ in group]
-        for tracker, (frames, first_box) in zip(trackers, group):
-            tracker.init(frames[0], first_box)
-        group_boxes = [[list(box)] for _, box in group]
-        started = time.perf_counter()
-        for t in range(1, len(group[0][0])):
-            for row, box in enumerate(r1track.update_batch(trackers, [frames[t] for frames, _ in group])):
-                group_boxes[row].append(box)
-            calls += 1
-        elapsed += time.perf_counter() - started
-        tracked += len(group) * (len(group[0][0]) - 1)
-        boxes += group_boxes
-    return boxes, elapsed / tracked, calls
+    """Track every clip, `batch` of them per answerer call, through the frame loop; returns
+    (boxes, seconds per frame after the first, answerer calls)."""
+    calls = [0]
+
+    def counted(requests):
+        calls[0] += 1
+        return answerer(requests)
+
+    tracker = r1track.Tracker(answerer=counted, settings=settings)
+    boxes, elapsed = [[] for _ in clips], [0.0]
+
+    def keep(result):
+        boxes[result.sequence].append(result.targets[0].box_xywh)
+        elapsed[0] += result.seconds if result.index else 0.0
+
+    frame_loop.run([in_memory(frames)._replace(starts=[frame_loop.Start(copy.copy(tracker), first_box)])
+                    for frames, first_box in clips], keep, batch=batch)
+    return boxes, elapsed[0] / sum(len(frames) - 1 for frames, _ in clips), calls[0]
 
 
 def count_forwards(model):
@@ -219,49 +228,53 @@ def time_forward(model):
     return spent, hooks
 
 
-def run_streams(tracker, sequences, batch, spent, pool=None, stages=None, cutting=None) -> float:
-    """Track the sequences `batch` at a time and return the seconds it took (first frames left
-    out). The model answers every frame (and is timed), but the box kept is the ideal detector's
-    (oracle_answer): a model that never saw 336-px crops would otherwise wander into crops of
-    any size. Frames are read ahead by `pool` or, without one, in turn; a batch's crops are cut
-    by the threads of `cutting` at once, as eval_got10k.py cuts them. With `stages` (a dict
-    of lists), each stage's milliseconds per frame are added to it: decode (reading the frame),
-    crop (the search crop and its JPEG round trip), inputs (from the answerer's call to the
-    model's first pass: the crop's pixel tensors, the rows' ids), model (forward passes),
-    decode_loop (the fast decoder between passes), answer (parsing, mapping back)."""
-    def readers_of(group):
-        return [r1track.read_ahead(s["frames"], pool) if pool else map(r1track.read_frame, s["frames"]) for s in group]
+def run_streams(tracker, sequences, batch, spent, readers=0, croppers=1, stages=None) -> float:
+    """Track the sequences `batch` at a time through the frame loop and return the seconds it
+    took (first frames left out). The model answers every frame (and is timed), but the box
+    kept is the ideal detector's (oracle_answer): a model that never saw 336-px crops would
+    otherwise wander into crops of any size. `readers` threads read the frames ahead (0: in
+    turn), `croppers` cut a step's crops at once, as eval_got10k.py cuts them. With `stages`
+    (a dict of lists), each stage's milliseconds per frame are added to it: decode (reading
+    the frame), crop (the search crop and its JPEG round trip), inputs (from the answerer's
+    call to the model's first pass: the crop's pixel tensors, the rows' ids), model (forward
+    passes), decode_loop (the fast decoder between passes), answer (parsing, mapping back)."""
+    truths = {}  # per tracker: the true boxes of the frames it will be asked about
+    timings, inside = {}, {"inputs": [], "model": [], "oracle": []}
 
-    elapsed = 0.0
-    groups = [sequences[start:start + batch] for start in range(0, len(sequences), batch)]
-    upcoming = readers_of(groups[0])
-    for index, group in enumerate(groups):
-        # the next group's frames are read while this one is tracked, as eval_got10k.py reads them
-        readers, upcoming = upcoming, readers_of(groups[index + 1]) if index + 1 < len(groups) else None
-        trackers = [copy.copy(tracker) for _ in group]
-        for each, frames, sequence in zip(trackers, readers, group):
-            each.init(next(frames), sequence["boxes_xywh"][0])
-        for t in range(1, len(group[0]["frames"])):
-            clock = started = time.perf_counter()
-            frames = [next(reader) for reader in readers]
-            clock, decode = time.perf_counter(), time.perf_counter() - clock
-            requests = r1track.batch_requests(trackers, frames, cutting)
-            clock, crop = time.perf_counter(), time.perf_counter() - clock
-            spent["s"], spent["first"] = 0.0, None
-            tracker.answerer(requests)
-            # inputs: from the call to the model's first pass (the crops' pixel tensors, the rows' ids);
-            # at a sequence's first frame that pass is its prefix's, and the rest falls in decode_loop
-            inputs = spent["first"] - clock
-            clock, answering = time.perf_counter(), time.perf_counter() - clock
-            for each, sequence in zip(trackers, group):
-                each.accept(oracle_answer(each, sequence["boxes_xywh"][t]))
-            answer = time.perf_counter() - clock
-            elapsed += time.perf_counter() - started
-            if stages is not None:
-                for name, seconds in (("decode", decode), ("crop", crop), ("inputs", inputs), ("model", spent["s"]),
-                                      ("decode_loop", max(answering - spent["s"] - inputs, 0.0)), ("answer", answer)):
-                    stages.setdefault(name, []).append(1000 * seconds / len(group))
-    return elapsed
+    def answer_then_oracle(trackers, requests):
+        called = time.perf_counter()
+        spent["s"], spent["first"] = 0.0, None
+        tracker.answerer(requests)
+        # inputs: from the call to the model's first pass (the crops' pixel tensors, the rows' ids);
+        # at a sequence's first frame that pass is its prefix's, and the rest falls in decode_loop
+        inside["inputs"].append((spent["first"] - called) / len(requests))
+        inside["model"].append(spent["s"] / len(requests))
+        clock = time.perf_counter()
+        answers = [oracle_answer(request, each.settings.crop_size, next(truths[id(each)]))
+                   for each, request in zip(trackers, requests)]
+        inside["oracle"].append((time.perf_counter() - clock) / len(requests))
+        return answers
+
+    runs = []
+    for sequence in sequences:
+        each = copy.copy(tracker)
+        truths[id(each)] = iter(sequence["boxes_xywh"][1:])
+        runs.append(frame_loop.Sequence(list(sequence["frames"]), [frame_loop.Start(each, sequence["boxes_xywh"][0])]))
+    elapsed = [0.0]
+
+    def add(result):
+        elapsed[0] += result.seconds if result.index else 0.0
+
+    frame_loop.run(runs, add, batch=batch, readers=readers, answer=answer_then_oracle, timings=timings,
+                   croppers=croppers)
+    if stages is not None:
+        answered = [total - inputs - model - oracle for total, inputs, model, oracle in
+                    zip(timings["answer"], inside["inputs"], inside["model"], inside["oracle"])]
+        for name, values in (("decode", timings["read"]), ("crop", timings["crop"]), ("inputs", inside["inputs"]),
+                             ("model", inside["model"]), ("decode_loop", [max(v, 0.0) for v in answered]),
+                             ("answer", [a + o for a, o in zip(timings["accept"], inside["oracle"])])):
+            stages.setdefault(name, []).extend(1000 * v for v in values)
+    return elapsed[0]
 
 
 def example_rate(source, processor, workers, count) -> float:
@@ -283,28 +296,28 @@ def example_rate(source, processor, workers, count) -> float:
     return rate
 
 
-# peak resident memory from VmHWM: the reading process's own (ru_maxrss would carry the caller's over exec)
-READ_AND_REPORT_MEMORY = """
-import re, sys
-import data
-source = data.open_pairs(sys.argv[1], 112)
-pairs = [source.load(index) for index in range(0, len(source), max(1, len(source) // 40))]
-peak_kb = int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
-print(len(source), peak_kb // 1024)
-"""
-
-
 def peak_memory_reading(path, cache=None) -> tuple[int, int]:
-    """(rows, peak resident MB) of a fresh process that opens a parquet of pairs as training
-    does and loads 40 pairs spread over it; `cache`: its R1TRACK_CACHE (where the images'
-    Arrow copy is made)."""
+    """(rows, peak resident MB) of a fresh process (this script with --read-parquet) that opens
+    a parquet of pairs as training does and loads 40 pairs spread over it; `cache`: its
+    R1TRACK_CACHE (where the images' Arrow copy is made)."""
     env = dict(os.environ, **({"R1TRACK_CACHE": str(cache)} if cache else {}))
-    result = subprocess.run([sys.executable, "-c", READ_AND_REPORT_MEMORY, str(path)], cwd=ROOT, env=env,
+    result = subprocess.run([sys.executable, __file__, "--read-parquet", str(path)], cwd=ROOT, env=env,
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"reading {path} failed: {result.stderr[-2000:]}")
     rows, megabytes = map(int, result.stdout.split())
     return rows, megabytes
+
+
+def read_parquet_and_report_memory(path) -> int:
+    """--read-parquet: open a parquet as training does, load 40 pairs spread over it, print the
+    rows and this process's peak resident MB (VmHWM: its own, where ru_maxrss would carry the
+    caller's over exec)."""
+    source = open_pairs(path, 112)
+    [source.load(index) for index in range(0, len(source), max(1, len(source) // 40))]
+    peak_kb = int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+    print(len(source), peak_kb // 1024)
+    return 0
 
 
 def bench_pipeline(args) -> dict:
@@ -317,29 +330,29 @@ def bench_pipeline(args) -> dict:
 
     model, processor, settings = load(args)
     if model.device.type == "cpu":
-        r1track.leave_a_core_for_reading()  # as track.py and eval_got10k.py do
-    r1track.opencv_on_one_thread()  # as they do
+        leave_a_core_for_reading()  # as track.py and eval_got10k.py do
+    opencv_on_one_thread()  # as they do
     # the published loop (OpenCV crops, JPEG), the one the published checkpoints run; the demo
     # model, taught on 112-px lenient crops, only lends its weights and processor here
     settings = dataclasses.replace(settings, crop_size=336, loop="published")
     forced = args.answer_tokens  # a box's length: the demo model was never taught 336-px crops
-    tracker = r1track.Tracker((model, processor), settings=settings)
-    tracker.answerer = FastAnswerer(model, processor, settings, max_new_tokens=forced, min_new_tokens=forced)
+    tracker = r1track.Tracker(answerer=FastAnswerer(model, processor, settings, max_new_tokens=forced,
+                                                    min_new_tokens=forced), settings=settings)
     spent, hooks = time_forward(model)
-    readers = r1track.frame_readers(model.device.type == "cpu", most=4)  # as eval_got10k.py reads ahead
+    readers = frame_readers(model.device.type == "cpu", most=4)  # as eval_got10k.py reads ahead
+    croppers = min(args.streams, os.cpu_count() or 1)  # as eval_got10k.py cuts a step's crops
     results = {"threads": torch.get_num_threads(), "readers": readers, "opencv_threads": cv2.getNumThreads()}
-    with tempfile.TemporaryDirectory() as folder, ThreadPoolExecutor(max_workers=readers) as pool, \
-            ThreadPoolExecutor(max_workers=min(args.streams, os.cpu_count() or 1)) as cutting:
+    with tempfile.TemporaryDirectory() as folder:
         split = synthetic.make_synthetic_got10k(folder, "val", sequences=args.streams, frames=args.frames,
                                                 size=(1920, 1080), style="plain", seed=11)
-        sequences = [read_got10k_sequence(split / name) for name in read_got10k_split(split)]
+        sequences = GOT10K.sequences(split.parent, split.name)
         tracked = sum(len(s["frames"]) - 1 for s in sequences)
         for batch in (1, args.streams):
             stages, in_turn, ahead = {}, [], []
             for _ in range(args.repeats):
                 run_streams(tracker, sequences, batch, spent, stages=stages)
-                in_turn.append(tracked / run_streams(tracker, sequences, batch, spent, cutting=cutting))
-                ahead.append(tracked / run_streams(tracker, sequences, batch, spent, pool=pool, cutting=cutting))
+                in_turn.append(tracked / run_streams(tracker, sequences, batch, spent, croppers=croppers))
+                ahead.append(tracked / run_streams(tracker, sequences, batch, spent, readers, croppers))
             # the model's rate from its total time, as the loops' rates are (its slow frames count)
             model_alone = 1000 / sum(statistics.mean(stages[name]) for name in ("model", "decode_loop", "inputs"))
             stages = {name: statistics.median(values) for name, values in stages.items()}
@@ -382,13 +395,12 @@ def bench_pipeline(args) -> dict:
 # Target-loss recovery
 
 
-def oracle_answer(tracker, box_xywh, visible=True) -> str:
-    """What an ideal detector answers: the true box in the tracker's current search crop,
-    rounded as a model writes it, or nothing when the target is hidden or outside the crop."""
-    scale, origin, _ = tracker.search_geometry
+def oracle_answer(request, size: int, box_xywh, visible=True) -> str:
+    """What an ideal detector answers: the true box in the request's search crop (of `size`
+    pixels), rounded as a model writes it, or nothing when the target is hidden or outside it."""
+    scale, origin, _ = request.search_crop
     x, y, w, h = box_xywh
     box = [(x - origin[0]) * scale, (y - origin[1]) * scale, (x + w - origin[0]) * scale, (y + h - origin[1]) * scale]
-    size = tracker.settings.crop_size
     in_view = visible and box[0] < size and box[1] < size and box[2] > 0 and box[3] > 0
     return json.dumps([round(v) for v in box]) if in_view else "I cannot see the target."
 
@@ -407,37 +419,35 @@ LOOP_VARIANTS = {"published_loop": ("published", False), "with_recovery": ("publ
                  "lenient_loop": ("lenient", False)}
 
 
+def oracle_tracker(truth, cover, loop, recover):
+    """A Tracker of one sequence answered by the ideal detector: its n-th request is about frame n."""
+    settings = TrackSettings(loop=loop)
+    frame = iter(range(1, len(truth)))
+
+    def answer(requests):
+        return [oracle_answer(request, settings.crop_size, truth[t], cover[t] > 0)
+                for request, t in zip(requests, frame)]
+
+    return r1track.Tracker(answerer=answer, settings=settings, recover=recover)
+
+
 def recovery_on_clips(args, speed) -> dict:
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         split = synthetic.make_synthetic_got10k(folder, "val", sequences=args.streams, frames=args.frames, seed=7,
-                                              speed=speed)
-        names = read_got10k_split(split)
+                                                speed=speed)
+        sequences = GOT10K.sequences(split.parent, split.name)
         for key, (loop, recover) in LOOP_VARIANTS.items():
             out = Path(folder) / key
-            fallbacks = edge_holds = 0
-            for name in names:
-                sequence = read_got10k_sequence(split / name)
-                truth, cover = sequence["boxes_xywh"], sequence["cover"]
-                frame_index = {"t": 0}  # the frame being answered, for the detector
-                tracker = r1track.Tracker(answer_fn=lambda *a: oracle_answer(
-                    tracker, truth[frame_index["t"]], cover[frame_index["t"]] > 0), recover=recover, loop=loop)
-                boxes = [list(truth[0])]
-                for t, path in enumerate(sequence["frames"]):
-                    frame = r1track.read_frame(path)
-                    frame_index["t"] = t
-                    if t == 0:
-                        tracker.init(frame, truth[0])
-                    else:
-                        boxes.append(tracker.update(frame))
-                fallbacks, edge_holds = fallbacks + tracker.fallbacks, edge_holds + tracker.edge_holds
-                scoring.write_sequence(out, name, boxes, [1.0] * len(boxes))
-            report = scoring.score(out, split, names)
-            results[key] = {"ao": report["ao"], "sr50": report["sr50"], "sr75": report["sr75"], "fallbacks": fallbacks,
-                            "edge_holds": edge_holds}
-            print(f"speed {speed[0]:g}-{speed[1]:g} px/frame  {key:<15} AO {report['ao']:.3f}  SR0.5 {report['sr50']:.3f}  "
-                  f"SR0.75 {report['sr75']:.3f}  ({fallbacks} frames without an answer, {edge_holds} boxes held at "
-                  "the frame edge)", flush=True)
+            trackers = [oracle_tracker(s["boxes_xywh"], s["cover"], loop, recover) for s in sequences]
+            for tracker, sequence in zip(trackers, sequences):
+                track_sequences(tracker, GOT10K, [sequence], out, batch=1, progress=False, readers=0)
+            report = GOT10K.score(out, sequences)
+            results[key] = {"ao": report["ao"], "sr50": report["sr50"], "sr75": report["sr75"],
+                            "fallbacks": report["fallbacks"], "edge_holds": report["edge_holds"]}
+            print(f"speed {speed[0]:g}-{speed[1]:g} px/frame  {key:<15} AO {report['ao']:.3f}  "
+                  f"SR0.5 {report['sr50']:.3f}  SR0.75 {report['sr75']:.3f}  ({report['fallbacks']} frames without "
+                  f"an answer, {report['edge_holds']} boxes held at the frame edge)", flush=True)
     return results
 
 
@@ -474,19 +484,21 @@ def bench_confidence(args) -> dict:
         with tempfile.TemporaryDirectory() as folder:
             split = synthetic.make_synthetic_got10k(folder, "val", sequences=args.streams, frames=args.frames,
                                                   seed=11, style=style, hiding=True)
-            sequences = [read_got10k_sequence(split / name) for name in read_got10k_split(split)]
-            decoded = [[r1track.read_frame(path) for path in s["frames"]] for s in sequences]  # once, for all variants
+            sequences = GOT10K.sequences(split.parent, split.name)
+            decoded = [[read_frame(path) for path in s["frames"]] for s in sequences]  # once, for all variants
             for variant, (recover, lost_below) in CONFIDENCE_VARIANTS.items():
                 tracker = r1track.Tracker((model, processor), settings=settings, recover=recover, lost_below=lost_below)
-                trackers = [copy.copy(tracker) for _ in sequences]
-                for copy_, sequence, frames in zip(trackers, sequences, decoded):
-                    copy_.init(frames[0], sequence["boxes_xywh"][0])
                 boxes, confidence = [[] for _ in sequences], [[] for _ in sequences]
-                for t in range(1, args.frames):
-                    for k, box in enumerate(r1track.update_batch(trackers, [frames[t] for frames in decoded])):
-                        boxes[k].append(box)
-                        confidence[k].append(trackers[k].confidence)
-                ious = np.concatenate([scoring.bounded_iou(np.array(b), s["boxes_xywh"][1:], *s["resolution"])
+
+                def keep(result):
+                    if result.index:
+                        boxes[result.sequence].append(result.targets[0].box_xywh)
+                        confidence[result.sequence].append(result.targets[0].confidence)
+
+                frame_loop.run([in_memory(frames)._replace(starts=[frame_loop.Start(copy.copy(tracker),
+                                                                                    sequence["boxes_xywh"][0])])
+                                for frames, sequence in zip(decoded, sequences)], keep, batch=len(sequences))
+                ious = np.concatenate([got10k.bounded_iou(np.array(b), s["boxes_xywh"][1:], *s["resolution"])
                                        for b, s in zip(boxes, sequences)])
                 visible = np.concatenate([s["cover"][1:] > 0 for s in sequences])
                 scores = np.concatenate(confidence).astype(float)
@@ -532,7 +544,7 @@ def bench_training(args) -> dict:
                        "--batch-size", str(TRAIN_BATCH), "--grad-accum", "1", "--no-save", *flags]
             run = subprocess.run(command, capture_output=True, text=True)
             if run.returncode != 0:
-                raise r1track.UserError(f"train_sft.py {mode} failed: {(run.stderr.strip().splitlines() or ['?'])[-1]}")
+                raise UserError(f"train_sft.py {mode} failed: {(run.stderr.strip().splitlines() or ['?'])[-1]}")
             steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
             timed = [record for record in steps if "tokens_per_s" in record and record["step"] > 1]
             peak = max((record.get("peak_memory_gib", 0.0) for record in timed), default=0.0) or None
@@ -546,12 +558,14 @@ def bench_training(args) -> dict:
 
 
 def run(args) -> int:
-    if not args.architecture and not args.recovery and args.model == str(r1track.DEMO_MODEL) \
-            and not r1track.DEMO_MODEL.is_dir():
-        raise r1track.UserError(f"no demo checkpoint at {r1track.DEMO_MODEL}; make it with make_demo_model.py or "
+    if args.read_parquet:
+        return read_parquet_and_report_memory(args.read_parquet)
+    if not args.architecture and not args.recovery and args.model == str(DEMO_MODEL) \
+            and not DEMO_MODEL.is_dir():
+        raise UserError(f"no demo checkpoint at {DEMO_MODEL}; make it with tools/make_demo_model.py or "
                                 "pass --model")
     if args.streams < 1 or args.frames < 2 or args.repeats < 1:
-        raise r1track.UserError("--streams and --repeats must be at least 1, --frames at least 2")
+        raise UserError("--streams and --repeats must be at least 1, --frames at least 2")
     if args.recovery:
         result = bench_recovery(args)
     elif args.confidence:
@@ -567,12 +581,12 @@ def run(args) -> int:
                   device_name=torch.cuda.get_device_name(device) if str(device).startswith("cuda") else "CPU",
                   threads=torch.get_num_threads(), model=args.architecture or args.model)
     if args.json:
-        r1track.write_atomic(args.json, json.dumps(result, indent=2))
+        write_atomic(args.json, json.dumps(result, indent=2))
     return 0
 
 
 def main(argv=None) -> int:
-    return r1track.script_main(run, build_parser().parse_args(argv))
+    return script_main(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -2,14 +2,14 @@
 same warm start, on the same pairs, with the same reward and matched settings, over seeds.
 
   pip install trl                      # a development dependency: never needed to train
-  python bench_grpo.py --seeds 0 1 2 --json grpo-peer.json --plot grpo-peer.png
-  python bench_grpo.py --seeds 0 1 2 --only ours --variant seq-mean="--loss-agg seq-mean"
-  python bench_grpo.py --warm-step 60 --questions 8 --rollouts 30 --seeds 0 1 2 3 4 5
+  python tools/bench_grpo.py --seeds 0 1 2 --json grpo-peer.json --plot grpo-peer.png
+  python tools/bench_grpo.py --seeds 0 1 2 --only ours --variant seq-mean="--loss-agg seq-mean"
+  python tools/bench_grpo.py --warm-step 60 --questions 8 --rollouts 30 --seeds 0 1 2 3 4 5
 
 The warm start is the tiny Qwen2.5-VL (synthetic.save_tiny_model) after --sft-steps steps of
 full SFT on --pairs synthetic pairs (train_sft.py), or its checkpoint at --warm-step; both
 trainers then fine-tune all its weights on those pairs with the published reward
-(r1track.reward): --questions questions a rollout, --group answers to each at --temperature,
+(reward): --questions questions a rollout, --group answers to each at --temperature,
 --updates optimizer steps a rollout, KL --kl to the starting weights, clip 0.2, AdamW at --lr
 with weight decay 0.01, for --rollouts rollouts. Reported per run: the mean reward and the
 format rate of every rollout, the KL, and the final greedy reward on the pairs; per trainer,
@@ -30,15 +30,20 @@ from pathlib import Path
 
 import numpy as np
 
-import r1track
-import synthetic
-from data import open_pairs
+ROOT = Path(__file__).resolve().parents[1]  # the project: a tool runs from tools/ on its modules
+sys.path.insert(0, str(ROOT))
 
-ROOT = Path(__file__).resolve().parent
+import r1track  # noqa: E402
+import synthetic  # noqa: E402
+from answers import reward  # noqa: E402
+from cli import ArgumentParser, UserError, script_main, write_atomic  # noqa: E402
+from data import open_pairs  # noqa: E402
+from prompts import build_inputs, build_messages  # noqa: E402
+
 
 
 def build_parser():
-    parser = r1track.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--work", default="runs/grpo-peer", help="where the warm start and the runs go")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the GRPO runs")
     parser.add_argument("--only", choices=["ours", "trl"], help="run one trainer only")
@@ -65,7 +70,7 @@ def build_parser():
 def run_script(*args):
     result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True)
     if result.returncode:
-        raise r1track.UserError(f"{args[0]} failed: {result.stderr.strip().splitlines()[-1:]}")
+        raise UserError(f"{args[0]} failed: {result.stderr.strip().splitlines()[-1:]}")
     return result
 
 
@@ -92,7 +97,7 @@ def warm_start(args) -> tuple[Path, Path]:
         return warm, pairs
     checkpoint = warm / f"checkpoint-{args.warm_step}"
     if not (checkpoint / "config.json").is_file():
-        raise r1track.UserError(f"no {checkpoint}: --warm-step takes a multiple of 20 up to --sft-steps (a warm "
+        raise UserError(f"no {checkpoint}: --warm-step takes a multiple of 20 up to --sft-steps (a warm "
                                 f"start made before checkpoints were kept: remove {warm} to make it again)")
     return checkpoint, pairs
 
@@ -101,9 +106,9 @@ def greedy_reward(model, processor, pairs) -> float:
     """The mean published reward of the greedy answers to the pairs."""
     rewards = []
     for pair in pairs:
-        inputs = r1track.build_inputs(processor, pair.template, pair.search, pair.template_box_xyxy)
+        inputs = build_inputs(processor, pair.template, pair.search, pair.template_box_xyxy)
         answer = r1track.generate_answers(model, processor, inputs)[0]
-        rewards.append(r1track.reward(answer, pair.search_box_xyxy)["overall"])
+        rewards.append(reward(answer, pair.search_box_xyxy)["overall"])
     return float(np.mean(rewards))
 
 
@@ -155,12 +160,12 @@ def trl_processor(processor):
 
 
 def trl_example(pair) -> dict:
-    """The tracking question as r1track.build_messages words it, for TRL: every message's
+    """The tracking question as build_messages words it, for TRL: every message's
     content a list of parts (the system message's too), the images as placeholders there and
     in an "images" column, the true box in "truth"."""
     from PIL import Image
 
-    messages = r1track.build_messages(pair.template_box_xyxy)
+    messages = build_messages(pair.template_box_xyxy)
     prompt = [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}] if isinstance(m["content"], str)
                else [{"type": part["type"], **({"text": part["text"]} if part["type"] == "text" else {})}
                      for part in m["content"]]} for m in messages]
@@ -178,7 +183,7 @@ def run_trl(args, warm, pairs, seed, out) -> dict:
 
     def reward(prompts, completions, completion_ids, truth, **_):
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        scores = [r1track.reward(text, box, response_len=len(ids)) for text, box, ids in zip(texts, truth, completion_ids)]
+        scores = [reward(text, box, response_len=len(ids)) for text, box, ids in zip(texts, truth, completion_ids)]
         rollouts.append((float(np.mean([s["overall"] for s in scores])), float(np.mean([s["format"] for s in scores]))))
         return [s["overall"] for s in scores]
 
@@ -260,7 +265,7 @@ def run(args) -> int:
         try:
             import trl  # noqa: F401
         except ImportError:
-            raise r1track.UserError("TRL is not installed: pip install trl (or --only ours)") from None
+            raise UserError("TRL is not installed: pip install trl (or --only ours)") from None
     warm, pairs_file = warm_start(args)
     pairs = load_pairs(pairs_file)
     model, processor = r1track.load_model(str(warm), device="cpu")
@@ -292,14 +297,14 @@ def run(args) -> int:
     report = {"date": datetime.date.today().isoformat(), "settings": {k: v for k, v in vars(args).items()
                                                                      if k not in ("json", "plot")}, "results": results}
     if args.json:
-        r1track.write_atomic(args.json, json.dumps(report, indent=2))
+        write_atomic(args.json, json.dumps(report, indent=2))
     if args.plot:
         plot(results, Path(args.plot))
     return 0
 
 
 def main(argv=None) -> int:
-    return r1track.script_main(run, build_parser().parse_args(argv), quiet=False)
+    return script_main(run, build_parser().parse_args(argv), quiet=False)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Make demo_model/, the small tracker behind `python track.py --demo`, from nothing.
 
-  python make_demo_model.py                      # about half an hour on 2 CPU cores
-  python make_demo_model.py --work runs/demo-recipe --out demo_model
+  python tools/make_demo_model.py                      # about half an hour on 2 CPU cores
+  python tools/make_demo_model.py --work runs/demo-recipe --out demo_model
 
 Each step runs one of the project's own scripts, so this is also the whole recipe in small:
   1. prepare_data.py synthetic: training clips and validation clips (flat background, one
@@ -25,10 +25,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import r1track
-import synthetic
+ROOT = Path(__file__).resolve().parents[1]  # the project: a tool runs from tools/ on its modules
+sys.path.insert(0, str(ROOT))
 
-ROOT = Path(__file__).resolve().parent
+import synthetic  # noqa: E402
+from cli import ArgumentParser, UserError, script_main  # noqa: E402
+from settings import DEMO_MODEL, SETTINGS_FILE  # noqa: E402
+
 TRAIN_CLIPS = dict(split="train", sequences=1000, frames=30, seed=100)
 VAL_CLIPS = dict(split="val", sequences=12, frames=40, seed=200)
 # the lenient loop: antialiased crops, which this small model learns from more easily
@@ -39,14 +42,14 @@ STAGES = {  # name: (steps, flags)
     "sft-tracking-pairs": (1000, ["--lr", "3e-4", "--eval-every", "200", "--tracking-pairs", "1"]),
 }
 MODEL_FILES = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-               "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json", r1track.SETTINGS_FILE]
+               "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json", SETTINGS_FILE]
 
 
 def run(script: str, *args) -> None:
     command = [sys.executable, str(ROOT / script), *map(str, args)]
     print("$", " ".join(command[1:]), flush=True)
     if subprocess.run(command).returncode != 0:
-        raise r1track.UserError(f"{script} failed; fix the cause and run make_demo_model.py again to continue")
+        raise UserError(f"{script} failed; fix the cause and run tools/make_demo_model.py again to continue")
 
 
 def make_clips(root: Path, clips: dict) -> None:
@@ -57,10 +60,10 @@ def make_clips(root: Path, clips: dict) -> None:
 
 
 def build_parser():
-    parser = r1track.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--work", default="runs/demo-recipe",
                         help="folder for the clips, the training run and the evaluation (default: runs/demo-recipe)")
-    parser.add_argument("--out", default=str(r1track.DEMO_MODEL), help="where the model goes (default: demo_model/)")
+    parser.add_argument("--out", default=str(DEMO_MODEL), help="where the model goes (default: demo_model/)")
     parser.add_argument("--steps", type=float, default=1.0, help="scale every stage's number of steps by this")
     return parser
 
@@ -91,7 +94,7 @@ def make(args) -> int:
 
 
 def main(argv=None) -> int:
-    return r1track.script_main(make, build_parser().parse_args(argv), quiet=False)
+    return script_main(make, build_parser().parse_args(argv), quiet=False)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,175 @@
+"""Boxes read out of text: a model's answers (lenient or strict as the published loop),
+the published R1-Track reward, the confidence of an answer from its tokens' probabilities,
+and the template box written in a stored question."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import NamedTuple
+
+from boxes import giou_xyxy, iou_xyxy
+
+
+class Answer(NamedTuple):
+    """An answerer's answer to one request: its text, and how sure the model was of the box in
+    it (answer_confidence; None where the answerer cannot say, as a server or a function)."""
+
+    text: str
+    confidence: float | None = None
+
+
+_NUMBER = r"-?\d+(?:\.\d+)?"
+
+
+_PROMPT_BOX = re.compile(r"bounding box\s*\[\s*(" + r"\s*,\s*".join([_NUMBER] * 4) + r")\s*\]")
+
+
+def parse_prompt_box(problem_text: str):
+    """The template box written in a question of either published wording, or None."""
+    match = _PROMPT_BOX.search(problem_text)
+    if match is None:
+        return None
+    return [float(v) for v in match.group(1).split(",")]
+
+
+_LIST_OF_FOUR = re.compile(r"\[\s*(" + r"\s*,\s*".join([_NUMBER] * 4) + r")\s*\]")
+
+
+_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+
+
+def answer_tag_content(text: str):
+    """What the published scripts read out of a think response: the text between the last
+    `<answer>` and the closing `</answer>`, in a response that starts with `<think>`, has a
+    `</think>` before that `<answer>` and ends with `</answer>` (anything else may stand
+    between). None when the response is not of that shape."""
+    if not (text.startswith("<think>") and text.endswith("</answer>")):
+        return None
+    body = text[len("<think>"):-len("</answer>")]
+    answer_start = body.rfind("<answer>")
+    think_end = body.find("</think>")
+    if answer_start < 0 or think_end < 0 or think_end + len("</think>") > answer_start:
+        return None
+    return body[answer_start + len("<answer>"):]
+
+
+def think_format_ok(text: str) -> bool:
+    """The published reward's format check: `<think>…</think>…<answer>…</answer>` and nothing
+    around it; no think tag inside the thinking, no tag at all between the two parts, no
+    answer tag inside the answer (text without tags may stand between them)."""
+    if not (text.startswith("<think>") and text.endswith("</answer>")):
+        return False
+    thinking, closed, rest = text[len("<think>"):-len("</answer>")].partition("</think>")
+    if not closed or "<think>" in thinking:
+        return False
+    between, opened, answer = rest.partition("<answer>")
+    return bool(opened) and not any(tag in between for tag in _TAGS) \
+        and "<answer>" not in answer and "</answer>" not in answer
+
+
+def _json_box(text: str):
+    """`text` as a JSON list of four numbers, else None."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, list) or len(value) != 4:
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return None
+    if not all(math.isfinite(v) for v in value):
+        return None
+    return [float(v) for v in value]
+
+
+def parse_answer(text: str, think=False, strict=False):
+    """The box in a model's answer, or None.
+
+    Lenient: the first `[a, b, c, d]` of numbers anywhere in the text.
+    Strict (the published loop, rewards): the whole answer must be a JSON list of four numbers.
+    think=True: only from the <answer> of a think response, read as the published scripts
+    read it (answer_tag_content); lenient parsing forgives whitespace around the response.
+    """
+    if think:
+        text = answer_tag_content(text if strict else text.strip())
+        if text is None:
+            return None
+    if strict:
+        return _json_box(text)
+    match = _LIST_OF_FOUR.search(text)
+    return [float(v) for v in match.group(1).split(",")] if match else None
+
+
+def _shaped_giou(g: float) -> float:
+    # The published shaping: no credit for a poor overlap, a bonus for a tight one.
+    if 0.0 < g < 0.4:
+        return 0.0
+    if 0.75 < g < 0.95:
+        return g + 0.2
+    if g >= 0.95:
+        return g + 0.5
+    return g
+
+
+def reward(text: str, gt_xyxy, think=False, response_len=None, kind="r1track") -> dict:
+    """Score one response against the ground-truth box (both in search-crop pixels).
+
+    kind="r1track": the published reward. The answer (or the <answer> content) must be a
+    JSON list, else -1. A list that is not four numbers with x2 > x1 and y2 > y1 has
+    g = -1, otherwise g = GIoU, shaped. Think mode: a malformed tag structure, or fewer
+    than 128 response tokens, scores -1; otherwise overall = shaped g + 0.05 * format
+    + 0.1 * length, with length = (448 - L) / 64 when L > 448, else 0. `response_len` is
+    the response's token count; without it the think-mode length rules are skipped.
+    kind="iou": plain IoU of the leniently parsed box plus 1 for a strictly valid answer.
+
+    Returns {"overall", "format", "iou", "giou"}; iou and giou are 0 and -1 when there
+    is no usable box.
+    """
+    if kind == "iou":
+        box = parse_answer(text, think=think)
+        ok = parse_answer(text, think=think, strict=True) is not None
+        iou = iou_xyxy(box, gt_xyxy) if box else 0.0
+        return {"overall": iou + float(ok), "format": float(ok), "iou": iou,
+                "giou": giou_xyxy(box, gt_xyxy) if box else -1.0}
+    if kind != "r1track":
+        raise ValueError(f"unknown reward kind {kind!r}; choose r1track or iou")
+
+    failed = {"overall": -1.0, "format": 0.0, "iou": 0.0, "giou": -1.0}
+    content = text
+    if think:
+        if not think_format_ok(text):
+            return failed
+        content = answer_tag_content(text)
+        if response_len is not None and response_len < 128:
+            return {**failed, "format": 1.0}
+    try:
+        json.loads(content)
+    except (ValueError, RecursionError):
+        return {**failed, "format": float(think)}
+    box = _json_box(content)
+    if box is None or not (box[2] > box[0] and box[3] > box[1]):
+        g, iou = -1.0, 0.0
+    else:
+        g, iou = giou_xyxy(box, gt_xyxy), iou_xyxy(box, gt_xyxy)
+    overall = _shaped_giou(g)
+    if think:
+        length = (448 - response_len) / 64 if response_len is not None and response_len > 448 else 0.0
+        overall += 0.05 * 1.0 + 0.1 * length
+    return {"overall": overall, "format": 1.0 if (think or box is not None) else 0.0, "iou": iou, "giou": g}
+
+
+def answer_confidence(tokenizer, token_ids, logprobs) -> float | None:
+    """How sure the model was of the box it answered: the geometric mean of the probabilities
+    of the tokens that carry its numbers (those after the answer's last "["; digits elsewhere,
+    as in reasoning, do not count), from the log-probabilities of the chosen tokens. None when
+    the answer holds no number."""
+    pieces = tokenizer.convert_ids_to_tokens(list(token_ids))
+    opened = [i for i, piece in enumerate(pieces) if "[" in piece]
+    start = opened[-1] if opened else 0
+    numbers = [logprob for piece, logprob in zip(pieces[start:], logprobs[start:])
+               if any(c.isdigit() for c in piece)]
+    if not numbers:
+        return None
+    return float(math.exp(sum(numbers) / len(numbers)))

@@ -1,0 +1,137 @@
+"""The benchmarks of the LaSOT toolkit's protocol: LaSOT, LaSOT-ext and TNL2K (whose toolkit
+is LaSOT's). Each one's official layout read into sequences (with their descriptions, for
+--init text); scored as the LaSOT toolkit scores them (calc_seq_err_robust.m,
+eval_tracker.m, plot_draw_save.m): pixel-inclusive intersection (right = x + w - 1), an
+unusable box (NaN, w <= 0 or h <= 0) replaced by the previous one, frames where the target is
+absent (full occlusion or out of view) left out of the counts but not of the denominator,
+frames whose truth has a coordinate <= 0 counted as failures, and sequences whose curve is
+all zero left out of the mean.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.curves import Protocol, official_layout, pixel_centres, read_flags, result_files, score, show_reports
+from benchmarks.results import Benchmark, read_box_rows
+from cli import UserError
+
+
+def matlab_colon(first: float, step: float, last: float) -> np.ndarray:
+    """MATLAB's first:step:last, built from both ends as MATLAB builds it: 0:0.05:1 holds
+    0.6499999999999999 where linspace holds 0.65, which decides an overlap of exactly 13/20."""
+    count = int(round((last - first) / step))
+    k = np.arange(count + 1)
+    return np.where(k <= count / 2, first + k * step, last - (count - k) * step)
+
+
+LASOT_SUCCESS_THRESHOLDS = matlab_colon(0, 0.05, 1)  # the LaSOT toolkit's
+
+
+# -----------------------------------------------------------------------------
+# Layouts. A sequence is a dict: name, frames (paths), boxes_xywh (one row a frame), absent
+# (bool per frame, or None), description (or None).
+
+
+def _lasot(root: Path, split=None) -> list[dict]:
+    """root/<class>/<class>-<n>/{img/00000001.jpg..., groundtruth.txt, full_occlusion.txt,
+    out_of_view.txt, nlp.txt}. A testing_set.txt at the root (as the toolkit ships) chooses the
+    sequences; otherwise every sequence found is read."""
+    listed = root / "testing_set.txt"
+    if listed.is_file():
+        names = [n.strip() for n in listed.read_text().split() if n.strip()]
+        folders = [root / n.rsplit("-", 1)[0] / n for n in names]
+    else:
+        found = (Path(p).parent for p in glob.glob(str(root / "*" / "*" / "groundtruth.txt")))
+        folders = sorted((f for f in found if f.name.rsplit("-", 1)[0] == f.parent.name), key=lambda f: f.name)
+    sequences = []
+    for folder in folders:
+        boxes = read_box_rows(folder / "groundtruth.txt")
+        absent = np.zeros(len(boxes), bool)
+        for flag in ("full_occlusion", "out_of_view"):
+            if (folder / f"{flag}.txt").is_file():
+                flags = read_flags(folder / f"{flag}.txt")
+                if len(flags) != len(boxes):
+                    raise UserError(f"{folder / f'{flag}.txt'}: {len(flags)} flags for {len(boxes)} boxes")
+                absent |= flags
+        nlp = folder / "nlp.txt"
+        sequences.append({"name": folder.name, "frames": sorted((folder / "img").glob("*.jpg")), "boxes_xywh": boxes,
+                          "absent": absent, "description": nlp.read_text().strip() if nlp.is_file() else None})
+    return sequences
+
+
+def _tnl2k(root: Path, split=None) -> list[dict]:
+    """root/<sequence>/{imgs/00001.png (or .jpg)..., groundtruth.txt, language.txt}."""
+    sequences = []
+    for file in sorted(root.glob("*/groundtruth.txt")):
+        folder = file.parent
+        if not (folder / "imgs").is_dir():
+            continue
+        frames = sorted(p for p in (folder / "imgs").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        language = folder / "language.txt"
+        sequences.append({"name": folder.name, "frames": frames, "boxes_xywh": read_box_rows(file), "absent": None,
+                          "description": language.read_text().strip() if language.is_file() else None})
+    return sequences
+
+
+# -----------------------------------------------------------------------------
+# Per-frame errors
+
+
+def lasot_errors(boxes_xywh, truth_xywh, absent=None):
+    """(IoU, centre error, normalised centre error, frames) as the LaSOT toolkit computes them:
+    -1 marks a frame that can only fail; `frames` counts every frame, absent ones too."""
+    boxes = np.array(boxes_xywh, dtype=float)[:len(truth_xywh)]  # the toolkit cuts longer results
+    for i in range(1, len(boxes)):
+        # the toolkit's `(bad box) & ~isnan(truth row)` is true only when no truth value is NaN
+        unusable = np.isnan(boxes[i]).any() or boxes[i, 2] <= 0 or boxes[i, 3] <= 0
+        if unusable and not np.isnan(truth_xywh[i]).any():
+            boxes[i] = boxes[i - 1]
+    boxes[0] = truth_xywh[0]
+    present = ~np.asarray(absent, bool) if absent is not None else np.ones(len(truth_xywh), bool)
+    boxes, truth = boxes[present], truth_xywh[present]
+    offset = pixel_centres(boxes) - pixel_centres(truth)
+    errors = np.linalg.norm(offset, axis=1)
+    scored = (truth > 0).all(axis=1)  # the others are marked -1 below, whatever was computed for them
+    with np.errstate(divide="ignore", invalid="ignore"):
+        norm_errors = np.linalg.norm(pixel_centres(boxes) / truth[:, 2:] - pixel_centres(truth) / truth[:, 2:], axis=1)
+    # MATLAB's max and min pass over NaN, hence fmax and fmin
+    right = np.fmin(boxes[:, 0] + boxes[:, 2] - 1, truth[:, 0] + truth[:, 2] - 1)
+    bottom = np.fmin(boxes[:, 1] + boxes[:, 3] - 1, truth[:, 1] + truth[:, 3] - 1)
+    inter = (np.fmax(0, right - np.fmax(boxes[:, 0], truth[:, 0]) + 1)
+             * np.fmax(0, bottom - np.fmax(boxes[:, 1], truth[:, 1]) + 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ious = inter / (boxes[:, 2] * boxes[:, 3] + truth[:, 2] * truth[:, 3] - inter)
+    ious, errors, norm_errors = (np.where(scored, v, -1.0) for v in (ious, errors, norm_errors))
+    return ious, errors, norm_errors, len(truth_xywh) + np.finfo(float).eps
+
+
+# LaSOT's attributes in the order of its toolkit's annos/att/<sequence>.txt flags
+# (run_tracker_performance_evaluation.m); LaSOT-ext uses the same
+LASOT_ATTRIBUTES = (("IV", "Illumination Variation"), ("POC", "Partial Occlusion"), ("DEF", "Deformation"),
+                    ("MB", "Motion Blur"), ("CM", "Camera Motion"), ("ROT", "Rotation"),
+                    ("BC", "Background Clutter"), ("VC", "Viewpoint Change"), ("SV", "Scale Variation"),
+                    ("FOC", "Full Occlusion"), ("FM", "Fast Motion"), ("OV", "Out-of-View"),
+                    ("LR", "Low Resolution"), ("ARC", "Aspect Ratio Change"))
+
+
+LASOT = Protocol("lasot", lambda boxes, truth, sequence: lasot_errors(boxes, truth, sequence.get("absent")),
+                 LASOT_SUCCESS_THRESHOLDS, drops_zero_curves=True)
+
+
+def _benchmark(name: str, title: str, read, layout: str, **kwargs) -> Benchmark:
+    return Benchmark(name, title, official_layout(read, title, layout), result_files,
+                     functools.partial(score, protocol=LASOT), show_reports, descriptions=True, **kwargs)
+
+
+BENCHMARKS = (
+    _benchmark("lasot", "LaSOT", _lasot, "<class>/<class>-<n>/groundtruth.txt", test_set_size=280,
+               attribute_names=LASOT_ATTRIBUTES),
+    _benchmark("lasot_ext", "LaSOT-ext", _lasot, "<class>/<class>-<n>/groundtruth.txt", test_set_size=150,
+               attribute_names=LASOT_ATTRIBUTES),
+    _benchmark("tnl2k", "TNL2K", _tnl2k, "<sequence>/groundtruth.txt with <sequence>/imgs/", test_set_size=700),
+)
