@@ -177,34 +177,32 @@ def test_same_seed_same_weights(tmp_path, tiny):
     assert not all(torch.equal(p, weights[n]) for n, p in other.named_parameters())
 
 
-def test_generate_answers_decodes_the_greedy_tokens_and_their_confidence(tiny):
-    """generate_answers on build_inputs gives, for each row, the text of the tokens a forward
-    pass at a time would choose greedily (vision tokens never), and answer_confidence of the
-    log-probabilities of those choices."""
-    model, processor = tiny
+def test_generate_answers_decodes_the_greedy_tokens_and_their_confidence(sft_warm, pairs16):
+    """generate_answers on build_inputs gives the text of the tokens a forward pass at a time
+    chooses greedily (vision tokens never), up to the end of the turn, and answer_confidence of
+    the log-probabilities of those choices (a trained model: its answer is a box, with digits)."""
+    import data
+
+    model, processor = r1track.load_model(str(sft_warm), device="cpu")
     tokenizer = processor.tokenizer
-    config = greedy_config(processor, 6)
-    config.min_new_tokens = 6  # random weights would end at once: six real choices
-    inputs = build_inputs(processor, random_image(4), random_image(5), BOX)
-    texts, confidences = r1track.generate_answers(model, processor, inputs, config, confidences=True)
+    pair = data.open_pairs(str(pairs16), 112).load(0)
+    inputs = build_inputs(processor, pair.template, pair.search, pair.template_box_xyxy)
+    texts, confidences = r1track.generate_answers(model, processor, inputs, greedy_config(processor, 48),
+                                                  confidences=True)
     ids, chosen, logprobs = inputs["input_ids"], [], []
-    ends = {tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id}
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     with torch.no_grad():
-        for step in range(6):
+        while not chosen or chosen[-1] != end:
             batch = {**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids),
-                     "mm_token_type_ids": torch.nn.functional.pad(inputs["mm_token_type_ids"], (0, step))}
+                     "mm_token_type_ids": torch.nn.functional.pad(inputs["mm_token_type_ids"], (0, len(chosen)))}
             logits = model(**batch).logits[0, -1].float()
             logits[vision_token_ids(tokenizer)] = float("-inf")
-            logits[list(ends)] = float("-inf")  # min_new_tokens holds the end back
-            token = int(logits.argmax())
-            chosen.append(token)
-            logprobs.append(float(logits.log_softmax(-1)[token]))
-            ids = torch.cat([ids, torch.tensor([[token]])], 1)
+            chosen.append(int(logits.argmax()))
+            logprobs.append(float(logits.log_softmax(-1)[chosen[-1]]))
+            ids = torch.cat([ids, torch.tensor([[chosen[-1]]])], 1)
     assert texts == [tokenizer.decode(chosen, skip_special_tokens=True)]
-    expected = answer_confidence(tokenizer, chosen, logprobs)
-    assert (confidences[0] is None) == (expected is None)
-    if expected is not None:
-        assert confidences[0] == pytest.approx(expected, abs=1e-5)
+    assert any(c.isdigit() for c in texts[0])
+    assert confidences[0] == pytest.approx(answer_confidence(tokenizer, chosen, logprobs), abs=1e-5)
 
 
 def test_left_padded_batch_equals_rows_one_by_one(tiny):
