@@ -116,7 +116,7 @@ def opencv_on_one_thread() -> None:
     and 1.4 ms of CPU time on OpenCV's 2 threads against 0.55-0.63 ms on one, the JPEG round
     trip 0.92-1.35 ms against 0.66-0.97 (in the tracking loop, after the model's pass, the
     two are even in time), and the second thread spins on the core frames are read on. The
-    crops of a batch are cut in parallel by Python threads instead (batch_requests)."""
+    crops of a batch are cut in parallel by Python threads instead (frame_loop.update_batch)."""
     import cv2
 
     cv2.setNumThreads(1)

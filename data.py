@@ -3,7 +3,7 @@ LLaMA-Factory ShareGPT), pairs cut on the fly from GOT-10k sequences, and the re
 stream that hands each rank its pairs.
 
 A pair is (template crop, template box, search crop, answer box), boxes in crop pixels:
-what `build_inputs` turns into a question and its answer.
+what `prompts.build_inputs` turns into a question and its answer.
 """
 
 from __future__ import annotations

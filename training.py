@@ -2,7 +2,7 @@
 algorithms: the flags common to both, ranks (the same script under python and torchrun),
 the model (LoRA, QLoRA or full; DDP or FSDP2), the optimizer, data and validation,
 checkpoints that are whole or absent, metrics and curves, Ctrl-C, and the `main` both
-scripts run (through script_main: bad input is one line).
+scripts run (through cli.script_main: bad input is one line).
 """
 
 from __future__ import annotations
@@ -316,7 +316,7 @@ def autocast(dist):
 
 
 def to_device(batch, device, image_processor=None):
-    """The batch on `device`; patch_bytes (image_patches) become pixel_values there."""
+    """The batch on `device`; patch_bytes (prompts.image_patches) become pixel_values there."""
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     if "patch_bytes" in batch:
         batch["pixel_values"] = pixels_from_bytes(batch.pop("patch_bytes"), image_processor)

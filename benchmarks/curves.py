@@ -47,7 +47,7 @@ class Protocol(NamedTuple):
 
 def official_layout(read, title: str, layout: str):
     """read(root, split), refusing a folder that does not hold the benchmark in its official layout."""
-    def read_checked(root: Path, split=None) -> list[dict]:
+    def read_checked(root: Path, split=None, wanted=None) -> list[dict]:  # all read; Benchmark picks the wanted
         if not root.is_dir():
             raise UserError(f"{root}: no such folder")
         sequences = read(root, split)

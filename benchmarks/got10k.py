@@ -62,10 +62,17 @@ def read_got10k_sequence(seq_dir) -> dict:
     return sequence
 
 
-def read_split(root: Path, split: str) -> list[dict]:
-    """Every sequence of the split folder root/<split>, in its list.txt order."""
+def read_split(root: Path, split: str, wanted=None) -> list[dict]:
+    """The sequences of the split folder root/<split> (only `wanted`, by name, when given), in
+    its list.txt order; the others are not read."""
     split_dir = Path(root) / split
-    return [read_got10k_sequence(split_dir / name) for name in read_got10k_split(split_dir)]
+    names = read_got10k_split(split_dir)
+    if wanted:
+        unknown = [n for n in wanted if n not in names]
+        if unknown:
+            raise UserError(f"not in {split_dir / 'list.txt'}: {', '.join(unknown)}")
+        names = [n for n in names if n in wanted]
+    return [read_got10k_sequence(split_dir / name) for name in names]
 
 
 def result_files(results: Path, name: str) -> tuple[Path, Path, Path]:

@@ -38,7 +38,7 @@ class Benchmark:
 
     name: str                  # as --benchmark takes it
     title: str
-    read: Callable             # read(root, split) -> [sequence]
+    read: Callable             # read(root, split, wanted) -> [sequence] (it may leave out the unwanted)
     result_files: Callable     # result_files(results, name) -> (boxes, times, fallbacks) paths
     scorer: Callable           # scorer(results, benchmark, sequences, attributes) -> report
     reporter: Callable         # reporter(reports, folder, benchmark) -> [plot files]: the table printed, plots drawn
@@ -52,7 +52,7 @@ class Benchmark:
 
     def sequences(self, root, split=None, wanted=None) -> list[dict]:
         """Its sequences under `root` (only `wanted`, by name, when given)."""
-        sequences = self.read(Path(root), split)
+        sequences = self.read(Path(root), split, wanted)
         if wanted:
             known = {s["name"] for s in sequences}
             unknown = [n for n in wanted if n not in known]

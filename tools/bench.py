@@ -558,8 +558,6 @@ def bench_training(args) -> dict:
 
 
 def run(args) -> int:
-    if args.read_parquet:
-        return read_parquet_and_report_memory(args.read_parquet)
     if not args.architecture and not args.recovery and args.model == str(DEMO_MODEL) \
             and not DEMO_MODEL.is_dir():
         raise UserError(f"no demo checkpoint at {DEMO_MODEL}; make it with tools/make_demo_model.py or "
@@ -586,7 +584,10 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    return script_main(run, build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    if args.read_parquet:  # before script_main: its quiet_libraries would import transformers into the measure
+        return read_parquet_and_report_memory(args.read_parquet)
+    return script_main(run, args)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ same warm start, on the same pairs, with the same reward and matched settings, o
 The warm start is the tiny Qwen2.5-VL (synthetic.save_tiny_model) after --sft-steps steps of
 full SFT on --pairs synthetic pairs (train_sft.py), or its checkpoint at --warm-step; both
 trainers then fine-tune all its weights on those pairs with the published reward
-(reward): --questions questions a rollout, --group answers to each at --temperature,
+(answers.reward): --questions questions a rollout, --group answers to each at --temperature,
 --updates optimizer steps a rollout, KL --kl to the starting weights, clip 0.2, AdamW at --lr
 with weight decay 0.01, for --rollouts rollouts. Reported per run: the mean reward and the
 format rate of every rollout, the KL, and the final greedy reward on the pairs; per trainer,
