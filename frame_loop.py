@@ -111,6 +111,8 @@ def run(sequences, on_frame, batch=1, readers=4, progress=None, total=None, answ
                     upcoming = frames_of(pending[0]) if pending else None
                     if run_.first_frame(on_frame):
                         active.append(run_)
+                    else:  # a sequence of one frame (or none) ends at its first
+                        finished += 1
                     bar.update()
                 finished += _step(active, on_frame, cutting, answer, timings, bar)
                 if len(sequences) > 1:
