@@ -35,6 +35,7 @@ from cli import ArgumentParser, UserError, first_line, positive_int
 from data import PairStream
 from prompts import END_OF_TURN, answer_token_limit, build_inputs, collate, greedy_config, vision_token_ids
 from settings import LoadError, TrackSettings, read_settings
+from shared_prompt import BLOCK_MASK_KERNELS, grouped_inputs, repeated_inputs, rope_positions, sample_answers
 from training import autocast, to_device, trainable_parameters
 
 # -----------------------------------------------------------------------------
@@ -90,7 +91,8 @@ def policy_loss(logp, old_logp, advantages, mask, clip=0.2, aggregation="token-m
 
 def build_parser():
     parser = ArgumentParser(description=__doc__)
-    training.add_model_args(parser, default_lr=1e-6)
+    training.add_model_args(parser, default_lr=1e-6, default_attn="sdpa, which takes the block mask that "
+                            "shares each question's prompt among its answers; flash-attention takes none")
     parser.add_argument("--init", default=None, help="where the policy and the reference start: an SFT output "
                         "folder (adapter or full), a hub id or a base model (default: --model)")
     parser.add_argument("--continue-adapter", action="store_true", help="with an adapter --init: train that adapter "
@@ -120,7 +122,11 @@ def build_parser():
                        help="r1track: the published shaped-GIoU reward; iou: plain IoU + a 0/1 format term")
     group.add_argument("--think", action="store_true", help="ask for <think> reasoning then an <answer>; "
                        "scores the format and length as the published think models were")
-    group.add_argument("--rollout-batch", type=positive_int, default=64, help="sequences per generate call")
+    group.add_argument("--rollout-batch", type=positive_int, default=64, help="answers sampled at once "
+                       "(whole groups: at least one question)")
+    group.add_argument("--repeat-prompts", action="store_true", help="give every answer its own row with its "
+                       "whole prompt, as TRL does (about G times the work; a reference for checking), instead of "
+                       "each question's prompt once for its G answers")
     return parser
 
 
@@ -133,57 +139,109 @@ def check_args(parser, args):
     training.check_common_args(parser, args)
     if args.group_size < 2:
         parser.error("--group-size must be at least 2: advantages compare answers to the same question")
-    if (args.prompts_per_step * args.group_size) % args.updates_per_batch:
-        parser.error("--updates-per-batch must divide --prompts-per-step x --group-size")
+    if args.prompts_per_step % args.updates_per_batch:  # each update takes whole groups
+        parser.error("--updates-per-batch must divide --prompts-per-step")
+    if args.temperature <= 0:
+        parser.error("--temperature must be above 0: GRPO compares different answers to one question")
+    if args.attn is None and not args.repeat_prompts:
+        args.attn = "sdpa"  # flash-attention takes no block mask: the shared prompt needs one
     args.max_new_tokens = args.max_new_tokens or answer_token_limit(args.think)
 
 
 # -----------------------------------------------------------------------------
-# Rollout: sample answers through the KV cache
+# Rollout: sample answers through the KV cache, each question's prompt once for its G answers
 
 
 def rollout(raw, processor, pairs, args, dist, step):
-    """G sampled answers per question, through the KV cache. Returns rows (each a prompt's
-    inputs with an answer's token ids and mask, answers right-padded to one width T, so
-    that with left-padded prompts every answer sits in the same last T columns), the
-    decoded texts, and the answers' lengths in tokens (the end token not counted)."""
+    """G sampled answers per question, through the KV cache. Returns the questions' prompts
+    (model inputs, P), the answers' token ids ([P*G] lists, question-major, each with its end
+    token when it has one), their decoded texts, and their lengths in tokens (the end token
+    not counted). Greedy at temperature 0 (a test's setting: every answer the same)."""
     tokenizer = processor.tokenizer
-    pad, end = tokenizer.pad_token_id, tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    pad = tokenizer.pad_token_id
+    end_ids = (tokenizer.convert_tokens_to_ids(END_OF_TURN), pad)
     # sampling is a function of (seed, step, rank): a resumed run draws the same answers
     torch.manual_seed(int(np.random.SeedSequence([args.seed, step, dist.rank]).generate_state(1)[0]))
     prompts = [build_inputs(processor, p.template, p.search, p.template_box_xyxy, think=args.think,
-                                    wording=args.wording, return_tensors=False) for p in pairs]
-    examples = [e for e in prompts for _ in range(args.group_size)]            # [P*G]
-    config = greedy_config(processor, args.max_new_tokens)
-    # sample from the policy itself: temperature and top-p only, no library default top-k
-    config.do_sample, config.temperature, config.top_p, config.top_k = True, args.temperature, args.top_p, 0
+                            wording=args.wording, return_tensors=False) for p in pairs]
+    per_call = max(1, args.rollout_batch // args.group_size)                    # questions per call
     answers = []
     was_training = raw.training
     raw.eval()
-    for start in range(0, len(examples), args.rollout_batch):
-        batch = to_device(collate(examples[start:start + args.rollout_batch], pad), dist.device)
+    for start in range(0, len(prompts), per_call):
+        questions = prompts[start:start + per_call]
         # no_grad, not inference_mode: FSDP's gathered weights made in inference mode could not be
         # written by the training steps that follow
         with torch.no_grad(), autocast(dist):
-            # under FSDP every forward is a collective: all ranks step until the last is done
-            out = raw.generate(**batch, generation_config=config, synced_gpus=args.fsdp and dist.world > 1)
-        for row in out[:, batch["input_ids"].shape[1]:].tolist():
-            stop = row.index(end) + 1 if end in row else len(row)             # keep the end token, drop padding
-            answers.append(row[:stop])
+            if args.repeat_prompts:
+                answers += generate_repeated(raw, processor, questions, end_ids, args, dist)
+            else:
+                # under FSDP every forward is a collective: all ranks step until the last is done
+                synced = args.fsdp and dist.world > 1
+                keep_going = (lambda done: dist.all_sum([float(not done)])[0] > 0) if synced else None
+                answers += sample_answers(raw, to_device(collate(questions, pad), dist.device), args.group_size,
+                                          args.max_new_tokens, end_ids, vision_token_ids(tokenizer),
+                                          args.temperature, args.top_p, keep_going)
     raw.train(was_training)
     texts = tokenizer.batch_decode(answers, skip_special_tokens=True)
+    return prompts, answers, texts, [len(a) - (a[-1] in end_ids) for a in answers]
+
+
+def generate_repeated(raw, processor, questions, end_ids, args, dist):
+    """The rollout as TRL and VLM-R1 do it: every prompt repeated G times through `generate`
+    (--repeat-prompts; the reference the shared path is checked against)."""
+    config = greedy_config(processor, args.max_new_tokens)
+    if args.temperature > 0:  # sample from the policy itself: temperature and top-p only, no library top-k
+        config.do_sample, config.temperature, config.top_p, config.top_k = True, args.temperature, args.top_p, 0
+    batch = to_device(collate(repeated(questions, args.group_size), processor.tokenizer.pad_token_id), dist.device)
+    out = raw.generate(**batch, generation_config=config, synced_gpus=args.fsdp and dist.world > 1)
+    answers = []
+    for row in out[:, batch["input_ids"].shape[1]:].tolist():
+        stop = next((i + 1 for i, token in enumerate(row) if token in end_ids), len(row))  # keep the end, drop padding
+        answers.append(row[:stop])
+    return answers
+
+
+def repeated(questions, group_size):
+    return [q for q in questions for _ in range(group_size)]
+
+
+def sample_batches(raw, prompts, answers, updates, pad, args) -> dict:
+    """Every micro-batch as model inputs, collated once (on the CPU) for both passes that use
+    it: the sampling log-probabilities and the update. Keyed by its question indices."""
+    return {tuple(chunk): sample_batch(raw, [prompts[q] for q in chunk], [answers[r] for r in answer_rows(chunk, args)],
+                                       pad, args)
+            for update in updates for chunk in update}
+
+
+def answer_rows(chunk, args):
+    """The answers (rows of the rollout) to the questions of a micro-batch."""
+    return [q * args.group_size + j for q in chunk for j in range(args.group_size)]
+
+
+def sample_batch(raw, prompts, answers, pad, args):
+    """k questions and their k*G answers as (model inputs, answer ids, answer mask), [k*G, T]
+    each, T the longest of these answers: each prompt once in a row with its G answers
+    (shared_prompt.grouped_inputs), or with --repeat-prompts one row per answer."""
     width = max(len(a) for a in answers)
-    rows = []
-    for example, answer in zip(examples, answers):
-        rows.append({**example, "answer": answer + [pad] * (width - len(answer)),
-                     "answer_mask": [1] * len(answer) + [0] * (width - len(answer))})
-    return rows, texts, [len(a) - (a[-1] == end) for a in answers]
+    answer = torch.tensor([a + [pad] * (width - len(a)) for a in answers])
+    mask = torch.tensor([[1] * len(a) + [0] * (width - len(a)) for a in answers])
+    if not shares_prompts(raw, args):
+        return repeated_inputs(collate(repeated(prompts, args.group_size), pad), answer, mask), answer, mask.float()
+    batch = collate(prompts, pad)
+    inputs = grouped_inputs(batch, rope_positions(raw, batch), answer, args.group_size,
+                            additive_mask=attention_kernel(raw) == "eager")
+    return inputs, answer, mask.float()
 
 
-def sample_batches(rows, updates, pad) -> dict:
-    """Every micro-batch's sample_batch, collated once (on the CPU) for both passes that use it:
-    the sampling log-probabilities and the update. Keyed by the micro-batch's row indices."""
-    return {tuple(chunk): sample_batch([rows[i] for i in chunk], pad, "cpu") for update in updates for chunk in update}
+def attention_kernel(raw) -> str:
+    return raw.config._attn_implementation
+
+
+def shares_prompts(raw, args):
+    """Whether the training passes score each prompt once: not with --repeat-prompts, nor with
+    flash-attention, which takes no block mask (train says so at the start)."""
+    return not args.repeat_prompts and attention_kernel(raw) in BLOCK_MASK_KERNELS
 
 
 def on_device(sample, device):
@@ -192,26 +250,12 @@ def on_device(sample, device):
     return to_device(batch, device), answer.to(device), mask.to(device)
 
 
-def sample_batch(rows, pad, device):
-    """Rollout rows as model inputs, answer ids and answer mask ([B, T] each)."""
-    prompts = collate(rows, pad)
-    answer = torch.tensor([r["answer"] for r in rows])
-    mask = torch.tensor([r["answer_mask"] for r in rows])
-    batch = {
-        "input_ids": torch.cat([prompts["input_ids"], answer], 1),
-        "attention_mask": torch.cat([prompts["attention_mask"], mask], 1),
-        "mm_token_type_ids": torch.cat([prompts["mm_token_type_ids"], torch.zeros_like(answer)], 1),
-        "pixel_values": prompts["pixel_values"], "image_grid_thw": prompts["image_grid_thw"],
-    }
-    return to_device(batch, device), answer.to(device), mask.to(device).float()
-
-
-def token_logprobs(model, batch, answer, temperature, suppressed, with_entropy=False):
+def token_logprobs(model, inputs, answer, temperature, suppressed, with_entropy=False):
     """Log-probabilities of the answer tokens, [B, T] (and their entropy), under the
     distribution the rollout sampled from: logits / temperature, without the tokens
-    generation may not emit. Logits are computed for the last T+1 positions only."""
-    width = answer.shape[1]
-    logits = model(**batch, logits_to_keep=width + 1).logits[:, :-1].float() / temperature   # [B, T, V]
+    generation may not emit. Logits only where an answer token is predicted (the inputs'
+    logits_to_keep)."""
+    logits = model(**inputs).logits.float().reshape(*answer.shape, -1) / temperature   # [B, T, V]
     logits[..., suppressed] = float("-inf")
     logp_all = torch.log_softmax(logits, -1)
     logp = logp_all.gather(-1, answer[..., None]).squeeze(-1)
@@ -229,7 +273,8 @@ def grpo_step(step, model, raw, reference, processor, optimizer, scheduler, stre
     pairs = stream.next_pairs(args.prompts_per_step)                           # P questions
 
     # 1. rollout: G sampled answers to each question                              P*G rows
-    rows, texts, lengths = rollout(raw, processor, pairs, args, dist, step)
+    prompts, answers, texts, lengths = rollout(raw, processor, pairs, args, dist, step)
+    rolled_out = time.perf_counter()
 
     # 2. reward: the published R1-Track reward (or plain IoU) of every answer      [P*G]
     truths = [pairs[k // args.group_size].search_box_xyxy for k in range(len(texts))]
@@ -243,11 +288,15 @@ def grpo_step(step, model, raw, reference, processor, optimizer, scheduler, stre
 
     # 4. loss: PPO-clip against the sampling policy + KL to the reference, token-level
     #    mean; the answers are split into --updates-per-batch mini-batches, a step each
-    updates = split_updates(len(rows), args)                                    # [U][micro][row]
-    batches = sample_batches(rows, updates, processor.tokenizer.pad_token_id)   # collated once, used twice
+    #    (made of whole groups: a question's prompt goes through the model once a pass)
+    updates = split_updates(len(prompts), args)                                 # [U][micro][question]
+    batches = sample_batches(raw, prompts, answers, updates, processor.tokenizer.pad_token_id, args)  # used twice
+    scored = time.perf_counter()
     old, ref, sampling = sampling_logprobs(raw, reference, batches, updates, processor, args, dist)
+    logprobs_done = time.perf_counter()
     trained = ppo_updates(model, optimizer, batches, updates, old, ref, advantages, processor, args, dist)
     scheduler.step()
+    updated = time.perf_counter()
 
     totals = dist.all_sum([float(rewards.sum()), float((rewards ** 2).sum()), float(len(rewards)),
                            sum(s["iou"] for s in scores), sum(s["format"] for s in scores),
@@ -258,7 +307,16 @@ def grpo_step(step, model, raw, reference, processor, optimizer, scheduler, stre
             "iou_mean": iou / n, "format_rate": fmt / n,
             "kl": kl / max(tokens, 1.0), "entropy": entropy / max(tokens, 1.0), "response_len": length / n,
             "loss": loss / dist.world, "clip_frac": clip / dist.world, "grad_norm": grad_norm / dist.world,
-            "lr": scheduler.get_last_lr()[0], "step_s": time.perf_counter() - started}
+            "lr": scheduler.get_last_lr()[0], "step_s": time.perf_counter() - started,
+            # the stages' own seconds (verl's timing_s/gen, old_log_prob + ref, update_actor)
+            "rollout_s": rolled_out - started, "logprobs_s": logprobs_done - scored, "update_s": updated - logprobs_done,
+            **peak_memory(dist)}
+
+
+def peak_memory(dist) -> dict:
+    if dist.device.type != "cuda":
+        return {}
+    return {"peak_memory_gib": torch.cuda.max_memory_allocated(dist.device) / 2 ** 30}
 
 
 def score_answers(texts, lengths, truths, args):
@@ -276,13 +334,15 @@ def score_answers(texts, lengths, truths, args):
     return scores, failure
 
 
-def split_updates(count, args):
-    """Row indices in a random order, cut into mini-batches (one optimizer step each) of
-    micro-batches (one forward/backward each)."""
-    order = torch.randperm(count).tolist()
-    per_update = count // args.updates_per_batch
-    return [[order[u + i:u + min(i + args.batch_size, per_update)] for i in range(0, per_update, args.batch_size)]
-            for u in range(0, count, per_update)]
+def split_updates(questions, args):
+    """Question indices in a random order, cut into mini-batches (one optimizer step each) of
+    micro-batches (one forward/backward each) of at most --batch-size answers, at least one
+    question: whole groups, so that each question's prompt is scored once for its G answers."""
+    order = torch.randperm(questions).tolist()
+    per_update = questions // args.updates_per_batch
+    per_micro = max(1, args.batch_size // args.group_size)
+    return [[order[u + i:u + min(i + per_micro, per_update)] for i in range(0, per_update, per_micro)]
+            for u in range(0, questions, per_update)]
 
 
 @torch.no_grad()
@@ -313,17 +373,18 @@ def ppo_updates(model, optimizer, batches, updates, old, ref, advantages, proces
     losses, clip_fracs, grad_norms = [], [], []
     for update in updates:
         tokens = sum(float(batches[tuple(chunk)][2].sum()) for chunk in update)
-        answers = sum(len(chunk) for chunk in update)
+        answers = sum(len(chunk) for chunk in update) * args.group_size
         for c, chunk in enumerate(update):
             key = tuple(chunk)
             batch, answer, mask = on_device(batches[key], dist.device)
             syncing = c == len(update) - 1 or dist.world == 1 or args.fsdp
             with (contextlib.nullcontext() if syncing else model.no_sync()), autocast(dist):
                 logp, _ = token_logprobs(model, batch, answer, args.temperature, suppressed)          # [B, T]
-                pg, clip_frac = policy_loss(logp, old[key], advantages[list(chunk)], mask, args.clip, args.loss_agg)
+                pg, clip_frac = policy_loss(logp, old[key], advantages[answer_rows(chunk, args)], mask, args.clip,
+                                            args.loss_agg)
                 kl = masked_mean(kl_low_var(logp, ref[key]), mask, args.loss_agg)
                 # micro-batch means, weighted into the update's mean over its tokens (or its answers)
-                share = float(mask.sum()) / tokens if args.loss_agg == "token-mean" else len(chunk) / answers
+                share = float(mask.sum()) / tokens if args.loss_agg == "token-mean" else len(answer) / answers
                 loss = (pg + args.kl_coef * kl) * share
             loss.backward()
             losses.append(float(loss.detach()) / share)
@@ -399,6 +460,9 @@ def train(args, dist):
     if dist.main:
         print(f"GRPO: {sum(p.numel() for p in trainable_parameters(raw)):,} weights, {total_steps} steps of "
               f"{args.prompts_per_step} questions x {args.group_size} answers on {dist.world} x {dist.device}")
+        if not args.repeat_prompts and not shares_prompts(raw, args):
+            print(f"GRPO: {attention_kernel(raw)} takes no block mask: the log-probabilities and updates score "
+                  f"each answer with its own copy of the prompt (G times the work; --attn sdpa shares it)")
 
     def checkpoint(step):
         training.save_checkpoint(out, step, raw, model, optimizer, scheduler, processor, settings, state, dist,

@@ -55,7 +55,8 @@ def crop_size(text):
     return value
 
 
-def add_model_args(parser, default_model="Qwen/Qwen2.5-VL-3B-Instruct", default_lr=1e-5):
+def add_model_args(parser, default_model="Qwen/Qwen2.5-VL-3B-Instruct", default_lr=1e-5,
+                   default_attn="flash_attention_2 when installed on GPU, else sdpa"):
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=default_model, help="base model: hub id or folder")
     group.add_argument("--full", action="store_true", help="train every weight instead of LoRA adapters")
@@ -71,7 +72,7 @@ def add_model_args(parser, default_model="Qwen/Qwen2.5-VL-3B-Instruct", default_
     group.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
                        help="recompute activations in the backward pass to save memory")
     group.add_argument("--attn", default=None, choices=["sdpa", "flash_attention_2", "eager"],
-                       help="attention kernel (default: flash_attention_2 when installed on GPU, else sdpa)")
+                       help=f"attention kernel (default: {default_attn})")
     group.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available; "
                        "under torchrun each rank takes its LOCAL_RANK GPU)")
     group.add_argument("--lr", type=float, default=default_lr, help="peak learning rate")

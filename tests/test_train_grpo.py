@@ -1,5 +1,6 @@
 """train_grpo.py: the GRPO maths against values worked out by hand, and runs of the tiny
 model that learn, resume exactly and keep torchrun ranks identical."""
+import argparse
 import json
 import math
 import signal
@@ -82,15 +83,14 @@ def test_logprobs_are_those_of_the_rollout_distribution(sft_warm, pairs16):
     scores[..., suppressed] = float("-inf")
     sampled = torch.log_softmax(scores, -1).gather(-1, answers[..., None]).squeeze(-1)
     end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    rows = []
-    for example, answer in zip(examples, answers.tolist()):
-        n = answer.index(end) + 1 if end in answer else len(answer)
-        rows.append({**example, "answer": answer[:n] + [pad] * (len(answer) - n),
-                     "answer_mask": [1] * n + [0] * (len(answer) - n)})
-    inputs, answer_ids, mask = train_grpo.sample_batch(rows, pad, "cpu")
-    with torch.no_grad():
-        logp, _ = train_grpo.token_logprobs(model, inputs, answer_ids, 0.7, suppressed)
-    assert ((logp - sampled).abs() * mask).max() < 1e-4
+    cut = [a[:a.index(end) + 1] if end in a else a for a in answers.tolist()]
+    for repeat in (True, False):  # each answer in a row of its own after its prompt; the prompt shared
+        args = argparse.Namespace(group_size=1, repeat_prompts=repeat)
+        inputs, answer_ids, mask = train_grpo.sample_batch(model, examples, cut, pad, args)
+        with torch.no_grad():
+            logp, _ = train_grpo.token_logprobs(model, inputs, answer_ids, 0.7, suppressed)
+        width = answer_ids.shape[1]
+        assert ((logp - sampled[:, :width]).abs() * mask).max() < 1e-4
 
 
 # -- runs --
@@ -267,7 +267,7 @@ def test_a_reward_that_raises_stops_the_run(sft_warm, pairs16, tmp_path, monkeyp
 
 
 def test_a_step_collates_each_answer_once_for_both_of_its_passes(sft_warm, pairs16, tmp_path, monkeypatch):
-    """The rollout collates its prompts once; each micro-batch is collated once, and the same
+    """The rollout collates each question's prompt once for its answers; each micro-batch is collated once, and the same
     batch serves the sampling log-probabilities and the update (not collated again for each)."""
     real, collated = train_grpo.collate, []
 
@@ -280,7 +280,7 @@ def test_a_step_collates_each_answer_once_for_both_of_its_passes(sft_warm, pairs
                                      "2", "--updates-per-batch", "1", "--batch-size", "2", "--max-steps", "1",
                                      "--no-save")[1:])
     assert code == 0
-    assert collated == [6, 2, 2, 2]  # 3 questions x 2 answers in one generate call, then 3 micro-batches
+    assert collated == [3, 1, 1, 1]  # 3 questions (each once for its 2 answers) in one rollout, then 3 micro-batches
 
 
 @pytest.mark.parametrize("extra, message", [
