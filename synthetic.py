@@ -125,18 +125,22 @@ def qwen2_5_vl_config(tokenizer, shape: dict):
 
 
 def save_tiny_model(path, seed=0, hidden_size=128, num_layers=4, vision_hidden_size=64,
-                    vision_depth=2, settings: TrackSettings | None = None) -> Path:
+                    vision_depth=2, settings: TrackSettings | None = None, shape: dict | None = None,
+                    dtype=None, device="cpu") -> Path:
     """Write a randomly initialised Qwen2_5_VLForConditionalGeneration (about a million
-    parameters), its tokenizer, image-processor config and tracking settings to `path`."""
+    parameters), its tokenizer, image-processor config and tracking settings to `path`.
+    shape: another architecture instead (e.g. QWEN2_5_VL_3B_SHAPE), made on `device` and saved
+    in `dtype` (default float32)."""
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     path = Path(path)
     tokenizer = build_tiny_tokenizer()
-    shape = tiny_shape(len(tokenizer), hidden_size, num_layers, vision_hidden_size, vision_depth)
+    shape = shape or tiny_shape(len(tokenizer), hidden_size, num_layers, vision_hidden_size, vision_depth)
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(qwen2_5_vl_config(tokenizer, shape))
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration(qwen2_5_vl_config(tokenizer, shape)).to(dtype or torch.float32)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>")}
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]

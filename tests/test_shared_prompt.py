@@ -260,3 +260,26 @@ def test_grpo_asks_for_a_kernel_that_takes_the_block_mask(sft_warm):
     flash = copy.copy(model.config)
     flash._attn_implementation = "flash_attention_2"
     assert not train_grpo.shares_prompts(argparse.Namespace(config=flash), checked("--attn", "flash_attention_2"))
+
+
+def test_step_cost_bench_smoke(tmp_path):
+    """tools/bench_grpo.py --step-cost on the tiny model: both layouts run as train_grpo.py,
+    each stage timed within its step, the shared one doing fewer FLOPs; the report carries the
+    prompt's share of a row."""
+    import json
+
+    report = tmp_path / "cost.json"
+    result = run_main("tools/bench_grpo.py", "--step-cost", "--architecture", "tiny", "--crop-size", "112",
+                      "--questions", "2", "--updates", "1", "--steps", "2", "--repeats", "1", "--device", "cpu",
+                      "--json", report)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cost = json.loads(report.read_text())["step_cost"]
+    for mode in ("repeated", "shared"):
+        stages = cost[mode]
+        assert stages["rollout_s"] + stages["logprobs_s"] + stages["update_s"] <= stages["step_s"]
+        assert stages["peak_memory_gib"] > 0
+    assert cost["shared"]["flops"] < cost["repeated"]["flops"] / 2
+    assert cost["flop_ratio"] == pytest.approx(cost["repeated"]["flops"] / cost["shared"]["flops"])
+    shape = cost["shape"]
+    assert shape["prompt_share"] == pytest.approx(shape["prompt_tokens"] / (shape["prompt_tokens"] + 17))
+    assert "speed-up" in result.stdout

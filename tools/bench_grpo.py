@@ -15,16 +15,34 @@ with weight decay 0.01, for --rollouts rollouts. Reported per run: the mean rewa
 format rate of every rollout, the KL, and the final greedy reward on the pairs; per trainer,
 the means over the seeds.
 --variant NAME="FLAGS" adds a run of train_grpo.py with extra flags (repeatable).
+
+--step-cost measures what a GRPO step costs with each question's prompt once for its G answers
+against a copy of the prompt in every answer's row (--repeat-prompts, as TRL does), at the
+published shape: 336-px crops (a prompt of ~360 tokens against answers of 17), random weights
+of a model wide enough that compute, not Python, sets the time (or of the 3B itself):
+
+  python tools/bench_grpo.py --step-cost --json step-cost.json                     # CPU, a wide model
+  python tools/bench_grpo.py --step-cost --architecture 3b --device cuda --json step-cost-3b.json
+
+Each mode runs train_grpo.py as a user runs it, in turns (--repeats), for --steps steps, the
+first left out; its metrics give each stage's seconds (rollout, the sampling policy's and the
+reference's log-probabilities, the updates) and the whole step's, and the process its peak
+memory (GPU: torch's peak allocation; CPU: the process's peak resident size). One more step of
+each, counted by torch's FlopCounterMode, gives the FLOP ratio.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
+import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -61,9 +79,22 @@ def build_parser():
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--kl", type=float, default=0.01)
-    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="longest answer (default: 24; with --step-cost 17, the 3B's answer of a box)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--plot", help="write reward and format curves here (png)")
+    cost = parser.add_argument_group("--step-cost: the shared prompt against the repeated prompt")
+    cost.add_argument("--step-cost", action="store_true", help="measure a step's stages, memory and FLOPs "
+                      "with the prompt shared and repeated (with --questions, --group, --updates, --max-new-tokens)")
+    cost.add_argument("--architecture", choices=["wide", "3b", "tiny"], default="wide", help="random weights: "
+                      "wide (hidden 512, 4 layers; vision 256 x 4: minutes on a CPU), Qwen2.5-VL-3B's shape, or the "
+                      "tests' tiny model (a smoke test: Python's overhead, not compute, sets its times)")
+    cost.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    cost.add_argument("--crop-size", type=int, default=336, help="crop side in pixels (the published 336)")
+    cost.add_argument("--steps", type=int, default=3, help="steps a run; the first is left out")
+    cost.add_argument("--repeats", type=int, default=2, help="runs of each mode, in turns")
+    cost.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True,
+                      help="LoRA, the recipe's default (--no-lora: full fine-tuning, a frozen reference copy)")
     return parser
 
 
@@ -260,7 +291,128 @@ def plot(results: dict, png: Path):
     plt.close(fig)
 
 
+# -----------------------------------------------------------------------------
+# A step's cost: the prompt shared against the prompt repeated
+
+
+STAGES = ("rollout_s", "logprobs_s", "update_s", "step_s")
+
+
+def bench_step_cost(args) -> dict:
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        model = cost_model(folder / "model", args.architecture, device)
+        clips = synthetic.make_synthetic_got10k(folder / "clips", "train", sequences=8, frames=10, seed=0, style="plain")
+        pairs = folder / "pairs.parquet"
+        run_script("prepare_data.py", "pairs", "--got10k", clips, "--out", pairs, "--num", 4 * args.questions,
+                   "--size", args.crop_size, "--seed", 0)
+        flags = ["--init", model, "--data", pairs, "--crop-size", args.crop_size, "--device", device,
+                 "--prompts-per-step", args.questions, "--group-size", args.group, "--updates-per-batch", args.updates,
+                 "--batch-size", args.questions // args.updates * args.group, "--max-new-tokens", args.max_new_tokens,
+                 "--temperature", "1.0", "--no-save", "--seed", 0, *([] if args.lora else ["--full"])]
+        modes = {"repeated": ["--repeat-prompts"], "shared": []}
+        runs = {mode: [] for mode in modes}
+        for turn in range(args.repeats):
+            for mode, extra in modes.items():
+                runs[mode].append(timed_run([*flags, *extra, "--out", folder / f"{mode}{turn}",
+                                             "--max-steps", args.steps]))
+                print(f"{mode:<9} run {turn + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in runs[mode][-1].items()),
+                      flush=True)
+        flops = {mode: counted_flops([*flags, *extra, "--out", folder / f"{mode}-flops", "--max-steps", 1])
+                 for mode, extra in modes.items()}
+        shape = prompt_shape(model, pairs, args)
+    result = {mode: {key: statistics.median(run[key] for run in runs[mode]) for key in runs[mode][0]}
+              for mode in modes}
+    for mode in modes:
+        result[mode]["flops"] = flops[mode]
+    result["speedup"] = {key: result["repeated"][key] / result["shared"][key] for key in STAGES}
+    result["flop_ratio"] = flops["repeated"] / flops["shared"]
+    result["memory_ratio"] = result["shared"]["peak_memory_gib"] / result["repeated"]["peak_memory_gib"]
+    result["shape"] = shape
+    print(f"prompt {shape['prompt_tokens']:.0f} tokens, answers {shape['answer_tokens']:.0f}: the prompt is "
+          f"{shape['prompt_share']:.1%} of a row")
+    print(f"{'seconds':<10}" + "".join(f"{key:>12}" for key in (*STAGES, "peak GiB", "TFLOPs")))
+    for mode in modes:
+        r = result[mode]
+        print(f"{mode:<10}" + "".join(f"{r[key]:12.2f}" for key in STAGES)
+              + f"{r['peak_memory_gib']:12.2f}{r['flops'] / 1e12:12.3f}")
+    print(f"{'speed-up':<10}" + "".join(f"{result['speedup'][key]:11.2f}x" for key in STAGES)
+          + f"{'':12}{result['flop_ratio']:11.2f}x")
+    print(f"peak memory, shared over repeated: {result['memory_ratio']:.2f}")
+    return {"step_cost": result, "device": device, "architecture": args.architecture}
+
+
+def cost_model(path, architecture, device) -> Path:
+    """Random weights saved as a checkpoint: the wide CPU model, the 3B's shape or the tiny one."""
+    import torch
+
+    if architecture == "3b":
+        return synthetic.save_tiny_model(path, shape=synthetic.QWEN2_5_VL_3B_SHAPE, dtype=torch.bfloat16, device=device)
+    if architecture == "tiny":
+        return synthetic.save_tiny_model(path)
+    return synthetic.save_tiny_model(path, hidden_size=512, num_layers=4, vision_hidden_size=256, vision_depth=4)
+
+
+def timed_run(flags) -> dict:
+    """train_grpo.py in a process of its own: the median seconds of each stage over the steps
+    after the first, and the peak memory (GPU: torch's; CPU: the process's resident size)."""
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen([sys.executable, str(ROOT / "train_grpo.py"), *map(str, flags)], cwd=ROOT,
+                                   stdout=log, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode:
+            log.seek(0)
+            raise UserError(f"train_grpo.py failed: {log.read().strip().splitlines()[-1:]}")
+    out = Path(flags[flags.index("--out") + 1])
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
+    result = {key: statistics.median(step[key] for step in steps) for key in STAGES}
+    gpu = max((step.get("peak_memory_gib", 0.0) for step in steps), default=0.0)
+    result["peak_memory_gib"] = gpu or usage.ru_maxrss / 2 ** 20  # ru_maxrss: KiB on Linux
+    return result
+
+
+def counted_flops(flags) -> float:
+    """The FLOPs of one step of train_grpo.py (run in this process: no FLOPs before the step)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import train_grpo
+
+    with FlopCounterMode(display=False) as counter:
+        if train_grpo.main([str(flag) for flag in flags]):
+            raise UserError("train_grpo.py failed while its FLOPs were counted")
+    return float(counter.get_total_flops())
+
+
+def prompt_shape(model, pairs, args) -> dict:
+    """The mean prompt length in tokens, the answers' (--max-new-tokens: random weights seldom end
+    sooner), and the prompt's share of a row."""
+    _, processor = r1track.load_model(str(model), device="cpu")
+    source = open_pairs(str(pairs), args.crop_size)
+    lengths = []
+    for index in range(min(len(source), 8)):
+        pair = source.load(index)
+        lengths.append(len(build_inputs(processor, pair.template, pair.search, pair.template_box_xyxy,
+                                        return_tensors=False)["input_ids"]))
+    prompt = float(np.mean(lengths))
+    return {"prompt_tokens": prompt, "answer_tokens": args.max_new_tokens,
+            "prompt_share": prompt / (prompt + args.max_new_tokens), "crop_size": args.crop_size,
+            "questions": args.questions, "group": args.group, "updates": args.updates, "lora": args.lora}
+
+
 def run(args) -> int:
+    if args.step_cost and args.questions % args.updates:
+        raise UserError("--updates must divide --questions: an update takes whole groups")
+    if args.step_cost:
+        args.max_new_tokens = args.max_new_tokens or 17
+        report = {"date": datetime.date.today().isoformat(), **bench_step_cost(args)}
+        if args.json:
+            write_atomic(args.json, json.dumps(report, indent=2))
+        return 0
+    args.max_new_tokens = args.max_new_tokens or 24
     if args.only != "ours":
         try:
             import trl  # noqa: F401
