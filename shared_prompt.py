@@ -70,8 +70,8 @@ def sample_answers(model, inputs, group_size, max_new_tokens, end_ids, suppresse
         if length == max_new_tokens or not keep_going(all(done)):
             break
         mask = torch.cat([mask, mask.new_ones(rows, 1)], 1)
-        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=position.view(1, rows, 1).expand(3, -1, -1),
-                    cache=cache, use_cache=True)
+        out = model(input_ids=tokens[:, None], attention_mask=mask, cache=cache, use_cache=True,
+                    position_ids=position.view(1, rows, 1).expand(3, -1, -1))               # [3, B*G, 1]
         cache, logits, position = out.cache, out.logits[:, -1], position + 1
     return answers
 

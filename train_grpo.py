@@ -7,6 +7,8 @@ Each step: take --prompts-per-step tracking questions; sample --group-size answe
 (temperature 1.0); score every answer with the published R1-Track reward (or plain IoU);
 turn rewards into advantages within each group; then --updates-per-batch PPO-clip updates
 against the sampling policy, with a KL penalty to the reference model (the --init weights).
+A question's prompt goes through the model once for its G answers in every pass
+(shared_prompt.py; --repeat-prompts gives each answer a copy, as TRL does).
 
 With LoRA (the default) a fresh adapter goes on top of the --init weights (an SFT adapter
 is merged into its base first), and the reference is the same model with the adapter off:
@@ -99,7 +101,10 @@ def build_parser():
                         "on (the reference is then a frozen copy) instead of a fresh one over it")
     parser.add_argument("--ref-on-cpu", action="store_true", help="keep a frozen reference copy in CPU memory")
     training.add_data_args(parser, inherited="as --init was trained, else ")
-    training.add_run_args(parser, default_out="runs/grpo", default_batch=8, default_accum=1, default_save=20, default_eval=10)
+    training.add_run_args(parser, default_out="runs/grpo", default_batch=10, default_accum=1, default_save=20,
+                          default_eval=10, batch_help="answers per micro-batch of the log-probabilities and "
+                          "updates, per rank, in whole groups: rounded down to a multiple of --group-size, at least "
+                          "one question")
     parser.set_defaults(weight_decay=1e-2, warmup_ratio=0.0, epochs=1.0)
     group = parser.add_argument_group("GRPO")
     group.add_argument("--prompts-per-step", type=positive_int, default=32, help="questions per step, per rank")
@@ -309,7 +314,8 @@ def grpo_step(step, model, raw, reference, processor, optimizer, scheduler, stre
             "loss": loss / dist.world, "clip_frac": clip / dist.world, "grad_norm": grad_norm / dist.world,
             "lr": scheduler.get_last_lr()[0], "step_s": time.perf_counter() - started,
             # the stages' own seconds (verl's timing_s/gen, old_log_prob + ref, update_actor)
-            "rollout_s": rolled_out - started, "logprobs_s": logprobs_done - scored, "update_s": updated - logprobs_done,
+            "rollout_s": rolled_out - started, "logprobs_s": logprobs_done - scored,
+            "update_s": updated - logprobs_done,
             **peak_memory(dist)}
 
 

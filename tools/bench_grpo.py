@@ -28,7 +28,8 @@ Each mode runs train_grpo.py as a user runs it, in turns (--repeats), for --step
 first left out; its metrics give each stage's seconds (rollout, the sampling policy's and the
 reference's log-probabilities, the updates) and the whole step's, and the process its peak
 memory (GPU: torch's peak allocation; CPU: the process's peak resident size). One more step of
-each, counted by torch's FlopCounterMode, gives the FLOP ratio.
+each, counted by torch's FlopCounterMode, gives the FLOP ratio. Both run sdpa attention (the
+shared layout's block mask needs it; a copy per answer could use flash-attention on a GPU).
 """
 
 from __future__ import annotations
@@ -212,7 +213,7 @@ def run_trl(args, warm, pairs, seed, out) -> dict:
     model, processor = r1track.load_model(str(warm), device="cpu")
     rollouts = []  # per reward call (one rollout): mean reward, format rate
 
-    def reward(prompts, completions, completion_ids, truth, **_):
+    def published_reward(prompts, completions, completion_ids, truth, **_):  # not `reward`: that is answers.reward
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         scores = [reward(text, box, response_len=len(ids)) for text, box, ids in zip(texts, truth, completion_ids)]
         rollouts.append((float(np.mean([s["overall"] for s in scores])), float(np.mean([s["format"] for s in scores]))))
@@ -236,7 +237,7 @@ def run_trl(args, warm, pairs, seed, out) -> dict:
         loss_type="grpo", scale_rewards="group", max_completion_length=args.max_new_tokens, logging_steps=1,
         report_to=[], save_strategy="no", seed=seed, use_cpu=True, bf16=False, remove_unused_columns=False,
         max_grad_norm=1.0, disable_tqdm=True)
-    trainer = trl.GRPOTrainer(model=model, processing_class=trl_processor(processor), reward_funcs=[reward],
+    trainer = trl.GRPOTrainer(model=model, processing_class=trl_processor(processor), reward_funcs=[published_reward],
                               args=config, train_dataset=dataset, callbacks=[Logs()])
     trainer.remove_callback(PrinterCallback)  # it prints every step's log dictionary
     started = time.perf_counter()
@@ -305,14 +306,16 @@ def bench_step_cost(args) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         model = cost_model(folder / "model", args.architecture, device)
-        clips = synthetic.make_synthetic_got10k(folder / "clips", "train", sequences=8, frames=10, seed=0, style="plain")
+        clips = synthetic.make_synthetic_got10k(folder / "clips", "train", sequences=8, frames=10, seed=0,
+                                                style="plain")
         pairs = folder / "pairs.parquet"
         run_script("prepare_data.py", "pairs", "--got10k", clips, "--out", pairs, "--num", 4 * args.questions,
                    "--size", args.crop_size, "--seed", 0)
         flags = ["--init", model, "--data", pairs, "--crop-size", args.crop_size, "--device", device,
                  "--prompts-per-step", args.questions, "--group-size", args.group, "--updates-per-batch", args.updates,
                  "--batch-size", args.questions // args.updates * args.group, "--max-new-tokens", args.max_new_tokens,
-                 "--temperature", "1.0", "--no-save", "--seed", 0, *([] if args.lora else ["--full"])]
+                 "--temperature", "1.0", "--no-save", "--seed", 0, *([] if args.lora else ["--full"]),
+                 "--attn", "sdpa"]  # one kernel for both: the layouts are compared, not the kernels
         modes = {"repeated": ["--repeat-prompts"], "shared": []}
         runs = {mode: [] for mode in modes}
         for turn in range(args.repeats):
@@ -342,7 +345,9 @@ def bench_step_cost(args) -> dict:
     print(f"{'speed-up':<10}" + "".join(f"{result['speedup'][key]:11.2f}x" for key in STAGES)
           + f"{'':12}{result['flop_ratio']:11.2f}x")
     print(f"peak memory, shared over repeated: {result['memory_ratio']:.2f}")
-    return {"step_cost": result, "device": device, "architecture": args.architecture}
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "CPU"
+    return {"step_cost": result, "device": device, "device_name": name, "threads": torch.get_num_threads(),
+            "architecture": args.architecture}
 
 
 def cost_model(path, architecture, device) -> Path:
