@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 import r1track
+import reports
 import training
 from answers import reward
 from cli import ArgumentParser, UserError, first_line, positive_int
@@ -461,7 +462,7 @@ def train(args, dist):
     stream = PairStream(train_source, args.seed, dist.rank, dist.world, state["position"], state["skipped"],
                         workers=training.data_workers(args, dist))
     val_pairs = training.validation_set(val_source, args, dist)
-    metrics = training.Metrics(out, dist, resume_step=state["step"])
+    report = reports.Report(out, dist, args, state["step"], "grpo", total_steps, settings)
     stop = training.StopFlag()
     if dist.main:
         print(f"GRPO: {sum(p.numel() for p in trainable_parameters(raw)):,} weights, {total_steps} steps of "
@@ -472,7 +473,7 @@ def train(args, dist):
 
     def checkpoint(step):
         training.save_checkpoint(out, step, raw, model, optimizer, scheduler, processor, settings, state, dist,
-                                 args.keep_checkpoints)
+                                 args.keep_checkpoints, card=report.card(step) if dist.main else None)
 
     step = state["step"]
     bar = tqdm(total=total_steps, initial=step, desc="grpo", unit="step", disable=not dist.main, dynamic_ncols=True)
@@ -481,23 +482,22 @@ def train(args, dist):
         step += 1
         record = grpo_step(step, model, raw, reference, processor, optimizer, scheduler, stream, args, dist)
         record["elapsed_s"] = time.perf_counter() - started  # the steps' own time against the run's (bookkeeping)
-        metrics.log(record)
+        report.log(record)
         bar.update()
         bar.set_postfix(reward=f"{record['reward_mean']:.3f}", iou=f"{record['iou_mean']:.3f}", kl=f"{record['kl']:.4f}")
         if val_pairs and (step % args.eval_every == 0 or step == total_steps):
             _, val_iou = training.evaluate(model if args.fsdp else raw, processor, val_pairs, args, dist,
                                            think=args.think)
-            metrics.log({"step": step, "val_iou": val_iou})
+            report.log({"step": step, "val_iou": val_iou})
             if dist.main:
                 bar.write(f"step {step}: val_iou {val_iou:.3f}")
-        metrics.plot()
+        report.plot()
         state.update(step=step, position=stream.position, skipped=stream.skipped, epoch=stream.epoch())
         if training.after_step(step, total_steps, stop, checkpoint, args, dist, bar):
-            metrics.plot(final=True)
+            report.finish()
             return 130
     bar.close()
-    metrics.plot(final=True)
-    return training.finish(raw, model, processor, settings, args, dist)
+    return training.finish(raw, model, processor, settings, args, dist, report, step)
 
 
 def main(argv=None) -> int:

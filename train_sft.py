@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import reports
 import training
 from cli import ArgumentParser
 from data import PairStream
@@ -87,7 +88,7 @@ def train(args, dist):
                         prepare=functools.partial(training.sft_example, processor, args.wording),
                         workers=training.data_workers(args, dist))
     val_pairs = training.validation_set(val_source, args, dist)
-    metrics = training.Metrics(out, dist, resume_step=state["step"])
+    report = reports.Report(out, dist, args, state["step"], "sft", total_steps, settings)
     stop = training.StopFlag()
     pad = processor.tokenizer.pad_token_id
     if dist.main:
@@ -108,7 +109,7 @@ def train(args, dist):
     def checkpoint(step):
         state.update(step=step, **consumed)
         training.save_checkpoint(out, step, raw, model, optimizer, scheduler, processor, settings, state, dist,
-                                 args.keep_checkpoints)
+                                 args.keep_checkpoints, card=report.card(step) if dist.main else None)
 
     step = state["step"]
     consumed = {"position": stream.position, "skipped": stream.skipped, "epoch": stream.epoch()}
@@ -145,24 +146,23 @@ def train(args, dist):
                       "grad_norm": float(grad_norm), "tokens_per_s": tokens / seconds, "epoch": consumed["epoch"]}
             if dist.device.type == "cuda":
                 record["peak_memory_gib"] = torch.cuda.max_memory_allocated(dist.device) / 2 ** 30
-            metrics.log(record)
+            report.log(record)
             bar.update()
             bar.set_postfix(loss=f"{loss_mean:.4f}", lr=f"{record['lr']:.2e}")
 
             if val_pairs and (step % args.eval_every == 0 or step == total_steps):
                 val_loss, val_iou = training.evaluate(model if args.fsdp else raw, processor, val_pairs, args, dist,
                                                       loss_sum=validation_loss)
-                metrics.log({"step": step, "val_loss": val_loss, "val_iou": val_iou})
-                metrics.plot()
+                report.log({"step": step, "val_loss": val_loss, "val_iou": val_iou})
+                report.plot()
                 if dist.main:
                     bar.write(f"step {step}: val_loss {val_loss:.4f}  val_iou {val_iou:.3f}")
             if training.after_step(step, total_steps, stop, checkpoint, args, dist, bar):
-                metrics.plot(final=True)
+                report.finish()
                 return 130
         upcoming.cancel()
     bar.close()
-    metrics.plot(final=True)
-    return training.finish(raw, model, processor, settings, args, dist,
+    return training.finish(raw, model, processor, settings, args, dist, report, step,
                            summary=f"  ({consumed['skipped']} unusable rows skipped)")
 
 

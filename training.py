@@ -1,7 +1,7 @@
 """The plumbing both trainers share, so that train_sft.py and train_grpo.py read as their
 algorithms: the flags common to both, ranks (the same script under python and torchrun),
 the model (LoRA, QLoRA or full; DDP or FSDP2), the optimizer, data and validation,
-checkpoints that are whole or absent, metrics and curves, Ctrl-C, and the `main` both
+checkpoints that are whole or absent (each with its model card, from reports.py), Ctrl-C, and the `main` both
 scripts run (through cli.script_main: bad input is one line).
 """
 
@@ -16,12 +16,12 @@ import os
 import re
 import shutil
 import signal
-import time
 from pathlib import Path
 
 import torch
 
 import r1track
+import reports
 from answers import parse_answer
 from boxes import iou_xyxy
 from cli import UserError, first_line, positive_int, script_main, write_atomic
@@ -128,6 +128,7 @@ def add_run_args(parser, default_out="runs/sft", default_batch=4, default_accum=
     group.add_argument("--timeout-minutes", type=positive_int, default=30,
                        help="under torchrun, how long a rank waits for the others in any one exchange before the run "
                        "ends (a rank that hangs; one that dies ends the run at once)")
+    reports.add_report_args(parser)
 
 
 def check_common_args(parser, args):
@@ -141,6 +142,7 @@ def check_common_args(parser, args):
         parser.error("--val-fraction must be in [0, 1)")
     if args.data_workers is not None and args.data_workers < 0:
         parser.error("--data-workers must be 0 or more")
+    reports.check_report_args(parser, args)
 
 
 def fill_settings(args, settings):
@@ -434,7 +436,8 @@ def checkpoints(out: Path) -> list[Path]:
 # Flags that change how a run is carried out, not what it computes: free to change on --resume.
 RUN_PLUMBING = {"out", "resume", "eval_every", "save_every", "keep_checkpoints", "merge_lora", "no_save", "device",
                 "timeout_minutes",
-                "data_workers", "val_data", "val_size", "attn", "gradient_checkpointing", "ref_on_cpu"}
+                "data_workers", "val_data", "val_size", "attn", "gradient_checkpointing", "ref_on_cpu",
+                *reports.PLUMBING}
 
 
 def run_flags(args) -> dict:
@@ -491,12 +494,15 @@ def full_state_dicts(model, optimizer):
     return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def save_model_folder(folder: Path, model, processor, settings, state_dict=None):
-    """A save_pretrained folder: adapter or full weights (safetensors), processor, settings."""
+def save_model_folder(folder: Path, model, processor, settings, state_dict=None, card=None):
+    """A save_pretrained folder: adapter or full weights (safetensors), processor, settings,
+    and the model card (README.md; after the weights, as peft writes a blank one)."""
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
     processor.save_pretrained(folder)
     settings.save(folder)
+    if card is not None:
+        card.save(folder / "README.md")
 
 
 def trainable_state(raw, model_state):
@@ -521,20 +527,21 @@ def is_sharded(model) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def save_checkpoint(out: Path, step: int, raw, model, optimizer, scheduler, processor, settings, state, dist, keep):
+def save_checkpoint(out: Path, step: int, raw, model, optimizer, scheduler, processor, settings, state, dist, keep,
+                    card=None):
     """checkpoint-<step>/: model folder, optimizer + scheduler + RNG, state file last; built
     in a temporary folder and renamed into place, so it is whole or absent. Under FSDP the
     weights and optimizer state are written by every rank, each its own shard (no rank holds
     more than its share), in SHARDS/ beside the configuration."""
     if is_sharded(model):
         return save_sharded_checkpoint(out, step, raw, model, optimizer, scheduler, processor, settings, state, dist,
-                                       keep)
+                                       keep, card)
     model_state, optimizer_state = full_state_dicts(model, optimizer)
     if dist.main:
         final, tmp = out / f"checkpoint-{step}", out / f".checkpoint-{step}.tmp"
         if not final.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-            save_model_folder(tmp, raw, processor, settings, state_dict=trainable_state(raw, model_state))
+            save_model_folder(tmp, raw, processor, settings, state_dict=trainable_state(raw, model_state), card=card)
             torch.save({"optimizer": optimizer_state, **schedule_and_rng(scheduler)}, tmp / "optimizer.pt")
             commit_checkpoint(tmp, final, state)
         forget_old_checkpoints(out, keep)
@@ -557,7 +564,8 @@ def forget_old_checkpoints(out: Path, keep: int):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def save_sharded_checkpoint(out, step, raw, model, optimizer, scheduler, processor, settings, state, dist, keep):
+def save_sharded_checkpoint(out, step, raw, model, optimizer, scheduler, processor, settings, state, dist, keep,
+                            card=None):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -573,6 +581,8 @@ def save_sharded_checkpoint(out, step, raw, model, optimizer, scheduler, process
         raw.config.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         settings.save(tmp)
+        if card is not None:
+            card.save(tmp / "README.md")
         torch.save(schedule_and_rng(scheduler), tmp / "scheduler.pt")
         commit_checkpoint(tmp, final, state)
         forget_old_checkpoints(out, keep)
@@ -622,7 +632,7 @@ def load_sharded_checkpoint(resume_dir: Path, model, optimizer) -> dict:
     return torch.load(resume_dir / "scheduler.pt", map_location="cpu", weights_only=True)
 
 
-def save_final(out: Path, raw, model, processor, settings, dist):
+def save_final(out: Path, raw, model, processor, settings, dist, card=None):
     """The final model in OUT itself, each file replaced atomically."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -630,88 +640,20 @@ def save_final(out: Path, raw, model, processor, settings, dist):
     if dist.main:
         tmp = out / ".final.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        save_model_folder(tmp, raw, processor, settings, state_dict=trainable_state(raw, model_state))
+        save_model_folder(tmp, raw, processor, settings, state_dict=trainable_state(raw, model_state), card=card)
         for path in tmp.iterdir():
             os.replace(path, out / path.name)
         tmp.rmdir()
     dist.barrier()
 
 
-def merge_lora(out: Path, dist):
+def merge_lora(out: Path, dist, card=None):
     """OUT/merged: the adapter folded into a bf16 copy of its base, a plain full model."""
     if not dist.main:
         return
     model, processor = r1track.load_model(str(out), dtype=torch.bfloat16, device="cpu")
-    save_model_folder(out / "merged", model, processor, load_settings(str(out)))
+    save_model_folder(out / "merged", model, processor, load_settings(str(out)), card=card)
     print(f"merged model: {out / 'merged'}")
-
-
-class Metrics:
-    """metrics.jsonl (one JSON object per line) and curves.png beside it; rank 0 only.
-    curves.png is redrawn when asked, but only once PLOT_SHARE of the time since the last
-    drawing covers what drawing took (a dozen panels take about a second), so plotting
-    costs at most that share of a run; `plot(final=True)` always draws."""
-
-    PLOT_SHARE = 0.02
-
-    def __init__(self, out: Path, dist, resume_step=0):
-        self.path, self.main = out / "metrics.jsonl", dist.main
-        self.drawn_at, self.drawing_seconds = None, 0.0
-        if self.main and self.path.exists():
-            # a resumed run redoes the steps after its checkpoint: drop their old lines
-            lines = [line for line in self.path.read_text().splitlines() if line.strip()]
-            kept = [line for line in lines if json.loads(line).get("step", 0) <= resume_step]
-            write_atomic(self.path, "".join(line + "\n" for line in kept))
-
-    def log(self, record: dict):
-        if self.main:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def plot(self, final=False):
-        if not self.main or not self.path.exists():
-            return
-        now = time.perf_counter()
-        if not final and self.drawn_at is not None and \
-                (now - self.drawn_at) * self.PLOT_SHARE < self.drawing_seconds:
-            return
-        plot_metrics(self.path, self.path.with_name("curves.png"))
-        self.drawn_at = time.perf_counter()
-        self.drawing_seconds = self.drawn_at - now
-
-
-def plot_metrics(metrics_file: Path, png: Path):
-    """One panel per logged quantity against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series: dict[str, tuple[list, list]] = {}
-    for line in metrics_file.read_text().splitlines():
-        record = json.loads(line)
-        for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)):
-                xs, ys = series.setdefault(key, ([], []))
-                xs.append(record["step"])
-                ys.append(value)
-    if not series:
-        return
-    columns = min(3, len(series))
-    rows = math.ceil(len(series) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 2.8 * rows), squeeze=False)
-    for ax, (key, (xs, ys)) in zip(axes.flat, series.items()):
-        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3)
-        ax.set_title(key)
-        ax.set_xlabel("step")
-        ax.grid(True, alpha=0.3)
-    for ax in list(axes.flat)[len(series):]:
-        ax.axis("off")
-    fig.tight_layout()
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png)
 
 
 class StopFlag:
@@ -746,18 +688,22 @@ def after_step(step, total_steps, stop, save, args, dist, bar) -> bool:
     return False
 
 
-def finish(raw, model, processor, settings, args, dist, summary="") -> int:
-    """The end of a run: the final model in OUT, and OUT/merged when asked."""
+def finish(raw, model, processor, settings, args, dist, report, step, summary="") -> int:
+    """The end of a run: the final model in OUT with its card, OUT/merged when asked, and
+    OUT on the hub when asked (only once it is safely on disk)."""
     out = Path(args.out)
+    report.finish()
     if args.no_save:
         if dist.main:
             print(f"done, nothing saved (--no-save){summary}")
         return 0
-    save_final(out, raw, model, processor, settings, dist)
+    save_final(out, raw, model, processor, settings, dist, card=report.card(step) if dist.main else None)
     if dist.main:
         print(f"final model: {out}{summary}")
     if args.merge_lora and hasattr(raw, "peft_config"):
-        merge_lora(out, dist)
+        merge_lora(out, dist, card=report.card(step, merged=True) if dist.main else None)
+    if args.push_to_hub and dist.main:
+        reports.push_to_hub(out, args.push_to_hub, args.hub_private)
     return 0
 
 

@@ -11,6 +11,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ["HF_HUB_OFFLINE"] = "1"
 # Arrow copies of parquet files go to a folder of this run, not the user's cache.
 os.environ["R1TRACK_CACHE"] = tempfile.mkdtemp(prefix="r1track-cache-")
+# Reports stay on this machine, in folders of this run: W&B offline, trackio's database here.
+os.environ["WANDB_MODE"] = "offline"
+os.environ["TRACKIO_DIR"] = tempfile.mkdtemp(prefix="trackio-")
 
 import torch  # noqa: E402
 

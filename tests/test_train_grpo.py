@@ -312,30 +312,6 @@ def test_questions_default_to_those_the_init_model_was_trained_on(tmp_path):
     assert checked() == ("seed", 336, "published")
 
 
-def test_curves_are_redrawn_within_a_small_share_of_the_run(tmp_path, monkeypatch):
-    """A step a second, drawing a second: curves.png is redrawn about every 50 steps, not every
-    step (it cost half of a GRPO step); the last drawing is never skipped."""
-    import training
-
-    drawings = []
-    clock = {"now": 0.0}
-
-    def draw(metrics_file, png):
-        drawings.append(clock["now"])
-        clock["now"] += 1.0  # drawing takes a second
-
-    monkeypatch.setattr(training, "plot_metrics", draw)
-    monkeypatch.setattr(training.time, "perf_counter", lambda: clock["now"])
-    metrics = training.Metrics(tmp_path, type("Dist", (), {"main": True})())
-    for step in range(1, 201):
-        clock["now"] += 1.0  # a step takes a second
-        metrics.log({"step": step, "loss": 1.0 / step})
-        metrics.plot()
-    metrics.plot(final=True)
-    assert 3 <= len(drawings) <= 6  # at most 2% of the 400 s run
-    assert drawings[-1] == clock["now"] - 1.0  # the final one, after the last step
-
-
 def test_loss_aggregations_and_unscaled_advantages_by_hand():
     """token-mean weighs every answer token alike; seq-mean-token-mean each answer alike (a
     one-token answer weighs as much as a three-token one); scale=False leaves r - mean."""
