@@ -115,6 +115,7 @@ def train(args, dist):
     consumed = {"position": stream.position, "skipped": stream.skipped, "epoch": stream.epoch()}
     bar = tqdm(total=total_steps, initial=step, desc="sft", unit="step", disable=not dist.main, dynamic_ncols=True)
     model.train()
+    run_started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1) as prefetch:
         upcoming = prefetch.submit(next_step_batches)
         while step < total_steps:
@@ -143,7 +144,9 @@ def train(args, dist):
             loss_mean, tokens = dist.all_sum([loss_total / dist.world, float(tokens)])
             seconds = time.perf_counter() - started
             record = {"step": step, "loss": loss_mean, "lr": scheduler.get_last_lr()[0],
-                      "grad_norm": float(grad_norm), "tokens_per_s": tokens / seconds, "epoch": consumed["epoch"]}
+                      "grad_norm": float(grad_norm), "tokens_per_s": tokens / seconds, "epoch": consumed["epoch"],
+                      # the run's time so far: its steps against the steps' own time show the bookkeeping
+                      "elapsed_s": time.perf_counter() - run_started}
             if dist.device.type == "cuda":
                 record["peak_memory_gib"] = torch.cuda.max_memory_allocated(dist.device) / 2 ** 30
             report.log(record)

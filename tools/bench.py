@@ -6,6 +6,7 @@ variant gives exactly the naive loop's boxes.
   python tools/bench.py --model runs/sft --device cuda --json bench.json
   python tools/bench.py --architecture 3b --device cuda # Qwen2.5-VL-3B's shape, random weights
   python tools/bench.py --train --device cuda           # SFT tokens/s and peak memory: LoRA, QLoRA, full
+  python tools/bench.py --reports --train-steps 40      # what --report-to tensorboard wandb trackio costs a step
   python tools/bench.py --recovery                      # AO with and without target-loss recovery
   python tools/bench.py --confidence --json conf.json   # how well the confidence tells good frames from lost ones
   python tools/bench.py --pipeline --json pipeline.json # host ms per frame at 1080p, read-ahead overlap, data workers
@@ -75,6 +76,9 @@ def build_parser():
     parser.add_argument("--confidence", action="store_true", help="measure the answers' confidence on synthetic clips "
                         "with occlusion and absence: ROC AUC against IoU >= 0.5 and against the target being visible, "
                         "and AO with and without confidence-driven recovery")
+    parser.add_argument("--reports", action="store_true", help="measure what live reports cost: train_sft.py's "
+                        "time per step in the loop, reporting to none against tensorboard, wandb (offline) and "
+                        "trackio at once, --repeats runs of each in turns")
     parser.add_argument("--train-steps", type=int, default=10, help="optimizer steps timed per training mode")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--read-parquet", help=argparse.SUPPRESS)  # the process peak_memory_reading measures
@@ -557,6 +561,37 @@ def bench_training(args) -> dict:
     return {"training": results}
 
 
+def bench_reports(args) -> dict:
+    """train_sft.py's loop time per step (elapsed_s from step to step: the step, its metrics
+    line, the reports and the curves) with no live reports and with all three, in turns; the
+    first two steps left out (warm-up, and the reporters' start)."""
+    device = args.device or r1track.default_device()
+    modes = {"none": ["none"], "tensorboard+wandb+trackio": ["tensorboard", "wandb", "trackio"]}
+    per_step = {mode: [] for mode in modes}
+    with tempfile.TemporaryDirectory() as folder:
+        split = synthetic.make_synthetic_got10k(folder, "train", sequences=8, frames=10, style="plain")
+        env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "TRACKIO_DIR": str(Path(folder) / "tk")}
+        for turn in range(args.repeats):
+            for mode, reporters in modes.items():
+                out = Path(folder) / f"{mode}-{turn}"
+                command = [sys.executable, str(ROOT / "train_sft.py"), "--model", args.model, "--data", str(split),
+                           "--out", str(out), "--device", str(device), "--max-steps", str(args.train_steps + 2),
+                           "--batch-size", str(TRAIN_BATCH), "--grad-accum", "1", "--no-save",
+                           "--report-to", *reporters, "--run-name", out.name]
+                run = subprocess.run(command, capture_output=True, text=True, env=env)
+                if run.returncode != 0:
+                    raise UserError(f"train_sft.py --report-to {' '.join(reporters)} failed: "
+                                    f"{(run.stderr.strip().splitlines() or ['?'])[-1]}")
+                elapsed = [json.loads(line)["elapsed_s"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+                per_step[mode].append(statistics.median(b - a for a, b in zip(elapsed[2:], elapsed[3:])))
+                print(f"{mode:<28} run {turn + 1}: {per_step[mode][-1] * 1000:8.1f} ms a step", flush=True)
+    medians = {mode: statistics.median(runs) for mode, runs in per_step.items()}
+    cost = medians["tensorboard+wandb+trackio"] / medians["none"] - 1
+    print(f"reporting to all three: {cost * 100:+.1f}% of a step ({medians['none'] * 1000:.1f} ms without)")
+    return {"reports": {"seconds_per_step": medians, "runs": per_step, "cost_share": cost,
+                        "steps_timed": args.train_steps, "batch_size": TRAIN_BATCH}}
+
+
 def run(args) -> int:
     if not args.architecture and not args.recovery and args.model == str(DEMO_MODEL) \
             and not DEMO_MODEL.is_dir():
@@ -570,6 +605,8 @@ def run(args) -> int:
         result = bench_confidence(args)
     elif args.pipeline:
         result = bench_pipeline(args)
+    elif args.reports:
+        result = bench_reports(args)
     else:
         result = bench_training(args) if args.train else bench_tracking(args)
     import torch
