@@ -36,12 +36,11 @@ from __future__ import annotations
 import copy
 import json
 import sys
-import time
 from pathlib import Path
 
-import frame_loop
 import r1track
 import synthetic
+import video_tracking
 from answers import parse_answer
 from benchmarks import got10k
 from benchmarks.got10k import GOT10K, read_got10k_sequence
@@ -51,6 +50,7 @@ from cli import ArgumentParser, UserError, frame_readers, script_main, write_ato
 from frames import as_pil, open_frames, read_frame
 from prompts import question_text
 from settings import DEFAULT_MODEL, DEMO_MODEL, add_settings_args
+from video_tracking import Target, VideoWriter, draw_box
 
 # The demo's clips: drawn as the demo model's training data (tools/make_demo_model.py), with a seed
 # its training and validation never used.
@@ -115,107 +115,6 @@ def parse_box(text: str, box_format: str, frame_size) -> list[float]:
         return check_init_box(values, *frame_size)
     except ValueError as error:
         raise UserError(f"--box {text}: {error}") from None
-
-
-# -----------------------------------------------------------------------------
-# Frames out
-
-
-class VideoWriter:
-    """tracked.mp4, written to a temporary file and renamed when closed."""
-
-    def __init__(self, path: Path, size, fps: float):
-        import av
-
-        self.path, self.tmp = path, path.with_name(f".{path.name}.tmp.mp4")
-        self.container = av.open(str(self.tmp), mode="w")
-        try:
-            self.stream = self.container.add_stream("libx264", rate=round(fps))
-        except (av.FFmpegError, ValueError):
-            self.stream = self.container.add_stream("mpeg4", rate=round(fps))
-        # yuv420p wants even sides
-        self.stream.width, self.stream.height = size[0] // 2 * 2, size[1] // 2 * 2
-        self.stream.pix_fmt = "yuv420p"
-
-    def write(self, image):
-        import av
-
-        if image.size != (self.stream.width, self.stream.height):
-            image = image.crop((0, 0, self.stream.width, self.stream.height))
-        for packet in self.stream.encode(av.VideoFrame.from_image(image)):
-            self.container.mux(packet)
-
-    def close(self):
-        for packet in self.stream.encode():
-            self.container.mux(packet)
-        self.container.close()
-        self.tmp.replace(self.path)
-
-
-COLOURS = ((0, 255, 0), (255, 64, 64), (64, 160, 255), (255, 200, 0), (255, 0, 255), (0, 255, 255),
-           (255, 128, 0), (160, 96, 255))
-
-
-def draw_targets(image, targets, index: int):
-    """The frame with each target's box in its colour, its number and confidence beside it;
-    a lost target's box drawn thin with "lost"."""
-    from PIL import ImageDraw
-
-    image = as_pil(image).copy()
-    draw = ImageDraw.Draw(image)
-    width = max(2, round(min(image.size) / 200))
-    for target in targets:
-        if not target.frames or target.frames[-1] != index:
-            continue  # not started yet
-        x, y, w, h = target.boxes[-1]
-        colour = COLOURS[(target.number - 1) % len(COLOURS)]
-        lost = target.lost[-1]
-        draw.rectangle([x, y, x + w, y + h], outline=colour, width=1 if lost else width)
-        confidence = target.confidences[-1]
-        label = f"{target.number}" + ("" if confidence is None else f" {confidence:.2f}") + (" lost" if lost else "")
-        draw.text((x + 2, max(y - 12, 0)), label, fill=colour)
-    draw.text((6, 4), f"#{index + 1}", fill=(255, 255, 0))
-    return image
-
-
-def draw_box(image, box_xywh, index: int):
-    """The frame with one box in green and its frame number (the demo's video)."""
-    from PIL import ImageDraw
-
-    image = as_pil(image).copy()
-    x, y, w, h = box_xywh
-    ImageDraw.Draw(image).rectangle([x, y, x + w, y + h], outline=COLOURS[0], width=max(2, round(min(image.size) / 200)))
-    ImageDraw.Draw(image).text((6, 4), f"#{index + 1}", fill=(255, 255, 0))
-    return image
-
-
-def write_rows(path: Path, rows):
-    write_atomic(path, "".join(",".join(f"{v:.3f}" for v in row) + "\n" for row in rows))
-
-
-class Target:
-    """One tracked object: where it starts, its tracker (its own state; the answerer is
-    shared) and what it has produced, one row per tracked frame."""
-
-    def __init__(self, number: int, box_xywh, first_frame: int):
-        self.number, self.box_xywh, self.first_frame = number, box_xywh, first_frame
-        self.tracker = None
-        self.frames, self.boxes, self.confidences, self.lost = [], [], [], []
-
-    def add(self, index: int, frame):
-        """One tracked frame (frame_loop.TargetFrame)."""
-        self.frames.append(index)
-        self.boxes.append(list(frame.box_xywh))
-        self.confidences.append(frame.confidence)
-        self.lost.append(bool(frame.lost))
-
-    def write(self, folder: Path):
-        folder.mkdir(parents=True, exist_ok=True)
-        write_rows(folder / "boxes.txt", self.boxes)
-        write_atomic(folder / "frames.txt", "".join(f"{index + 1}\n" for index in self.frames))
-        write_atomic(folder / "confidence.txt", "".join(
-            "nan\n" if c is None else f"{c:.4f}\n" for c in self.confidences))
-        write_atomic(folder / "lost.txt", "".join(f"{int(lost)}\n" for lost in self.lost))
 
 
 # -----------------------------------------------------------------------------
@@ -284,8 +183,6 @@ def check_args(args):
 
 
 def track(args) -> int:
-    from tqdm import tqdm
-
     args.model = args.model or DEFAULT_MODEL
     check_args(args)
     specs = [(None, box) for box in args.box or []] or (read_box_file(args.boxes) if args.boxes else [])
@@ -302,62 +199,13 @@ def track(args) -> int:
     tracker, found = load_tracker(args, first)
     if found is not None:
         targets = [Target(1, found, 0)]
-    times, latencies, undecodable = [], [], []
-    writer = None if args.no_video else VideoWriter(out / "tracked.mp4", size, fps)
-    shown = [first]  # the last frame that could be decoded, shown in place of one that could not
-
-    def on_frame(result):
-        if result.frame is None:
-            undecodable.append(result.index)
-            tqdm.write(f"warning: frame {result.index + 1} could not be decoded; keeping the last boxes",
-                       file=sys.stderr)
-        else:
-            shown[0] = result.frame
-        for target, frame in zip(targets, result.targets):
-            if frame is not None:
-                target.add(result.index, frame)
-        answered = any(frame is not None and frame.outcome in ANSWERS for frame in result.targets)
-        times.append(result.seconds if answered else 0.0)  # 0: no answer asked
-        if result.arrived is not None:
-            latencies.append(time.perf_counter() - result.arrived)
-        if writer:
-            writer.write(draw_targets(shown[0], targets, result.index))
-
-    interrupted = False
-    for target in targets:
-        target.tracker = copy.copy(tracker)  # each its own state, all one answerer: one batched call a frame
-    try:
-        starts = [frame_loop.Start(target.tracker, target.box_xywh, target.first_frame) for target in targets]
-        frame_loop.run([frame_loop.Sequence(frames, starts)], on_frame, progress="tracking",
-                       total=None if args.realtime else total)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        for target in targets:
-            target.write(out if len(targets) == 1 else out / f"target{target.number}")
-        write_rows(out / "times.txt", [[t] for t in times])
-        if writer:
-            writer.close()
-        if live:
-            write_realtime_report(out / "realtime.json", live, latencies, len(times))
-    summarise(targets, times, len(undecodable), out, live, latencies)
-    if interrupted:
+    tracked = video_tracking.track_video(first, frames, total, fps, targets, tracker, out, video=not args.no_video,
+                                         live=live, realtime=args.realtime)
+    summarise(targets, tracked.times, len(tracked.undecodable), out, live, tracked.latencies)
+    if tracked.interrupted:
         print("interrupted: the frames tracked so far are saved")
         return 130
     return 0
-
-
-# what became of a target on a frame where the model was asked about it
-ANSWERS = (frame_loop.ANSWERED, frame_loop.UNUSABLE, frame_loop.EDGE_HOLD)
-
-
-def write_realtime_report(path: Path, live, latencies, processed: int):
-    import statistics
-
-    report = {"frames_tracked": processed, "frames_dropped": live.dropped,
-              "latency_ms_median": 1000 * statistics.median(latencies) if latencies else None,
-              "latency_ms_max": 1000 * max(latencies) if latencies else None}
-    write_atomic(path, json.dumps(report, indent=2) + "\n")
 
 
 def summarise(targets, times, decode_failures, out, live, latencies):
