@@ -1,5 +1,6 @@
-"""The frame loop: every tracked frame goes through here, whoever tracks (track.py, the
-benchmarks' runner and so eval_got10k.py and the demo, the bench, Tracker.track).
+"""The frame loop: every tracked frame goes through here, whoever tracks (track.py and the
+web page through video_tracking.py, the benchmarks' runner and so eval_got10k.py and the demo,
+the bench, Tracker.track).
 
 It takes sequences (a frame source and the targets tracked in it, each with a tracker of its
 own), reads their frames ahead on background threads, starts each target at its frame, asks

@@ -1,0 +1,386 @@
+"""Track your own video in a web page: upload it (or take the demo clip), pick the frame to
+start from, draw a box around each target (or describe one and adjust the box the model
+proposes), press Track, and get the tracked video back with each target's confidence over time,
+the boxes in the files track.py writes, and the frames per second.
+
+  pip install -r requirements-app.txt
+  python app.py                                  # the demo model, on http://127.0.0.1:7860
+  python app.py --model runs/grpo --model WangBiao/R1-Track-GRPO-wo-Think-100k --server http://gpu:8000
+
+The page offers only the models and servers given here (the bundled demo model by default): it
+never takes a path or an address from a visitor. It tracks with the same frame loop and writers
+as track.py (video_tracking.py), so a video, box and model give the same boxes from either.
+Videos longer than --max-frames are refused up front. Visitors are served one at a time (a
+queue), each with their own results, which are deleted an hour later and when the page stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import r1track
+import synthetic
+import video_tracking
+from boxes import check_init_box, xyxy_to_xywh
+from cli import ArgumentParser, UserError, first_line, positive_int, script_main
+from frames import Video, as_pil, open_frames
+from settings import DEMO_MODEL, add_settings_args
+
+KEEP_RESULTS_S = 3600  # a visitor's results are deleted after an hour
+RESULT_FILES = ("boxes.txt", "frames.txt", "confidence.txt", "lost.txt")
+
+
+def build_parser():
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--model", action="append", default=[], help="a model the page offers: hub id or folder "
+                        "(repeatable; default: the bundled demo model)")
+    parser.add_argument("--server", action="append", default=[], help="an OpenAI-compatible server (e.g. vLLM) the "
+                        "page offers (repeatable)")
+    parser.add_argument("--server-model", help="the model name the servers serve (default: each one's first)")
+    add_settings_args(parser)
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
+                        help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
+    parser.add_argument("--max-frames", type=positive_int, default=900, help="the longest video the page takes, in "
+                        "frames (default: 900, 30 s at 30 fps)")
+    parser.add_argument("--host", default="127.0.0.1", help="the address to serve on (default: this machine only; "
+                        "0.0.0.0 for every network it is on)")
+    parser.add_argument("--port", type=int, default=7860, help="the port (default: 7860)")
+    parser.add_argument("--share", action="store_true", help="also serve through a public Gradio share link")
+    return parser
+
+
+# -----------------------------------------------------------------------------
+# Models: those the launcher named, loaded once each when first asked for
+
+
+class Models:
+    """The models and servers the page offers, by the name shown on the page; each tracker is
+    built on first use and kept. One visitor is served at a time (the queue), so one tracker
+    a model is enough."""
+
+    def __init__(self, args):
+        self.args, self.loaded, self.lock = args, {}, threading.Lock()
+        models = args.model or [str(DEMO_MODEL)]
+        self.specs = {("demo model" if spec == str(DEMO_MODEL) else spec): ("model", spec) for spec in models}
+        self.specs.update({f"server {url}": ("server", url) for url in args.server})
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.specs)
+
+    def get(self, name: str):
+        """(tracker, (model, processor) or None for a server)."""
+        if name not in self.specs:  # the page sends only names it was given; anything else is refused
+            raise UserError("choose one of the models this page offers")
+        with self.lock:
+            if name not in self.loaded:
+                kind, spec = self.specs[name]
+                flags = argparse.Namespace(**{**vars(self.args), "model": spec if kind == "model" else None,
+                                              "server": spec if kind == "server" else None, "recover": False})
+                self.loaded[name] = r1track.tracker_from_args(flags, self.args.device, name=f"R1-Track[{name}]")
+            return self.loaded[name]
+
+
+# -----------------------------------------------------------------------------
+# A visitor's video: checked, its frames counted, one frame shown
+
+
+class Clip(dict):
+    """What the page keeps about a visitor's video (a gr.State): path, frames, fps, size."""
+
+
+def open_clip(path: str, max_frames: int) -> Clip:
+    """The video checked and measured: every frame decoded once (the count a file's header
+    gives can be wrong, and a truncated file is found here, not half-way through tracking)."""
+    if not path:
+        raise UserError("upload a video first (or take the demo clip)")
+    video = Video(path)
+    count, size, broken = 0, None, 0
+    for frame in video:
+        if frame is None:
+            broken += 1
+        elif size is None:
+            size = (frame.shape[1], frame.shape[0])
+        count += 1
+        if count > max_frames:
+            raise UserError(f"this video is longer than {max_frames} frames, the most this page tracks; cut it "
+                            "shorter, or run track.py on it")
+    if size is None:
+        raise UserError("no frame of this file could be decoded: is it a video?")
+    note = ""
+    if video.total and count < video.total:
+        note = f"the video ends after {count} of the {video.total} frames its header announces (truncated?)"
+    if broken:
+        note = (note + "; " if note else "") + f"{broken} frames could not be decoded (the last box is kept there)"
+    return Clip(path=path, frames=count, fps=video.fps, size=size, note=note)
+
+
+def frame_at(clip: Clip, index: int):
+    for k, frame in enumerate(Video(clip["path"])):
+        if k == index and frame is not None:
+            return frame
+    raise UserError(f"frame {index + 1} could not be decoded; pick another")
+
+
+def describe(clip: Clip) -> str:
+    w, h = clip["size"]
+    text = f"{clip['frames']} frames of {w}x{h} at {clip['fps']:.3g} fps."
+    return text + (f" Note: {clip['note']}." if clip["note"] else "")
+
+
+# -----------------------------------------------------------------------------
+# The targets: drawn boxes and typed ones
+
+
+def parse_typed_boxes(text: str) -> list[list[float]]:
+    """The typed boxes, one x1,y1,x2,y2 a line (frame pixels), as x1,y1,x2,y2 lists."""
+    boxes = []
+    for number, line in enumerate((text or "").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            values = [float(v) for v in line.replace(" ", "").split(",")]
+        except ValueError:
+            values = []
+        if len(values) != 4:
+            raise UserError(f"typed box line {number}: four numbers x1,y1,x2,y2, got {line.strip()!r}")
+        boxes.append(values)
+    return boxes
+
+
+def target_boxes_xywh(drawn: dict | None, typed: str, size) -> list[list[float]]:
+    """Every target's box (x, y, w, h in frame pixels), drawn ones first, each checked."""
+    boxes_xyxy = [[b["xmin"], b["ymin"], b["xmax"], b["ymax"]] for b in (drawn or {}).get("boxes") or []]
+    boxes_xyxy += parse_typed_boxes(typed)
+    if not boxes_xyxy:
+        raise UserError("draw a box around the target on the frame (or type one, or find it by its description)")
+    checked = []
+    for number, (x1, y1, x2, y2) in enumerate(boxes_xyxy, 1):
+        if x2 <= x1 or y2 <= y1:
+            raise UserError(f"box {number} ({x1:g},{y1:g},{x2:g},{y2:g}) has no area: it needs x2 > x1 and y2 > y1")
+        try:
+            checked.append(check_init_box(xyxy_to_xywh([x1, y1, x2, y2]), *size))
+        except ValueError as error:
+            raise UserError(f"box {number}: {error}") from None
+    return checked
+
+
+# -----------------------------------------------------------------------------
+# Tracking and its results
+
+
+def forget_old_results(root: Path):
+    for folder in root.iterdir():
+        if time.time() - folder.stat().st_mtime > KEEP_RESULTS_S:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def track_clip(clip: Clip, boxes_xywh, start: int, tracker, out: Path, on_progress=None):
+    """Track the targets from frame `start` (from 0) to the end, as track.py does with
+    --box x1,y1,x2,y2@start+1; writes what track.py writes to `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    first, frames, total, fps, _ = open_frames(clip["path"], None)
+    targets = [video_tracking.Target(number, box, start) for number, box in enumerate(boxes_xywh, 1)]
+    tracked = video_tracking.track_video(first, frames, total or clip["frames"], fps, targets, tracker, out,
+                                         progress=None, on_progress=on_progress)
+    (out / "targets.txt").write_text("".join(f"{x:g},{y:g},{x + w:g},{y + h:g}@{start + 1}\n"
+                                             for x, y, w, h in boxes_xywh))
+    return targets, tracked
+
+
+def confidence_plot(targets, lost_below: float):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 2.8))
+    for target in targets:
+        colour = [c / 255 for c in video_tracking.COLOURS[(target.number - 1) % len(video_tracking.COLOURS)]]
+        values = [float("nan") if c is None else c for c in target.confidences]
+        ax.plot([f + 1 for f in target.frames], values, color=colour, label=f"target {target.number}")
+    ax.axhline(lost_below, color="grey", linestyle="--", linewidth=1, label="lost below")
+    ax.set_xlabel("frame")
+    ax.set_ylabel("confidence")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def summary(targets, tracked, tracker) -> str:
+    asked = [t for t in tracked.times if t > 0]
+    speed = f"{len(asked) / sum(asked):.2f} frames per second" if asked else "no frame tracked"
+    lines = [f"**{len(tracked.times)} frames, {speed}** (the model's time per frame, all targets at once)."]
+    for target in targets:
+        lost = sum(target.lost)
+        lines.append(f"- target {target.number}: {len(target.boxes)} frames, {lost} judged lost (confidence below "
+                     f"{tracker.lost_below}), {target.tracker.fallbacks} unusable answers")
+    return "\n".join(lines)
+
+
+def zip_results(out: Path, targets) -> Path:
+    path = out / "boxes.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.write(out / "targets.txt", "targets.txt")
+        archive.write(out / "times.txt", "times.txt")
+        for target in targets:
+            folder = out if len(targets) == 1 else out / f"target{target.number}"
+            prefix = "" if len(targets) == 1 else f"target{target.number}/"
+            for name in RESULT_FILES:
+                archive.write(folder / name, prefix + name)
+    return path
+
+
+# -----------------------------------------------------------------------------
+# The page
+
+
+def demo_clip(folder: Path) -> str:
+    """A synthetic clip the demo model never saw, as an mp4 (the page's 'demo clip')."""
+    clips = synthetic.make_synthetic_got10k(folder / "clips", "val", sequences=1, frames=40, seed=7, style="plain")
+    frames = sorted((next(p for p in clips.iterdir() if p.is_dir())).glob("*.jpg"))
+    first, source, _, _, _ = open_frames(str(frames[0].parent), 10.0)
+    writer = video_tracking.VideoWriter(folder / "demo.mp4", (first.shape[1], first.shape[0]), 10.0)
+    for _, frame, _ in source:
+        writer.write(as_pil(frame))
+    writer.close()
+    return str(folder / "demo.mp4")
+
+
+def build_page(args, models: Models, root: Path, demo_path: str):
+    import gradio as gr
+    from gradio_image_annotation import image_annotator
+
+    def fail(error: Exception):
+        """A readable message on the page; the server keeps serving."""
+        raise gr.Error(str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {first_line(error)}",
+                       print_exception=not isinstance(error, UserError))
+
+    def load(path):
+        try:
+            clip = open_clip(path, args.max_frames)
+            frame = frame_at(clip, 0)
+        except Exception as error:
+            fail(error)
+        return (clip, {"image": frame, "boxes": []}, gr.update(maximum=clip["frames"], value=1, visible=True),
+                describe(clip))
+
+    def show(clip, number):
+        try:
+            if not clip:
+                raise UserError("upload a video first (or take the demo clip)")
+            return {"image": frame_at(clip, int(number) - 1), "boxes": []}
+        except Exception as error:
+            fail(error)
+
+    def propose(clip, drawn, description, model_name):
+        try:
+            if not clip or not drawn:
+                raise UserError("upload a video first (or take the demo clip)")
+            if not description.strip():
+                raise UserError("type what the target is, e.g. 'the red car'")
+            tracker, loaded = models.get(model_name)
+            if loaded is None:
+                raise UserError("finding a target by its description needs a local model, not a server")
+            box = r1track.locate_text(*loaded, drawn["image"], description.strip())
+            if box is None:
+                raise UserError(f"the model could not find {description.strip()!r} in this frame; draw the box")
+        except Exception as error:
+            fail(error)
+        x, y, w, h = box
+        boxes = list(drawn.get("boxes") or []) + [{"xmin": round(x), "ymin": round(y), "xmax": round(x + w),
+                                                   "ymax": round(y + h), "label": description.strip()}]
+        return {"image": drawn["image"], "boxes": boxes}
+
+    def track(clip, drawn, typed, number, model_name, progress=gr.Progress()):
+        try:
+            if not clip:
+                raise UserError("upload a video first (or take the demo clip)")
+            boxes_xywh = target_boxes_xywh(drawn, typed, clip["size"])
+            tracker, _ = models.get(model_name)
+            forget_old_results(root / "results")
+            out = root / "results" / uuid.uuid4().hex
+            progress(0, desc="tracking")
+            targets, tracked = track_clip(clip, boxes_xywh, int(number) - 1, tracker, out, on_progress=lambda done,
+                                          total: progress((done, total), desc="tracking", unit="frames"))
+        except Exception as error:
+            fail(error)
+        return (str(out / "tracked.mp4"), confidence_plot(targets, tracker.lost_below), str(zip_results(out, targets)),
+                summary(targets, tracked, tracker))
+
+    with gr.Blocks(title="R1-Track", delete_cache=(600, KEEP_RESULTS_S)) as page:
+        gr.Markdown("# R1-Track: track your own video\n"
+                    f"Upload a video of at most {args.max_frames} frames (or take the demo clip), draw a box "
+                    "around each object to follow on its first frame, and press **Track**.")
+        clip = gr.State(None)
+        with gr.Row():
+            with gr.Column():
+                video = gr.File(label="Video", file_types=["video"], elem_id="video")
+                demo = gr.Button("Take the demo clip", elem_id="demo-clip")
+                about = gr.Markdown(elem_id="about")
+                model = gr.Dropdown(models.names, value=models.names[0], label="Model", elem_id="model")
+                start = gr.Slider(1, 2, value=1, step=1, label="Start at frame", visible=False, elem_id="start")
+                description = gr.Textbox(label="Or describe the target", placeholder="the red car",
+                                         elem_id="description")
+                find = gr.Button("Find it", elem_id="find")
+                typed = gr.Textbox(label="Or type boxes: x1,y1,x2,y2 in frame pixels, one a line", lines=2,
+                                   elem_id="typed")
+            with gr.Column(scale=2):
+                drawn = image_annotator(label="Draw a box around each target", sources=[], image_type="numpy",
+                                        disable_edit_boxes=True, use_default_label=True, elem_id="frame")
+                run = gr.Button("Track", variant="primary", elem_id="track")
+        with gr.Row():
+            result = gr.Video(label="Tracked", elem_id="result", interactive=False)
+            with gr.Column():
+                stats = gr.Markdown(elem_id="stats")
+                plot = gr.Plot(label="Confidence", elem_id="confidence")
+                boxes = gr.File(label="Boxes (the files track.py writes)", elem_id="boxes", interactive=False)
+
+        video.upload(load, video, [clip, drawn, start, about])
+        demo.click(lambda: demo_path, None, video).then(load, video, [clip, drawn, start, about])
+        start.input(show, [clip, start], drawn, trigger_mode="always_last")
+        find.click(propose, [clip, drawn, description, model], drawn)
+        run.click(track, [clip, drawn, typed, start, model], [result, plot, boxes, stats])
+    return page
+
+
+def serve(args) -> int:
+    import gradio  # noqa: F401  (said in one line below when missing)
+
+    root = Path(tempfile.mkdtemp(prefix="r1track-app-"))
+    (root / "results").mkdir()
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # uploads' results and the demo clip
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a stop by SIGTERM cleans up as Ctrl-C does
+    page = build_page(args, Models(args), root, demo_clip(root / "demo"))
+    page.queue(default_concurrency_limit=1, max_size=32)
+    page.launch(server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[str(root)],
+                show_error=True, prevent_thread_lock=False)
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        import gradio  # noqa: F401
+        import gradio_image_annotation  # noqa: F401
+    except ImportError as error:
+        print(f"error: the page needs {error.name}: pip install -r requirements-app.txt", file=sys.stderr)
+        return 2
+    return script_main(serve, args, quiet=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""The web page (app.py) in a real browser: Debian's headless Chromium driven by Selenium
+through Debian's chromedriver, against the page served by `python app.py` on 127.0.0.1. A
+visitor uploads a clip, draws boxes with the mouse, presses Track and downloads the boxes,
+which must equal track.py's on the same clip, boxes and model; bad input is a message on the
+page and the page goes on serving. `pytest -k browser` runs these alone."""
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_main
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+MAX_FRAMES = 60
+
+
+def write_clip(path: Path, frames: int, seed: int, size=(320, 240)) -> Path:
+    """A synthetic clip (a patterned target moving on a plain background) as an H.264 mp4."""
+    import synthetic
+    from frames import open_frames
+    from video_tracking import VideoWriter
+
+    clips = synthetic.make_synthetic_got10k(path.parent / f"frames-{path.stem}", "val", sequences=1, frames=frames,
+                                            seed=seed, size=size, style="plain")
+    folder = next(p for p in clips.iterdir() if p.is_dir())
+    first, source, _, _, _ = open_frames(str(folder), 10.0)
+    writer = VideoWriter(path, (first.shape[1], first.shape[0]), 10.0)
+    for _, frame, _ in source:
+        from frames import as_pil
+
+        writer.write(as_pil(frame))
+    writer.close()
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    """`python app.py` with the demo model, as a user starts it; its temporary files in a
+    folder of this test, to see them cleaned up."""
+    work = tmp_path_factory.mktemp("page")
+    port = free_port()
+    env = {**os.environ, "TMPDIR": str(work), "GRADIO_TEMP_DIR": str(work / "gradio"),
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = open(work / "app.log", "w")
+    process = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--max-frames", str(MAX_FRAMES)],
+                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 180
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            assert process.poll() is None and time.time() < deadline, (work / "app.log").read_text()[-3000:]
+            time.sleep(0.5)
+    yield {"url": url, "work": work, "process": process}
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    log.close()
+
+
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1400,1300"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.fixture
+def driver():
+    driver = browser()
+    yield driver
+    driver.quit()
+
+
+def by_id(driver, element_id):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.ID, element_id)
+
+
+def wait_until(driver, condition, timeout=120):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.25).until(condition)
+
+
+def open_page(driver, page):
+    driver.get(page["url"])
+    wait_until(driver, lambda d: by_id(d, "track").is_displayed())
+
+
+def upload(driver, path: Path):
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.CSS_SELECTOR, "#video input[type=file]").send_keys(str(path))
+
+
+def message_on_page(driver, timeout=60) -> str:
+    """The text of the message the page shows (Gradio's toast)."""
+    from selenium.webdriver.common.by import By
+
+    def toast(d):
+        texts = [e.text for e in d.find_elements(By.CSS_SELECTOR, ".toast-body") if e.text.strip()]
+        return texts[-1] if texts else False
+
+    return wait_until(driver, toast, timeout)
+
+
+def draw_box(driver, frame_size, box_xyxy):
+    """Drag a box on the frame with the mouse, in frame pixels, as a visitor does (the
+    component scales the frame to fit its canvas and centres it)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    canvas = driver.find_element(By.CSS_SELECTOR, "#frame canvas")
+    width, height = canvas.size["width"], canvas.size["height"]
+    scale = min(width / frame_size[0], height / frame_size[1])
+    x1, y1, x2, y2 = box_xyxy
+    left, top = -frame_size[0] * scale / 2, -frame_size[1] * scale / 2  # from the canvas centre
+    ActionChains(driver).move_to_element_with_offset(canvas, round(left + x1 * scale), round(top + y1 * scale)) \
+        .click_and_hold().move_by_offset(round((x2 - x1) * scale), round((y2 - y1) * scale)).release().perform()
+
+
+def tracked_result(driver, timeout=300):
+    """(the downloaded boxes.zip, the tracked video's bytes) once the page shows them."""
+    from selenium.webdriver.common.by import By
+
+    wait_until(driver, lambda d: "frames per second" in by_id(d, "stats").text, timeout)
+    link = driver.find_element(By.CSS_SELECTOR, "#boxes a").get_attribute("href")
+    video = driver.find_element(By.CSS_SELECTOR, "#result video").get_attribute("src")
+    return (zipfile.ZipFile(io.BytesIO(urllib.request.urlopen(link).read())),
+            urllib.request.urlopen(video).read())
+
+
+def frame_count(video_bytes: bytes, tmp_path: Path) -> int:
+    import av
+
+    path = tmp_path / "downloaded.mp4"
+    path.write_bytes(video_bytes)
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def test_browser_two_targets_tracked_as_track_py_tracks_them(page, driver, tmp_path):
+    """Upload, start at frame 3, draw two boxes, Track: the page's boxes equal track.py's
+    (--boxes with the targets the page saved, which say @3), and its video has every frame."""
+    from selenium.webdriver.common.keys import Keys
+
+    clip = write_clip(tmp_path / "clip.mp4", frames=24, seed=11)
+    open_page(driver, page)
+    assert f"at most {MAX_FRAMES} frames" in driver.page_source  # the limit, said up front
+    upload(driver, clip)
+    wait_until(driver, lambda d: "24 frames of 320x240" in by_id(d, "about").text)
+    number = by_id(driver, "start").find_element("css selector", "input[type=number]")
+    number.send_keys(Keys.CONTROL, "a")
+    number.send_keys("3", Keys.ENTER)
+    time.sleep(1.5)
+    draw_box(driver, (320, 240), (40, 40, 110, 140))
+    draw_box(driver, (320, 240), (200, 120, 280, 200))
+    by_id(driver, "track").click()
+    archive, video = tracked_result(driver)
+    if os.environ.get("R1TRACK_SCREENSHOT"):  # the README's picture: R1TRACK_SCREENSHOT=docs/app.png
+        driver.save_screenshot(os.environ["R1TRACK_SCREENSHOT"])
+    targets = archive.read("targets.txt").decode()
+    assert len(targets.splitlines()) == 2 and all(line.endswith("@3") for line in targets.splitlines())
+    assert frame_count(video, tmp_path) == 24
+
+    (tmp_path / "targets.txt").write_text(targets)
+    result = run_main("track.py", "--video", clip, "--boxes", tmp_path / "targets.txt", "--model", "demo_model",
+                      "--out", tmp_path / "track", "--no-video")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for k in (1, 2):
+        for name in ("boxes.txt", "frames.txt", "lost.txt", "confidence.txt"):
+            assert archive.read(f"target{k}/{name}").decode() == (tmp_path / "track" / f"target{k}" / name).read_text()
+    assert (tmp_path / "track" / "target1" / "frames.txt").read_text().splitlines()[0] == "3"
+
+
+@pytest.mark.parametrize("case", ["not a video", "truncated", "too long", "no box", "outside", "no area"])
+def test_browser_bad_input_is_a_message_on_the_page(page, driver, tmp_path, case):
+    """Each bad input gets a readable message on the page, never a traceback, and the page
+    still serves: the same visitor can then track a good clip."""
+    clip = write_clip(tmp_path / "good.mp4", frames=12, seed=5)
+    def written(name, data: bytes) -> Path:
+        (tmp_path / name).write_bytes(data)
+        return tmp_path / name
+
+    bad = {"not a video": lambda: written("notes.mp4", b"not a video\n"),
+           "truncated": lambda: written("cut.mp4", clip.read_bytes()[:len(clip.read_bytes()) // 2]),
+           "too long": lambda: write_clip(tmp_path / "long.mp4", frames=MAX_FRAMES + 5, seed=6)}
+    expected = {"not a video": "cannot read", "truncated": "cannot read", "too long": f"longer than {MAX_FRAMES} frames",
+                "no box": "draw a box", "outside": "lies outside", "no area": "has no area"}[case]
+    open_page(driver, page)
+    if case in bad:
+        upload(driver, bad[case]())
+    else:
+        upload(driver, clip)
+        wait_until(driver, lambda d: "12 frames" in by_id(d, "about").text)
+        typed = {"no box": "", "outside": "400,300,450,350", "no area": "10,10,10,50"}[case]
+        by_id(driver, "typed").find_element("css selector", "textarea").send_keys(typed)
+        by_id(driver, "track").click()
+    message = message_on_page(driver)
+    assert expected in message and "Traceback" not in message, message
+
+    driver.refresh()  # and the page goes on: a good clip is tracked
+    open_page(driver, page)
+    upload(driver, clip)
+    wait_until(driver, lambda d: "12 frames" in by_id(d, "about").text)
+    by_id(driver, "typed").find_element("css selector", "textarea").send_keys("40,40,110,140")
+    by_id(driver, "track").click()
+    archive, _ = tracked_result(driver)
+    assert len(archive.read("boxes.txt").decode().splitlines()) == 12
+
+
+def test_browser_two_visitors_at_once_each_get_their_own_result(page, tmp_path):
+    clips = [write_clip(tmp_path / f"clip{k}.mp4", frames=frames, seed=20 + k) for k, frames in ((0, 16), (1, 20))]
+    boxes = ["40,40,110,140", "180,100,260,200"]
+    drivers = [browser(), browser()]
+    try:
+        for driver, clip, frames in zip(drivers, clips, (16, 20)):
+            open_page(driver, page)
+            upload(driver, clip)
+            wait_until(driver, lambda d, frames=frames: f"{frames} frames" in by_id(d, "about").text)
+        for driver, box in zip(drivers, boxes):
+            by_id(driver, "typed").find_element("css selector", "textarea").send_keys(box)
+        for driver in drivers:
+            by_id(driver, "track").click()  # both asked before either is answered: the queue serves them in turn
+        for driver, box, frames in zip(drivers, boxes, (16, 20)):
+            archive, _ = tracked_result(driver)
+            assert archive.read("targets.txt").decode().strip() == f"{box}@1"
+            assert len(archive.read("boxes.txt").decode().splitlines()) == frames
+    finally:
+        for driver in drivers:
+            driver.quit()
+
+
+def test_browser_page_cleans_up_when_stopped(page, driver):
+    """Last in this file: the uploads' results and the demo clip are removed when the page stops."""
+    open_page(driver, page)
+    made = list(page["work"].glob("r1track-app-*"))
+    assert len(made) == 1 and (made[0] / "demo" / "demo.mp4").is_file()
+    page["process"].send_signal(signal.SIGTERM)
+    page["process"].wait(timeout=60)
+    assert not made[0].exists()
