@@ -160,8 +160,10 @@ def parse_typed_boxes(text: str) -> list[list[float]]:
 
 
 def target_boxes_xywh(drawn: dict | None, typed: str, size) -> list[list[float]]:
-    """Every target's box (x, y, w, h in frame pixels), drawn ones first, each checked."""
-    boxes_xyxy = [[b["xmin"], b["ymin"], b["xmax"], b["ymax"]] for b in (drawn or {}).get("boxes") or []]
+    """Every target's box (x, y, w, h in frame pixels), drawn ones first in the order they were
+    drawn (the component lists the newest first), each checked."""
+    drawn_boxes = list(reversed((drawn or {}).get("boxes") or []))
+    boxes_xyxy = [[b["xmin"], b["ymin"], b["xmax"], b["ymax"]] for b in drawn_boxes]
     boxes_xyxy += parse_typed_boxes(typed)
     if not boxes_xyxy:
         raise UserError("draw a box around the target on the frame (or type one, or find it by its description)")
@@ -301,8 +303,9 @@ def build_page(args, models: Models, root: Path, demo_path: str):
         except Exception as error:
             fail(error)
         x, y, w, h = box
-        boxes = list(drawn.get("boxes") or []) + [{"xmin": round(x), "ymin": round(y), "xmax": round(x + w),
-                                                   "ymax": round(y + h), "label": description.strip()}]
+        proposed = {"xmin": round(x), "ymin": round(y), "xmax": round(x + w), "ymax": round(y + h),
+                    "label": description.strip()}
+        boxes = [proposed, *(drawn.get("boxes") or [])]  # the newest first, as the component lists drawn ones
         return {"image": drawn["image"], "boxes": boxes}
 
     def track(clip, drawn, typed, number, model_name, progress=gr.Progress()):
