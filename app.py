@@ -361,13 +361,13 @@ def build_page(args, models: Models, root: Path, demo_path: str):
 
 
 def serve(args) -> int:
-    import gradio  # noqa: F401  (said in one line below when missing)
-
+    models = Models(args)
+    models.get(models.names[0])  # a model that cannot be loaded is said now, in one line, not to a visitor
     root = Path(tempfile.mkdtemp(prefix="r1track-app-"))
     (root / "results").mkdir()
     atexit.register(shutil.rmtree, root, ignore_errors=True)  # uploads' results and the demo clip
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a stop by SIGTERM cleans up as Ctrl-C does
-    page = build_page(args, Models(args), root, demo_clip(root / "demo"))
+    page = build_page(args, models, root, demo_clip(root / "demo"))
     page.queue(default_concurrency_limit=1, max_size=32)
     page.launch(server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[str(root)],
                 show_error=True, prevent_thread_lock=False)

@@ -36,8 +36,8 @@ def add_report_args(parser):
                        help="where the metrics go live besides metrics.jsonl and curves.png: none, tensorboard "
                        "(OUT/runs), wandb (honours WANDB_MODE=offline and the other WANDB_ variables), trackio; "
                        "several allowed (default: none)")
-    group.add_argument("--run-name", default=None, help="the run's name in W&B and trackio (default: --out's "
-                       "folder name, or WANDB_NAME)")
+    group.add_argument("--run-name", default=None, help="the run's name in W&B and trackio (default: WANDB_NAME, "
+                       "else --out's folder name)")
     group.add_argument("--project", default=None, help="the W&B and trackio project (default: WANDB_PROJECT, "
                        "else r1track)")
     group.add_argument("--push-to-hub", default=None, metavar="REPO_ID",

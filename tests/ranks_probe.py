@@ -18,12 +18,12 @@ script = importlib.import_module(Path(sys.argv[1]).stem)
 original_save_final = training.save_final
 
 
-def save_final_and_probe(out, raw, model, processor, settings, dist):
+def save_final_and_probe(out, raw, model, processor, settings, dist, **kwargs):
     # a sharded weight is gathered whole (a collective: every rank, in the same order)
     weights = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().contiguous()
                for n, p in raw.named_parameters() if p.requires_grad}
     save_file(weights, Path(out) / f"rank{dist.rank}.safetensors")
-    return original_save_final(out, raw, model, processor, settings, dist)
+    return original_save_final(out, raw, model, processor, settings, dist, **kwargs)
 
 
 training.save_final = save_final_and_probe

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_main
+from conftest import ROOT, main_in_process, run_main
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 MAX_FRAMES = 60
@@ -286,3 +286,10 @@ def test_browser_page_cleans_up_when_stopped(page, driver):
     page["process"].send_signal(signal.SIGTERM)
     page["process"].wait(timeout=60)
     assert not made[0].exists()
+
+
+def test_a_model_the_page_cannot_load_is_one_line_at_launch(capsys):
+    import app
+
+    code, err = main_in_process(app.main, ["--model", "/no/such/model", "--port", str(free_port())], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "/no/such/model" in err, err

