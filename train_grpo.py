@@ -21,6 +21,7 @@ folders (sampling resumes identically), metrics.jsonl and curves.png; Ctrl-C sav
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import sys
@@ -103,7 +104,7 @@ def build_parser():
     parser.add_argument("--ref-on-cpu", action="store_true", help="keep a frozen reference copy in CPU memory")
     training.add_data_args(parser, inherited="as --init was trained, else ")
     training.add_run_args(parser, default_out="runs/grpo", default_batch=10, default_accum=1, default_save=20,
-                          default_eval=10, batch_help="answers per micro-batch of the log-probabilities and "
+                          default_eval=10, accum_help=argparse.SUPPRESS, batch_help="answers per micro-batch of the log-probabilities and "
                           "updates, per rank, in whole groups: rounded down to a multiple of --group-size, at least "
                           "one question")
     parser.set_defaults(weight_decay=1e-2, warmup_ratio=0.0, epochs=1.0)
@@ -147,6 +148,9 @@ def check_args(parser, args):
         parser.error("--group-size must be at least 2: advantages compare answers to the same question")
     if args.prompts_per_step % args.updates_per_batch:  # each update takes whole groups
         parser.error("--updates-per-batch must divide --prompts-per-step")
+    if args.grad_accum != 1:
+        parser.error("--grad-accum is SFT's: a GRPO optimizer step takes --prompts-per-step / --updates-per-batch "
+                     "questions, in micro-batches of --batch-size answers")
     if args.temperature <= 0:
         parser.error("--temperature must be above 0: GRPO compares different answers to one question")
     if args.attn is None and not args.repeat_prompts:

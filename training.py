@@ -103,13 +103,13 @@ def add_data_args(parser, default_data="r1track5k", inherited=""):
 
 
 def add_run_args(parser, default_out="runs/sft", default_batch=4, default_accum=4, default_save=100, default_eval=50,
-                 batch_help="pairs per micro-batch, per rank"):
+                 batch_help="pairs per micro-batch, per rank", accum_help="micro-batches per optimizer step"):
     group = parser.add_argument_group("run")
     group.add_argument("--out", default=default_out, help=f"output folder: final model, checkpoints, metrics (default: {default_out})")
     group.add_argument("--max-steps", type=positive_int, default=None, help="optimizer steps (default: --epochs over the data)")
     group.add_argument("--epochs", type=float, default=2.0, help="passes over the training data, if no --max-steps")
     group.add_argument("--batch-size", type=positive_int, default=default_batch, help=batch_help)
-    group.add_argument("--grad-accum", type=positive_int, default=default_accum, help="micro-batches per optimizer step")
+    group.add_argument("--grad-accum", type=positive_int, default=default_accum, help=accum_help)
     group.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     group.add_argument("--decay-biases-and-norms", action=argparse.BooleanOptionalAction, default=True,
                        help="apply the weight decay to biases and norm weights too (default, as the published "

@@ -288,6 +288,7 @@ def test_a_step_collates_each_answer_once_for_both_of_its_passes(sft_warm, pairs
 @pytest.mark.parametrize("extra, message", [
     (["--group-size", "1"], "at least 2"),
     (["--prompts-per-step", "3", "--group-size", "2", "--updates-per-batch", "4"], "divide"),
+    (["--grad-accum", "4"], "--grad-accum is SFT's"),  # it was taken and ignored
 ])
 def test_bad_grpo_flags(sft_warm, pairs16, tmp_path, extra, message, capsys):
     try:
