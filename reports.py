@@ -59,6 +59,35 @@ def check_report_args(parser, args):
         parser.error("--hub-private goes with --push-to-hub")
     if args.push_to_hub and args.no_save:
         parser.error("--push-to-hub uploads the saved model; it cannot go with --no-save")
+    base = adapter_base(args)
+    if args.push_to_hub and base is not None and Path(base).exists() and not args.merge_lora:
+        parser.error(f"--push-to-hub: this run's adapter goes on the local model {base}, which the hub does not "
+                     "have; add --merge-lora to push the merged full model instead")
+
+
+def adapter_base(args) -> str | None:
+    """What the run's saved adapter goes on (None: the run saves full weights): the model it
+    started from (SFT's --model, GRPO's --init), or with --continue-adapter that adapter's base."""
+    if args.full:
+        return None
+    start = str(getattr(args, "init", None) or args.model)
+    config = Path(start) / "adapter_config.json"
+    if getattr(args, "continue_adapter", False) and config.is_file():
+        return json.loads(config.read_text()).get("base_model_name_or_path") or start
+    return start
+
+
+def pushed_folder(args) -> Path:
+    """What --push-to-hub uploads: OUT, or OUT/merged when the adapter goes on a local model."""
+    base = adapter_base(args)
+    return Path(args.out) / "merged" if base is not None and Path(base).exists() else Path(args.out)
+
+
+def json_or_none(line: str):
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
 
 
 def scalars_of(record: dict) -> dict:
@@ -83,15 +112,23 @@ class Report:
         if not self.main:
             return
         if self.path.exists():
-            # a resumed run redoes the steps after its checkpoint: drop their old lines
-            lines = [line for line in self.path.read_text().splitlines() if line.strip()]
-            kept = [line for line in lines if json.loads(line).get("step", 0) <= resume_step]
-            write_atomic(self.path, "".join(line + "\n" for line in kept))
-            for line in kept:
-                self.latest.update(scalars_of(json.loads(line)))
+            # a resumed run redoes the steps after its checkpoint: drop their old lines (and a line a
+            # kill cut short)
+            records = [parsed for parsed in map(json_or_none, self.path.read_text().splitlines()) if parsed]
+            kept = [record for record in records if record.get("step", 0) <= resume_step]
+            write_atomic(self.path, "".join(json.dumps(record) + "\n" for record in kept))
+            for record in kept:
+                self.latest.update(scalars_of(record))
         names = [name for name in (args.report_to if args is not None else []) if name != "none"]
-        opening = {"tensorboard": TensorBoard, "wandb": WandB, "trackio": Trackio}
-        self.reporters = [opening[name](Path(out), args, resume_step) for name in names]
+        if names:
+            ids_file = Path(out) / IDS_FILE
+            ids = json.loads(ids_file.read_text()) if resume_step and ids_file.exists() else {}
+            # W&B and trackio continue a run by its name or id: a new run gets a name of its own
+            ids["name"] = args.run_name or os.environ.get("WANDB_NAME") or ids.get("name") or \
+                f"{Path(out).resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            opening = {"tensorboard": TensorBoard, "wandb": WandB, "trackio": Trackio}
+            self.reporters = [opening[name](Path(out), args, resume_step, ids) for name in names]
+            write_atomic(ids_file, json.dumps(ids) + "\n")
 
     def log(self, record: dict):
         if not self.main:
@@ -114,10 +151,10 @@ class Report:
         self.drawn_at = time.perf_counter()
         self.drawing_seconds = self.drawn_at - now
 
-    def card(self, step: int, merged=False):
-        """The model card of the model saved at `step` (merged: OUT/merged, full weights)."""
-        return model_card(self.args, self.kind, step, self.total_steps, self.latest,
-                          adapter=not (self.args.full or merged), settings=self.settings)
+    def card(self, step: int, folder: Path, merged=False):
+        """The model card of the model saved at `step` in `folder` (merged: OUT/merged, full weights)."""
+        return model_card(self.args, self.kind, step, self.total_steps, self.latest, folder, merged=merged,
+                          settings=self.settings)
 
     def finish(self):
         """The last drawing, and the live runs closed (their last values sent)."""
@@ -169,10 +206,6 @@ def run_config(args) -> dict:
     return json.loads(json.dumps(vars(args), default=str))
 
 
-def run_name(args, out: Path) -> str:
-    return args.run_name or os.environ.get("WANDB_NAME") or out.resolve().name
-
-
 def project_name(args) -> str:
     return args.project or os.environ.get("WANDB_PROJECT") or "r1track"
 
@@ -181,7 +214,7 @@ class TensorBoard:
     """OUT/runs, where transformers' Trainer writes its events and where the hub looks for
     them. A resumed run purges the events after its checkpoint (TensorBoard hides them)."""
 
-    def __init__(self, out: Path, args, resume_step: int):
+    def __init__(self, out: Path, args, resume_step: int, ids: dict):
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(out / "runs"), purge_step=resume_step + 1 if resume_step else None)
@@ -202,12 +235,12 @@ class HeldSteps:
     stopped: those are not sent again (the resumed run computes them alike), and it is said.
     `held` is the first step it does not hold, read when the run is opened."""
 
-    held = 0
+    held, said = 0, False
 
     def take(self, step: int) -> bool:
         if step >= self.held:
             return True
-        if not getattr(self, "said", False):
+        if not self.said:
             self.said = True
             print(f"{type(self).__name__}: the run already holds steps up to {self.held - 1}; the steps redone "
                   "after the checkpoint are sent from there on", file=sys.stderr)
@@ -215,17 +248,15 @@ class HeldSteps:
 
 
 class WandB(HeldSteps):
-    def __init__(self, out: Path, args, resume_step: int):
+    def __init__(self, out: Path, args, resume_step: int, ids: dict):
         import wandb
 
-        ids_file = out / IDS_FILE
-        ids = json.loads(ids_file.read_text()) if ids_file.exists() else {}
         run_id = ids.get("wandb") if resume_step else None
         # WANDB_MODE, WANDB_ENTITY, WANDB_DIR, WANDB_TAGS ... are read by wandb itself
-        self.run = wandb.init(project=project_name(args), name=run_name(args, out), id=run_id,
+        self.run = wandb.init(project=project_name(args), name=ids["name"], id=run_id,
                               resume="allow" if run_id else None, dir=os.environ.get("WANDB_DIR") or str(out),
                               config=run_config(args))
-        write_atomic(ids_file, json.dumps({**ids, "wandb": self.run.id}) + "\n")
+        ids["wandb"] = self.run.id
         self.held = self.run.step  # 0 for a new run; offline, W&B knows no earlier steps
 
     def log(self, scalars: dict, step: int):
@@ -240,10 +271,10 @@ class Trackio(HeldSteps):
     """trackio's local database (TRACKIO_DIR, default ~/.cache/huggingface/trackio), or a
     Space with TRACKIO_SPACE_ID; `trackio show` opens its dashboard."""
 
-    def __init__(self, out: Path, args, resume_step: int):
+    def __init__(self, out: Path, args, resume_step: int, ids: dict):
         import trackio
 
-        self.run = trackio.init(project=project_name(args), name=run_name(args, out), config=run_config(args),
+        self.run = trackio.init(project=project_name(args), name=ids["name"], config=run_config(args),
                                 resume="allow" if resume_step else "never", embed=False)
         self.held = getattr(self.run, "_next_step", 0)  # where trackio counts from when no step is given
 
@@ -305,35 +336,49 @@ def lineage(start: str) -> tuple[str | None, dict, str]:
     return base, licence or KNOWN_LICENCES.get(base or "", {}), said
 
 
-def model_card(args, kind: str, step: int, total_steps: int, latest: dict, adapter: bool, settings):
-    """The card of a model these trainers save (`kind`: "sft" or "grpo"), as huggingface_hub
-    writes one: metadata (base, library, pipeline, tags, data, licence) and what a user needs:
-    what it is, how it was trained, its last metrics, how to track with it."""
+def model_card(args, kind: str, step: int, total_steps: int, latest: dict, folder: Path, merged=False,
+               settings=None):
+    """The card of a model these trainers save in `folder` (`kind`: "sft" or "grpo"; merged:
+    the adapter folded into its base), as huggingface_hub writes one: metadata (base, library,
+    pipeline, tags, data, licence) and what a user needs: what it is, how it was trained, its
+    last metrics, how to track with it."""
     from huggingface_hub import ModelCard, ModelCardData
 
     from data import HUB_DATASETS
 
     start = str(args.init if kind == "grpo" else args.model)
     base, licence, start_said = lineage(start)
+    adapter_on = None if merged else adapter_base(args)
+    # an adapter goes on the model it names; one on a local model is not a hub model's adapter
+    on_local = adapter_on is not None and Path(adapter_on).exists()
     data = HUB_DATASETS.get(args.data, args.data)
-    dataset_ids = [data] if data in HUB_DATASETS.values() else None
-    where = args.push_to_hub or str(Path(args.out).resolve())
+    pushed = args.push_to_hub and Path(folder).resolve() == pushed_folder(args).resolve()
+    where = args.push_to_hub if pushed else str(Path(folder).resolve())
     method = ("supervised fine-tuning on tracking pairs" if kind == "sft" else
               "reinforcement fine-tuning (GRPO: group-sampled answers, format and IoU rewards, a KL term to the "
               "starting model)")
-    weights = (f"a LoRA adapter (rank {args.lora_rank}) over the starting model" if adapter
-               else "full weights")
+    if adapter_on is None:
+        weights = "full weights" + (" (a LoRA adapter folded into the model it went on)" if merged else "")
+        loading = "with plain transformers the folder loads as any Qwen2.5-VL model"
+    elif on_local:
+        weights = f"a LoRA adapter (rank {args.lora_rank}) on the local model `{adapter_on}`"
+        loading = (f"the adapter needs `{adapter_on}` where it was: to use the model elsewhere, save it merged "
+                   "(`--merge-lora`: OUT/merged, full weights)")
+    else:
+        weights = f"a LoRA adapter (rank {args.lora_rank}) on [{adapter_on}](https://huggingface.co/{adapter_on})"
+        loading = f"with peft the adapter goes on `{adapter_on}` (r1track.load_model also follows a chain of adapters)"
     card_data = ModelCardData(
-        base_model=base, library_name="peft" if adapter else "transformers", pipeline_tag="image-text-to-text",
-        tags=["r1-track", "visual-object-tracking", "qwen2_5_vl", kind, *(["lora"] if adapter else [])],
-        datasets=dataset_ids, **licence)
+        base_model=None if on_local else base, library_name="transformers" if adapter_on is None else "peft",
+        pipeline_tag="image-text-to-text",
+        tags=["r1-track", "visual-object-tracking", "qwen2_5_vl", kind, *([] if adapter_on is None else ["lora"])],
+        datasets=[data] if data in HUB_DATASETS.values() else None, **licence)
     flags = "\n".join(f"| `--{key.replace('_', '-')}` | `{value}` |" for key, value in sorted(run_config(args).items())
-                      if value not in (None, False, []) and key not in PLUMBING
+                      if value is not None and value is not False and value != [] and key not in PLUMBING
                       and not (kind == "grpo" and key == "model"))  # GRPO starts from --init
     results = "\n".join(f"| {key} | {value:.6g} |" for key, value in latest.items()) or "| (none yet) | |"
     box = "241,66,329,154"
     text = f"""
-# {run_name(args, Path(args.out))}
+# {args.run_name or Path(args.out).resolve().name}
 
 An R1-Track single-object tracker: Qwen2.5-VL reads a template crop around the target with
 its box and a search crop around its last position, and answers the target's box in the
@@ -356,9 +401,7 @@ tracker.init(first_frame, box_xywh)      # a frame (PIL image or RGB array) and 
 box_xywh = tracker.update(next_frame)
 ```
 
-`track.py` and `r1track` come from the R1-Track code that trained it; with plain
-transformers{' and peft' if adapter else ''} the folder loads as any Qwen2.5-VL
-{'adapter' if adapter else 'model'}.
+`track.py` and `r1track` come from the R1-Track code that trained it; {loading}.
 
 ## Training
 

@@ -697,13 +697,13 @@ def finish(raw, model, processor, settings, args, dist, report, step, summary=""
         if dist.main:
             print(f"done, nothing saved (--no-save){summary}")
         return 0
-    save_final(out, raw, model, processor, settings, dist, card=report.card(step) if dist.main else None)
+    save_final(out, raw, model, processor, settings, dist, card=report.card(step, out) if dist.main else None)
     if dist.main:
         print(f"final model: {out}{summary}")
     if args.merge_lora and hasattr(raw, "peft_config"):
-        merge_lora(out, dist, card=report.card(step, merged=True) if dist.main else None)
+        merge_lora(out, dist, card=report.card(step, out / "merged", merged=True) if dist.main else None)
     if args.push_to_hub and dist.main:
-        reports.push_to_hub(out, args.push_to_hub, args.hub_private)
+        reports.push_to_hub(reports.pushed_folder(args), args.push_to_hub, args.hub_private)
     return 0
 
 

@@ -144,31 +144,46 @@ def test_the_model_card_says_what_the_model_is_and_how_to_track_with_it(reported
     assert f"python track.py --video clip.mp4 --box 241,66,329,154 --model {out.resolve()}" in card.text
     assert f'tracker = r1track.Tracker("{out.resolve()}")' in card.text
     assert "trained 4 of 4 steps" in card.text and "| `--lora-rank` | `4` |" in card.text
+    assert "| `--seed` | `0` |" in card.text and "| `--weight-decay` | `0.0` |" in card.text  # zeros are values too
+    assert f"with peft the adapter goes on `{BASE}`" in card.text
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert f"| val_iou | {last['val_iou']:.6g} |" in card.text
     early = ModelCard.load(out / "checkpoint-2" / "README.md")
     assert "trained 2 of 4 steps" in early.text and early.data.base_model == BASE
+    assert f"--model {(out / 'checkpoint-2').resolve()}" in early.text  # the checkpoint's card points at it
 
 
-def test_grpo_card_names_the_hub_base_it_comes_from(reported_sft, pairs16):
-    """GRPO from the SFT output: its card names the hub model the SFT started from and its
-    licence; offline, --push-to-hub fails in one line, after the model is on disk."""
+def test_grpo_over_a_local_sft_pushes_only_merged_and_its_cards_say_so(reported_sft, pairs16, capsys):
+    """GRPO's adapter from the SFT output goes on that local model, which the hub does not
+    have: --push-to-hub without --merge-lora is refused before the run; with it, OUT/merged (full
+    weights) is what is pushed, its card names the hub model the SFT started from and its
+    licence, and the adapter's own card says what it needs. Offline, the push is one line after
+    the models are on disk."""
     from huggingface_hub import ModelCard
+
+    import train_grpo
 
     root, sft = reported_sft
     out = root / "grpo"
+    flags = ["--init", sft, "--data", pairs16, "--out", out, "--crop-size", "112", "--no-gradient-checkpointing",
+             "--prompts-per-step", "2", "--group-size", "2", "--updates-per-batch", "1", "--max-steps", "1",
+             "--max-new-tokens", "8", "--push-to-hub", "someone/r1track-test"]
+    code, err = main_in_process(train_grpo.main, flags, capsys)
+    assert code == 2 and f"goes on the local model {sft}, which the hub does not have; add --merge-lora" in err
+    assert not out.exists()
+
     env = {**os.environ, "HF_HOME": str(root / "hf"), "HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_" + "x" * 34}
-    result = run_script("train_grpo.py", "--init", sft, "--data", pairs16, "--out", out, "--crop-size", "112",
-                        "--no-gradient-checkpointing", "--prompts-per-step", "2", "--group-size", "2",
-                        "--updates-per-batch", "1", "--max-steps", "1", "--max-new-tokens", "8",
-                        "--push-to-hub", "someone/r1track-test", env=env, timeout=600)
+    result = run_script("train_grpo.py", *flags, "--merge-lora", env=env, timeout=600)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: --push-to-hub someone/r1track-test failed (") and f"saved in {out}" in last
-    assert (out / "adapter_model.safetensors").is_file()
-    card = ModelCard.load(out / "README.md")
-    assert card.data.base_model == BASE and "grpo" in card.data.tags and card.data.license_name == "qwen-research"
-    assert f"the local model `{sft}` (itself from [{BASE}]" in card.text
+    assert last.startswith("error: --push-to-hub someone/r1track-test failed (") and f"saved in {out / 'merged'}" in last
+    merged = ModelCard.load(out / "merged" / "README.md")
+    assert merged.data.base_model == BASE and merged.data.library_name == "transformers"
+    assert merged.data.license_name == "qwen-research" and "grpo" in merged.data.tags
+    assert "--model someone/r1track-test" in merged.text and f"the local model `{sft}` (itself from [{BASE}]" in merged.text
+    adapter = ModelCard.load(out / "README.md")
+    assert adapter.data.base_model is None and adapter.data.library_name == "peft"
+    assert f"the adapter needs `{sft}` where it was" in adapter.text and f"--model {out.resolve()}" in adapter.text
 
 
 def test_push_to_an_unreachable_hub_is_one_line_after_the_model_is_saved(tiny_model_dir, pairs16, tmp_path):
@@ -176,12 +191,12 @@ def test_push_to_an_unreachable_hub_is_one_line_after_the_model_is_saved(tiny_mo
     out = tmp_path / "sft"
     env = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE"}
     env.update(HF_HOME=str(tmp_path / "hf"), HF_TOKEN="hf_" + "x" * 34, HF_ENDPOINT="http://127.0.0.1:9")
-    result = run_script(*sft_flags(tiny_model_dir, pairs16, out, "--max-steps", "1", "--push-to-hub",
+    result = run_script(*sft_flags(tiny_model_dir, pairs16, out, "--max-steps", "1", "--full", "--push-to-hub",
                                    "someone/repo", "--hub-private"), env=env, timeout=600)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: --push-to-hub someone/repo failed (") and f"saved in {out}" in last
-    assert (out / "adapter_model.safetensors").is_file() and (out / "README.md").is_file()
+    assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
 
 
 def test_push_without_a_token_is_one_line_after_the_model_is_saved(tiny_model_dir, pairs16, tmp_path, monkeypatch,
@@ -191,15 +206,16 @@ def test_push_without_a_token_is_one_line_after_the_model_is_saved(tiny_model_di
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     out = tmp_path / "sft"
-    result = run_main(*sft_flags(tiny_model_dir, pairs16, out, "--max-steps", "1", "--push-to-hub", "someone/repo"))
+    result = run_main(*sft_flags(tiny_model_dir, pairs16, out, "--max-steps", "1", "--full", "--push-to-hub",
+                                 "someone/repo"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: --push-to-hub someone/repo: no Hugging Face token")
-    assert (out / "adapter_model.safetensors").is_file() and (out / "README.md").is_file()
+    assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
 
 
 def test_a_resumed_run_continues_its_reports_with_no_step_twice(tiny_model_dir, pairs16, tmp_path):
-    """A run killed after step 3 with its last checkpoint at 2 (checkpoint-3 removed): resumed,
-    it redoes step 3. TensorBoard shows each step once, with the redone values; trackio
+    """A run killed after step 3 with its last checkpoint at 2 (checkpoint-3 removed, a metrics
+    line cut short): resumed, it redoes step 3. TensorBoard shows each step once, with the redone values; trackio
     continues the same run and does not take step 3 again; metrics.jsonl holds each step once."""
     from trackio.sqlite_storage import SQLiteStorage
 
@@ -210,6 +226,8 @@ def test_a_resumed_run_continues_its_reports_with_no_step_twice(tiny_model_dir, 
     assert run_main(*flags).returncode == 0
     first = jsonl_scalars(out)
     shutil.rmtree(out / "checkpoint-3")
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "lo')  # a line the kill cut short
     resumed = run_main(*flags, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stdout
