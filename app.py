@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import os
 import shutil
 import signal
 import sys
@@ -33,7 +34,7 @@ import synthetic
 import video_tracking
 from boxes import check_init_box, xyxy_to_xywh
 from cli import ArgumentParser, UserError, first_line, positive_int, script_main
-from frames import Video, as_pil, open_frames
+from frames import Video, open_frames
 from settings import DEMO_MODEL, add_settings_args
 
 KEEP_RESULTS_S = 3600  # a visitor's results are deleted after an hour
@@ -53,8 +54,9 @@ def build_parser():
                         help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--max-frames", type=positive_int, default=900, help="the longest video the page takes, in "
                         "frames (default: 900, 30 s at 30 fps)")
-    parser.add_argument("--host", default="127.0.0.1", help="the address to serve on (default: this machine only; "
-                        "0.0.0.0 for every network it is on)")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="the address to serve on (default: GRADIO_SERVER_NAME, as a Hugging Face Space sets "
+                        "it, else 127.0.0.1, this machine only; 0.0.0.0 for every network it is on)")
     parser.add_argument("--port", type=int, default=7860, help="the port (default: 7860)")
     parser.add_argument("--share", action="store_true", help="also serve through a public Gradio share link")
     return parser
@@ -96,16 +98,16 @@ class Models:
 # A visitor's video: checked, its frames counted, one frame shown
 
 
-class Clip(dict):
-    """What the page keeps about a visitor's video (a gr.State): path, frames, fps, size."""
-
-
-def open_clip(path: str, max_frames: int) -> Clip:
-    """The video checked and measured: every frame decoded once (the count a file's header
-    gives can be wrong, and a truncated file is found here, not half-way through tracking)."""
+def open_clip(path: str, max_frames: int) -> dict:
+    """What the page keeps about a visitor's video (a gr.State): path, frames, fps, size, a
+    note. Every frame is decoded once (the count a file's header gives can be wrong, and a
+    truncated file is found here, not half-way through tracking)."""
     if not path:
         raise UserError("upload a video first (or take the demo clip)")
-    video = Video(path)
+    try:
+        video = Video(path)
+    except UserError:  # said without the server's own path
+        raise UserError(f"cannot read {Path(path).name} as a video") from None
     count, size, broken = 0, None, 0
     for frame in video:
         if frame is None:
@@ -123,17 +125,17 @@ def open_clip(path: str, max_frames: int) -> Clip:
         note = f"the video ends after {count} of the {video.total} frames its header announces (truncated?)"
     if broken:
         note = (note + "; " if note else "") + f"{broken} frames could not be decoded (the last box is kept there)"
-    return Clip(path=path, frames=count, fps=video.fps, size=size, note=note)
+    return dict(path=path, frames=count, fps=video.fps, size=size, note=note)
 
 
-def frame_at(clip: Clip, index: int):
+def frame_at(clip: dict, index: int):
     for k, frame in enumerate(Video(clip["path"])):
         if k == index and frame is not None:
             return frame
     raise UserError(f"frame {index + 1} could not be decoded; pick another")
 
 
-def describe(clip: Clip) -> str:
+def describe(clip: dict) -> str:
     w, h = clip["size"]
     text = f"{clip['frames']} frames of {w}x{h} at {clip['fps']:.3g} fps."
     return text + (f" Note: {clip['note']}." if clip["note"] else "")
@@ -188,7 +190,7 @@ def forget_old_results(root: Path):
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def track_clip(clip: Clip, boxes_xywh, start: int, tracker, out: Path, on_progress=None):
+def track_clip(clip: dict, boxes_xywh, start: int, tracker, out: Path, on_progress=None):
     """Track the targets from frame `start` (from 0) to the end, as track.py does with
     --box x1,y1,x2,y2@start+1; writes what track.py writes to `out`."""
     out.mkdir(parents=True, exist_ok=True)
@@ -248,18 +250,6 @@ def zip_results(out: Path, targets) -> Path:
 
 # -----------------------------------------------------------------------------
 # The page
-
-
-def demo_clip(folder: Path) -> str:
-    """A synthetic clip the demo model never saw, as an mp4 (the page's 'demo clip')."""
-    clips = synthetic.make_synthetic_got10k(folder / "clips", "val", sequences=1, frames=40, seed=7, style="plain")
-    frames = sorted((next(p for p in clips.iterdir() if p.is_dir())).glob("*.jpg"))
-    first, source, _, _, _ = open_frames(str(frames[0].parent), 10.0)
-    writer = video_tracking.VideoWriter(folder / "demo.mp4", (first.shape[1], first.shape[0]), 10.0)
-    for _, frame, _ in source:
-        writer.write(as_pil(frame))
-    writer.close()
-    return str(folder / "demo.mp4")
 
 
 def build_page(args, models: Models, root: Path, demo_path: str):
@@ -355,8 +345,9 @@ def build_page(args, models: Models, root: Path, demo_path: str):
         video.upload(load, video, [clip, drawn, start, about])
         demo.click(lambda: demo_path, None, video).then(load, video, [clip, drawn, start, about])
         start.input(show, [clip, start], drawn, trigger_mode="always_last")
-        find.click(propose, [clip, drawn, description, model], drawn)
-        run.click(track, [clip, drawn, typed, start, model], [result, plot, boxes, stats])
+        # one queue for all that runs a model: one visitor's description is not grounded while another tracks
+        find.click(propose, [clip, drawn, description, model], drawn, concurrency_id="model")
+        run.click(track, [clip, drawn, typed, start, model], [result, plot, boxes, stats], concurrency_id="model")
     return page
 
 
@@ -365,9 +356,14 @@ def serve(args) -> int:
     models.get(models.names[0])  # a model that cannot be loaded is said now, in one line, not to a visitor
     root = Path(tempfile.mkdtemp(prefix="r1track-app-"))
     (root / "results").mkdir()
-    atexit.register(shutil.rmtree, root, ignore_errors=True)  # uploads' results and the demo clip
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a stop by SIGTERM cleans up as Ctrl-C does
-    page = build_page(args, models, root, demo_clip(root / "demo"))
+    # the visitors' uploads, their results and the demo clip, all removed when the page stops (Gradio
+    # itself keeps its uploads; --max-frames bounds what one can cost)
+    os.environ["GRADIO_TEMP_DIR"] = str(root / "uploads")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    # a stop by SIGTERM is a Ctrl-C: Gradio then closes and deletes its uploads, and atexit the rest
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # a clip the demo model never saw (its clips' seeds are others)
+    page = build_page(args, models, root, str(synthetic.make_synthetic_video(root / "demo" / "demo.mp4", seed=7)))
     page.queue(default_concurrency_limit=1, max_size=32)
     page.launch(server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[str(root)],
                 show_error=True, prevent_thread_lock=False)

@@ -312,6 +312,29 @@ def make_synthetic_got10k(root, split="val", sequences=8, frames=30, size=(320, 
     return split_dir
 
 
+def make_synthetic_video(path, frames=40, seed=0, size=(320, 240), fps=10.0, style="plain") -> Path:
+    """One synthetic clip (as make_synthetic_got10k draws them) as an H.264 mp4 at `path`,
+    written as track.py writes its videos; the target's true boxes (x,y,w,h a frame) beside
+    it in PATH.truth.txt."""
+    import shutil
+    import tempfile
+
+    from frames import read_frame
+    from video_tracking import VideoWriter
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        clips = make_synthetic_got10k(folder, "val", sequences=1, frames=frames, size=size, seed=seed, style=style)
+        clip = next(p for p in clips.iterdir() if p.is_dir())
+        writer = VideoWriter(path, size, fps)
+        for frame in sorted(clip.glob("*.jpg")):
+            writer.write(Image.fromarray(read_frame(frame)))
+        writer.close()
+        shutil.copy(clip / "groundtruth.txt", path.with_suffix(".truth.txt"))
+    return path
+
+
 def write_pairs_parquet(path, rows: int, seed=0) -> float:
     """A parquet of `rows` pairs in the EasyR1 layout whose images are 50 distinct ~2.5 KB
     JPEGs, repeated, in one row group (as pyarrow writes a table by default): R1-Track-100k's

@@ -26,7 +26,8 @@ class VideoWriter:
         import av
 
         self.path, self.tmp = path, path.with_name(f".{path.name}.tmp.mp4")
-        self.container = av.open(str(self.tmp), mode="w")
+        # the index first (faststart): a browser plays it while it loads, a cut copy still opens
+        self.container = av.open(str(self.tmp), mode="w", options={"movflags": "faststart"})
         try:
             self.stream = self.container.add_stream("libx264", rate=round(fps))
         except (av.FFmpegError, ValueError):
