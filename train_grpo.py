@@ -482,7 +482,7 @@ def train(args, dist):
 
     step = state["step"]
     bar = tqdm(total=total_steps, initial=step, desc="grpo", unit="step", disable=not dist.main, dynamic_ncols=True)
-    started = time.perf_counter()
+    started = time.perf_counter() - report.latest.get("elapsed_s", 0.0)  # a resumed run's clock goes on
     while step < total_steps:
         step += 1
         record = grpo_step(step, model, raw, reference, processor, optimizer, scheduler, stream, args, dist)

@@ -116,7 +116,7 @@ def train(args, dist):
     consumed = {"position": stream.position, "skipped": stream.skipped, "epoch": stream.epoch()}
     bar = tqdm(total=total_steps, initial=step, desc="sft", unit="step", disable=not dist.main, dynamic_ncols=True)
     model.train()
-    run_started = time.perf_counter()
+    run_started = time.perf_counter() - report.latest.get("elapsed_s", 0.0)  # a resumed run's clock goes on
     with ThreadPoolExecutor(max_workers=1) as prefetch:
         upcoming = prefetch.submit(next_step_batches)
         while step < total_steps:

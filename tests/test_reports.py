@@ -233,6 +233,7 @@ def test_a_resumed_run_continues_its_reports_with_no_step_twice(tiny_model_dir, 
     assert "resumed from" in resumed.stdout
     expected = jsonl_scalars(out)
     assert {step for _, step in expected} == {1, 2, 3} and expected[("loss", 2)] == first[("loss", 2)]
+    assert expected[("elapsed_s", 3)] > expected[("elapsed_s", 2)]  # the run's clock goes on from the checkpoint
     assert_same_scalars(tensorboard_scalars(out / "runs"), expected)
     rows = [row for row in SQLiteStorage.get_logs("reports-test", f"resumed-{os.getpid()}") if "loss" in row]
     assert sorted(row["step"] for row in rows) == [1, 2, 3]
