@@ -325,7 +325,8 @@ def build_page(args, models: Models, root: Path, demo_path: str):
                 demo = gr.Button("Take the demo clip", elem_id="demo-clip")
                 about = gr.Markdown(elem_id="about")
                 model = gr.Dropdown(models.names, value=models.names[0], label="Model", elem_id="model")
-                start = gr.Slider(1, 2, value=1, step=1, label="Start at frame", visible=False, elem_id="start")
+                start = gr.Slider(1, 2, value=1, step=1, label="Start at frame (then draw the boxes on it)", visible=False,
+                                  elem_id="start")
                 description = gr.Textbox(label="Or describe the target", placeholder="the red car",
                                          elem_id="description")
                 find = gr.Button("Find it", elem_id="find")
