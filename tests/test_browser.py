@@ -47,24 +47,29 @@ def page(tmp_path_factory):
     """`python app.py` with the demo model, as a user starts it; its temporary files in a
     folder of this test, to see them cleaned up."""
     work = tmp_path_factory.mktemp("page")
+    process, url = start_page(work, "--max-frames", MAX_FRAMES)
+    yield {"url": url, "work": work, "process": process}
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+
+
+def start_page(work: Path, *flags) -> tuple[subprocess.Popen, str]:
+    """`python app.py FLAGS` on a free port, its temporary files under `work`; (the process,
+    its address) once it answers."""
     port = free_port()
     env = {**os.environ, "TMPDIR": str(work), "GRADIO_ANALYTICS_ENABLED": "False"}
-    log = open(work / "app.log", "w")
-    process = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--max-frames", str(MAX_FRAMES)],
-                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    log = work / f"app-{port}.log"
+    process = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *map(str, flags)], cwd=ROOT, env=env,
+                               stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180
     while True:
         try:
             urllib.request.urlopen(url, timeout=2)
-            break
+            return process, url
         except OSError:
-            assert process.poll() is None and time.time() < deadline, (work / "app.log").read_text()[-3000:]
+            assert process.poll() is None and time.time() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
-    yield {"url": url, "work": work, "process": process}
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=60)
-    log.close()
 
 
 def browser():
@@ -268,8 +273,8 @@ def test_browser_two_visitors_at_once_each_get_their_own_result(page, tmp_path):
 
 
 def test_browser_page_cleans_up_when_stopped(page, driver, tmp_path):
-    """Last in this file: the uploads, their results and the demo clip are removed when the
-    page stops (SIGTERM, as a service manager stops it)."""
+    """The last test on the shared page: the uploads, their results and the demo clip are
+    removed when the page stops (SIGTERM, as a service manager stops it)."""
     open_page(driver, page)
     upload(driver, write_clip(tmp_path / "kept.mp4", frames=6, seed=9))
     wait_until(driver, lambda d: "6 frames" in by_id(d, "about").text)
@@ -286,3 +291,44 @@ def test_a_model_the_page_cannot_load_is_one_line_at_launch(capsys):
 
     code, err = main_in_process(app.main, ["--model", "/no/such/model", "--port", str(free_port())], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "/no/such/model" in err, err
+
+
+def test_browser_a_server_the_launcher_named_tracks_as_track_py_does(driver, tmp_path):
+    """The page offers the demo model and a server (an OpenAI-compatible one on 127.0.0.1, as
+    vLLM serves the published model); the visitor picks the server: the boxes equal track.py
+    --server's, and finding a target by description says it needs a local model."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from conftest import ChatServer
+
+    clip = write_clip(tmp_path / "clip.mp4", frames=10, seed=31)
+    served = "WangBiao/R1-Track-GRPO-wo-Think-100k"  # its tracking settings are built in
+    with ChatServer(lambda index, payload: "[60,70,120,140]", model=served) as server:
+        process, url = start_page(tmp_path, "--server", server.url)
+        try:
+            driver.get(url)
+            wait_until(driver, lambda d: by_id(d, "track").is_displayed())
+            upload(driver, clip)
+            wait_until(driver, lambda d: "10 frames" in by_id(d, "about").text)
+            choice = driver.find_element(By.CSS_SELECTOR, "#model input")
+            choice.click()
+            choice.send_keys(Keys.CONTROL, "a")
+            choice.send_keys("server", Keys.ENTER)
+            wait_until(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#model input").get_attribute("value")
+                       == f"server {server.url}")
+            by_id(driver, "description").find_element(By.CSS_SELECTOR, "textarea, input").send_keys("the box")
+            by_id(driver, "find").click()
+            assert "needs a local model" in message_on_page(driver)
+            by_id(driver, "typed").find_element(By.CSS_SELECTOR, "textarea").send_keys("40,40,110,140")
+            by_id(driver, "track").click()
+            archive, _ = tracked_result(driver)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+        asked = len(server.payloads)
+        assert asked >= 9  # every frame after the first went to the server
+        result = run_main("track.py", "--video", clip, "--box", "40,40,110,140", "--server", server.url,
+                          "--out", tmp_path / "track", "--no-video")
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert archive.read("boxes.txt").decode() == (tmp_path / "track" / "boxes.txt").read_text()
