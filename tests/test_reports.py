@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,31 @@ def test_curves_are_redrawn_within_a_small_share_of_the_run(tmp_path, monkeypatc
     report.finish()
     assert 3 <= len(drawings) <= 6  # at most 2% of the 400 s run
     assert drawings[-1] == clock["now"] - 1.0  # the final one, after the last step
+
+
+def test_runs_in_folders_of_one_name_are_runs_of_their_own(tmp_path):
+    """Two runs whose --out folders share a name get runs of their own in trackio, and a
+    resumed one continues its own (it read its name from report_ids.json), not the newest
+    namesake."""
+    import argparse
+
+    from trackio.sqlite_storage import SQLiteStorage
+
+    import reports
+
+    main = type("Dist", (), {"main": True})()
+    args = argparse.Namespace(report_to=["trackio"], run_name=None, project="reports-names", lr=1e-3)
+    names = []
+    for k, folder in enumerate((tmp_path / "a" / "sft", tmp_path / "b" / "sft")):
+        folder.mkdir(parents=True)
+        report = reports.Report(folder, main, args)
+        report.log({"step": 1, "loss": float(k)})
+        report.finish()
+        names.append(json.loads((folder / reports.IDS_FILE).read_text())["name"])
+        time.sleep(1.1)  # the names carry the second a run started
+    assert names[0] != names[1] and all(name.startswith("sft-") for name in names)
+    resumed = reports.Report(tmp_path / "a" / "sft", main, args, resume_step=1)
+    resumed.log({"step": 2, "loss": 5.0})
+    resumed.finish()
+    steps = {row["step"]: row["loss"] for row in SQLiteStorage.get_logs("reports-names", names[0]) if "loss" in row}
+    assert steps == {1: 0.0, 2: 5.0}
