@@ -32,13 +32,11 @@ from pathlib import Path
 import r1track
 import synthetic
 import video_tracking
-from boxes import check_init_box, xyxy_to_xywh
 from cli import ArgumentParser, UserError, first_line, positive_int, script_main
 from frames import Video, open_frames
 from settings import DEMO_MODEL, add_settings_args
 
 KEEP_RESULTS_S = 3600  # a visitor's results are deleted after an hour
-RESULT_FILES = ("boxes.txt", "frames.txt", "confidence.txt", "lost.txt")
 
 
 def build_parser():
@@ -98,41 +96,43 @@ class Models:
 # A visitor's video: checked, its frames counted, one frame shown
 
 
-def open_clip(path: str, max_frames: int) -> dict:
-    """What the page keeps about a visitor's video (a gr.State): path, frames, fps, size, a
-    note. Every frame is decoded once (the count a file's header gives can be wrong, and a
-    truncated file is found here, not half-way through tracking)."""
+def open_clip(path: str, max_frames: int) -> tuple[dict, object]:
+    """(what the page keeps about a visitor's video (a gr.State): path, frames, fps, size, a
+    note; its first frame, RGB). Every frame is decoded once here, none turned into pixels but
+    the first (the count a file's header gives can be wrong, and a truncated file is found
+    here, not half-way through tracking)."""
     if not path:
         raise UserError("upload a video first (or take the demo clip)")
     try:
         video = Video(path)
     except UserError:  # said without the server's own path
         raise UserError(f"cannot read {Path(path).name} as a video") from None
-    count, size, broken = 0, None, 0
-    for frame in video:
+    count, first, broken = 0, None, 0
+    for frame in video.decoded():
         if frame is None:
             broken += 1
-        elif size is None:
-            size = (frame.shape[1], frame.shape[0])
+        elif first is None:
+            first = frame.to_ndarray(format="rgb24")
         count += 1
         if count > max_frames:
             raise UserError(f"this video is longer than {max_frames} frames, the most this page tracks; cut it "
                             "shorter, or run track.py on it")
-    if size is None:
+    if first is None:
         raise UserError("no frame of this file could be decoded: is it a video?")
     note = ""
     if video.total and count < video.total:
         note = f"the video ends after {count} of the {video.total} frames its header announces (truncated?)"
     if broken:
         note = (note + "; " if note else "") + f"{broken} frames could not be decoded (the last box is kept there)"
-    return dict(path=path, frames=count, fps=video.fps, size=size, note=note)
+    clip = dict(path=path, frames=count, fps=video.fps, size=(first.shape[1], first.shape[0]), note=note)
+    return clip, first
 
 
 def frame_at(clip: dict, index: int):
-    for k, frame in enumerate(Video(clip["path"])):
-        if k == index and frame is not None:
-            return frame
-    raise UserError(f"frame {index + 1} could not be decoded; pick another")
+    frame = Video(clip["path"]).frame(index)
+    if frame is None:
+        raise UserError(f"frame {index + 1} could not be decoded; pick another")
+    return frame
 
 
 def describe(clip: dict) -> str:
@@ -145,39 +145,16 @@ def describe(clip: dict) -> str:
 # The targets: drawn boxes and typed ones
 
 
-def parse_typed_boxes(text: str) -> list[list[float]]:
-    """The typed boxes, one x1,y1,x2,y2 a line (frame pixels), as x1,y1,x2,y2 lists."""
-    boxes = []
-    for number, line in enumerate((text or "").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            values = [float(v) for v in line.replace(" ", "").split(",")]
-        except ValueError:
-            values = []
-        if len(values) != 4:
-            raise UserError(f"typed box line {number}: four numbers x1,y1,x2,y2, got {line.strip()!r}")
-        boxes.append(values)
-    return boxes
-
-
 def target_boxes_xywh(drawn: dict | None, typed: str, size) -> list[list[float]]:
-    """Every target's box (x, y, w, h in frame pixels), drawn ones first in the order they were
-    drawn (the component lists the newest first), each checked."""
+    """Every target's box (x, y, w, h in frame pixels), checked as track.py checks --box: the
+    drawn ones first, in the order they were drawn (the component lists the newest first),
+    then the typed ones, x1,y1,x2,y2 a line."""
     drawn_boxes = list(reversed((drawn or {}).get("boxes") or []))
-    boxes_xyxy = [[b["xmin"], b["ymin"], b["xmax"], b["ymax"]] for b in drawn_boxes]
-    boxes_xyxy += parse_typed_boxes(typed)
-    if not boxes_xyxy:
+    texts = [(f"drawn box {k}", f"{b['xmin']},{b['ymin']},{b['xmax']},{b['ymax']}") for k, b in enumerate(drawn_boxes, 1)]
+    texts += [(f"typed line {k}", line.strip()) for k, line in enumerate((typed or "").splitlines(), 1) if line.strip()]
+    if not texts:
         raise UserError("draw a box around the target on the frame (or type one, or find it by its description)")
-    checked = []
-    for number, (x1, y1, x2, y2) in enumerate(boxes_xyxy, 1):
-        if x2 <= x1 or y2 <= y1:
-            raise UserError(f"box {number} ({x1:g},{y1:g},{x2:g},{y2:g}) has no area: it needs x2 > x1 and y2 > y1")
-        try:
-            checked.append(check_init_box(xyxy_to_xywh([x1, y1, x2, y2]), *size))
-        except ValueError as error:
-            raise UserError(f"box {number}: {error}") from None
-    return checked
+    return [video_tracking.parse_box(text, "xyxy", size, name=name) for name, text in texts]
 
 
 # -----------------------------------------------------------------------------
@@ -235,16 +212,12 @@ def summary(targets, tracked, tracker) -> str:
     return "\n".join(lines)
 
 
-def zip_results(out: Path, targets) -> Path:
+def zip_results(out: Path) -> Path:
+    """Every text file track.py writes (with targets.txt), in its folders, as one download."""
     path = out / "boxes.zip"
     with zipfile.ZipFile(path, "w") as archive:
-        archive.write(out / "targets.txt", "targets.txt")
-        archive.write(out / "times.txt", "times.txt")
-        for target in targets:
-            folder = out if len(targets) == 1 else out / f"target{target.number}"
-            prefix = "" if len(targets) == 1 else f"target{target.number}/"
-            for name in RESULT_FILES:
-                archive.write(folder / name, prefix + name)
+        for file in sorted(out.rglob("*.txt")):
+            archive.write(file, file.relative_to(out).as_posix())
     return path
 
 
@@ -263,8 +236,7 @@ def build_page(args, models: Models, root: Path, demo_path: str):
 
     def load(path):
         try:
-            clip = open_clip(path, args.max_frames)
-            frame = frame_at(clip, 0)
+            clip, frame = open_clip(path, args.max_frames)
         except Exception as error:
             fail(error)
         return (clip, {"image": frame, "boxes": []}, gr.update(maximum=clip["frames"], value=1, visible=True),
@@ -311,7 +283,7 @@ def build_page(args, models: Models, root: Path, demo_path: str):
                                           total: progress((done, total), desc="tracking", unit="frames"))
         except Exception as error:
             fail(error)
-        return (str(out / "tracked.mp4"), confidence_plot(targets, tracker.lost_below), str(zip_results(out, targets)),
+        return (str(out / "tracked.mp4"), confidence_plot(targets, tracker.lost_below), str(zip_results(out)),
                 summary(targets, tracked, tracker))
 
     with gr.Blocks(title="R1-Track", delete_cache=(600, KEEP_RESULTS_S)) as page:

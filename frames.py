@@ -208,6 +208,12 @@ class Video:
         self.times = []
 
     def __iter__(self):
+        for frame in self.decoded():
+            yield None if frame is None else frame.to_ndarray(format="rgb24")
+
+    def decoded(self):
+        """The decoded frames as PyAV frames, None for one that fails; turned into RGB only by
+        whoever wants its pixels (at 1080p that costs as much as decoding)."""
         import av
 
         try:
@@ -220,10 +226,18 @@ class Video:
                     continue
                 for frame in frames:
                     self.times.append(frame.time)
-                    yield frame.to_ndarray(format="rgb24")
+                    yield frame
         except av.FFmpegError as error:  # a stream that breaks off: the frames so far are tracked
             print(f"warning: the video stopped: {first_line(error)}", file=sys.stderr)
         self.container.close()
+
+    def frame(self, index: int):
+        """Frame `index` (from 0) as an RGB array; None when it cannot be decoded or is not there."""
+        for k, frame in enumerate(self.decoded()):
+            if k == index:
+                self.container.close()
+                return None if frame is None else frame.to_ndarray(format="rgb24")
+        return None
 
 
 class Camera:

@@ -27,7 +27,7 @@ REPORTERS = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio
 # flags that change what a run tells, not what it computes: free to change on --resume
 PLUMBING = {"report_to", "run_name", "project", "push_to_hub", "hub_private"}
 
-IDS_FILE = "report_ids.json"  # the W&B run id, so that --resume continues that run
+IDS_FILE = "report_ids.json"  # the run's name and W&B id, so that --resume continues that run
 
 
 def add_report_args(parser):
@@ -37,7 +37,7 @@ def add_report_args(parser):
                        "(OUT/runs), wandb (honours WANDB_MODE=offline and the other WANDB_ variables), trackio; "
                        "several allowed (default: none)")
     group.add_argument("--run-name", default=None, help="the run's name in W&B and trackio (default: WANDB_NAME, "
-                       "else --out's folder name)")
+                       "else --out's folder name and the time the run started)")
     group.add_argument("--project", default=None, help="the W&B and trackio project (default: WANDB_PROJECT, "
                        "else r1track)")
     group.add_argument("--push-to-hub", default=None, metavar="REPO_ID",
@@ -73,7 +73,7 @@ def adapter_base(args) -> str | None:
     start = str(getattr(args, "init", None) or args.model)
     config = Path(start) / "adapter_config.json"
     if getattr(args, "continue_adapter", False) and config.is_file():
-        return json.loads(config.read_text()).get("base_model_name_or_path") or start
+        return (json_or_none(config.read_text()) or {}).get("base_model_name_or_path") or start
     return start
 
 
@@ -122,7 +122,7 @@ class Report:
         names = [name for name in (args.report_to if args is not None else []) if name != "none"]
         if names:
             ids_file = Path(out) / IDS_FILE
-            ids = json.loads(ids_file.read_text()) if resume_step and ids_file.exists() else {}
+            ids = (json_or_none(ids_file.read_text()) or {}) if resume_step and ids_file.exists() else {}
             # W&B and trackio continue a run by its name or id: a new run gets a name of its own
             ids["name"] = args.run_name or os.environ.get("WANDB_NAME") or ids.get("name") or \
                 f"{Path(out).resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -152,7 +152,10 @@ class Report:
         self.drawing_seconds = self.drawn_at - now
 
     def card(self, step: int, folder: Path, merged=False):
-        """The model card of the model saved at `step` in `folder` (merged: OUT/merged, full weights)."""
+        """The model card of the model saved at `step` in `folder` (merged: OUT/merged, full
+        weights); None on the ranks that write no card."""
+        if not self.main:
+            return None
         return model_card(self.args, self.kind, step, self.total_steps, self.latest, folder, merged=merged,
                           settings=self.settings)
 

@@ -45,7 +45,6 @@ from answers import parse_answer
 from benchmarks import got10k
 from benchmarks.got10k import GOT10K, read_got10k_sequence
 from benchmarks.results import track_sequences
-from boxes import check_init_box, xyxy_to_xywh
 from cli import ArgumentParser, UserError, frame_readers, script_main, write_atomic
 from frames import as_pil, open_frames, read_frame
 from prompts import question_text
@@ -70,7 +69,7 @@ def parse_target(text: str, box_format: str, frame_size) -> tuple[list[float], i
         raise UserError(f"--box {text}: after @ comes the frame the target appears at (from 1)") from None
     if first < 0:
         raise UserError(f"--box {text}: frames are counted from 1")
-    return parse_box(box, box_format, frame_size), first
+    return video_tracking.parse_box(box, box_format, frame_size), first
 
 
 def read_box_file(path: str) -> list[tuple[str, str]]:
@@ -96,25 +95,6 @@ def parse_targets(specs, box_format: str, frame_size) -> list[Target]:
         except UserError as error:
             raise UserError(f"{where}: {error}" if where else str(error)) from None
     return targets
-
-
-def parse_box(text: str, box_format: str, frame_size) -> list[float]:
-    """--box as a frame box (x, y, w, h), checked against the first frame."""
-    try:
-        values = [float(v) for v in text.replace(" ", "").split(",")]
-    except ValueError:
-        raise UserError(f"--box takes four numbers separated by commas, got {text!r}") from None
-    if len(values) != 4:
-        raise UserError(f"--box takes four numbers separated by commas, got {len(values)}: {text!r}")
-    if box_format == "xyxy":
-        x1, y1, x2, y2 = values
-        if x2 <= x1 or y2 <= y1:
-            raise UserError(f"--box {text} is empty or inverted: it needs x2 > x1 and y2 > y1 (x1,y1,x2,y2)")
-        values = xyxy_to_xywh(values)
-    try:
-        return check_init_box(values, *frame_size)
-    except ValueError as error:
-        raise UserError(f"--box {text}: {error}") from None
 
 
 # -----------------------------------------------------------------------------

@@ -477,8 +477,7 @@ def train(args, dist):
 
     def checkpoint(step):
         training.save_checkpoint(out, step, raw, model, optimizer, scheduler, processor, settings, state, dist,
-                                 args.keep_checkpoints,
-                                 card=report.card(step, out / f"checkpoint-{step}") if dist.main else None)
+                                 args.keep_checkpoints, report)
 
     step = state["step"]
     bar = tqdm(total=total_steps, initial=step, desc="grpo", unit="step", disable=not dist.main, dynamic_ncols=True)

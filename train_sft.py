@@ -109,8 +109,7 @@ def train(args, dist):
     def checkpoint(step):
         state.update(step=step, **consumed)
         training.save_checkpoint(out, step, raw, model, optimizer, scheduler, processor, settings, state, dist,
-                                 args.keep_checkpoints,
-                                 card=report.card(step, out / f"checkpoint-{step}") if dist.main else None)
+                                 args.keep_checkpoints, report)
 
     step = state["step"]
     consumed = {"position": stream.position, "skipped": stream.skipped, "epoch": stream.epoch()}

@@ -528,11 +528,12 @@ def is_sharded(model) -> bool:
 
 
 def save_checkpoint(out: Path, step: int, raw, model, optimizer, scheduler, processor, settings, state, dist, keep,
-                    card=None):
-    """checkpoint-<step>/: model folder, optimizer + scheduler + RNG, state file last; built
-    in a temporary folder and renamed into place, so it is whole or absent. Under FSDP the
-    weights and optimizer state are written by every rank, each its own shard (no rank holds
-    more than its share), in SHARDS/ beside the configuration."""
+                    report=None):
+    """checkpoint-<step>/: model folder with the card `report` writes for it, optimizer +
+    scheduler + RNG, state file last; built in a temporary folder and renamed into place, so it
+    is whole or absent. Under FSDP the weights and optimizer state are written by every rank,
+    each its own shard (no rank holds more than its share), in SHARDS/ beside the configuration."""
+    card = report.card(step, out / f"checkpoint-{step}") if report is not None else None
     if is_sharded(model):
         return save_sharded_checkpoint(out, step, raw, model, optimizer, scheduler, processor, settings, state, dist,
                                        keep, card)
@@ -697,11 +698,11 @@ def finish(raw, model, processor, settings, args, dist, report, step, summary=""
         if dist.main:
             print(f"done, nothing saved (--no-save){summary}")
         return 0
-    save_final(out, raw, model, processor, settings, dist, card=report.card(step, out) if dist.main else None)
+    save_final(out, raw, model, processor, settings, dist, card=report.card(step, out))
     if dist.main:
         print(f"final model: {out}{summary}")
     if args.merge_lora and hasattr(raw, "peft_config"):
-        merge_lora(out, dist, card=report.card(step, out / "merged", merged=True) if dist.main else None)
+        merge_lora(out, dist, card=report.card(step, out / "merged", merged=True))
     if args.push_to_hub and dist.main:
         reports.push_to_hub(reports.pushed_folder(args), args.push_to_hub, args.hub_private)
     return 0

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import frame_loop
-from cli import write_atomic
+from boxes import check_init_box, xyxy_to_xywh
+from cli import UserError, write_atomic
 from frames import as_pil
 
 
@@ -115,6 +116,30 @@ class Target:
         write_atomic(folder / "confidence.txt", "".join(
             "nan\n" if c is None else f"{c:.4f}\n" for c in self.confidences))
         write_atomic(folder / "lost.txt", "".join(f"{int(lost)}\n" for lost in self.lost))
+
+
+# -----------------------------------------------------------------------------
+# The targets: where they start, what they produce
+
+
+def parse_box(text: str, box_format: str, frame_size, name="--box") -> list[float]:
+    """A box as a person writes it (x1,y1,x2,y2, or x,y,w,h with box_format "xywh") as a frame
+    box (x, y, w, h), checked against the frame; what is wrong is said naming it as `name`."""
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        raise UserError(f"{name} takes four numbers separated by commas, got {text!r}") from None
+    if len(values) != 4:
+        raise UserError(f"{name} takes four numbers separated by commas, got {len(values)}: {text!r}")
+    if box_format == "xyxy":
+        x1, y1, x2, y2 = values
+        if x2 <= x1 or y2 <= y1:
+            raise UserError(f"{name} {text} is empty or inverted: it needs x2 > x1 and y2 > y1 (x1,y1,x2,y2)")
+        values = xyxy_to_xywh(values)
+    try:
+        return check_init_box(values, *frame_size)
+    except ValueError as error:
+        raise UserError(f"{name} {text}: {error}") from None
 
 
 # -----------------------------------------------------------------------------

@@ -24,10 +24,10 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 MAX_FRAMES = 60
 
 
-def write_clip(path: Path, frames: int, seed: int) -> Path:
+def write_clip(path: Path, frames: int, seed: int, size=(320, 240)) -> Path:
     import synthetic
 
-    return synthetic.make_synthetic_video(path, frames=frames, seed=seed)
+    return synthetic.make_synthetic_video(path, frames=frames, seed=seed, size=size)
 
 
 def truth_xyxy(clip: Path, frame: int) -> list[int]:
@@ -161,25 +161,30 @@ def frame_count(video_bytes: bytes, tmp_path: Path) -> int:
         return sum(1 for _ in container.decode(video=0))
 
 
-def test_browser_two_targets_tracked_as_track_py_tracks_them(page, driver, tmp_path):
+@pytest.mark.parametrize("size, frames", [((320, 240), 24), ((1920, 1080), 8)])
+def test_browser_two_targets_tracked_as_track_py_tracks_them(page, driver, tmp_path, size, frames):
     """Upload, start at frame 3, draw two boxes (one around the target, one on the background),
     Track: the page's boxes equal track.py's (--boxes with the targets the page saved, which
-    say @3), and its video has every frame."""
+    say @3), and its video has every frame. At 1080p the page shows the frame scaled down, and
+    the boxes drawn on it still come back in frame pixels."""
     from selenium.webdriver.common.keys import Keys
 
-    clip = write_clip(tmp_path / "clip.mp4", frames=24, seed=11)
+    clip = write_clip(tmp_path / "clip.mp4", frames=frames, seed=11, size=size)
     open_page(driver, page)
     assert f"at most {MAX_FRAMES} frames" in driver.page_source  # the limit, said up front
     upload(driver, clip)
-    wait_until(driver, lambda d: "24 frames of 320x240" in by_id(d, "about").text)
+    wait_until(driver, lambda d: f"{frames} frames of {size[0]}x{size[1]}" in by_id(d, "about").text)
     number = by_id(driver, "start").find_element("css selector", "input[type=number]")
     number.send_keys(Keys.CONTROL, "a")
     number.send_keys("3", Keys.ENTER)
     time.sleep(1.5)
     target = truth_xyxy(clip, 3)
-    draw_box(driver, (320, 240), target)
-    background = (10, 10, 60, 60) if target[0] > 100 or target[1] > 100 else (250, 170, 310, 230)
-    draw_box(driver, (320, 240), background)
+    draw_box(driver, size, target)
+    w, h = size
+    far_corner = target[0] > w / 3 or target[1] > h / 3
+    background = (w // 32, h // 24, w * 6 // 32, h * 6 // 24) if far_corner else (w * 25 // 32, h * 17 // 24,
+                                                                                   w * 31 // 32, h * 23 // 24)
+    draw_box(driver, size, background)
     by_id(driver, "track").click()
     archive, video = tracked_result(driver)
     if os.environ.get("R1TRACK_SCREENSHOT"):  # the README's picture: R1TRACK_SCREENSHOT=docs/app.png
@@ -189,8 +194,9 @@ def test_browser_two_targets_tracked_as_track_py_tracks_them(page, driver, tmp_p
     targets = archive.read("targets.txt").decode()
     assert len(targets.splitlines()) == 2 and all(line.endswith("@3") for line in targets.splitlines())
     first = [float(v) for v in targets.splitlines()[0].split("@")[0].split(",")]
-    assert max(abs(a - b) for a, b in zip(first, target)) <= 3  # target 1 is the box drawn first
-    assert frame_count(video, tmp_path) == 24
+    tolerance = 3 * size[0] / 320  # a few pixels of the canvas, at the scale the frame is shown
+    assert max(abs(a - b) for a, b in zip(first, target)) <= tolerance  # target 1 is the box drawn first
+    assert frame_count(video, tmp_path) == frames
 
     (tmp_path / "targets.txt").write_text(targets)
     result = run_main("track.py", "--video", clip, "--boxes", tmp_path / "targets.txt", "--model", "demo_model",
@@ -217,7 +223,8 @@ def test_browser_bad_input_is_a_message_on_the_page(page, driver, tmp_path, case
            "too long": lambda: write_clip(tmp_path / "long.mp4", frames=MAX_FRAMES + 5, seed=6)}
     expected = {"not a video": "cannot read notes.mp4 as a video", "too long": f"longer than {MAX_FRAMES} frames",
                 "truncated": "the video ends after",
-                "no box": "draw a box", "outside": "lies outside", "no area": "has no area",
+                "no box": "draw a box", "outside": "typed line 1 400,300,450,350: the box",
+                "no area": "typed line 1 10,10,10,50 is empty or inverted",
                 "not found": "could not find 'the striped box'"}[case]
     open_page(driver, page)
     if case == "truncated":  # readable up to the cut: said beside the video, which can still be tracked
