@@ -1,6 +1,7 @@
-"""Boxes read out of text: a model's answers (lenient or strict as the published loop),
-the published R1-Track reward, the confidence of an answer from its tokens' probabilities,
-and the template box written in a stored question."""
+"""Boxes read out of text: a model's answers (lenient or strict as the published loop; in
+crop pixels whatever its base's box convention), the published R1-Track reward, the
+confidence of an answer from its tokens' probabilities, and the template box written in a
+stored question."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import math
 import re
 from typing import NamedTuple
 
+from bases import box_from_model
 from boxes import giou_xyxy, iou_xyxy
 
 
@@ -102,6 +104,13 @@ def parse_answer(text: str, think=False, strict=False):
     return [float(v) for v in match.group(1).split(",")] if match else None
 
 
+def answer_box(text: str, crop_side: float, boxes="pixels", think=False, strict=False):
+    """The box of a model's answer (parse_answer) in pixels of the search crop of side
+    `crop_side`, read in the `boxes` convention the model writes (bases.box_from_model), or None."""
+    box = parse_answer(text, think=think, strict=strict)
+    return None if box is None else box_from_model(box, crop_side, boxes)
+
+
 def _shaped_giou(g: float) -> float:
     # The published shaping: no credit for a poor overlap, a bonus for a tight one.
     if 0.0 < g < 0.4:
@@ -113,8 +122,11 @@ def _shaped_giou(g: float) -> float:
     return g
 
 
-def reward(text: str, gt_xyxy, think=False, response_len=None, kind="r1track") -> dict:
-    """Score one response against the ground-truth box (both in search-crop pixels).
+def reward(text: str, gt_xyxy, think=False, response_len=None, kind="r1track", boxes="pixels",
+           crop_side=None) -> dict:
+    """Score one response against the ground-truth box (search-crop pixels); the response's
+    box is read in the `boxes` convention of the model (relative: thousandths of the crop's
+    side `crop_side`) and scored in pixels.
 
     kind="r1track": the published reward. The answer (or the <answer> content) must be a
     JSON list, else -1. A list that is not four numbers with x2 > x1 and y2 > y1 has
@@ -128,7 +140,7 @@ def reward(text: str, gt_xyxy, think=False, response_len=None, kind="r1track") -
     is no usable box.
     """
     if kind == "iou":
-        box = parse_answer(text, think=think)
+        box = answer_box(text, crop_side, boxes, think=think)
         ok = parse_answer(text, think=think, strict=True) is not None
         iou = iou_xyxy(box, gt_xyxy) if box else 0.0
         return {"overall": iou + float(ok), "format": float(ok), "iou": iou,
@@ -152,6 +164,7 @@ def reward(text: str, gt_xyxy, think=False, response_len=None, kind="r1track") -
     if box is None or not (box[2] > box[0] and box[3] > box[1]):
         g, iou = -1.0, 0.0
     else:
+        box = box_from_model(box, crop_side, boxes)
         g, iou = giou_xyxy(box, gt_xyxy), iou_xyxy(box, gt_xyxy)
     overall = _shaped_giou(g)
     if think:

@@ -10,14 +10,16 @@ vocabulary only, and the core imports it, never the other way.
 from __future__ import annotations
 
 from answers import Answer, answer_confidence
+from bases import rope_positions
 from prompts import (
     END_OF_TURN,
     VISION_START,
     Request,
+    answer_text,
     answer_token_limit,
     build_inputs,
-    format_box_xyxy,
     image_patches,
+    image_side,
     vision_token_ids,
 )
 
@@ -87,9 +89,7 @@ class FastAnswerer:
         s = self.settings
         inputs = build_inputs(self.processor, request.template, request.search, request.template_box_xyxy,
                               think=s.think, wording=s.wording, as_published_client=s.asks_as_client)
-        qwen = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        positions, _ = qwen.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
-                                                 image_grid_thw=inputs["image_grid_thw"])
+        positions = rope_positions(self.model, inputs, attention_mask=False)
         ids = inputs["input_ids"][0].tolist()
         vision_start = self.processor.tokenizer.convert_tokens_to_ids(VISION_START)
         search_start = [i for i, t in enumerate(ids) if t == vision_start][1]
@@ -106,7 +106,8 @@ class FastAnswerer:
                                 pixel_values=state["template_pixels"], image_grid_thw=inputs["image_grid_thw"][:1],
                                 logits_to_keep=1)
             state["prefix_cache"] = [(layer.keys, layer.values) for layer in out.cache.layers]
-        answer_ids = self.processor.tokenizer(format_box_xyxy(request.template_box_xyxy), add_special_tokens=False)
+        first_guess = answer_text(request.template_box_xyxy, image_side(request.template), self.processor.base.boxes)
+        answer_ids = self.processor.tokenizer(first_guess, add_special_tokens=False)
         state["draft"] = answer_ids["input_ids"] + [self.processor.tokenizer.convert_tokens_to_ids(END_OF_TURN)]
         return state
 

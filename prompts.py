@@ -1,7 +1,8 @@
 """What the model is asked: the prompt text (exactly as the published checkpoints were trained
-on it), one frame's request, and its encoding into Qwen2.5-VL's model inputs (chat template,
-image tokens expanded as the official processor expands them, pixel patches), collated into
-batches, with the greedy generation settings every answerer shares."""
+on it), one frame's request, and its encoding into the model inputs of its base (bases.py:
+chat template, image tokens expanded as the official processor expands them, pixel patches),
+collated into batches, with the greedy generation settings every answerer shares. A box
+crosses into the model here, in its base's convention (bases.box_to_model)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from bases import Base, box_to_model
+
+# Qwen2.5-VL's default system message: its chat template puts it before a chat that has none
+# (the published models were trained and asked with it). No question sends a system message:
+# each base's template adds its own default (Qwen3-VL's adds none).
 SYSTEM_PROMPT = "You are a helpful assistant."
 
 
@@ -42,25 +48,6 @@ QUESTIONS = {
 WORDINGS = tuple(QUESTIONS)
 
 
-# Qwen2.5-VL's own chat template (the processor's chat_template.json on the hub). Used
-# when a tokenizer carries a text-only template, and written into the tiny checkpoint.
-QWEN2_5_VL_CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
-    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
-    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
-    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
 IMAGE_PAD = "<|image_pad|>"
 
 
@@ -75,8 +62,10 @@ def format_box_xyxy(box_xyxy) -> str:
     return "[" + ",".join(str(int(v)) for v in box_xyxy) + "]"
 
 
-def question_text(box_xyxy, think=False, wording="seed", as_published_client=False) -> str:
-    """The text of one tracking question about the target at `box_xyxy` in image 1.
+def question_text(box_xyxy, think=False, wording="seed", as_published_client=False, boxes="pixels",
+                  crop_side=None) -> str:
+    """The text of one tracking question about the target at `box_xyxy` (pixels of the template
+    crop, of side `crop_side`) in image 1, the box written in the `boxes` convention.
 
     The text the published models were trained on (the README's), unless
     `as_published_client`: then the seed wording as the published inference client sent it,
@@ -85,73 +74,84 @@ def question_text(box_xyxy, think=False, wording="seed", as_published_client=Fal
     """
     if wording not in QUESTIONS:
         raise ValueError(f"unknown wording {wording!r}; choose one of {', '.join(WORDINGS)}")
-    text = QUESTIONS[wording].format(box=format_box_xyxy(box_xyxy))
+    text = QUESTIONS[wording].format(box=format_box_xyxy(box_to_model(box_xyxy, crop_side, boxes)))
     if as_published_client and wording == "seed":
         text = text.replace(" \n ", " ")
         return f"{THINK_INSTRUCTION.strip()} {text}" if think else text
     return THINK_INSTRUCTION + text if think else text
 
 
-def build_messages(box_xyxy, think=False, wording="seed", images=(None, None), as_published_client=False) -> list[dict]:
+def build_messages(box_xyxy, think=False, wording="seed", images=(None, None), as_published_client=False,
+                   boxes="pixels", crop_side=None) -> list[dict]:
     """The chat of one tracking question: image 1 is the template crop with the target at
-    `box_xyxy` (template-crop pixels), image 2 the search crop. The published client sent
-    no system message (Qwen2.5-VL's chat template then puts in the same default one) and
-    its own spacing of the question (question_text)."""
-    text = question_text(box_xyxy, think, wording, as_published_client)
+    `box_xyxy` (template-crop pixels; the crop's side `crop_side`), image 2 the search crop; a
+    user turn alone (see SYSTEM_PROMPT). The published client asked with its own spacing of the
+    question (question_text)."""
+    text = question_text(box_xyxy, think, wording, as_published_client, boxes, crop_side)
     template, search = ({"type": "image", "image": image} for image in images)
     if wording == "seed":
         content = [template, search, {"type": "text", "text": text}]
     else:
         content = [template, {"type": "text", "text": " "}, search, {"type": "text", "text": text}]
-    user = {"role": "user", "content": content}
-    return [user] if as_published_client else [{"role": "system", "content": SYSTEM_PROMPT}, user]
+    return [{"role": "user", "content": content}]
+
+
+def answer_text(box_xyxy, crop_side, boxes="pixels") -> str:
+    """The answer that gives `box_xyxy` (pixels of a search crop of side `crop_side`), as a
+    model of the `boxes` convention writes it: what SFT teaches."""
+    return format_box_xyxy(box_to_model(box_xyxy, crop_side, boxes))
 
 
 @dataclass
 class Processor:
-    """Qwen2.5-VL's tokenizer and image processor: what build_inputs needs of the official
-    Qwen2_5_VLProcessor, which cannot be built where torchvision is missing."""
+    """A base's tokenizer and image processor, and the base: what build_inputs needs of the
+    official processor (Qwen2_5_VLProcessor, Qwen3VLProcessor), which cannot be built where
+    torchvision is missing."""
 
     tokenizer: object
     image_processor: object
+    base: Base
 
     def save_pretrained(self, folder) -> None:
         self.tokenizer.save_pretrained(folder)
         self.image_processor.save_pretrained(folder)
 
 
-def load_processor(name_or_path: str) -> Processor:
+def load_processor(name_or_path: str, base: Base) -> Processor:
     from transformers import AutoImageProcessor, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     # Hub checkpoints keep the vision chat template beside the processor; a tokenizer
     # with a text-only template would drop the images.
     if IMAGE_PAD not in (tokenizer.chat_template or ""):
-        tokenizer.chat_template = QWEN2_5_VL_CHAT_TEMPLATE
+        tokenizer.chat_template = base.chat_template
     # The PIL backend gives the same pixels on every machine, torchvision or not.
     image_processor = AutoImageProcessor.from_pretrained(name_or_path, backend="pil")
-    return Processor(tokenizer, image_processor)
+    return Processor(tokenizer, image_processor, base)
 
 
 def build_inputs(processor, template_img, search_img, box_xyxy, answer=None, think=False,
                  wording="seed", return_tensors=True, as_published_client=False, pixels_as_bytes=False) -> dict:
-    """The model inputs of one tracking question (a batch of one).
+    """The model inputs of one tracking question (a batch of one), `box_xyxy` in pixels of the
+    template crop, written in the convention of the processor's base; `answer` as the model
+    writes it (answer_text).
 
-    Keys: input_ids, attention_mask, mm_token_type_ids (1 on image tokens: Qwen2.5-VL
-    needs them for its 3D positions), pixel_values, image_grid_thw; with an `answer`
-    also labels, -100 everywhere but the answer and its end-of-turn token. Image tokens
-    are expanded as Qwen2.5-VL's own processor expands them. pixels_as_bytes: patch_bytes
-    instead of pixel_values (see image_patches), an eighth of their size to send to a trainer.
+    Keys: input_ids, attention_mask, mm_token_type_ids (1 on image tokens: the bases need
+    them for their 3D positions), pixel_values, image_grid_thw; with an `answer` also
+    labels, -100 everywhere but the answer and its end-of-turn token. Image tokens are
+    expanded as the base's own processor expands them. pixels_as_bytes: patch_bytes instead
+    of pixel_values (see image_patches), an eighth of their size to send to a trainer.
     """
     messages = build_messages(box_xyxy, think=think, wording=wording, images=(template_img, search_img),
-                              as_published_client=as_published_client)
+                              as_published_client=as_published_client, boxes=processor.base.boxes,
+                              crop_side=image_side(template_img))
     return encode_chat(processor, messages, [template_img, search_img], answer=answer, return_tensors=return_tensors,
                        pixels_as_bytes=pixels_as_bytes)
 
 
 def encode_chat(processor, messages, images, answer=None, return_tensors=True, pixels_as_bytes=False) -> dict:
-    """Any chat with images, rendered by the tokenizer's chat template and encoded as
-    Qwen2.5-VL's processor does; see build_inputs."""
+    """Any chat with images, rendered by the tokenizer's chat template and encoded as the
+    base's processor does; see build_inputs."""
     import torch
 
     tokenizer, image_processor = processor.tokenizer, processor.image_processor
@@ -184,16 +184,22 @@ def encode_chat(processor, messages, images, answer=None, return_tensors=True, p
     return inputs
 
 
+def image_side(image) -> int:
+    """The width of an image (PIL or array): the side of a square crop."""
+    return image.width if isinstance(image, Image.Image) else np.asarray(image).shape[1]
+
+
 def image_patches(images, image_processor, device=None, as_bytes=False) -> dict:
-    """{"pixel_values", "image_grid_thw"} of RGB images (PIL or uint8 arrays) as Qwen2.5-VL's
-    image processor makes them, computed with torch (on `device`: on a GPU the per-frame
-    part of a tracked frame costs microseconds). The processor itself (resampling, one image
-    at a time in numpy) is asked only for images whose size it would change; tracking crops,
-    whose side is a multiple of 28, are kept as they are by it.
+    """{"pixel_values", "image_grid_thw"} of RGB images (PIL or uint8 arrays) as the base's
+    image processor (Qwen2VLImageProcessor, with its patch size, merge and normalisation)
+    makes them, computed with torch (on `device`: on a GPU the per-frame part of a tracked
+    frame costs microseconds). The processor itself (resampling, one image at a time in numpy)
+    is asked only for images whose size it would change; tracking crops, whose side is a
+    whole number of image tokens (bases.Base.crop_size_problem), are kept as they are by it.
 
     as_bytes: {"patch_bytes", "image_grid_thw"} instead, the patches still as bytes in the
-    processor's order ([patches, 3 * 14 * 14] uint8; pixels_from_bytes makes them
-    pixel_values), where the processor would not resize: an eighth of the floats' bytes."""
+    processor's order ([patches, 3 * p * p] uint8; pixels_from_bytes makes them pixel_values),
+    where the processor would not resize: an eighth of the floats' bytes."""
     import torch
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
@@ -268,7 +274,7 @@ def _pixel_tables(mean, std, rescale_factor) -> list[np.ndarray]:
 
 
 def pixels_from_bytes(patch_bytes, image_processor):
-    """The processor's pixel_values [patches, 3 * 2 * 14 * 14] float32 from image_patches'
+    """The processor's pixel_values [patches, 3 * 2 * p * p] float32 from image_patches'
     patch_bytes, on their device, equal to the last bit: each byte looked up in its channel's
     table (_pixel_tables, as _normalised_patches does on the CPU), repeated in time."""
     import torch

@@ -4,7 +4,8 @@
   tracker.init(first_frame, box_xywh)
   box_xywh = tracker.update(next_frame)
 
-load_model (a full checkpoint or a peft adapter, every weight checked), the answerers (a
+load_model (a full checkpoint or a peft adapter of any base bases.py knows, every weight
+checked), the answerers (a
 local model through the fast decoder or plain `generate`, an OpenAI-compatible server, any
 function), the Tracker behind the GOT-10k toolkit's interface (init/update, and
 request/accept to share one model call among many trackers), PytrackingTracker,
@@ -26,8 +27,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import bases
 import frame_loop
-from answers import Answer, answer_confidence, parse_answer
+from answers import Answer, answer_box, answer_confidence, parse_answer
 from boxes import (
     check_init_box,
     clamp_box_xywh_to_frame,
@@ -51,9 +53,19 @@ from prompts import (
     collate,
     encode_chat,
     greedy_config,
+    image_side,
     load_processor,
 )
-from settings import LOOPS, LoadError, TrackSettings, hub_file, load_settings, read_settings, say_default_settings
+from settings import (
+    LOOPS,
+    LoadError,
+    TrackSettings,
+    default_settings,
+    hub_file,
+    load_settings,
+    read_settings,
+    say_default_settings,
+)
 
 
 def default_device() -> str:
@@ -79,21 +91,42 @@ def _adapter_base(name_or_path: str):
         raise LoadError(f"{config}: not a peft adapter config ({first_line(error)})") from None
 
 
+def checkpoint_base(name_or_path: str) -> bases.Base:
+    """The base (bases.py) of a checkpoint, from its config (an adapter's: its base model's).
+    LoadError when it cannot be read or is of a family the project does not know."""
+    from transformers import AutoConfig
+
+    name = name_or_path
+    try:
+        while (below := _adapter_base(name)) is not None:
+            name = below
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError, KeyError) as error:  # no config, or one transformers cannot read
+        raise LoadError(f"cannot load the model {name_or_path}: {first_line(error)}") from None
+    try:
+        return bases.of_config(config)
+    except bases.UnknownBase as error:
+        raise LoadError(f"{name_or_path} is {error}") from None
+
+
 def load_model(name_or_path: str, dtype=None, device=None, load_in_4bit=False, attn=None,
                merge_adapter=True, trainable=False):
-    """A Qwen2.5-VL model and its processor from a hub id or folder: a full checkpoint or a
-    peft adapter, whose base (read from the adapter config) may itself be an adapter, as a
-    GRPO adapter trained over an SFT adapter is.
+    """A model of any base (Qwen2.5-VL, Qwen3-VL: its config says) and its processor from a
+    hub id or folder: a full checkpoint or a peft adapter, whose base (read from the adapter
+    config) may itself be an adapter, as a GRPO adapter trained over an SFT adapter is.
 
     dtype: default_dtype(device) unless given. attn: default_attention(device) unless given.
     merge_adapter folds the adapter into the weights for speed (not with 4-bit weights);
     trainable keeps it a trainable peft adapter. The checkpoint's tracking settings are at
     `model.r1track_settings` (None when it has none). Whatever cannot be loaded is a LoadError
     that says so in one line: a checkpoint or adapter whose weights do not all load (never
-    random values), a missing or unreadable file, a hub that cannot be asked.
+    random values), a missing or unreadable file, a hub that cannot be asked, a model family
+    the project does not know, tracking settings that do not fit the base (its box convention,
+    a crop its image processor would resize).
     """
     from transformers import BitsAndBytesConfig
 
+    base = checkpoint_base(name_or_path)
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     # Straight onto the device: a 3B model never passes through CPU memory on its way.
@@ -103,14 +136,18 @@ def load_model(name_or_path: str, dtype=None, device=None, load_in_4bit=False, a
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype)
     try:
-        model = _load_weights(name_or_path, kwargs, trainable=trainable,
+        model = _load_weights(name_or_path, base, kwargs, trainable=trainable,
                               merge=merge_adapter and not trainable and not load_in_4bit)
         if not trainable:
             model.eval()
-        model.r1track_settings = read_settings(name_or_path)  # None: the checkpoint has none
-        return model, _load_processor_of(name_or_path)
+        processor = _load_processor_of(name_or_path, base)
     except (OSError, ValueError) as error:  # transformers' and peft's own errors included
         raise LoadError(f"cannot load the model {name_or_path}: {first_line(error)}") from None
+    model.r1track_settings = read_settings(name_or_path)  # None: the checkpoint has none
+    problem = model.r1track_settings and model.r1track_settings.problem_with(base, processor.image_processor)
+    if problem:
+        raise LoadError(f"{name_or_path}: {problem}")
+    return model, processor
 
 
 def default_dtype(device):
@@ -127,27 +164,25 @@ def default_attention(device) -> str:
     return "flash_attention_2" if str(device).startswith("cuda") and importlib.util.find_spec("flash_attn") else "sdpa"
 
 
-def _load_weights(name_or_path: str, from_pretrained_kwargs: dict, trainable=False, merge=True):
+def _load_weights(name_or_path: str, base: bases.Base, from_pretrained_kwargs: dict, trainable=False, merge=True):
     """Every weight of a checkpoint or adapter, or LoadError naming those that do not fit."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    base = _adapter_base(name_or_path)
-    if base is None:
-        model, report = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+    below = _adapter_base(name_or_path)
+    if below is None:
+        model, report = base.transformers_class().from_pretrained(
             name_or_path, output_loading_info=True, **from_pretrained_kwargs)
-        _refuse_partial_load(name_or_path, report["missing_keys"], report["unexpected_keys"],
+        _refuse_partial_load(name_or_path, base, report["missing_keys"], report["unexpected_keys"],
                              [key for key, *_ in report.get("mismatched_keys", ())])
         return model
     import warnings
 
     from peft import PeftModel
 
-    model = _load_weights(base, from_pretrained_kwargs, trainable=False, merge=True)  # lower adapters: merged
+    model = _load_weights(below, base, from_pretrained_kwargs, trainable=False, merge=True)  # lower adapters: merged
     key_mapping = older_layout_key_mapping(model)
     with warnings.catch_warnings():  # peft warns of missing keys; they are checked below, and refused
         warnings.filterwarnings("ignore", message="Found missing adapter keys")
         model = PeftModel.from_pretrained(model, name_or_path, is_trainable=trainable, key_mapping=key_mapping)
-    _check_adapter_weights(model, name_or_path, key_mapping)
+    _check_adapter_weights(model, name_or_path, base, key_mapping)
     return model.merge_and_unload() if merge else model
 
 
@@ -165,7 +200,7 @@ def older_layout_key_mapping(model) -> dict:
     return mapping
 
 
-def _check_adapter_weights(model, name_or_path: str, key_mapping: dict) -> None:
+def _check_adapter_weights(model, name_or_path: str, base: bases.Base, key_mapping: dict) -> None:
     """Every weight of the adapter file went into the model, and every adapter weight of the
     model came from the file: peft itself only warns, and leaves the rest at their initial values."""
     from peft import get_peft_model_state_dict
@@ -173,10 +208,10 @@ def _check_adapter_weights(model, name_or_path: str, key_mapping: dict) -> None:
 
     stored = set(load_peft_weights(name_or_path, device="cpu", key_mapping=key_mapping))
     expected = set(get_peft_model_state_dict(model))
-    _refuse_partial_load(name_or_path, expected - stored, stored - expected, [], kind="adapter")
+    _refuse_partial_load(name_or_path, base, expected - stored, stored - expected, [], kind="adapter")
 
 
-def _refuse_partial_load(name, missing, unexpected, mismatched, kind="checkpoint") -> None:
+def _refuse_partial_load(name, base: bases.Base, missing, unexpected, mismatched, kind="checkpoint") -> None:
     def listed(keys):
         keys = sorted(keys)
         return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
@@ -185,20 +220,20 @@ def _refuse_partial_load(name, missing, unexpected, mismatched, kind="checkpoint
         (missing, "weights missing from it"), (unexpected, "weights the model has no place for"),
         (mismatched, "weights of the wrong shape")) if keys]
     if problems:
-        raise LoadError(f"{name}: not every weight of this {kind} loads into Qwen2.5-VL: {'; '.join(problems)}")
+        raise LoadError(f"{name}: not every weight of this {kind} loads into {base.name}: {'; '.join(problems)}")
 
 
-def _load_processor_of(name_or_path: str) -> Processor:
+def _load_processor_of(name_or_path: str, base: bases.Base) -> Processor:
     """The processor saved with a checkpoint, or with the nearest base below it (a hub
     adapter may carry none)."""
     while True:
         try:
-            return load_processor(name_or_path)
+            return load_processor(name_or_path, base)
         except (OSError, ValueError, TypeError):
-            base = _adapter_base(name_or_path)
-            if base is None:
+            below = _adapter_base(name_or_path)
+            if below is None:
                 raise
-            name_or_path = base
+            name_or_path = below
 
 
 def generate_answers(model, processor, batch: dict, generation_config=None, synced=False, confidences=False):
@@ -228,7 +263,7 @@ def generate_answers(model, processor, batch: dict, generation_config=None, sync
 
 
 class ModelAnswerer:
-    """Greedy answers from a local Qwen2.5-VL through `generate`, the whole prompt every
+    """Greedy answers from a local model through `generate`, the whole prompt every
     frame, batched with left padding, each with its confidence (answer_confidence, from the
     scores generate already computes). min_new_tokens holds the end back (for timing random
     weights with answers of a realistic length)."""
@@ -288,9 +323,11 @@ def served_model_name(url: str, timeout=120) -> str:
 class ServerAnswerer:
     """Answers from an OpenAI-compatible chat server (vLLM, SGLang, ...), the deployment the
     published R1-Track scripts used, temperature 0. The published loop sends what the
-    published client sent: no system message, the crops as JPEG data URLs; the lenient loop
-    sends the system message and lossless PNG crops. A server that fails is a ServerError
-    (the published client quietly reused the previous answer instead)."""
+    published client sent: its spacing of the question, the crops as JPEG data URLs; the
+    lenient loop sends lossless PNG crops. No system message: the served model's chat template
+    puts in its own default. The template box is written in the settings' box convention. A
+    server that fails is a ServerError (the published client quietly reused the previous
+    answer instead)."""
 
     def __init__(self, url: str, settings: TrackSettings, model_name=None, max_new_tokens=None, timeout=120):
         self.url = server_v1_url(url)
@@ -312,8 +349,9 @@ class ServerAnswerer:
     def _chat(self, request: Request) -> Answer:
         s = self.settings
         # the images stand as their index (0 template, 1 search) until they become data URLs
-        messages = build_messages(request.template_box_xyxy, think=s.think, wording=s.wording,
-                                  images=(0, 1), as_published_client=s.asks_as_client)
+        messages = build_messages(request.template_box_xyxy, think=s.think, wording=s.wording, images=(0, 1),
+                                  as_published_client=s.asks_as_client, boxes=s.boxes,
+                                  crop_side=image_side(request.template))
         crops, jpegs = (request.template, request.search), request.jpegs or (None, None)
         messages[-1]["content"] = [
             {"type": "image_url", "image_url": {"url": self._data_url(crops[part["image"]], jpegs[part["image"]])}}
@@ -394,6 +432,7 @@ class Tracker:
         if server is not None and server_model is None:
             server_model = served_model_name(server)
         own = getattr(loaded[0], "r1track_settings", None) if loaded is not None else None
+        base = bases.of_model(loaded[0]) if loaded is not None else None
         if isinstance(settings, TrackSettings):
             settings = dataclasses.replace(settings)
         elif settings is not None:
@@ -402,15 +441,19 @@ class Tracker:
             settings = dataclasses.replace(own)
         elif server is not None:
             settings = load_settings(server_model)
+        elif base is not None:
+            settings = default_settings(base)
+            say_default_settings(getattr(loaded[0], "name_or_path", None) or "the model", settings)
         else:
             settings = TrackSettings()
-            if loaded is not None:
-                say_default_settings(getattr(loaded[0], "name_or_path", None) or "the model", settings)
         overrides = dict(crop_size=crop_size, template_factor=template_factor, search_factor=search_factor,
                          think=think, wording=wording, loop=loop)
         self.settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
         if self.settings.loop not in LOOPS:
             raise ValueError(f"unknown loop {self.settings.loop!r}; choose one of {', '.join(LOOPS)}")
+        problem = base and self.settings.problem_with(base, loaded[1].image_processor)
+        if problem:
+            raise LoadError(f"cannot track with {getattr(loaded[0], 'name_or_path', None) or 'the model'}: {problem}")
         if loaded is not None:
             answerer = (FastAnswerer if fast else ModelAnswerer)(*loaded, self.settings, max_new_tokens)
         elif server is not None:
@@ -470,10 +513,11 @@ class Tracker:
         request. `confidence` becomes the answer's (0 for an unusable answer; None where the
         answerer cannot say, as a server or a function), and `lost` whether it is below `lost_below`."""
         answer = answer if isinstance(answer, Answer) else Answer(answer)
-        published = self.settings.loop == "published"
-        box = parse_answer(answer.text, think=self.settings.think, strict=published)
+        s = self.settings
+        published = s.loop == "published"
+        box = answer_box(answer.text, s.crop_size, s.boxes, think=s.think, strict=published)
         if box is not None:
-            box = clamp_box_xyxy(box, self.settings.crop_size)
+            box = clamp_box_xyxy(box, s.crop_size)
             if box[2] <= box[0] or box[3] <= box[1]:
                 box = None
         self.confidence = answer.confidence if box is not None else 0.0
@@ -548,30 +592,37 @@ def tracker_from_args(args, device=None, name=None, lost_below=LOST_BELOW):
     return Tracker(loaded, name=name, **options), loaded
 
 
-GROUNDING_MAX_PIXELS = 1024 * 28 * 28  # about a thousand image tokens
+GROUNDING_TOKENS = 1024  # a frame is shown to the model in about a thousand image tokens
 
 
 def locate_text(model, processor, image, description: str):
-    """The box (x, y, w, h) of `description` in the image, or None. Qwen2.5-VL answers in
-    pixels of the image it was shown; the frame is shrunk to a thousand image tokens first."""
+    """The box (x, y, w, h) of `description` in the image, or None. The frame is shrunk to a
+    thousand image tokens first; Qwen2.5-VL answers in pixels of the image it saw, Qwen3-VL in
+    thousandths of its width and height (the base's box convention)."""
     frame = as_pil(image)
-    shown = frame
-    if frame.width * frame.height > GROUNDING_MAX_PIXELS:
-        ratio = math.sqrt(GROUNDING_MAX_PIXELS / (frame.width * frame.height))
-        shown = frame.resize((max(28, int(frame.width * ratio)), max(28, int(frame.height * ratio))), Image.BILINEAR)
+    shown, side = frame, processor.base.token_side
+    most = GROUNDING_TOKENS * side * side
+    if frame.width * frame.height > most:
+        ratio = math.sqrt(most / (frame.width * frame.height))
+        shown = frame.resize((max(side, int(frame.width * ratio)), max(side, int(frame.height * ratio))),
+                             Image.BILINEAR)
     messages = [{"role": "user", "content": [
         {"type": "image", "image": shown},
         {"type": "text", "text": f"Locate {description} in the image and output its bbox coordinates in JSON format."}]}]
     inputs = encode_chat(processor, messages, [shown])
     answer = generate_answers(model, processor, inputs, greedy_config(processor, 128))[0]
-    _, grid_h, grid_w = inputs["image_grid_thw"][0].tolist()
-    seen_w, seen_h = grid_w * 14, grid_h * 14  # the size the model saw after its own resizing
-    return grounding_box_xywh(answer, (seen_w, seen_h), frame.size)
+    if processor.base.boxes == "relative":
+        seen = (bases.RELATIVE_RANGE, bases.RELATIVE_RANGE)
+    else:  # the size the model saw after its own resizing
+        _, grid_h, grid_w = inputs["image_grid_thw"][0].tolist()
+        seen = (grid_w * processor.image_processor.patch_size, grid_h * processor.image_processor.patch_size)
+    return grounding_box_xywh(answer, seen, frame.size)
 
 
 def grounding_box_xywh(answer: str, seen_size, frame_size):
-    """A grounding answer (`{"bbox_2d": [x1, y1, x2, y2], ...}` in pixels of the image the
-    model saw) as a frame box, or None when it holds no usable box."""
+    """A grounding answer (`{"bbox_2d": [x1, y1, x2, y2], ...}` in units of which the image is
+    `seen_size`: its pixels as the model saw it, or 1000 x 1000 in relative coordinates) as a
+    frame box, or None when it holds no usable box."""
     box = parse_answer(answer)
     if box is None:
         return None

@@ -104,9 +104,10 @@ class Report:
 
     PLOT_SHARE = 0.02
 
-    def __init__(self, out: Path, dist, args=None, resume_step=0, kind="sft", total_steps=None, settings=None):
+    def __init__(self, out: Path, dist, args=None, resume_step=0, kind="sft", total_steps=None, settings=None,
+                 base=None):
         self.path, self.main, self.args = Path(out) / "metrics.jsonl", dist.main, args
-        self.kind, self.total_steps, self.settings = kind, total_steps, settings
+        self.kind, self.total_steps, self.settings, self.base = kind, total_steps, settings, base
         self.drawn_at, self.drawing_seconds = None, 0.0
         self.latest, self.reporters = {}, []
         if not self.main:
@@ -157,7 +158,7 @@ class Report:
         if not self.main:
             return None
         return model_card(self.args, self.kind, step, self.total_steps, self.latest, folder, merged=merged,
-                          settings=self.settings)
+                          settings=self.settings, base=self.base)
 
     def finish(self):
         """The last drawing, and the live runs closed (their last values sent)."""
@@ -293,17 +294,6 @@ class Trackio(HeldSteps):
 # The model card and the hub
 
 
-# the licences of the usual bases, as their own cards give them (a base's card on disk wins)
-KNOWN_LICENCES = {
-    "Qwen/Qwen2.5-VL-3B-Instruct": {"license": "other", "license_name": "qwen-research",
-                                    "license_link": "https://huggingface.co/Qwen/Qwen2.5-VL-3B-Instruct/blob/main/LICENSE"},
-    "Qwen/Qwen2.5-VL-7B-Instruct": {"license": "apache-2.0"},
-    "Qwen/Qwen2.5-VL-32B-Instruct": {"license": "apache-2.0"},
-    "Qwen/Qwen2.5-VL-72B-Instruct": {"license": "other", "license_name": "qwen",
-                                     "license_link": "https://huggingface.co/Qwen/Qwen2.5-VL-72B-Instruct/blob/main/LICENSE"},
-}
-
-
 def card_of(name_or_path: str):
     """The model card of a local folder, or of a hub model already in the local cache; None
     when there is none (no network is asked: a card is written at every checkpoint)."""
@@ -324,33 +314,34 @@ def card_of(name_or_path: str):
         return None
 
 
-def lineage(start: str) -> tuple[str | None, dict, str]:
+def lineage(start: str, base) -> tuple[str | None, dict, str]:
     """(the hub model it comes from, that model's licence fields, how to say where it starts).
-    A local folder made by these trainers names its own base in its card."""
+    A local folder made by these trainers names its own base in its card; a hub model without a
+    card here has its family's licence (bases.Base.licence_of)."""
     card = card_of(start)
     data = card.data.to_dict() if card is not None else {}
     licence = {key: data[key] for key in ("license", "license_name", "license_link") if data.get(key)}
     if Path(start).exists():
-        base = data.get("base_model")
-        base = base[0] if isinstance(base, list) and base else base
-        said = f"the local model `{start}`" + (f" (itself from [{base}](https://huggingface.co/{base}))" if base else "")
+        hub = data.get("base_model")
+        hub = hub[0] if isinstance(hub, list) and hub else hub
+        said = f"the local model `{start}`" + (f" (itself from [{hub}](https://huggingface.co/{hub}))" if hub else "")
     else:
-        base, said = start, f"[{start}](https://huggingface.co/{start})"
-    return base, licence or KNOWN_LICENCES.get(base or "", {}), said
+        hub, said = start, f"[{start}](https://huggingface.co/{start})"
+    return hub, licence or (base.licence_of(hub) if hub else {}), said
 
 
 def model_card(args, kind: str, step: int, total_steps: int, latest: dict, folder: Path, merged=False,
-               settings=None):
-    """The card of a model these trainers save in `folder` (`kind`: "sft" or "grpo"; merged:
-    the adapter folded into its base), as huggingface_hub writes one: metadata (base, library,
-    pipeline, tags, data, licence) and what a user needs: what it is, how it was trained, its
-    last metrics, how to track with it."""
+               settings=None, base=None):
+    """The card of a model of `base` (bases.py) these trainers save in `folder` (`kind`: "sft"
+    or "grpo"; merged: the adapter folded into its base), as huggingface_hub writes one:
+    metadata (base model, library, pipeline, tags, data, licence) and what a user needs: what
+    it is, how it was trained, its last metrics, how to track with it."""
     from huggingface_hub import ModelCard, ModelCardData
 
     from data import HUB_DATASETS
 
     start = str(args.init if kind == "grpo" else args.model)
-    base, licence, start_said = lineage(start)
+    hub_base, licence, start_said = lineage(start, base)
     adapter_on = None if merged else adapter_base(args)
     # an adapter goes on the model it names; one on a local model is not a hub model's adapter
     on_local = adapter_on is not None and Path(adapter_on).exists()
@@ -362,7 +353,7 @@ def model_card(args, kind: str, step: int, total_steps: int, latest: dict, folde
               "starting model)")
     if adapter_on is None:
         weights = "full weights" + (" (a LoRA adapter folded into the model it went on)" if merged else "")
-        loading = "with plain transformers the folder loads as any Qwen2.5-VL model"
+        loading = f"with plain transformers the folder loads as any {base.name} model"
     elif on_local:
         weights = f"a LoRA adapter (rank {args.lora_rank}) on the local model `{adapter_on}`"
         loading = (f"the adapter needs `{adapter_on}` where it was: to use the model elsewhere, save it merged "
@@ -371,9 +362,9 @@ def model_card(args, kind: str, step: int, total_steps: int, latest: dict, folde
         weights = f"a LoRA adapter (rank {args.lora_rank}) on [{adapter_on}](https://huggingface.co/{adapter_on})"
         loading = f"with peft the adapter goes on `{adapter_on}` (r1track.load_model also follows a chain of adapters)"
     card_data = ModelCardData(
-        base_model=None if on_local else base, library_name="transformers" if adapter_on is None else "peft",
+        base_model=None if on_local else hub_base, library_name="transformers" if adapter_on is None else "peft",
         pipeline_tag="image-text-to-text",
-        tags=["r1-track", "visual-object-tracking", "qwen2_5_vl", kind, *([] if adapter_on is None else ["lora"])],
+        tags=["r1-track", "visual-object-tracking", base.model_type, kind, *([] if adapter_on is None else ["lora"])],
         datasets=[data] if data in HUB_DATASETS.values() else None, **licence)
     flags = "\n".join(f"| `--{key.replace('_', '-')}` | `{value}` |" for key, value in sorted(run_config(args).items())
                       if value is not None and value is not False and value != [] and key not in PLUMBING
@@ -383,9 +374,10 @@ def model_card(args, kind: str, step: int, total_steps: int, latest: dict, folde
     text = f"""
 # {args.run_name or Path(args.out).resolve().name}
 
-An R1-Track single-object tracker: Qwen2.5-VL reads a template crop around the target with
+An R1-Track single-object tracker: {base.name} reads a template crop around the target with
 its box and a search crop around its last position, and answers the target's box in the
-search crop as text, `[x1,y1,x2,y2]`. This model is {method} of {start_said}, saved as
+search crop as text, `[x1,y1,x2,y2]` ({"in crop pixels" if base.boxes == "pixels" else
+"in thousandths of the crop's side, as " + base.name + " grounds"}). This model is {method} of {start_said}, saved as
 {weights}, trained {step} of {total_steps} steps on `{args.data}`.
 
 Its tracking settings (r1track.json): {settings.describe()}.

@@ -1,6 +1,6 @@
 """Tracking settings and where they come from: the r1track.json saved with every checkpoint
 (so a tracker asks the question its model was trained on), the built-in settings of the
-published R1-Track models, the hub, and the flags that override them."""
+published R1-Track models, the defaults of each base, the hub, and the flags that override them."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from bases import BOX_CONVENTIONS, RELATIVE_RANGE, Base
 from cli import UserError, first_line, write_atomic
 from prompts import QUESTIONS, WORDINGS
 
@@ -34,12 +35,17 @@ class LoadError(UserError):
 
 @dataclass
 class TrackSettings:
+    """How a tracker asks its model: the published defaults (Qwen2.5-VL's); default_settings
+    gives another base's. `boxes`: how a box crosses the model boundary (bases.BOX_CONVENTIONS),
+    which is its base's."""
+
     wording: str = "seed"
     think: bool = False
     crop_size: int = 336
     template_factor: float = 4.0
     search_factor: float = 4.0
     loop: str = "published"
+    boxes: str = "pixels"
 
     def save(self, folder) -> None:
         write_atomic(Path(folder) / SETTINGS_FILE, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
@@ -50,8 +56,18 @@ class TrackSettings:
         return self.loop == "published"
 
     def describe(self) -> str:
+        boxes = "crop pixels" if self.boxes == "pixels" else f"0-{RELATIVE_RANGE} of the crop"
         return (f"wording {self.wording}, think {'on' if self.think else 'off'}, {self.crop_size}-px crops, "
-                f"template/search factors {self.template_factor:g}/{self.search_factor:g}, loop {self.loop}")
+                f"template/search factors {self.template_factor:g}/{self.search_factor:g}, loop {self.loop}, "
+                f"boxes in {boxes}")
+
+    def problem_with(self, base: Base, image_processor=None):
+        """Why these settings cannot track with a model of `base` (None when they can): a box
+        convention that is not the base's, or a crop its image processor would resize."""
+        if self.boxes != base.boxes:
+            return (f"its tracking settings write boxes in {self.boxes} but {base.name} grounds in {base.boxes} "
+                    f"coordinates (a {SETTINGS_FILE} for another base?)")
+        return base.crop_size_problem(self.crop_size, image_processor)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrackSettings":
@@ -61,12 +77,15 @@ class TrackSettings:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown tracking settings {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        # a file from before loops existed: its model was trained on antialiased crops, the lenient loop's
+        # a file from before loops existed: its model was trained on antialiased crops, the lenient
+        # loop's; one from before bases were a choice: a Qwen2.5-VL model's, boxes in pixels
         settings = cls(**{"loop": "lenient", **values})
         if settings.wording not in QUESTIONS:
             raise ValueError(f"unknown wording {settings.wording!r}; choose one of {', '.join(WORDINGS)}")
         if settings.loop not in LOOPS:
             raise ValueError(f"unknown loop {settings.loop!r}; choose one of {', '.join(LOOPS)}")
+        if settings.boxes not in BOX_CONVENTIONS:
+            raise ValueError(f"unknown boxes {settings.boxes!r}; choose one of {', '.join(BOX_CONVENTIONS)}")
         if not isinstance(settings.think, bool):
             raise ValueError(f"think is true or false, not {settings.think!r}")
         if not (isinstance(settings.crop_size, int) and settings.crop_size >= 28):
@@ -91,6 +110,12 @@ DEFAULT_MODEL = "WangBiao/R1-Track-GRPO-wo-Think-100k"
 
 
 DEMO_MODEL = Path(__file__).resolve().parent / "demo_model"  # made by tools/make_demo_model.py; ships with the project
+
+
+def default_settings(base: Base) -> TrackSettings:
+    """The settings a model of `base` tracks with when it has none of its own: the published
+    ones, with the base's crop size and box convention."""
+    return TrackSettings(crop_size=base.crop_size, boxes=base.boxes)
 
 
 def hub_file(repo_id: str, filename: str):
@@ -147,12 +172,13 @@ def read_settings(name_or_path: str):
         raise LoadError(f"{path}: not valid tracking settings ({first_line(error)})") from None
 
 
-def load_settings(name_or_path: str) -> TrackSettings:
-    """read_settings, or the published defaults when the checkpoint has no settings, which
-    is said on stderr (the model may have been trained for another question)."""
+def load_settings(name_or_path: str, base: Base | None = None) -> TrackSettings:
+    """read_settings, or the defaults of `base` (default: the published ones) when the
+    checkpoint has no settings, which is said on stderr (the model may have been trained for
+    another question)."""
     settings = read_settings(name_or_path)
     if settings is None:
-        settings = TrackSettings()
+        settings = default_settings(base) if base is not None else TrackSettings()
         say_default_settings(name_or_path, settings)
     return settings
 
@@ -164,7 +190,8 @@ def say_default_settings(name, settings: TrackSettings) -> None:
 
 def add_settings_args(parser) -> None:
     """The flags of the tracking scripts that choose or override the tracking settings."""
-    parser.add_argument("--settings", help="where the tracking settings (wording, think, crop size, loop) come from: "
+    parser.add_argument("--settings", help="where the tracking settings (wording, think, crop size, loop, box "
+                        "convention) come from: "
                         "a checkpoint folder, a hub id or an r1track.json (default: the model's own; with --server, "
                         "those of the served model's name)")
     parser.add_argument("--loop", choices=LOOPS, help="published: crops, JPEG, question, answer parsing and frame-edge "

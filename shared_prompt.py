@@ -20,18 +20,10 @@ from __future__ import annotations
 
 import torch
 
+from bases import rope_positions
+
 # attention kernels that take the block mask; flash-attention takes no 4D mask
 BLOCK_MASK_KERNELS = ("sdpa", "eager")
-
-
-def rope_positions(model, inputs) -> torch.Tensor:
-    """Qwen2.5-VL's 3D (M-RoPE) positions of (left-padded) model inputs, [3, B, L]: a function
-    of the token ids and image grids alone, so worked out once for every pass over them."""
-    qwen = model.get_base_model() if hasattr(model, "get_base_model") else model
-    positions, _ = qwen.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
-                                             image_grid_thw=inputs["image_grid_thw"],
-                                             attention_mask=inputs["attention_mask"])
-    return positions
 
 
 def next_positions(positions: torch.Tensor) -> torch.Tensor:

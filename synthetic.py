@@ -1,35 +1,30 @@
-"""The synthetic world: a tiny Qwen2.5-VL with its own small tokenizer, the 3B model's shape
-with random weights, and synthetic clips in the GOT-10k layout.
+"""The synthetic world: a tiny model of each base (Qwen2.5-VL, Qwen3-VL) with its own small
+tokenizer, the published models' shapes with random weights, and synthetic clips in the
+GOT-10k layout.
 
 The demo model, the benchmarks and the tests live here, not the product: everything a
-real user runs works the same with the published 3B model and the real GOT-10k, and is
-proven with these on a machine with no GPU and no downloads. The tiny model is the real
-model class, saved and loaded through the same `from_pretrained` path a hub model takes.
+real user runs works the same with the published models and the real GOT-10k, and is
+proven with these on a machine with no GPU and no downloads. A tiny model is its base's
+real model class, saved and loaded through the same `from_pretrained` path a hub model takes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from prompts import (
-    END_OF_TURN,
-    QUESTIONS,
-    QWEN2_5_VL_CHAT_TEMPLATE,
-    SYSTEM_PROMPT,
-    THINK_INSTRUCTION,
-    WORDINGS,
-    format_box_xyxy,
-)
-from settings import TrackSettings
+import bases
+from prompts import END_OF_TURN, QUESTIONS, SYSTEM_PROMPT, THINK_INSTRUCTION, WORDINGS, format_box_xyxy
+from settings import TrackSettings, default_settings
 
 # -----------------------------------------------------------------------------
-# A tiny Qwen2.5-VL that runs anywhere: the real model class and loading path, random
-# weights, a small tokenizer with Qwen's special tokens, digit-by-digit numbers and the
-# Qwen2.5-VL chat template.
+# A tiny model of each base that runs anywhere: the real model class and loading path,
+# random weights, a small tokenizer with Qwen's special tokens, digit-by-digit numbers and
+# the base's chat template.
 
 
 QWEN_SPECIAL_TOKENS = [
@@ -51,9 +46,9 @@ def _tokenizer_corpus() -> list[str]:
     return texts
 
 
-def build_tiny_tokenizer(vocab_size=400):
+def build_tiny_tokenizer(vocab_size=400, base=bases.QWEN2_5_VL):
     """A byte-level BPE tokenizer shaped like Qwen2's (same pre-tokenizer: digits one by
-    one) with a small vocabulary learnt from this project's prompts."""
+    one) with a small vocabulary learnt from this project's prompts, and `base`'s chat template."""
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
@@ -74,83 +69,143 @@ def build_tiny_tokenizer(vocab_size=400):
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[tuple(m) for m in learnt["merges"]],
                                eos_token=END_OF_TURN, pad_token="<|endoftext|>", unk_token=None)
     tokenizer.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL_TOKENS[1:]})
-    tokenizer.chat_template = QWEN2_5_VL_CHAT_TEMPLATE
+    tokenizer.chat_template = base.chat_template
     return tokenizer
 
 
-# Qwen2.5-VL-3B-Instruct's published architecture (its config.json on the hub)
-QWEN2_5_VL_3B_SHAPE = {
-    "text": {"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
-             "num_attention_heads": 16, "max_position_embeddings": 128000, "mrope_section": [16, 24, 24]},
-    "vision": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
-               "fullatt_block_indexes": [7, 15, 23, 31]},
+# The published architectures (their config.json on the hub), for timing random weights of the
+# real size: text and vision shapes, each base's builder adds what all its models share.
+SHAPES = {
+    "qwen2_5_vl-3b": {  # Qwen2.5-VL-3B-Instruct
+        "text": {"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
+                 "num_attention_heads": 16, "num_key_value_heads": 2, "max_position_embeddings": 128000,
+                 "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+        "vision": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+                   "fullatt_block_indexes": [7, 15, 23, 31]},
+    },
+    "qwen3_vl-2b": {  # Qwen3-VL-2B-Instruct
+        "text": {"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 28,
+                 "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
+                 "max_position_embeddings": 262144, "rope_theta": 5000000.0, "mrope_section": [24, 20, 20]},
+        "vision": {"depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16,
+                   "num_position_embeddings": 2304, "deepstack_visual_indexes": [5, 11, 17]},
+    },
+    "qwen3_vl-4b": {  # Qwen3-VL-4B-Instruct
+        "text": {"vocab_size": 151936, "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
+                 "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                 "max_position_embeddings": 262144, "rope_theta": 5000000.0, "mrope_section": [24, 20, 20]},
+        "vision": {"depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16,
+                   "num_position_embeddings": 2304, "deepstack_visual_indexes": [5, 11, 17]},
+    },
 }
 
 
 def tiny_shape(vocab_size: int, hidden_size=128, num_layers=4, vision_hidden_size=64, vision_depth=2) -> dict:
-    """About a million weights, in the 3B's proportions where they matter (M-RoPE sections)."""
+    """About a million weights, in the published models' proportions where they matter
+    (M-RoPE sections [16, 24, 24] of a 64-wide half head in the 3B; 2 key/value heads)."""
     heads = 4
-    third = hidden_size // heads // 2 // 8  # M-RoPE sections [16, 24, 24] of 64 in the 3B
+    third = hidden_size // heads // 2 // 8
     return {
         "text": {"vocab_size": vocab_size, "hidden_size": hidden_size, "intermediate_size": hidden_size * 2,
-                 "num_hidden_layers": num_layers, "num_attention_heads": heads, "max_position_embeddings": 4096,
+                 "num_hidden_layers": num_layers, "num_attention_heads": heads, "num_key_value_heads": 2,
+                 "max_position_embeddings": 4096, "rope_theta": 1000000.0,
                  "mrope_section": [2 * third, 3 * third, 3 * third]},
         "vision": {"depth": vision_depth, "hidden_size": vision_hidden_size, "intermediate_size": vision_hidden_size * 2,
-                   "num_heads": 4, "fullatt_block_indexes": [vision_depth - 1]},
+                   "num_heads": 4},
     }
 
 
+def _token_ids(tokenizer) -> dict:
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    return dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+
+
+def _text_config(tokenizer, shape: dict) -> dict:
+    text = {key: value for key, value in shape["text"].items() if key not in ("mrope_section", "rope_theta")}
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>")}
+    return {**text, "rms_norm_eps": 1e-6, "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"]}
+
+
 def qwen2_5_vl_config(tokenizer, shape: dict):
-    """A Qwen2_5_VLConfig of `shape` (tiny_shape or QWEN2_5_VL_3B_SHAPE): what every Qwen2.5-VL
-    shares, and this tokenizer's special token ids."""
+    """A Qwen2_5_VLConfig of `shape` (tiny_shape or SHAPES): what every Qwen2.5-VL shares, and
+    this tokenizer's special token ids."""
     from transformers import Qwen2_5_VLConfig
 
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-    text = {key: value for key, value in shape["text"].items() if key != "mrope_section"}
+    vision = {"fullatt_block_indexes": [shape["vision"]["depth"] - 1], **shape["vision"]}
     return Qwen2_5_VLConfig(
-        text_config={
-            **text, "num_key_value_heads": 2, "rms_norm_eps": 1e-6,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
-                                "mrope_section": shape["text"]["mrope_section"]},
-            "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
-        },
-        vision_config={
-            **shape["vision"], "out_hidden_size": shape["text"]["hidden_size"], "patch_size": 14,
-            "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
-        },
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
+        text_config={**_text_config(tokenizer, shape), "rope_parameters": {
+            "rope_type": "default", "rope_theta": shape["text"]["rope_theta"],
+            "mrope_section": shape["text"]["mrope_section"]}},
+        vision_config={**vision, "out_hidden_size": shape["text"]["hidden_size"], "patch_size": 14,
+                       "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112},
+        tie_word_embeddings=True, **_token_ids(tokenizer),
     )
+
+
+def qwen3_vl_config(tokenizer, shape: dict):
+    """A Qwen3VLConfig of `shape` (tiny_shape or SHAPES): what every Qwen3-VL shares
+    (interleaved M-RoPE, 16-px patches, DeepStack from the first vision blocks unless the
+    shape says), and this tokenizer's special token ids."""
+    from transformers import Qwen3VLConfig
+
+    text, vision = shape["text"], shape["vision"]
+    vision = {"num_position_embeddings": 256, "deepstack_visual_indexes": list(range(min(vision["depth"], 3))),
+              **{key: value for key, value in vision.items() if key != "fullatt_block_indexes"}}
+    return Qwen3VLConfig(
+        text_config={"head_dim": text["hidden_size"] // text["num_attention_heads"], **_text_config(tokenizer, shape),
+                     "rope_parameters": {"rope_type": "default", "rope_theta": text["rope_theta"],
+                                         "mrope_section": text["mrope_section"], "mrope_interleaved": True}},
+        vision_config={**vision, "out_hidden_size": text["hidden_size"], "patch_size": 16, "spatial_merge_size": 2,
+                       "temporal_patch_size": 2},
+        tie_word_embeddings=True, **_token_ids(tokenizer),
+    )
+
+
+MODEL_CONFIGS = {"qwen2_5_vl": qwen2_5_vl_config, "qwen3_vl": qwen3_vl_config}
+
+
+IMAGE_NORMALISATION = {  # each base's own image_mean and image_std
+    "qwen2_5_vl": ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]),
+    "qwen3_vl": ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
+}
+
+
+def random_model(base: bases.Base, tokenizer, shape: dict):
+    """A randomly initialised model of `base` and `shape`, on the current default device."""
+    return base.transformers_class()(MODEL_CONFIGS[base.model_type](tokenizer, shape))
 
 
 def save_tiny_model(path, seed=0, hidden_size=128, num_layers=4, vision_hidden_size=64,
                     vision_depth=2, settings: TrackSettings | None = None, shape: dict | None = None,
-                    dtype=None, device="cpu") -> Path:
-    """Write a randomly initialised Qwen2_5_VLForConditionalGeneration (about a million
-    parameters), its tokenizer, image-processor config and tracking settings to `path`.
-    shape: another architecture instead (e.g. QWEN2_5_VL_3B_SHAPE), made on `device` and saved
+                    dtype=None, device="cpu", base=bases.QWEN2_5_VL) -> Path:
+    """Write a randomly initialised model of `base` (about a million parameters), its
+    tokenizer, image-processor config and tracking settings (the base's defaults with crops of
+    four image tokens a side: 112 px for Qwen2.5-VL, 128 for Qwen3-VL) to `path`. shape:
+    another architecture instead (e.g. SHAPES["qwen2_5_vl-3b"]), made on `device` and saved
     in `dtype` (default float32)."""
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     path = Path(path)
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = build_tiny_tokenizer(base=base)
     shape = shape or tiny_shape(len(tokenizer), hidden_size, num_layers, vision_hidden_size, vision_depth)
     torch.manual_seed(seed)
     with torch.device(device):
-        model = Qwen2_5_VLForConditionalGeneration(qwen2_5_vl_config(tokenizer, shape)).to(dtype or torch.float32)
+        model = random_model(base, tokenizer, shape).to(dtype or torch.float32)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>")}
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    side = base.token_side
+    mean, std = IMAGE_NORMALISATION[base.model_type]
     Qwen2VLImageProcessorPil(
-        min_pixels=56 * 56, max_pixels=28 * 28 * 16384, patch_size=14, temporal_patch_size=2, merge_size=2,
-        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+        min_pixels=4 * side * side, max_pixels=side * side * 16384, patch_size=base.patch_size, temporal_patch_size=2,
+        merge_size=base.merge_size, image_mean=mean, image_std=std,
     ).save_pretrained(path)
-    (settings or TrackSettings(crop_size=112)).save(path)
+    (settings or dataclasses.replace(default_settings(base), crop_size=4 * side)).save(path)
     return path
 
 

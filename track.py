@@ -41,13 +41,13 @@ from pathlib import Path
 import r1track
 import synthetic
 import video_tracking
-from answers import parse_answer
+from answers import answer_box
 from benchmarks import got10k
 from benchmarks.got10k import GOT10K, read_got10k_sequence
 from benchmarks.results import track_sequences
 from cli import ArgumentParser, UserError, frame_readers, script_main, write_atomic
 from frames import as_pil, open_frames, read_frame
-from prompts import question_text
+from prompts import image_side, question_text
 from settings import DEFAULT_MODEL, DEMO_MODEL, add_settings_args
 from video_tracking import Target, VideoWriter, draw_box
 
@@ -113,7 +113,7 @@ def build_parser():
     parser.add_argument("--box-format", choices=["xyxy", "xywh"], default="xyxy",
                         help="how --box is written (default: xyxy; xywh as in GOT-10k files)")
     parser.add_argument("--text", help="find the target from a description in the first frame instead of --box, "
-                        "with Qwen2.5-VL's grounding (local model only)")
+                        "with the model's own grounding (local model only)")
     parser.add_argument("--model", default=None, help=f"hub id or folder of the model (default: "
                         f"{DEFAULT_MODEL}; with --demo, demo_model/)")
     parser.add_argument("--server", help="an OpenAI-compatible server URL (e.g. vLLM) to ask instead of a local model")
@@ -255,14 +255,15 @@ def write_example(path: Path, tracker, clips: Path, name: str, results: Path, fr
     answer = tracker.answerer([request])[0].text
     side = 224
     s = tracker.settings
-    text = question_text(request.template_box_xyxy, s.think, s.wording, s.asks_as_client)
+    text = question_text(request.template_box_xyxy, s.think, s.wording, s.asks_as_client, s.boxes,
+                         image_side(request.template))
     lines = ["", ""] + textwrap.wrap(text.replace("\n", " "), 76) + [
         "", f"answer: {answer.strip()}"]
     canvas = Image.new("RGB", (2 * side + 24, side + 24 + 14 * len(lines)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for column, (crop, box_xyxy, colour) in enumerate(
             [(request.template, request.template_box_xyxy, (255, 255, 255)),
-             (request.search, parse_answer(answer, think=tracker.settings.think), (0, 255, 0))]):
+             (request.search, answer_box(answer, s.crop_size, s.boxes, think=s.think), (0, 255, 0))]):
         crop = as_pil(crop)
         left, ratio = 8 + column * (side + 8), side / crop.width
         canvas.paste(crop.resize((side, side)), (left, 8))

@@ -38,8 +38,9 @@ from answers import reward
 from cli import ArgumentParser, UserError, first_line, positive_int
 from data import PairStream
 from prompts import END_OF_TURN, answer_token_limit, build_inputs, collate, greedy_config, vision_token_ids
-from settings import LoadError, TrackSettings, read_settings
-from shared_prompt import BLOCK_MASK_KERNELS, grouped_inputs, repeated_inputs, rope_positions, sample_answers
+from settings import TrackSettings
+from bases import rope_positions
+from shared_prompt import BLOCK_MASK_KERNELS, grouped_inputs, repeated_inputs, sample_answers
 from training import autocast, to_device, trainable_parameters
 
 # -----------------------------------------------------------------------------
@@ -139,10 +140,6 @@ def build_parser():
 
 def check_args(parser, args):
     args.init = args.init or args.model
-    try:  # the questions the --init model was trained on, unless the flags say otherwise
-        training.fill_settings(args, read_settings(args.init) or TrackSettings())
-    except LoadError as error:
-        parser.error(str(error))
     training.check_common_args(parser, args)
     if args.group_size < 2:
         parser.error("--group-size must be at least 2: advantages compare answers to the same question")
@@ -156,6 +153,8 @@ def check_args(parser, args):
     if args.attn is None and not args.repeat_prompts:
         args.attn = "sdpa"  # flash-attention takes no block mask: the shared prompt needs one
     args.max_new_tokens = args.max_new_tokens or answer_token_limit(args.think)
+    # the questions the --init model was trained on, unless the flags say otherwise
+    training.fill_settings(parser, args, args.init, inherit=True)
 
 
 # -----------------------------------------------------------------------------
@@ -288,7 +287,7 @@ def grpo_step(step, model, raw, reference, processor, optimizer, scheduler, stre
 
     # 2. reward: the published R1-Track reward (or plain IoU) of every answer      [P*G]
     truths = [pairs[k // args.group_size].search_box_xyxy for k in range(len(texts))]
-    scores, failure = score_answers(texts, lengths, truths, args)
+    scores, failure = score_answers(texts, lengths, truths, args, processor.base.boxes)
     if dist.all_sum([float(failure is not None)])[0]:  # every rank stops, not only the one whose reward broke
         raise UserError(failure or "the reward raised on another rank (its message names the answer)")
     rewards = torch.tensor([s["overall"] for s in scores])
@@ -330,14 +329,16 @@ def peak_memory(dist) -> dict:
     return {"peak_memory_gib": torch.cuda.max_memory_allocated(dist.device) / 2 ** 30}
 
 
-def score_answers(texts, lengths, truths, args):
-    """(the rewards of the answers, None or what broke). A reward that raises is a broken
+def score_answers(texts, lengths, truths, args, boxes):
+    """(the rewards of the answers, None or what broke), the answers read in the `boxes`
+    convention of the model's base, scored in crop pixels. A reward that raises is a broken
     reward, not a bad answer: scored on, it would leave the KL term alone training the model,
     so the run stops, naming the first answer it broke on."""
     scores, failure = [], None
     for text, length, truth in zip(texts, lengths, truths):
         try:
-            scores.append(reward(text, truth, think=args.think, response_len=length, kind=args.reward))
+            scores.append(reward(text, truth, think=args.think, response_len=length, kind=args.reward, boxes=boxes,
+                                 crop_side=args.crop_size))
         except Exception as error:
             failure = failure or (f"the reward raised {type(error).__name__}: {first_line(error)}, "
                                   f"on the answer {text!r} (true box {truth})")
@@ -455,7 +456,8 @@ def train(args, dist):
     train_source, val_source = training.open_data(args, dist)
     model, processor = training.build_model(args, dist, init=args.init, resume_dir=resume_dir,
                                             fresh_adapter=not (args.full or args.continue_adapter))
-    settings = TrackSettings(wording=args.wording, think=args.think, crop_size=args.crop_size, loop=args.loop)
+    settings = TrackSettings(wording=args.wording, think=args.think, crop_size=args.crop_size, loop=args.loop,
+                             boxes=processor.base.boxes)
     model, raw = training.wrap_distributed(model, args, dist)
     reference = make_reference(raw, args, dist)
 
@@ -466,7 +468,7 @@ def train(args, dist):
     stream = PairStream(train_source, args.seed, dist.rank, dist.world, state["position"], state["skipped"],
                         workers=training.data_workers(args, dist))
     val_pairs = training.validation_set(val_source, args, dist)
-    report = reports.Report(out, dist, args, state["step"], "grpo", total_steps, settings)
+    report = reports.Report(out, dist, args, state["step"], "grpo", total_steps, settings, processor.base)
     stop = training.StopFlag()
     if dist.main:
         print(f"GRPO: {sum(p.numel() for p in trainable_parameters(raw)):,} weights, {total_steps} steps of "

@@ -1,10 +1,13 @@
-"""Supervised fine-tuning of Qwen2.5-VL on tracking pairs, in one readable loop.
+"""Supervised fine-tuning of a Qwen2.5-VL or Qwen3-VL model on tracking pairs, in one readable loop.
 
   python train_sft.py --data r1track5k --out runs/sft
   torchrun --nproc_per_node 4 train_sft.py --data r1track5k --out runs/sft
+  python train_sft.py --model Qwen/Qwen3-VL-2B-Instruct --data r1track5k --out runs/sft-qwen3vl
 
 The model reads a template crop with the target's box and a search crop, and learns to
-answer the target's box in the search crop, `[x1,y1,x2,y2]`. The loss covers the answer
+answer the target's box in the search crop, `[x1,y1,x2,y2]`: in crop pixels for Qwen2.5-VL, in
+thousandths of the crop's side for Qwen3-VL (its own grounding's convention; stored pairs,
+written in pixels, are converted). The base's default crop is 336 px, or 352 for Qwen3-VL. The loss covers the answer
 and its end-of-turn token only. LoRA on every linear layer by default (the published
 recipe), QLoRA with --load-in-4bit, or full fine-tuning with --full (--fsdp to shard it).
 
@@ -46,7 +49,7 @@ def build_parser():
 
 def check_args(parser, args):
     training.check_common_args(parser, args)
-    training.fill_settings(args, TrackSettings())
+    training.fill_settings(parser, args, args.model, inherit=False)
 
 
 # -----------------------------------------------------------------------------
@@ -76,7 +79,8 @@ def train(args, dist):
     resume_dir = training.find_resume(args, dist)
     train_source, val_source = training.open_data(args, dist)
     model, processor = training.build_model(args, dist, resume_dir=resume_dir)
-    settings = TrackSettings(wording=args.wording, think=False, crop_size=args.crop_size, loop=args.loop)
+    settings = TrackSettings(wording=args.wording, think=False, crop_size=args.crop_size, loop=args.loop,
+                             boxes=processor.base.boxes)
     model, raw = training.wrap_distributed(model, args, dist)
 
     per_step = args.batch_size * args.grad_accum * dist.world
@@ -88,7 +92,7 @@ def train(args, dist):
                         prepare=functools.partial(training.sft_example, processor, args.wording),
                         workers=training.data_workers(args, dist))
     val_pairs = training.validation_set(val_source, args, dist)
-    report = reports.Report(out, dist, args, state["step"], "sft", total_steps, settings)
+    report = reports.Report(out, dist, args, state["step"], "sft", total_steps, settings, processor.base)
     stop = training.StopFlag()
     pad = processor.tokenizer.pad_token_id
     if dist.main:

@@ -20,22 +20,24 @@ from pathlib import Path
 
 import torch
 
+import bases
 import r1track
 import reports
-from answers import parse_answer
+from answers import answer_box
 from boxes import iou_xyxy
 from cli import UserError, first_line, positive_int, script_main, write_atomic
 from data import HUB_DATASETS, NoSplit, StoredPairs, open_pairs, validation_pairs
 from prompts import (
     WORDINGS,
+    answer_text,
     answer_token_limit,
     build_inputs,
     collate,
-    format_box_xyxy,
     greedy_config,
+    image_side,
     pixels_from_bytes,
 )
-from settings import LOOPS, load_settings
+from settings import LOOPS, LoadError, default_settings, load_settings, read_settings
 
 # -----------------------------------------------------------------------------
 # Command line
@@ -48,17 +50,12 @@ def share(text):
     return value
 
 
-def crop_size(text):
-    value = positive_int(text)
-    if value % 28:
-        raise argparse.ArgumentTypeError(f"the crop size must be a multiple of 28 (Qwen2.5-VL's 2x2 patches of 14 px), got {text}")
-    return value
-
-
 def add_model_args(parser, default_model="Qwen/Qwen2.5-VL-3B-Instruct", default_lr=1e-5,
                    default_attn="flash_attention_2 when installed on GPU, else sdpa"):
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default=default_model, help="base model: hub id or folder")
+    known = ", ".join(f"{base.name} (e.g. {base.example})" for base in bases.BASES.values())
+    group.add_argument("--model", default=default_model, help=f"base model: hub id or folder of a {known} "
+                       "checkpoint; its config says which")
     group.add_argument("--full", action="store_true", help="train every weight instead of LoRA adapters")
     group.add_argument("--fsdp", action="store_true", help="with --full under torchrun: shard weights, gradients "
                        "and optimizer state across ranks (FSDP2) when one GPU cannot hold them")
@@ -87,7 +84,9 @@ def add_data_args(parser, default_data="r1track5k", inherited=""):
                        "dataset's own val split when it has one, else --val-fraction of --data)")
     group.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction of a stored --data")
     group.add_argument("--val-size", type=positive_int, default=64, help="validation pairs per evaluation")
-    group.add_argument("--crop-size", type=crop_size, default=None, help=f"crop side in pixels (default: {inherited}336)")
+    sizes = ", ".join(f"{base.crop_size} for {base.name}" for base in bases.BASES.values())
+    group.add_argument("--crop-size", type=positive_int, default=None, help="crop side in pixels, a whole number of "
+                       f"the base's image tokens (default: {inherited}{sizes})")
     group.add_argument("--wording", default=None, choices=WORDINGS,
                        help=f"question wording (default: {inherited}seed)")
     group.add_argument("--loop", default=None, choices=LOOPS,
@@ -145,11 +144,30 @@ def check_common_args(parser, args):
     reports.check_report_args(parser, args)
 
 
-def fill_settings(args, settings):
-    """Tracking settings not given as flags are taken from `settings`."""
+def fill_settings(parser, args, start: str, inherit: bool):
+    """Tracking settings not given as flags: those of `start`, the model training starts from,
+    when `inherit` and it has some, else its base's defaults. A crop size its base cannot take
+    is refused, naming the sizes that fit. Returns the base."""
+    try:
+        base = r1track.checkpoint_base(start)
+        settings = (read_settings(start) if inherit else None) or default_settings(base)
+    except LoadError as error:
+        parser.error(str(error))
     args.crop_size = args.crop_size or settings.crop_size
     args.wording = args.wording or settings.wording
     args.loop = args.loop or settings.loop
+    problem = base.crop_size_problem(args.crop_size)
+    if problem:
+        parser.error(f"--crop-size: {problem}")
+    return base
+
+
+def check_crop_size(args, processor) -> None:
+    """The crop size against the loaded image processor's pixel bounds (which the base's grid
+    alone cannot tell): a crop it would resize is refused, never resized silently."""
+    problem = processor.base.crop_size_problem(args.crop_size, processor.image_processor)
+    if problem:
+        raise UserError(f"--crop-size: {problem}")
 
 
 # -----------------------------------------------------------------------------
@@ -196,18 +214,11 @@ class Dist:
 # Model: LoRA, QLoRA or full; resumed from a checkpoint when asked
 
 
-LANGUAGE_LINEAR = r"(?!.*visual).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-
-
-VISION_LINEAR = r".*visual\.blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.gate_proj|mlp\.up_proj|mlp\.down_proj)"
-
-
-def lora_config(args):
+def lora_config(args, base: bases.Base):
     from peft import LoraConfig
 
-    targets = LANGUAGE_LINEAR + ("|" + VISION_LINEAR if args.lora_vision else "")
     return LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha or 2 * args.lora_rank,
-                      lora_dropout=args.lora_dropout, target_modules=targets, bias="none")
+                      lora_dropout=args.lora_dropout, target_modules=base.lora_targets(args.lora_vision), bias="none")
 
 
 def weights_dtype(args, device):
@@ -229,6 +240,7 @@ def build_model(args, dist, init=None, resume_dir=None, fresh_adapter=False):
     model, processor = r1track.load_model(source, dtype=weights_dtype(args, dist.device), device=dist.device,
                                           load_in_4bit=args.load_in_4bit, attn=args.attn, trainable=trainable)
     settings = model.r1track_settings
+    check_crop_size(args, processor)
     is_adapter = hasattr(model, "peft_config")
     # peft imported only where used: with bitsandbytes it costs seconds of start-up
     if args.load_in_4bit and not is_adapter:
@@ -239,13 +251,13 @@ def build_model(args, dist, init=None, resume_dir=None, fresh_adapter=False):
         from peft import get_peft_model
 
         torch.manual_seed(args.seed)  # the same adapter initialisation on every rank and rerun
-        model = get_peft_model(model, lora_config(args))
+        model = get_peft_model(model, lora_config(args, processor.base))
         # the weights under the adapter are `init` (an adapter chain is merged when loaded)
         model.peft_config["default"].base_model_name_or_path = init
     if args.full:
         model.requires_grad_(True)
         if args.freeze_vision:
-            model.model.visual.requires_grad_(False)
+            bases.vision_tower(model).requires_grad_(False)
     if args.gradient_checkpointing:  # non-reentrant: frozen inputs need no requires_grad trick
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         base.activation_checkpointing_enable({"use_reentrant": False})
@@ -264,13 +276,11 @@ def wrap_distributed(model, args, dist):
 
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
             if dist.device.type == "cuda" else MixedPrecisionPolicy()
-        inner = model.model
-        for block in list(inner.visual.blocks) + list(inner.language_model.layers):
-            fully_shard(block, mp_policy=policy)
-        # generate runs the vision tower alone (get_image_features) before the whole model's
-        # forward: the tower is a unit of its own, so that its hooks gather its patch embedding,
-        # and the root is settled now, as its first forward would settle it
-        fully_shard(inner.visual, mp_policy=policy)
+        # the vision tower is a unit of its own (after its blocks), so that its hooks gather its
+        # patch embedding when generate runs it alone; the root is settled now, as its first
+        # forward would settle it
+        for unit in bases.fsdp_units(model):
+            fully_shard(unit, mp_policy=policy)
         fully_shard(model, mp_policy=policy)
         model._get_fsdp_state()._lazy_init()
         return model, model
@@ -374,11 +384,11 @@ def validation_set(source, args, dist) -> list:
 
 def sft_example(processor, wording, pair):
     """A pair as the model inputs of an SFT step, whose labels are the answer box
-    `[x1,y1,x2,y2]`; the pixels still bytes (they become floats on the model's device, in
-    to_device)."""
-    return build_inputs(processor, pair.template, pair.search, pair.template_box_xyxy,
-                                answer=format_box_xyxy(pair.search_box_xyxy), wording=wording,
-                                return_tensors=False, pixels_as_bytes=True)
+    `[x1,y1,x2,y2]` in the base's box convention (stored pairs hold pixels); the pixels still
+    bytes (they become floats on the model's device, in to_device)."""
+    answer = answer_text(pair.search_box_xyxy, image_side(pair.search), processor.base.boxes)
+    return build_inputs(processor, pair.template, pair.search, pair.template_box_xyxy, answer=answer, wording=wording,
+                        return_tensors=False, pixels_as_bytes=True)
 
 
 @torch.no_grad()
@@ -413,7 +423,7 @@ def evaluate(model, processor, pairs, args, dist, think=False, loss_sum=None):
             answers = r1track.generate_answers(model, processor, collate(prompts, pad), config,
                                                synced=in_step)
         for pair, answer in zip(chunk if counted else [], answers):
-            box = parse_answer(answer, think=think)
+            box = answer_box(answer, image_side(pair.search), processor.base.boxes, think=think)
             iou_sum += iou_xyxy(box, pair.search_box_xyxy) if box else 0.0
     loss_total, tokens, iou_sum, count = dist.all_sum([loss_total, tokens, iou_sum, float(len(mine))])
     model.train(was_training)

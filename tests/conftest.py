@@ -17,8 +17,17 @@ os.environ["TRACKIO_DIR"] = tempfile.mkdtemp(prefix="trackio-")
 
 import torch  # noqa: E402
 
+import bases  # noqa: E402
 import r1track  # noqa: E402
 import synthetic  # noqa: E402
+
+# Every base the project tracks with: the equivalence tests run for each (test ids name it)
+BASES = list(bases.BASES)
+
+
+def crop_of(base: str) -> int:
+    """The tiny models' crop: four image tokens a side (112 px for Qwen2.5-VL, 128 for Qwen3-VL)."""
+    return 4 * bases.named(base).token_side
 
 # run_main's runs are compared with subprocess runs: the same thread count sums floats alike
 FRESH_PROCESS_THREADS = torch.get_num_threads()
@@ -37,6 +46,34 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny(tiny_model_dir):
     return r1track.load_model(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir_of(tiny_model_dir, tmp_path_factory):
+    """base -> a random tiny checkpoint of that base on disk (tiny_model_dir for Qwen2.5-VL),
+    each made once, when first asked for."""
+    made = {"qwen2_5_vl": tiny_model_dir}
+
+    def get(base: str):
+        if base not in made:
+            made[base] = synthetic.save_tiny_model(tmp_path_factory.mktemp(f"tiny-{base}") / "model", seed=0,
+                                                   base=bases.named(base))
+        return made[base]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_of(tiny_dir_of, tiny):
+    """base -> the loaded (model, processor) of tiny_dir_of(base)."""
+    loaded = {"qwen2_5_vl": tiny}
+
+    def get(base: str):
+        if base not in loaded:
+            loaded[base] = r1track.load_model(str(tiny_dir_of(base)), device="cpu")
+        return loaded[base]
+
+    return get
 
 
 @pytest.fixture(scope="session")
@@ -154,19 +191,38 @@ def pairs16(got10k_root, tmp_path_factory):
     return make_pairs(got10k_root, tmp_path_factory.mktemp("pairs") / "pairs16.parquet", 16)
 
 
+def memorise_pairs(model_dir, pairs16, out, crop_size):
+    """SFT_RUN's training of a model on pairs16, as train_sft.py runs it."""
+    result = run_main("train_sft.py", "--model", model_dir, "--data", pairs16, "--out", out, "--crop-size", crop_size,
+                      "--full", "--lr", "1e-3", "--batch-size", "16", "--grad-accum", "1", "--max-steps", "100",
+                      "--val-data", pairs16, "--eval-every", "60", "--save-every", "60", "--keep-checkpoints", "2",
+                      "--no-gradient-checkpointing")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
 @pytest.fixture(scope="session")
 def sft_run(tiny_model_dir, pairs16, tmp_path_factory):
     """The tiny model fully fine-tuned on pairs16 for 100 steps, validated on them at steps 60
     and 100, a checkpoint at both: bench_grpo.py's two warm starts. At the end it has memorised
     its pairs (greedy reward 1.5, the most there is); at checkpoint-60 it has not (0.225, most
     sampled answers malformed), and there GRPO learns (BENCHMARKS.md)."""
-    out = tmp_path_factory.mktemp("sft_run") / "sft"
-    result = run_main("train_sft.py", "--model", tiny_model_dir, "--data", pairs16, "--out", out, "--crop-size", "112",
-                      "--full", "--lr", "1e-3", "--batch-size", "16", "--grad-accum", "1", "--max-steps", "100",
-                      "--val-data", pairs16, "--eval-every", "60", "--save-every", "60", "--keep-checkpoints", "2",
-                      "--no-gradient-checkpointing")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+    return memorise_pairs(tiny_model_dir, pairs16, tmp_path_factory.mktemp("sft_run") / "sft", 112)
+
+
+@pytest.fixture(scope="session")
+def sft_run_of(sft_run, tiny_dir_of, pairs16, tmp_path_factory):
+    """base -> sft_run's training of that base's tiny model (its crops: crop_of(base); the
+    stored 112-px pairs resized to them), made once, when first asked for."""
+    made = {"qwen2_5_vl": sft_run}
+
+    def get(base: str):
+        if base not in made:
+            made[base] = memorise_pairs(tiny_dir_of(base), pairs16, tmp_path_factory.mktemp(f"sft_run-{base}") / "sft",
+                                        crop_of(base))
+        return made[base]
+
+    return get
 
 
 @pytest.fixture(scope="session")

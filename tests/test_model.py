@@ -13,8 +13,8 @@ from PIL import Image
 import r1track
 import synthetic
 from answers import answer_confidence
+from bases import QWEN2_5_VL_CHAT_TEMPLATE
 from prompts import (
-    QWEN2_5_VL_CHAT_TEMPLATE,
     WORDINGS,
     _normalised_patches,
     build_inputs,

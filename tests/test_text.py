@@ -26,12 +26,21 @@ CLIENT_THINK_TEXT = ("You FIRST think about the reasoning process as an internal
 
 
 def test_seed_messages_are_the_readme_ones():
+    """A user turn alone: the base's chat template adds its own system message (Qwen2.5-VL's
+    is the README's "You are a helpful assistant."; test_model renders it)."""
     assert build_messages([241, 66, 329, 154], images=("T", "S")) == [
-        {"role": "system", "content": "You are a helpful assistant."},
         {"role": "user", "content": [{"type": "image", "image": "T"}, {"type": "image", "image": "S"},
                                      {"type": "text", "text": SEED_TEXT}]},
     ]
-    assert build_messages([241, 66, 329, 154], think=True)[1]["content"][2]["text"] == THINK_TEXT
+    assert build_messages([241, 66, 329, 154], think=True)[0]["content"][2]["text"] == THINK_TEXT
+
+
+def test_a_relative_box_is_written_in_thousandths_of_the_crop():
+    """Qwen3-VL's convention: the template box in 0-1000 of the crop's side, rounded; the same
+    box in pixels is written as it is (truncated, as the published pairs)."""
+    text = build_messages([35.2, 0, 176, 351.9], boxes="relative", crop_side=352)[0]["content"][2]["text"]
+    assert "[100,0,500,1000]" in text
+    assert "[35,0,176,351]" in build_messages([35.2, 0, 176, 351.9])[0]["content"][2]["text"]
 
 
 def test_the_published_client_asked_with_single_spaces_and_no_system_message():

@@ -176,9 +176,9 @@ def test_server_answerer_speaks_the_openai_chat_api(loop):
         box = tracker.update(frame)
     payload = server.payloads[0]
     assert payload["model"] == "WangBiao/R1-Track-GRPO-wo-Think-100k" and payload["temperature"] == 0
-    *system, user = payload["messages"]
-    # the published client sent no system message (the chat template adds the same default)
-    assert system == ([] if loop == "published" else [{"role": "system", "content": "You are a helpful assistant."}])
+    # the published client sent no system message (the served model's chat template adds its default), nor
+    # does the lenient loop: the one rendering a model of any base was trained on
+    user, = payload["messages"]
     kinds = [part["type"] for part in user["content"]]
     assert kinds == ["image_url", "text", "image_url", "text"]  # the 100k model's wording, from its id
     image_type = "jpeg" if loop == "published" else "png"

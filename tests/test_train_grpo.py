@@ -3,6 +3,7 @@ model that learn, resume exactly and keep torchrun ranks identical."""
 import argparse
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_main, run_script
+from conftest import BASES, ROOT, run_main, run_script
 from safetensors.torch import load_file
 
+import bases
 import data
 import r1track
 import train_grpo
@@ -298,10 +300,14 @@ def test_bad_grpo_flags(sft_warm, pairs16, tmp_path, extra, message, capsys):
     assert code == 2 and message in capsys.readouterr().err
 
 
-def test_questions_default_to_those_the_init_model_was_trained_on(tmp_path):
+@pytest.mark.parametrize("base", BASES)
+def test_questions_default_to_those_the_init_model_was_trained_on(tiny_dir_of, tmp_path, base):
     """GRPO from an SFT output asks the wording, crop size and loop it was trained with,
-    unless the flags say otherwise."""
-    TrackSettings(wording="r1track-100k", crop_size=224, loop="lenient").save(tmp_path)
+    unless the flags say otherwise; from a model without settings, its base's defaults (the
+    flags are checked before any weight is loaded: the folder holds the model's config alone)."""
+    shutil.copy(tiny_dir_of(base) / "config.json", tmp_path)
+    side = bases.named(base).token_side
+    TrackSettings(wording="r1track-100k", crop_size=7 * side, loop="lenient").save(tmp_path)
     parser = train_grpo.build_parser()
 
     def checked(*flags):
@@ -309,10 +315,11 @@ def test_questions_default_to_those_the_init_model_was_trained_on(tmp_path):
         train_grpo.check_args(parser, args)
         return args.wording, args.crop_size, args.loop
 
-    assert checked() == ("r1track-100k", 224, "lenient")
-    assert checked("--wording", "seed", "--crop-size", "112", "--loop", "published") == ("seed", 112, "published")
+    assert checked() == ("r1track-100k", 7 * side, "lenient")
+    assert checked("--wording", "seed", "--crop-size", str(4 * side), "--loop", "published") == \
+        ("seed", 4 * side, "published")
     (tmp_path / "r1track.json").unlink()
-    assert checked() == ("seed", 336, "published")
+    assert checked() == ("seed", {"qwen2_5_vl": 336, "qwen3_vl": 352}[base], "published")
 
 
 def test_loss_aggregations_and_unscaled_advantages_by_hand():

@@ -5,6 +5,7 @@ variant gives exactly the naive loop's boxes.
   python tools/bench.py                                 # the demo checkpoint on this machine
   python tools/bench.py --model runs/sft --device cuda --json bench.json
   python tools/bench.py --architecture 3b --device cuda # Qwen2.5-VL-3B's shape, random weights
+  python tools/bench.py --base qwen3_vl --architecture 4b --device cuda   # Qwen3-VL-4B's shape
   python tools/bench.py --train --device cuda           # SFT tokens/s and peak memory: LoRA, QLoRA, full
   python tools/bench.py --reports --train-steps 40      # what --report-to tensorboard wandb trackio costs a step
   python tools/bench.py --recovery                      # AO with and without target-loss recovery
@@ -38,6 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]  # the project: a tool runs from tools/ on its modules
 sys.path.insert(0, str(ROOT))
 
+import bases  # noqa: E402
 import frame_loop  # noqa: E402
 import r1track  # noqa: E402
 import synthetic  # noqa: E402
@@ -50,7 +52,7 @@ from data import WORKER_CHUNK, Got10kPairs, PairStream, open_pairs  # noqa: E402
 from fast_decoder import FastAnswerer  # noqa: E402
 from frames import read_frame  # noqa: E402
 from prompts import load_processor  # noqa: E402
-from settings import DEMO_MODEL, TrackSettings, load_settings  # noqa: E402
+from settings import DEMO_MODEL, TrackSettings, default_settings, load_settings  # noqa: E402
 
 TRAIN_BATCH = 4  # pairs per step in the training benchmark, as train_sft.py's default
 
@@ -58,8 +60,10 @@ TRAIN_BATCH = 4  # pairs per step in the training benchmark, as train_sft.py's d
 def build_parser():
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=str(DEMO_MODEL), help="hub id or folder (default: the demo checkpoint)")
-    parser.add_argument("--architecture", choices=["3b"], help="instead of --model: random weights in the shape of "
-                        "Qwen2.5-VL-3B (answers held to --answer-tokens tokens)")
+    parser.add_argument("--architecture", choices=["3b", "2b", "4b"], help="instead of --model: random weights in the "
+                        "shape of a published model of --base: Qwen2.5-VL-3B, Qwen3-VL-2B or -4B (answers held to "
+                        "--answer-tokens tokens; crops of the base's default size)")
+    parser.add_argument("--base", choices=list(bases.BASES), default="qwen2_5_vl", help="the family of --architecture")
     parser.add_argument("--answer-tokens", type=int, default=17, help="answer length forced on random weights")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
@@ -90,23 +94,27 @@ def build_parser():
 
 
 def load(args):
-    """(model, processor, settings): a checkpoint, or random weights of the 3B architecture."""
+    """(model, processor, settings): a checkpoint, or random weights of a published architecture."""
     import torch
 
     device = args.device or r1track.default_device()
     dtype = getattr(torch, args.dtype) if args.dtype else None
     if not args.architecture:
         model, processor = r1track.load_model(args.model, dtype=dtype, device=device)
-        return model, processor, model.r1track_settings or load_settings(args.model)
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
+        return model, processor, model.r1track_settings or load_settings(args.model, processor.base)
+    base = bases.named(args.base)
+    shape = synthetic.SHAPES.get(f"{base.model_type}-{args.architecture}")
+    if shape is None:
+        raise UserError(f"--architecture {args.architecture}: no published {base.name} of that size in "
+                        f"synthetic.SHAPES ({', '.join(synthetic.SHAPES)})")
     with tempfile.TemporaryDirectory() as folder:  # its tokenizer and image processor, with no download
-        processor = load_processor(str(synthetic.save_tiny_model(Path(folder) / "tiny")))
+        tiny = synthetic.save_tiny_model(Path(folder) / "tiny", base=base)
+        processor = load_processor(str(tiny), base)
     with torch.device(device):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(
-            synthetic.qwen2_5_vl_config(processor.tokenizer, synthetic.QWEN2_5_VL_3B_SHAPE),
+        model = base.transformers_class()._from_config(
+            synthetic.MODEL_CONFIGS[base.model_type](processor.tokenizer, shape),
             dtype=dtype or r1track.default_dtype(device), attn_implementation=r1track.default_attention(device))
-    return model.eval(), processor, TrackSettings(crop_size=336)
+    return model.eval(), processor, default_settings(base)
 
 
 # -----------------------------------------------------------------------------

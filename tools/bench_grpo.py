@@ -22,7 +22,9 @@ published shape: 336-px crops (a prompt of ~360 tokens against answers of 17), r
 of a model wide enough that compute, not Python, sets the time (or of the 3B itself):
 
   python tools/bench_grpo.py --step-cost --json step-cost.json                     # CPU, a wide model
+  python tools/bench_grpo.py --step-cost --base qwen3_vl --json step-cost-qwen3vl.json   # a wide Qwen3-VL
   python tools/bench_grpo.py --step-cost --architecture 3b --device cuda --json step-cost-3b.json
+  python tools/bench_grpo.py --step-cost --base qwen3_vl --architecture 4b --device cuda --json step-cost-4b.json
 
 Each mode runs train_grpo.py as a user runs it, in turns (--repeats), for --steps steps, the
 first left out; its metrics give each stage's seconds (rollout, the sampling policy's and the
@@ -52,6 +54,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]  # the project: a tool runs from tools/ on its modules
 sys.path.insert(0, str(ROOT))
 
+import bases  # noqa: E402
 import r1track  # noqa: E402
 import synthetic  # noqa: E402
 from answers import reward  # noqa: E402
@@ -59,6 +62,7 @@ from cli import ArgumentParser, UserError, script_main, write_atomic  # noqa: E4
 from data import open_pairs  # noqa: E402
 from prompts import build_inputs, build_messages  # noqa: E402
 
+ARCHITECTURES = ("3b", "2b", "4b")  # the published sizes in synthetic.SHAPES, by base
 
 
 def build_parser():
@@ -87,11 +91,14 @@ def build_parser():
     cost = parser.add_argument_group("--step-cost: the shared prompt against the repeated prompt")
     cost.add_argument("--step-cost", action="store_true", help="measure a step's stages, memory and FLOPs "
                       "with the prompt shared and repeated (with --questions, --group, --updates, --max-new-tokens)")
-    cost.add_argument("--architecture", choices=["wide", "3b", "tiny"], default="wide", help="random weights: "
-                      "wide (hidden 512, 4 layers; vision 256 x 4: minutes on a CPU), Qwen2.5-VL-3B's shape, or the "
-                      "tests' tiny model (a smoke test: Python's overhead, not compute, sets its times)")
+    cost.add_argument("--base", choices=list(bases.BASES), default="qwen2_5_vl", help="the model family")
+    cost.add_argument("--architecture", choices=["wide", "tiny", *ARCHITECTURES], default="wide",
+                      help="random weights: wide (hidden 512, 4 layers; vision 256 x 4: minutes on a CPU), the tests' "
+                      "tiny model (a smoke test: Python's overhead, not compute, sets its times), or a published "
+                      "model's shape: 3b (Qwen2.5-VL), 2b or 4b (Qwen3-VL)")
     cost.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    cost.add_argument("--crop-size", type=int, default=336, help="crop side in pixels (the published 336)")
+    cost.add_argument("--crop-size", type=int, default=None, help="crop side in pixels (default: the base's, 336 "
+                      "for Qwen2.5-VL as published, 352 for Qwen3-VL)")
     cost.add_argument("--steps", type=int, default=3, help="steps a run; the first is left out")
     cost.add_argument("--repeats", type=int, default=2, help="runs of each mode, in turns")
     cost.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True,
@@ -305,7 +312,7 @@ def bench_step_cost(args) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        model = cost_model(folder / "model", args.architecture, device)
+        model = cost_model(folder / "model", args.architecture, device, bases.named(args.base))
         clips = synthetic.make_synthetic_got10k(folder / "clips", "train", sequences=8, frames=10, seed=0,
                                                 style="plain")
         pairs = folder / "pairs.parquet"
@@ -347,18 +354,24 @@ def bench_step_cost(args) -> dict:
     print(f"peak memory, shared over repeated: {result['memory_ratio']:.2f}")
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "CPU"
     return {"step_cost": result, "device": device, "device_name": name, "threads": torch.get_num_threads(),
-            "architecture": args.architecture}
+            "architecture": args.architecture, "base": args.base}
 
 
-def cost_model(path, architecture, device) -> Path:
-    """Random weights saved as a checkpoint: the wide CPU model, the 3B's shape or the tiny one."""
+def cost_model(path, architecture, device, base) -> Path:
+    """Random weights of `base` saved as a checkpoint: the wide CPU model, a published model's
+    shape or the tiny one."""
     import torch
 
-    if architecture == "3b":
-        return synthetic.save_tiny_model(path, shape=synthetic.QWEN2_5_VL_3B_SHAPE, dtype=torch.bfloat16, device=device)
+    if architecture in ARCHITECTURES:
+        shape = synthetic.SHAPES.get(f"{base.model_type}-{architecture}")
+        if shape is None:
+            sizes = [name.split("-")[1] for name in synthetic.SHAPES if name.startswith(base.model_type + "-")]
+            raise UserError(f"no {architecture} {base.name} in synthetic.SHAPES: {', '.join(sizes)}")
+        return synthetic.save_tiny_model(path, shape=shape, dtype=torch.bfloat16, device=device, base=base)
     if architecture == "tiny":
-        return synthetic.save_tiny_model(path)
-    return synthetic.save_tiny_model(path, hidden_size=512, num_layers=4, vision_hidden_size=256, vision_depth=4)
+        return synthetic.save_tiny_model(path, base=base)
+    return synthetic.save_tiny_model(path, hidden_size=512, num_layers=4, vision_hidden_size=256, vision_depth=4,
+                                     base=base)
 
 
 def timed_run(flags) -> dict:
@@ -413,6 +426,7 @@ def run(args) -> int:
         raise UserError("--updates must divide --questions: an update takes whole groups")
     if args.step_cost:
         args.max_new_tokens = args.max_new_tokens or 17
+        args.crop_size = args.crop_size or bases.named(args.base).crop_size
         report = {"date": datetime.date.today().isoformat(), **bench_step_cost(args)}
         if args.json:
             write_atomic(args.json, json.dumps(report, indent=2))

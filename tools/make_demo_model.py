@@ -2,11 +2,13 @@
 
   python tools/make_demo_model.py                      # about half an hour on 2 CPU cores
   python tools/make_demo_model.py --work runs/demo-recipe --out demo_model
+  python tools/make_demo_model.py --base qwen3_vl       # the same recipe on a tiny Qwen3-VL
 
 Each step runs one of the project's own scripts, so this is also the whole recipe in small:
   1. prepare_data.py synthetic: training clips and validation clips (flat background, one
      moving target of a random shape and colour);
-  2. a random tiny Qwen2.5-VL (about a million weights) to start from;
+  2. a random tiny model of --base (about a million weights) to start from, with crops of
+     four image tokens a side (112 px for Qwen2.5-VL, 128 for Qwen3-VL);
   3. train_sft.py, full fine-tuning on pairs sampled afresh every step from the training clips,
      in two stages: first with the published jitter (crops of any scale, the target anywhere),
      which makes the model look for the target; then with pairs cut as the tracker asks
@@ -28,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]  # the project: a tool runs from tools/ on its modules
 sys.path.insert(0, str(ROOT))
 
+import bases  # noqa: E402
 import synthetic  # noqa: E402
 from cli import ArgumentParser, UserError, script_main  # noqa: E402
 from settings import DEMO_MODEL, SETTINGS_FILE  # noqa: E402
@@ -35,8 +38,8 @@ from settings import DEMO_MODEL, SETTINGS_FILE  # noqa: E402
 TRAIN_CLIPS = dict(split="train", sequences=1000, frames=30, seed=100)
 VAL_CLIPS = dict(split="val", sequences=12, frames=40, seed=200)
 # the lenient loop: antialiased crops, which this small model learns from more easily
-COMMON_FLAGS = ["--full", "--crop-size", "112", "--batch-size", "16", "--grad-accum", "1", "--save-every", "250",
-                "--loop", "lenient"]
+COMMON_FLAGS = ["--full", "--batch-size", "16", "--grad-accum", "1", "--save-every", "250", "--loop", "lenient"]
+CROP_TOKENS = 4  # image tokens a side of a crop: 16 tokens an image, as the tests' tiny models
 STAGES = {  # name: (steps, flags)
     "sft-published-jitter": (4000, ["--lr", "1e-3", "--eval-every", "500"]),
     "sft-tracking-pairs": (1000, ["--lr", "3e-4", "--eval-every", "200", "--tracking-pairs", "1"]),
@@ -61,35 +64,41 @@ def make_clips(root: Path, clips: dict) -> None:
 
 def build_parser():
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--work", default="runs/demo-recipe",
-                        help="folder for the clips, the training run and the evaluation (default: runs/demo-recipe)")
-    parser.add_argument("--out", default=str(DEMO_MODEL), help="where the model goes (default: demo_model/)")
+    parser.add_argument("--base", choices=list(bases.BASES), default="qwen2_5_vl", help="the model family")
+    parser.add_argument("--work", default=None, help="folder for the clips, the training run and the evaluation "
+                        "(default: runs/demo-recipe, or runs/demo-recipe-BASE for another --base)")
+    parser.add_argument("--out", default=None, help="where the model goes (default: demo_model/, the bundled one; "
+                        "for another --base: WORK/model)")
     parser.add_argument("--steps", type=float, default=1.0, help="scale every stage's number of steps by this")
     return parser
 
 
 def make(args) -> int:
-    work = Path(args.work)
+    base = bases.named(args.base)
+    bundled = base is bases.QWEN2_5_VL
+    work = Path(args.work or ("runs/demo-recipe" if bundled else f"runs/demo-recipe-{base.model_type}"))
 
     make_clips(work / "clips", TRAIN_CLIPS)
     make_clips(work / "clips", VAL_CLIPS)
     start = work / "tiny-random"
     if not (start / "config.json").is_file():
-        synthetic.save_tiny_model(start, seed=0)
+        synthetic.save_tiny_model(start, seed=0, base=base)
     model = start
+    crop = ["--crop-size", CROP_TOKENS * base.token_side]
     for name, (steps, flags) in STAGES.items():
         run("train_sft.py", "--model", model, "--data", work / "clips/train", "--val-data", work / "clips/val",
-            "--out", work / name, "--max-steps", max(1, round(steps * args.steps)), "--resume", *COMMON_FLAGS, *flags)
+            "--out", work / name, "--max-steps", max(1, round(steps * args.steps)), "--resume", *COMMON_FLAGS, *crop,
+            *flags)
         model = work / name
     run("eval_got10k.py", "--data", work / "clips", "--split", "val", "--model", model, "--out", work / "eval",
         "--batch", VAL_CLIPS["sequences"], "--no-progress")
 
-    out = Path(args.out)
+    out = Path(args.out or (DEMO_MODEL if bundled else work / "model"))
     out.mkdir(parents=True, exist_ok=True)
     for name in MODEL_FILES:
         shutil.copy2(model / name, out / name)
     ao = json.loads((work / "eval/report.json").read_text())["ao"]
-    print(f"demo model in {out}: AO {ao:.3f} on {VAL_CLIPS['sequences']} held-out synthetic clips")
+    print(f"demo model ({base.name}) in {out}: AO {ao:.3f} on {VAL_CLIPS['sequences']} held-out synthetic clips")
     return 0
 
 
