@@ -339,3 +339,30 @@ def test_browser_a_server_the_launcher_named_tracks_as_track_py_does(driver, tmp
                           "--out", tmp_path / "track", "--no-video")
         assert result.returncode == 0, result.stderr[-2000:]
     assert archive.read("boxes.txt").decode() == (tmp_path / "track" / "boxes.txt").read_text()
+
+
+def test_browser_a_qwen3_vl_model_tracks_as_track_py_does(driver, sft_run_of, tmp_path):
+    """The page launched with a Qwen3-VL model (boxes in thousandths of the crop): a typed box,
+    Track: the boxes equal track.py's with the same model."""
+    from selenium.webdriver.common.by import By
+
+    model = sft_run_of("qwen3_vl")
+    clip = write_clip(tmp_path / "clip.mp4", frames=10, seed=41)
+    process, url = start_page(tmp_path, "--model", model)
+    try:
+        driver.get(url)
+        wait_until(driver, lambda d: by_id(d, "track").is_displayed())
+        upload(driver, clip)
+        wait_until(driver, lambda d: "10 frames" in by_id(d, "about").text)
+        by_id(driver, "typed").find_element(By.CSS_SELECTOR, "textarea").send_keys(",".join(map(str, truth_xyxy(clip, 1))))
+        by_id(driver, "track").click()
+        archive, _ = tracked_result(driver)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    result = run_main("track.py", "--video", clip, "--box", ",".join(map(str, truth_xyxy(clip, 1))), "--model", model,
+                      "--out", tmp_path / "track", "--no-video")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "boxes in 0-1000 of the crop" in result.stdout
+    assert archive.read("boxes.txt").decode() == (tmp_path / "track" / "boxes.txt").read_text()
+    assert len(archive.read("boxes.txt").decode().splitlines()) == 10

@@ -5,6 +5,7 @@ import av
 import pytest
 from conftest import run_main, run_script
 
+import bases
 import r1track
 import synthetic
 from settings import DEMO_MODEL, load_settings
@@ -42,17 +43,20 @@ def test_demo_bad_input_is_one_line(tmp_path, args, message):
 
 
 def test_demo_model_recipe_runs_end_to_end(tmp_path):
-    # the whole recipe in miniature, as a user runs it: clips (small ones made beforehand, which
-    # the recipe keeps), a random start, SFT, held-out evaluation, copy
+    # the whole recipe in miniature, as a user runs it, on both bases side by side: clips (small
+    # ones made beforehand, which the recipe keeps and both bases share), a random start, SFT,
+    # held-out evaluation, copy
     work = tmp_path / "work"
     synthetic.make_synthetic_got10k(work / "clips", "train", sequences=3, frames=6, seed=100, style="plain")
     synthetic.make_synthetic_got10k(work / "clips", "val", sequences=2, frames=4, seed=200, style="plain")
-    out = tmp_path / "model"
-    result = run_script("tools/make_demo_model.py", "--work", work, "--out", out, "--steps", "0.0005")
+    result = run_script("tools/make_demo_model.py", "--base", "qwen2_5_vl", "qwen3_vl", "--work", work,
+                        "--steps", "0.0005")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "AO" in result.stdout
-    model, _ = r1track.load_model(str(out), device="cpu")
-    assert load_settings(str(out)).crop_size == 112
-    for stage, steps in (("sft-published-jitter", 2), ("sft-tracking-pairs", 1)):  # 4000 and 1000 steps, scaled
-        lines = [json.loads(line) for line in (work / stage / "metrics.jsonl").read_text().splitlines()]
-        assert max(line["step"] for line in lines) == steps and any("val_iou" in line for line in lines)
+    assert "the same recipe on the same clips: Qwen2.5-VL AO" in result.stdout and "Qwen3-VL AO" in result.stdout
+    for base, crop in (("qwen2_5_vl", 112), ("qwen3_vl", 128)):
+        model, _ = r1track.load_model(str(work / base / "model"), device="cpu")
+        assert type(model).__name__ == bases.named(base).model_class
+        assert load_settings(str(work / base / "model")).crop_size == crop
+        for stage, steps in (("sft-published-jitter", 2), ("sft-tracking-pairs", 1)):  # 4000 and 1000, scaled
+            lines = [json.loads(line) for line in (work / base / stage / "metrics.jsonl").read_text().splitlines()]
+            assert max(line["step"] for line in lines) == steps and any("val_iou" in line for line in lines)

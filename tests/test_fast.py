@@ -19,9 +19,21 @@ from settings import TrackSettings
 
 
 @pytest.fixture(scope="module")
-def trained(sft_warm):
-    model, processor = r1track.load_model(str(sft_warm), device="cpu")
-    return model, processor
+def trained_of(sft_run_of):
+    """base -> the loaded model of sft_run_of(base), which answers boxes."""
+    loaded = {}
+
+    def get(base):
+        if base not in loaded:
+            loaded[base] = r1track.load_model(str(sft_run_of(base)), device="cpu")
+        return loaded[base]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def trained(trained_of):
+    return trained_of("qwen2_5_vl")
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +75,14 @@ def answers_on_every_frame(answerer, settings, clips, batch):
     return boxes, list(seen.values()), confidences
 
 
-@pytest.mark.parametrize("options, batch", [
-    ({}, 1), ({}, 3), ({"draft": False}, 1), ({"reuse_template": False}, 3), ({"draft": False}, 3),
+@pytest.mark.parametrize("base, options, batch", [
+    *[("qwen2_5_vl", options, batch) for options, batch in (
+        ({}, 1), ({}, 3), ({"draft": False}, 1), ({"reuse_template": False}, 3), ({"draft": False}, 3))],
+    # Qwen3-VL (DeepStack adds the template's features in the first layers: into the reused cache)
+    ("qwen3_vl", {}, 1), ("qwen3_vl", {}, 3), ("qwen3_vl", {"reuse_template": False}, 3),
 ])
-def test_fast_answers_equal_generate(trained, clips, options, batch):
-    model, processor = trained
+def test_fast_answers_equal_generate(trained_of, clips, base, options, batch):
+    model, processor = trained_of(base)
     settings = model.r1track_settings
     naive = r1track.ModelAnswerer(model, processor, settings)
     forwards, hook = count_forwards(model)
@@ -85,12 +100,13 @@ def test_fast_answers_equal_generate(trained, clips, options, batch):
         assert fast.decode_passes / frames * batch < forwards["n"] / frames - 1
 
 
-@pytest.mark.parametrize("settings", [
-    TrackSettings(crop_size=112, wording="r1track-100k"),
-    TrackSettings(crop_size=112, think=True),
+@pytest.mark.parametrize("base, settings", [
+    ("qwen2_5_vl", TrackSettings(crop_size=112, wording="r1track-100k")),
+    ("qwen2_5_vl", TrackSettings(crop_size=112, think=True)),
+    ("qwen3_vl", TrackSettings(crop_size=128, think=True, boxes="relative")),
 ])
-def test_other_wordings_and_think_mode(trained, clips, settings):
-    model, processor = trained
+def test_other_wordings_and_think_mode(trained_of, clips, base, settings):
+    model, processor = trained_of(base)
     naive = r1track.ModelAnswerer(model, processor, settings, max_new_tokens=20)
     fast = fast_decoder.FastAnswerer(model, processor, settings, max_new_tokens=20)
     assert answers_on_every_frame(fast, settings, clips, 2)[1] == answers_on_every_frame(naive, settings, clips, 1)[1]

@@ -7,13 +7,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import BASES, ROOT, crop_of
 from PIL import Image
 
+import bases
 import r1track
 import synthetic
 from answers import answer_confidence
-from bases import QWEN2_5_VL_CHAT_TEMPLATE
 from prompts import (
     WORDINGS,
     _normalised_patches,
@@ -33,17 +33,31 @@ def random_image(seed, size=112):
     return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8))
 
 
+OFFICIAL_PROCESSORS = {"qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}
+
+
 @pytest.fixture(scope="module")
-def official_processor(tiny, monkeypatch_module):
-    """transformers' Qwen2_5_VLProcessor over the same tokenizer and image processor. Its
-    constructor checks for a torchvision video processor; that check alone is bypassed."""
-    from transformers import Qwen2_5_VLProcessor
+def official_processor_of(tiny_of, monkeypatch_module):
+    """base -> transformers' own processor of that base (Qwen2_5_VLProcessor, Qwen3VLProcessor)
+    over the same tokenizer and image processor, with the base's chat template. Its constructor
+    checks for a torchvision video processor; that check alone is bypassed."""
+    import transformers
     from transformers.processing_utils import ProcessorMixin
 
     monkeypatch_module.setattr(ProcessorMixin, "check_argument_for_proper_class", lambda self, name, arg: type(arg))
-    _, processor = tiny
-    return Qwen2_5_VLProcessor(image_processor=processor.image_processor, tokenizer=processor.tokenizer,
-                               video_processor=None, chat_template=QWEN2_5_VL_CHAT_TEMPLATE)
+
+    def get(base):
+        _, processor = tiny_of(base)
+        return getattr(transformers, OFFICIAL_PROCESSORS[base])(
+            image_processor=processor.image_processor, tokenizer=processor.tokenizer, video_processor=None,
+            chat_template=bases.named(base).chat_template)
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def official_processor(official_processor_of):
+    return official_processor_of("qwen2_5_vl")
 
 
 @pytest.fixture(scope="module")
@@ -52,30 +66,43 @@ def monkeypatch_module():
         yield patch
 
 
+@pytest.mark.parametrize("base", BASES)
 @pytest.mark.parametrize("wording", WORDINGS)
 @pytest.mark.parametrize("think", [False, True])
-def test_inputs_equal_the_official_processor(tiny, official_processor, wording, think):
-    _, processor = tiny
-    template, search = random_image(0), random_image(1)
-    messages = build_messages(BOX, think=think, wording=wording, images=(template, search))
-    official = official_processor.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
-                                                      return_dict=True, return_tensors="pt")
+def test_inputs_equal_the_official_processor(tiny_of, official_processor_of, wording, think, base):
+    """The base's own processor, given the chat (its box in the base's convention), makes the
+    same ids, token types, pixels and grids as build_inputs; Qwen2.5-VL's chat template puts in
+    its default system message, Qwen3-VL's none."""
+    _, processor = tiny_of(base)
+    side = crop_of(base)
+    template, search = random_image(0, side), random_image(1, side)
+    convention = bases.named(base).boxes
+    messages = build_messages(BOX, think=think, wording=wording, images=(template, search), boxes=convention,
+                              crop_side=side)
+    official = official_processor_of(base).apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
+                                                               return_dict=True, return_tensors="pt")
     ours = build_inputs(processor, template, search, BOX, think=think, wording=wording)
     assert set(ours) == {"input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw"}
     for key in ours:
         assert torch.equal(ours[key], official[key]), key
     assert int((ours["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum()) == 2 * 16
+    text = processor.tokenizer.decode(ours["input_ids"][0])
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>") == (base == "qwen2_5_vl")
+    assert ("[12,30,80,99]" if convention == "pixels" else "[99,234,625,780]") in text
 
 
-def test_pixels_sent_as_bytes_become_the_processors_pixel_values(tiny, official_processor):
+@pytest.mark.parametrize("base", BASES)
+def test_pixels_sent_as_bytes_become_the_processors_pixel_values(tiny_of, official_processor_of, base):
     """Training examples travel from the data workers with their pixels as bytes (an eighth
     of the floats); on the model's device they become the official processor's pixel_values,
     to the last bit."""
     import training
 
-    _, processor = tiny
+    _, processor = tiny_of(base)
+    official_processor = official_processor_of(base)
     pad = processor.tokenizer.pad_token_id
-    crops = [(random_image(10 + 2 * k), random_image(11 + 2 * k)) for k in range(3)]
+    side = crop_of(base)
+    crops = [(random_image(10 + 2 * k, side), random_image(11 + 2 * k, side)) for k in range(3)]
     sent = [build_inputs(processor, t, s, BOX, answer="[1,2,3,4]", return_tensors=False,
                                  pixels_as_bytes=True) for t, s in crops]
     assert "pixel_values" not in sent[0] and sent[0]["patch_bytes"].dtype == torch.uint8
@@ -87,12 +114,16 @@ def test_pixels_sent_as_bytes_become_the_processors_pixel_values(tiny, official_
     assert sent[0]["patch_bytes"].nbytes * 8 == batch["pixel_values"].nbytes // 3
 
 
-@pytest.mark.parametrize("height, width", [(336, 336), (84, 168), (168, 56)])
-def test_cpu_patches_of_any_kept_size_equal_the_processors(tiny, official_processor, height, width):
+@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize("tokens_high, tokens_wide", [(12, 12), (3, 6), (6, 2)])
+def test_cpu_patches_of_any_kept_size_equal_the_processors(tiny_of, official_processor_of, tokens_high, tokens_wide,
+                                                           base):
     """The CPU path (_normalised_patches: lookup planes gathered into patch order) on the
-    tracking size, on crops wider or taller than high, several at once: the official
-    processor's pixel_values to the last bit, in its order."""
-    _, processor = tiny
+    tracking size (336 px for Qwen2.5-VL, 384 for Qwen3-VL), on crops wider or taller than
+    high, several at once: the official processor's pixel_values to the last bit, in its order."""
+    _, processor = tiny_of(base)
+    official_processor = official_processor_of(base)
+    height, width = (tokens * bases.named(base).token_side for tokens in (tokens_high, tokens_wide))
     rng = np.random.default_rng(height * width)
     arrays = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(3)]
     ours = image_patches(arrays, processor.image_processor)
@@ -103,12 +134,14 @@ def test_cpu_patches_of_any_kept_size_equal_the_processors(tiny, official_proces
     assert torch.equal(_normalised_patches(arrays, processor.image_processor), official["pixel_values"])
 
 
-def test_answer_tokens_and_labels(tiny, official_processor):
-    _, processor = tiny
-    template, search = random_image(2), random_image(3)
-    messages = build_messages(BOX, images=(template, search)) + [
-        {"role": "assistant", "content": "[3,40,57,99]"}]
-    official = official_processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt")
+@pytest.mark.parametrize("base", BASES)
+def test_answer_tokens_and_labels(tiny_of, official_processor_of, base):
+    _, processor = tiny_of(base)
+    template, search = random_image(2, crop_of(base)), random_image(3, crop_of(base))
+    messages = build_messages(BOX, images=(template, search), boxes=bases.named(base).boxes,
+                              crop_side=crop_of(base)) + [{"role": "assistant", "content": "[3,40,57,99]"}]
+    official = official_processor_of(base).apply_chat_template(messages, tokenize=True, return_dict=True,
+                                                               return_tensors="pt")
     ours = build_inputs(processor, template, search, BOX, answer="[3,40,57,99]")
     # the official rendering ends the turn with "<|im_end|>\n"; training stops at the end token
     assert torch.equal(ours["input_ids"], official["input_ids"][:, :-1])
@@ -143,20 +176,24 @@ def test_tiny_checkpoint_is_small_and_safetensors(tiny_model_dir, tiny):
     assert settings["crop_size"] == 112 and settings["wording"] == "seed"
 
 
-def test_tiny_checkpoint_loads_with_plain_transformers(tiny_model_dir, tiny):
-    """The folder is a checkpoint as the hub has them: plain transformers loads the same weights,
-    and its own tokenizer and image processor encode a question as ours do."""
-    from transformers import AutoImageProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+@pytest.mark.parametrize("base", BASES)
+def test_tiny_checkpoint_loads_with_plain_transformers(tiny_dir_of, tiny_of, base):
+    """The folder is a checkpoint as the hub has them: plain transformers loads the same weights
+    into its own class for the config (AutoModelForImageTextToText), and its own tokenizer and
+    image processor encode a question as ours do."""
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    image_processor = AutoImageProcessor.from_pretrained(tiny_model_dir, backend="pil")
-    ours, processor = tiny
+    folder = tiny_dir_of(base)
+    model = AutoModelForImageTextToText.from_pretrained(folder)
+    assert type(model).__name__ == bases.named(base).model_class
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    image_processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
+    ours, processor = tiny_of(base)
     assert model.config.text_config.vocab_size == len(tokenizer)
     weights = dict(ours.named_parameters())
     assert {n for n, _ in model.named_parameters()} == set(weights)
     assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
-    template, search = random_image(1), random_image(2)
+    template, search = random_image(1, crop_of(base)), random_image(2, crop_of(base))
     messages = build_messages(BOX, images=(template, search))
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert prompt.count("<|vision_start|><|image_pad|><|vision_end|>") == 2  # its template keeps the images
@@ -205,23 +242,30 @@ def test_generate_answers_decodes_the_greedy_tokens_and_their_confidence(sft_war
     assert confidences[0] == pytest.approx(answer_confidence(tokenizer, chosen, logprobs), abs=1e-5)
 
 
-def test_left_padded_batch_equals_rows_one_by_one(tiny):
+@pytest.mark.parametrize("base", BASES)
+def test_left_padded_batch_equals_rows_one_by_one(tiny_of, base):
     """A batch of prompts of different lengths gives each row the logits it gets alone,
     which needs the 3D positions to skip the padding."""
-    model, processor = tiny
+    model, processor = tiny_of(base)
     pad = processor.tokenizer.pad_token_id
+    side = crop_of(base)
     examples = [
-        build_inputs(processor, random_image(6), random_image(7), BOX, return_tensors=False),
-        build_inputs(processor, random_image(8), random_image(9), BOX, think=True, return_tensors=False),
+        build_inputs(processor, random_image(6, side), random_image(7, side), BOX, return_tensors=False),
+        build_inputs(processor, random_image(8, side), random_image(9, side), BOX, think=True, return_tensors=False),
     ]
     assert len(examples[0]["input_ids"]) != len(examples[1]["input_ids"])
     with torch.no_grad():
         alone = torch.cat([model(**collate([e], pad)).logits[:, -1] for e in examples])
         batched = model(**collate(examples, pad)).logits[:, -1]
-        batch = collate(examples, pad)
-        batch.pop("mm_token_type_ids")
-        without_types = model(**batch).logits[:, -1]
     assert torch.allclose(alone, batched, atol=1e-5)
+    batch = collate(examples, pad)
+    batch.pop("mm_token_type_ids")
+    with torch.no_grad():
+        if base == "qwen3_vl":  # it needs the token types for its positions, and says so
+            with pytest.raises(ValueError, match="mm_token_type_ids"):
+                model(**batch)
+            return
+        without_types = model(**batch).logits[:, -1]
     assert not torch.allclose(alone, without_types, atol=1e-5)  # the check above can fail
 
 

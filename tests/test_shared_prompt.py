@@ -8,7 +8,7 @@ import hashlib
 
 import pytest
 import torch
-from conftest import run_main
+from conftest import BASES, run_main
 
 import data
 import r1track
@@ -28,7 +28,7 @@ def grpo_namespace(repeat, **overrides):
 
 
 def questions(processor, pairs16, count, think):
-    pairs = [data.open_pairs(str(pairs16), 112).load(i) for i in range(count)]
+    pairs = [data.open_pairs(str(pairs16), 4 * processor.base.token_side).load(i) for i in range(count)]
     return pairs, [build_inputs(processor, p.template, p.search, p.template_box_xyxy, think=think,
                                 return_tensors=False) for p in pairs]
 
@@ -52,11 +52,12 @@ def test_sampling_scores_are_those_of_transformers_processors():
         assert torch.allclose(ours.softmax(-1), expected.softmax(-1), atol=1e-7)
 
 
+@pytest.mark.parametrize("base", BASES)
 @pytest.mark.parametrize("think", [False, True])
-def test_greedy_rollout_answers_equal_generate_on_repeated_prompts(sft_warm, pairs16, think):
+def test_greedy_rollout_answers_equal_generate_on_repeated_prompts(sft_run_of, pairs16, think, base):
     """The prompt prefilled once, its cache repeated G times, the answers decoded at the
     positions a full-row forward gives them: the greedy answers of `generate` over G copies."""
-    model, processor = r1track.load_model(str(sft_warm), device="cpu")
+    model, processor = r1track.load_model(str(sft_run_of(base)), device="cpu")
     pairs, _ = questions(processor, pairs16, 4, think)
     dist = training.Dist("cpu")
     found = {}
@@ -75,10 +76,11 @@ def trained_answers(sft_run, prompts):
     lengths: some ended with the end token, some cut at the token limit."""
     model, processor = r1track.load_model(str(sft_run), device="cpu")
     end = processor.tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    limit = 10 if processor.base.boxes == "pixels" else 16  # thousandths take more digits than 112 px
     torch.manual_seed(1)
     with torch.no_grad():
         answers = shared_prompt.sample_answers(model, collate(prompts, processor.tokenizer.pad_token_id), GROUP,
-                                               10, (end, processor.tokenizer.pad_token_id),
+                                               limit, (end, processor.tokenizer.pad_token_id),
                                                vision_token_ids(processor.tokenizer), temperature=1.0)
     lengths = {len(a) for a in answers}
     assert len(lengths) > 1 and any(a[-1] == end for a in answers) and any(a[-1] != end for a in answers)
@@ -127,12 +129,15 @@ class _same:
         return False
 
 
-@pytest.mark.parametrize("kind", ["full", "lora"])
-@pytest.mark.parametrize("think", [False, True])
-def test_shared_prompt_scores_and_gradients_equal_the_repeated_prompts(sft_run, pairs16, kind, think):
+@pytest.mark.parametrize("base, kind, think", [
+    *[("qwen2_5_vl", kind, think) for kind in ("full", "lora") for think in (False, True)],
+    ("qwen3_vl", "full", False), ("qwen3_vl", "lora", False), ("qwen3_vl", "lora", True),
+])
+def test_shared_prompt_scores_and_gradients_equal_the_repeated_prompts(sft_run_of, pairs16, base, kind, think):
     """For the same sampled answers: the sampling policy's and the reference's log-probabilities
     within 1e-5, and each update's loss and every trainable weight's gradient within 1e-5
     relative, with gradient accumulation (two micro-batches of whole groups in one update)."""
+    sft_run = sft_run_of(base)
     policy, reference, processor = policy_and_reference(sft_run, kind)
     pairs, prompts = questions(processor, pairs16, 3, think)
     answers = trained_answers(sft_run, prompts)

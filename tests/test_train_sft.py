@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_main
+from conftest import BASES, crop_of, run_main
 from safetensors.torch import load_file
 
+import bases
 import data
 import r1track
-from answers import parse_answer
+from answers import answer_box
 from boxes import iou_xyxy
 from prompts import build_inputs
 
@@ -30,8 +31,8 @@ def run_here(args):
     return run_main(*args)
 
 
-def sft_args(model_dir, data, out, *extra):
-    return ["train_sft.py", "--model", str(model_dir), "--data", str(data), "--out", str(out), "--crop-size", "112",
+def sft_args(model_dir, data, out, *extra, crop=112):
+    return ["train_sft.py", "--model", str(model_dir), "--data", str(data), "--out", str(out), "--crop-size", str(crop),
             "--no-gradient-checkpointing", *extra]
 
 
@@ -39,10 +40,11 @@ def read_metrics(out):
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_memorises_16_pairs(sft_run, pairs16):
+@pytest.mark.parametrize("base", BASES)
+def test_memorises_16_pairs(sft_run_of, pairs16, base):
     """Full fine-tuning, validation = the training pairs: greedy answers reach IoU >= 0.9
-    (the run is conftest's sft_run, which the GRPO tests start from)."""
-    out = sft_run
+    (the run is conftest's sft_run_of(base), which the GRPO tests start from)."""
+    out = sft_run_of(base)
     evals = [m for m in read_metrics(out) if "val_iou" in m]
     assert [m["step"] for m in evals] == [60, 100]
     assert evals[-1]["val_iou"] >= 0.9, evals
@@ -53,16 +55,17 @@ def test_memorises_16_pairs(sft_run, pairs16):
 
     # the final folder is a model: load_model and plain transformers both read it
     model, processor = r1track.load_model(str(out), device="cpu")
-    assert model.r1track_settings.crop_size == 112
-    from transformers import Qwen2_5_VLForConditionalGeneration
-    Qwen2_5_VLForConditionalGeneration.from_pretrained(out)
+    assert model.r1track_settings.crop_size == crop_of(base)
+    from transformers import AutoModelForImageTextToText
+    assert type(AutoModelForImageTextToText.from_pretrained(out)).__name__ == bases.named(base).model_class
 
-    # and it answers the pairs it was taught (checked here outside the training script)
-    source = data.open_pairs(str(pairs16), 112)
+    # and it answers the pairs it was taught (checked here outside the training script), in its base's convention
+    source = data.open_pairs(str(pairs16), crop_of(base))
     pair = source.load(0)
     inputs = build_inputs(processor, pair.template, pair.search, pair.template_box_xyxy)
     answer = r1track.generate_answers(model, processor, inputs)[0]
-    assert iou_xyxy(parse_answer(answer), pair.search_box_xyxy) > 0.5, answer
+    box = answer_box(answer, crop_of(base), bases.named(base).boxes)
+    assert iou_xyxy(box, pair.search_box_xyxy) > 0.5, answer
 
 
 def test_lora_adapter_output_and_merge(tiny_model_dir, pairs16, tmp_path):
@@ -124,25 +127,28 @@ FSDP_COMMON = ("--full", "--fsdp", "--batch-size", "2", "--grad-accum", "2", "--
                "--lr", "1e-3", "--val-data", "{pairs16}", "--val-size", "5", "--eval-every", "6")
 
 
-def fsdp_args(tiny_model_dir, got10k_root, pairs16, out, *extra, fsdp=True):
+def fsdp_args(base, tiny_dir_of, got10k_root, pairs16, out, *extra, fsdp=True):
     common = [a.format(pairs16=pairs16) for a in FSDP_COMMON if fsdp or a != "--fsdp"]
-    return [*TORCHRUN, *sft_args(tiny_model_dir, got10k_root / "val", out, *common, *extra)]
+    return [*TORCHRUN, *sft_args(tiny_dir_of(base), got10k_root / "val", out, *common, *extra, crop=crop_of(base))]
 
 
-@pytest.fixture(scope="module")
-def fsdp_run(tiny_model_dir, got10k_root, pairs16, tmp_path_factory):
-    """A straight FSDP run of FSDP_COMMON, never interrupted."""
-    out = tmp_path_factory.mktemp("fsdp") / "straight"
-    result = run(fsdp_args(tiny_model_dir, got10k_root, pairs16, out), timeout=600)
+@pytest.fixture(scope="module", params=BASES)
+def fsdp_run(request, tiny_dir_of, got10k_root, pairs16, tmp_path_factory):
+    """(the base, a straight FSDP run of FSDP_COMMON, never interrupted), for each base (FSDP
+    shards its vision blocks, its decoder layers and its vision tower: bases.fsdp_units)."""
+    out = tmp_path_factory.mktemp(f"fsdp-{request.param}") / "straight"
+    result = run(fsdp_args(request.param, tiny_dir_of, got10k_root, pairs16, out), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    return out
+    return request.param, out
 
 
-def test_fsdp_full_fine_tuning_matches_ddp(fsdp_run, tiny_model_dir, got10k_root, pairs16, tmp_path):
+def test_fsdp_full_fine_tuning_matches_ddp(fsdp_run, tiny_dir_of, got10k_root, pairs16, tmp_path):
     """--fsdp shards the same computation: its weights equal a DDP run's to float precision,
     and so do its validation results, with 5 validation pairs shared unevenly by the 2 ranks
     (where an FSDP forward, itself a collective, waited forever on the rank that had none left)."""
-    result = run(fsdp_args(tiny_model_dir, got10k_root, pairs16, tmp_path / "ddp", fsdp=False), timeout=600)
+    base_name, fsdp_run = fsdp_run
+    tiny_model_dir = tiny_dir_of(base_name)
+    result = run(fsdp_args(base_name, tiny_dir_of, got10k_root, pairs16, tmp_path / "ddp", fsdp=False), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     outs = {"ddp": tmp_path / "ddp", "fsdp": fsdp_run}
     ddp, fsdp = load_file(outs["ddp"] / "model.safetensors"), load_file(outs["fsdp"] / "model.safetensors")
@@ -155,7 +161,7 @@ def test_fsdp_full_fine_tuning_matches_ddp(fsdp_run, tiny_model_dir, got10k_root
     assert fsdp_val[0]["val_loss"] == pytest.approx(ddp_val[0]["val_loss"], rel=1e-4)
 
 
-def test_a_killed_rank_ends_the_run_and_resume_equals_a_straight_run(fsdp_run, tiny_model_dir, got10k_root, pairs16,
+def test_a_killed_rank_ends_the_run_and_resume_equals_a_straight_run(fsdp_run, tiny_dir_of, got10k_root, pairs16,
                                                                     tmp_path):
     """Full fine-tuning under FSDP on 2 ranks, rank 1 killed at step 3 of 6: the run ends at
     once, rank 0 says in one line that it lost the others, torchrun names rank 1. The
@@ -164,10 +170,12 @@ def test_a_killed_rank_ends_the_run_and_resume_equals_a_straight_run(fsdp_run, t
     import os
     import re
 
+    base_name, fsdp_run = fsdp_run
+    tiny_model_dir = tiny_dir_of(base_name)
     broken = tmp_path / "broken"
     started = time.time()
-    killed = run(fsdp_args(tiny_model_dir, got10k_root, pairs16, broken), env={**os.environ, "PROBE_KILL": "1:3"},
-                 timeout=300)
+    killed = run(fsdp_args(base_name, tiny_dir_of, got10k_root, pairs16, broken),
+                 env={**os.environ, "PROBE_KILL": "1:3"}, timeout=300)
     assert killed.returncode != 0 and time.time() - started < 120
     output = killed.stdout + killed.stderr
     assert "error: rank 0 lost the other ranks (" in output and "[rank0]: Traceback" not in output
@@ -176,7 +184,7 @@ def test_a_killed_rank_ends_the_run_and_resume_equals_a_straight_run(fsdp_run, t
     assert checkpoint.is_dir() and not (broken / "checkpoint-4").exists()
     shards = sorted(p.name for p in (checkpoint / "shards").iterdir() if p.suffix == ".distcp")
     assert shards == ["__0_0.distcp", "__1_0.distcp"] and not (checkpoint / "model.safetensors").exists()
-    resumed = run(fsdp_args(tiny_model_dir, got10k_root, pairs16, broken, "--resume"))
+    resumed = run(fsdp_args(base_name, tiny_dir_of, got10k_root, pairs16, broken, "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = load_file(fsdp_run / "model.safetensors"), load_file(broken / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -3,6 +3,7 @@
   python tools/make_demo_model.py                      # about half an hour on 2 CPU cores
   python tools/make_demo_model.py --work runs/demo-recipe --out demo_model
   python tools/make_demo_model.py --base qwen3_vl       # the same recipe on a tiny Qwen3-VL
+  python tools/make_demo_model.py --base qwen2_5_vl qwen3_vl --work runs/demo-bases   # both, side by side
 
 Each step runs one of the project's own scripts, so this is also the whole recipe in small:
   1. prepare_data.py synthetic: training clips and validation clips (flat background, one
@@ -64,42 +65,57 @@ def make_clips(root: Path, clips: dict) -> None:
 
 def build_parser():
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--base", choices=list(bases.BASES), default="qwen2_5_vl", help="the model family")
-    parser.add_argument("--work", default=None, help="folder for the clips, the training run and the evaluation "
-                        "(default: runs/demo-recipe, or runs/demo-recipe-BASE for another --base)")
-    parser.add_argument("--out", default=None, help="where the model goes (default: demo_model/, the bundled one; "
-                        "for another --base: WORK/model)")
+    parser.add_argument("--base", nargs="+", choices=list(bases.BASES), default=["qwen2_5_vl"],
+                        help="the model family; several: the same recipe on each, on the same clips, their AO side by "
+                        "side (each in WORK/BASE, its model in WORK/BASE/model)")
+    parser.add_argument("--work", default=None, help="folder for the clips, the training runs and the evaluations "
+                        "(default: runs/demo-recipe, or runs/demo-recipe-BASE for one other --base)")
+    parser.add_argument("--out", default=None, help="where the model goes, with one --base (default: demo_model/, "
+                        "the bundled one; for another base: WORK/model)")
     parser.add_argument("--steps", type=float, default=1.0, help="scale every stage's number of steps by this")
     return parser
 
 
 def make(args) -> int:
-    base = bases.named(args.base)
-    bundled = base is bases.QWEN2_5_VL
-    work = Path(args.work or ("runs/demo-recipe" if bundled else f"runs/demo-recipe-{base.model_type}"))
-
+    chosen = [bases.named(name) for name in dict.fromkeys(args.base)]
+    bundled = chosen == [bases.QWEN2_5_VL]
+    if len(chosen) > 1 and args.out:
+        raise UserError("--out names one model's folder: with several --base each goes to WORK/BASE/model")
+    work = Path(args.work or ("runs/demo-recipe" if bundled or len(chosen) > 1 else
+                              f"runs/demo-recipe-{chosen[0].model_type}"))
     make_clips(work / "clips", TRAIN_CLIPS)
     make_clips(work / "clips", VAL_CLIPS)
-    start = work / "tiny-random"
+    scores = {}
+    for base in chosen:
+        home = work / base.model_type if len(chosen) > 1 else work
+        out = Path(args.out or (DEMO_MODEL if bundled else home / "model"))
+        scores[base.name] = train_and_score(base, work / "clips", home, out, args.steps)
+        print(f"demo model ({base.name}) in {out}: AO {scores[base.name]:.3f} on {VAL_CLIPS['sequences']} held-out "
+              "synthetic clips")
+    if len(chosen) > 1:
+        print("the same recipe on the same clips: " + ", ".join(f"{name} AO {ao:.3f}" for name, ao in scores.items()))
+    return 0
+
+
+def train_and_score(base, clips: Path, home: Path, out: Path, scale: float) -> float:
+    """The recipe's stages for one base in `home`, the final model copied to `out`; its AO on
+    the held-out clips."""
+    start = home / "tiny-random"
     if not (start / "config.json").is_file():
         synthetic.save_tiny_model(start, seed=0, base=base)
     model = start
     crop = ["--crop-size", CROP_TOKENS * base.token_side]
     for name, (steps, flags) in STAGES.items():
-        run("train_sft.py", "--model", model, "--data", work / "clips/train", "--val-data", work / "clips/val",
-            "--out", work / name, "--max-steps", max(1, round(steps * args.steps)), "--resume", *COMMON_FLAGS, *crop,
+        run("train_sft.py", "--model", model, "--data", clips / "train", "--val-data", clips / "val",
+            "--out", home / name, "--max-steps", max(1, round(steps * scale)), "--resume", *COMMON_FLAGS, *crop,
             *flags)
-        model = work / name
-    run("eval_got10k.py", "--data", work / "clips", "--split", "val", "--model", model, "--out", work / "eval",
+        model = home / name
+    run("eval_got10k.py", "--data", clips, "--split", "val", "--model", model, "--out", home / "eval",
         "--batch", VAL_CLIPS["sequences"], "--no-progress")
-
-    out = Path(args.out or (DEMO_MODEL if bundled else work / "model"))
     out.mkdir(parents=True, exist_ok=True)
     for name in MODEL_FILES:
         shutil.copy2(model / name, out / name)
-    ao = json.loads((work / "eval/report.json").read_text())["ao"]
-    print(f"demo model ({base.name}) in {out}: AO {ao:.3f} on {VAL_CLIPS['sequences']} held-out synthetic clips")
-    return 0
+    return json.loads((home / "eval/report.json").read_text())["ao"]
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,255 @@
+"""The base is a choice (bases.py): a checkpoint's config picks Qwen2.5-VL or Qwen3-VL, each
+path asks the base what differs (box convention, crop sizes, chat template, LoRA targets,
+licence), and what it cannot take is one line. The equivalences both bases hold (fast path,
+shared-prompt GRPO, DDP and FSDP, resume) are parametrized over BASES in their own files."""
+import json
+import shutil
+import types
+
+import numpy as np
+import pytest
+import torch
+from conftest import BASES, ChatServer, crop_of, main_in_process, run_main
+from PIL import Image
+
+import bases
+import r1track
+import reports
+import synthetic
+import training
+from answers import answer_box, reward
+from benchmark_layouts import make_synthetic_benchmark
+from prompts import answer_text, build_inputs, image_patches
+from settings import LoadError, TrackSettings
+
+# -----------------------------------------------------------------------------
+# The box convention: at the prompt and at the answer, nowhere else
+
+
+def test_relative_boxes_round_trip_through_the_crop():
+    """0-1000 of the crop's side, whole thousandths: a box in pixels of a 352-px crop comes back
+    within half a thousandth of the side; pixels pass through unchanged."""
+    box = [35.2, 0.0, 176.0, 351.9]
+    relative = bases.box_to_model(box, 352, "relative")
+    assert relative == [100.0, 0.0, 500.0, 1000.0]
+    assert bases.box_from_model(relative, 352, "relative") == pytest.approx(box, abs=0.352 / 2)
+    assert bases.box_to_model(box, 352, "pixels") == box == bases.box_from_model(box, 352, "pixels")
+
+
+def test_the_reward_scores_a_relative_answer_in_pixels():
+    """The reward and the trackers read an answer in the model's convention and score it in crop
+    pixels: the same box written both ways scores alike; read in the wrong one it would not."""
+    truth = [88.0, 88.0, 264.0, 264.0]  # pixels of a 352-px crop
+    pixels, relative = reward("[88,88,264,264]", truth), reward("[250,250,750,750]", truth, boxes="relative",
+                                                                crop_side=352)
+    assert pixels == relative and relative["iou"] == 1.0 and relative["overall"] == 1.5
+    assert reward("[250,250,750,750]", truth)["iou"] < 0.3  # the same text taken as pixels
+    assert answer_box("[250,250,750,750]", 352, "relative") == truth
+    assert reward("[1,2,3]", truth, boxes="relative", crop_side=352)["overall"] == -1.0  # malformed: as ever
+
+
+def test_sft_labels_and_questions_are_written_in_the_bases_convention(tiny_of):
+    """Stored pairs hold pixels: a Qwen3-VL model is asked and taught in thousandths of each crop
+    (the template box in the question, the answer in the labels), a Qwen2.5-VL model in pixels."""
+    rng = np.random.default_rng(0)
+    crops = [Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)) for _ in range(2)]
+    pair = types.SimpleNamespace(template=crops[0], template_box_xyxy=[32, 32, 96, 96], search=crops[1],
+                                 search_box_xyxy=[12.8, 0, 64, 128])
+    _, processor = tiny_of("qwen3_vl")
+    example = training.sft_example(processor, "seed", pair)
+    tokenizer = processor.tokenizer
+    labels = [t for t in example["labels"] if t != -100]
+    assert tokenizer.decode(labels) == "[100,0,500,1000]<|im_end|>"
+    assert "bounding box [250,250,750,750] in the first image" in tokenizer.decode(example["input_ids"])
+    assert answer_text(pair.search_box_xyxy, 128, "pixels") == "[12,0,64,128]"
+
+
+def test_a_server_is_asked_and_answered_in_the_settings_convention():
+    """A Qwen3-VL model behind a server (its r1track.json says relative boxes): the question
+    states the template box in 0-1000 of the template crop, and a relative answer comes back as
+    the right box in the frame."""
+    settings = TrackSettings(crop_size=352, boxes="relative", loop="lenient")
+    with ChatServer(lambda index, payload: "[250,250,750,750]", model="qwen3-vl-tracker") as server:
+        tracker = r1track.Tracker(server=server.url, settings=settings)
+        frame = Image.new("RGB", (640, 480), "white")
+        tracker.init(frame, [300, 200, 44, 44])  # a square of side 176 around (322, 222): 2 crop px a frame px
+        box = tracker.update(frame)
+    text = server.payloads[0]["messages"][-1]["content"][-1]["text"]
+    assert "bounding box [375,375,625,625] in the first image" in text  # pixels 132..220 of 352
+    assert box == pytest.approx([234 + 44, 134 + 44, 88, 88])  # the answer: pixels 88..264 of the search crop
+
+
+def test_grounding_reads_a_relative_box_in_thousandths_of_the_frame(tiny_of, monkeypatch):
+    """--text: Qwen3-VL answers a description in 0-1000 of the image's width and height
+    (Qwen2.5-VL in pixels of the image it saw, test_track)."""
+    model, processor = tiny_of("qwen3_vl")
+    monkeypatch.setattr(r1track, "generate_answers", lambda *a, **k: ['{"bbox_2d": [250, 100, 500, 600]}'])
+    frame = Image.new("RGB", (640, 480))
+    assert r1track.locate_text(model, processor, frame, "the box") == pytest.approx([160, 48, 160, 240])
+
+
+# -----------------------------------------------------------------------------
+# One clear line for what a base cannot take
+
+
+@pytest.mark.parametrize("base, size, sizes", [("qwen3_vl", 336, "take 320 or 352"), ("qwen2_5_vl", 352, "take 336 or 364"),
+                                               ("qwen3_vl", 16, "take 32")])
+def test_a_crop_the_patch_grid_cannot_take_names_the_sizes_that_fit(tiny_dir_of, pairs16, tmp_path, capsys, base,
+                                                                     size, sizes):
+    import train_sft
+
+    code, err = main_in_process(train_sft.main, ["--model", tiny_dir_of(base), "--data", pairs16, "--out", tmp_path,
+                                                 "--crop-size", size], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and sizes in err, err
+
+
+def test_a_crop_the_image_processor_would_resize_is_refused(tiny_dir_of, tmp_path):
+    """Qwen3-VL's own image processor enlarges images under 256 x 256 pixels: a 128-px crop would
+    reach the model resized, so a checkpoint whose settings ask for it is refused, not resized."""
+    folder = shutil.copytree(tiny_dir_of("qwen3_vl"), tmp_path / "model")
+    config = json.loads((folder / "preprocessor_config.json").read_text())
+    config["size"]["shortest_edge"] = 65536  # as Qwen/Qwen3-VL-2B-Instruct's
+    (folder / "preprocessor_config.json").write_text(json.dumps(config))
+    with pytest.raises(LoadError, match="take 256 or more") as error:
+        r1track.load_model(str(folder), device="cpu")
+    assert "\n" not in str(error.value)
+
+
+def test_settings_for_another_base_are_refused(tiny_dir_of, tmp_path):
+    """A Qwen3-VL folder with Qwen2.5-VL tracking settings (boxes in pixels): one line, at load and
+    when a tracker is given such settings."""
+    folder = shutil.copytree(tiny_dir_of("qwen3_vl"), tmp_path / "model")
+    TrackSettings(crop_size=128).save(folder)
+    with pytest.raises(LoadError, match="write boxes in pixels but Qwen3-VL grounds in relative"):
+        r1track.load_model(str(folder), device="cpu")
+    loaded = r1track.load_model(str(tiny_dir_of("qwen3_vl")), device="cpu")
+    with pytest.raises(LoadError, match="do not fit Qwen3-VL's image tokens of 32 px"):
+        r1track.Tracker(loaded, crop_size=112)
+
+
+def test_a_model_family_the_project_does_not_know_is_one_line(pairs16, tmp_path, capsys):
+    """A checkpoint transformers knows but R1-Track does not track with (Qwen2-VL): one line
+    naming the families it does, before any weight is read."""
+    from transformers import Qwen2VLConfig
+
+    import train_sft
+
+    Qwen2VLConfig().save_pretrained(tmp_path / "qwen2-vl")
+    known = "a qwen2_vl checkpoint: R1-Track tracks with Qwen2.5-VL (qwen2_5_vl), Qwen3-VL (qwen3_vl)"
+    with pytest.raises(LoadError, match=known.replace("(", r"\(").replace(")", r"\)")):
+        r1track.load_model(str(tmp_path / "qwen2-vl"), device="cpu")
+    code, err = main_in_process(train_sft.main, ["--model", tmp_path / "qwen2-vl", "--data", pairs16, "--out",
+                                                 tmp_path / "out"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and known in err, err
+
+
+# -----------------------------------------------------------------------------
+# What each base's model is made of
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_lora_goes_on_every_linear_layer_of_the_language_model_and_the_vision_blocks(tiny_of, base):
+    """The published recipe's LoRA (every linear layer, the vision tower's blocks too) on each
+    base's own layer names (Qwen3-VL's vision MLP is linear_fc1/linear_fc2), and nowhere else."""
+    from peft import get_peft_model
+
+    import train_sft
+
+    model, processor = tiny_of(base)
+    args = train_sft.build_parser().parse_args(["--lora-rank", "2"])
+    fresh = synthetic.random_model(bases.named(base), processor.tokenizer, _shape(model))  # the shared one stays bare
+    adapted = get_peft_model(fresh, training.lora_config(args, bases.named(base)))
+    wrapped = {name.split(".lora_A")[0].replace("base_model.model.", "") for name, _ in adapted.named_parameters()
+               if "lora_A" in name}
+    linear = {name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)
+              and "lm_head" not in name and "merger" not in name}
+    assert wrapped == linear
+    assert any("visual.blocks.0.mlp" in name for name in linear)
+
+
+def _shape(model):
+    """The shape of a loaded tiny model, as synthetic.tiny_shape gives it."""
+    text, vision = model.config.text_config, model.config.vision_config
+    return synthetic.tiny_shape(text.vocab_size, text.hidden_size, text.num_hidden_layers, vision.hidden_size,
+                                vision.depth)
+
+
+def test_the_published_qwen3_vl_shapes_have_their_sizes(tiny_of):
+    """synthetic.SHAPES, for timing random weights of the real size: Qwen3-VL-2B and -4B."""
+    _, processor = tiny_of("qwen3_vl")
+    for name, (low, high) in {"qwen3_vl-2b": (2.0e9, 2.25e9), "qwen3_vl-4b": (4.3e9, 4.5e9)}.items():
+        with torch.device("meta"):
+            model = synthetic.random_model(bases.QWEN3_VL, processor.tokenizer, synthetic.SHAPES[name])
+        params = sum(p.numel() for p in model.parameters())
+        assert low < params < high, (name, params)
+
+
+def test_a_qwen3_vl_card_names_its_base_licence_and_tags(tmp_path):
+    """The model card of a run from a hub Qwen3-VL: its base model, the family's licence
+    (Apache 2.0, where Qwen2.5-VL-3B has a research licence) and tag, and its box convention."""
+    import train_sft
+
+    args = train_sft.build_parser().parse_args(["--model", "Qwen/Qwen3-VL-2B-Instruct", "--out", str(tmp_path)])
+    card = reports.model_card(args, "sft", 3, 10, {"loss": 1.0}, tmp_path, settings=TrackSettings(
+        crop_size=352, boxes="relative"), base=bases.QWEN3_VL)
+    data = card.data.to_dict()
+    assert data["base_model"] == "Qwen/Qwen3-VL-2B-Instruct" and data["license"] == "apache-2.0"
+    assert "qwen3_vl" in data["tags"] and "qwen2_5_vl" not in data["tags"]
+    assert "Qwen3-VL reads a template crop" in card.text and "in thousandths of the crop's side" in card.text
+    qwen25 = reports.model_card(train_sft.build_parser().parse_args(["--out", str(tmp_path)]), "sft", 3, 10, {},
+                                tmp_path, settings=TrackSettings(), base=bases.QWEN2_5_VL)
+    assert qwen25.data.to_dict()["license_name"] == "qwen-research"
+
+
+# -----------------------------------------------------------------------------
+# Every path on Qwen3-VL
+
+
+def test_a_qwen3_vl_model_trains_tracks_and_evaluates(sft_run_of, got10k_root, tmp_path):
+    """The Qwen3-VL SFT run (conftest; test_train_sft: it memorised its pairs) saved its settings
+    with relative boxes; eval_got10k.py tracks and scores it on GOT-10k, batched, and on TNL2K
+    started from each clip's description (its grounding, in thousandths of the frame)."""
+    out = sft_run_of("qwen3_vl")
+    settings = json.loads((out / "r1track.json").read_text())
+    assert settings["boxes"] == "relative" and settings["crop_size"] == crop_of("qwen3_vl")
+    result = run_main("eval_got10k.py", "--data", got10k_root, "--split", "val", "--model", out, "--out",
+                      tmp_path / "got10k", "--device", "cpu", "--no-progress", "--batch", "3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "boxes in 0-1000 of the crop" in result.stdout
+    report = json.loads((tmp_path / "got10k" / "report.json").read_text())
+    assert 0 <= report["ao"] <= 1 and len(report["per_sequence"]) == 6
+    root = make_synthetic_benchmark(tmp_path / "tnl2k", "tnl2k", sequences=2, frames=4, size=(96, 72))
+    result = run_main("eval_got10k.py", "--benchmark", "tnl2k", "--data", root, "--init", "text", "--model", out,
+                      "--out", tmp_path / "tnl2k-out", "--device", "cpu", "--no-progress")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((tmp_path / "tnl2k-out" / "report.json").read_text())["init"] == "text"
+
+
+def test_qwen3_vl_inputs_hold_its_patches_and_types(tiny_of):
+    """A 352-px crop is 11 x 11 tokens of 32 px; 16-px patches normalised by mean = std = 0.5."""
+    _, processor = tiny_of("qwen3_vl")
+    crop = np.full((352, 352, 3), 255, np.uint8)
+    patches = image_patches([crop], processor.image_processor)
+    assert patches["image_grid_thw"].tolist() == [[1, 22, 22]]
+    assert patches["pixel_values"].shape == (22 * 22, 3 * 2 * 16 * 16) and (patches["pixel_values"] == 1.0).all()
+    inputs = build_inputs(processor, Image.fromarray(crop), Image.fromarray(crop), [10, 10, 100, 100])
+    image_token = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert int((inputs["input_ids"] == image_token).sum()) == 2 * 121
+    assert torch.equal(inputs["mm_token_type_ids"], (inputs["input_ids"] == image_token).long())
+
+
+def test_grpo_on_qwen3_vl_scores_its_relative_answers_in_pixels(sft_run_of, pairs16, tmp_path):
+    """GRPO from the Qwen3-VL SFT run, which answers its pairs in thousandths of the crop: the
+    reward reads them so and scores them in pixels (read as pixels of the 128-px crop they would
+    miss), the prompt shared by each group; the saved model keeps the relative convention and
+    its card its base."""
+    out = tmp_path / "grpo"
+    result = run_main("train_grpo.py", "--init", sft_run_of("qwen3_vl"), "--data", pairs16, "--out", out,
+                      "--prompts-per-step", "4", "--group-size", "2", "--updates-per-batch", "2", "--max-steps", "2",
+                      "--temperature", "0.3", "--max-new-tokens", "24", "--no-gradient-checkpointing")
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "reward_mean" in line]
+    assert steps[0]["kl"] == 0.0 and steps[0]["iou_mean"] > 0.8 and steps[0]["reward_mean"] > 1.0, steps[0]
+    settings = json.loads((out / "r1track.json").read_text())
+    assert (settings["boxes"], settings["crop_size"]) == ("relative", crop_of("qwen3_vl"))  # inherited from --init
+    assert "qwen3_vl" in (out / "README.md").read_text()
