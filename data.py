@@ -89,6 +89,16 @@ class StoredPairs:
         search, answer_box = _to_crop_size(search, answer_box, self.crop_size)
         return Pair(template, template_box, search, answer_box)
 
+    def stored_side(self):
+        """The side of the first usable row's template crop as stored (None when it cannot be
+        read): stored pairs of another size are resized to the training crop."""
+        for row, _, _ in self.rows[:1]:
+            try:
+                return open_image(self.images[row][0]).width
+            except UserError:
+                return None
+        return None
+
     def split(self, fraction: float, seed: int):
         """(train, held-out) with `fraction` of the rows held out, chosen by `seed`."""
         order = np.random.default_rng(seed).permutation(len(self.rows))

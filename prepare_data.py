@@ -43,7 +43,9 @@ def build_parser() -> ArgumentParser:
     pairs.add_argument("--got10k", required=True, help="a GOT-10k-layout split folder (holding list.txt)")
     pairs.add_argument("--out", required=True, help="the parquet file to write")
     pairs.add_argument("--num", type=positive_int, default=5000, help="number of pairs")
-    pairs.add_argument("--size", type=positive_int, default=336, help="crop size in pixels")
+    pairs.add_argument("--size", type=positive_int, default=336, help="crop size in pixels (336 as published; 352 "
+                       "for Qwen3-VL's 32-px image tokens: pairs of another size are resized to the training crop, "
+                       "which training says; boxes are stored in pixels whatever the base)")
     pairs.add_argument("--wording", default="seed", choices=WORDINGS, help="question wording of `problem`")
     pairs.add_argument("--loop", default="published", choices=LOOPS,
                        help="published: crops cut by OpenCV and stored as JPEG quality 95, as R1-Track-5k/100k were; "

@@ -75,6 +75,12 @@ def build_tiny_tokenizer(vocab_size=400, base=bases.QWEN2_5_VL):
 
 # The published architectures (their config.json on the hub), for timing random weights of the
 # real size: text and vision shapes, each base's builder adds what all its models share.
+_QWEN3_VL_TEXT = {"num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 262144, "rope_theta": 5000000.0,
+                  "mrope_section": [24, 20, 20]}
+_QWEN3_VL_SMALL_VISION = {"depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16,
+                          "num_position_embeddings": 2304, "deepstack_visual_indexes": [5, 11, 17]}  # 2B and 4B
+
+
 SHAPES = {
     "qwen2_5_vl-3b": {  # Qwen2.5-VL-3B-Instruct
         "text": {"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
@@ -85,17 +91,13 @@ SHAPES = {
     },
     "qwen3_vl-2b": {  # Qwen3-VL-2B-Instruct
         "text": {"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 28,
-                 "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
-                 "max_position_embeddings": 262144, "rope_theta": 5000000.0, "mrope_section": [24, 20, 20]},
-        "vision": {"depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16,
-                   "num_position_embeddings": 2304, "deepstack_visual_indexes": [5, 11, 17]},
+                 "num_attention_heads": 16, **_QWEN3_VL_TEXT},
+        "vision": _QWEN3_VL_SMALL_VISION,
     },
     "qwen3_vl-4b": {  # Qwen3-VL-4B-Instruct
         "text": {"vocab_size": 151936, "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
-                 "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
-                 "max_position_embeddings": 262144, "rope_theta": 5000000.0, "mrope_section": [24, 20, 20]},
-        "vision": {"depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16,
-                   "num_position_embeddings": 2304, "deepstack_visual_indexes": [5, 11, 17]},
+                 "num_attention_heads": 32, **_QWEN3_VL_TEXT},
+        "vision": _QWEN3_VL_SMALL_VISION,
     },
 }
 

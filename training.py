@@ -364,7 +364,9 @@ def open_data(args, dist):
     for name, source in (("training", train), ("validation", val)):
         if source is not None:
             if dist.main:
-                print(f"{name} data: {source.name}: {len(source)} usable, {source.skipped} skipped")
+                side = source.stored_side() if isinstance(source, StoredPairs) else None
+                resized = f"; {side}-px pairs resized to {args.crop_size} px" if side and side != args.crop_size else ""
+                print(f"{name} data: {source.name}: {len(source)} usable, {source.skipped} skipped{resized}")
             if len(source) == 0:
                 raise UserError(f"no usable {name} pairs in {source.name}")
     if val is None and dist.main:

@@ -48,32 +48,28 @@ def tiny(tiny_model_dir):
     return r1track.load_model(str(tiny_model_dir), device="cpu")
 
 
-@pytest.fixture(scope="session")
-def tiny_dir_of(tiny_model_dir, tmp_path_factory):
-    """base -> a random tiny checkpoint of that base on disk (tiny_model_dir for Qwen2.5-VL),
-    each made once, when first asked for."""
-    made = {"qwen2_5_vl": tiny_model_dir}
+def by_base(make, **made):
+    """base -> make(base), made once each, when first asked for (`made`: those there already)."""
 
     def get(base: str):
         if base not in made:
-            made[base] = synthetic.save_tiny_model(tmp_path_factory.mktemp(f"tiny-{base}") / "model", seed=0,
-                                                   base=bases.named(base))
+            made[base] = make(base)
         return made[base]
 
     return get
 
 
 @pytest.fixture(scope="session")
+def tiny_dir_of(tiny_model_dir, tmp_path_factory):
+    """base -> a random tiny checkpoint of that base on disk (tiny_model_dir for Qwen2.5-VL)."""
+    return by_base(lambda base: synthetic.save_tiny_model(tmp_path_factory.mktemp(f"tiny-{base}") / "model", seed=0,
+                                                          base=bases.named(base)), qwen2_5_vl=tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
 def tiny_of(tiny_dir_of, tiny):
     """base -> the loaded (model, processor) of tiny_dir_of(base)."""
-    loaded = {"qwen2_5_vl": tiny}
-
-    def get(base: str):
-        if base not in loaded:
-            loaded[base] = r1track.load_model(str(tiny_dir_of(base)), device="cpu")
-        return loaded[base]
-
-    return get
+    return by_base(lambda base: r1track.load_model(str(tiny_dir_of(base)), device="cpu"), qwen2_5_vl=tiny)
 
 
 @pytest.fixture(scope="session")
@@ -213,16 +209,9 @@ def sft_run(tiny_model_dir, pairs16, tmp_path_factory):
 @pytest.fixture(scope="session")
 def sft_run_of(sft_run, tiny_dir_of, pairs16, tmp_path_factory):
     """base -> sft_run's training of that base's tiny model (its crops: crop_of(base); the
-    stored 112-px pairs resized to them), made once, when first asked for."""
-    made = {"qwen2_5_vl": sft_run}
-
-    def get(base: str):
-        if base not in made:
-            made[base] = memorise_pairs(tiny_dir_of(base), pairs16, tmp_path_factory.mktemp(f"sft_run-{base}") / "sft",
-                                        crop_of(base))
-        return made[base]
-
-    return get
+    stored 112-px pairs resized to them)."""
+    return by_base(lambda base: memorise_pairs(tiny_dir_of(base), pairs16, tmp_path_factory.mktemp(f"sft_run-{base}")
+                                               / "sft", crop_of(base)), qwen2_5_vl=sft_run)
 
 
 @pytest.fixture(scope="session")

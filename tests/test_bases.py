@@ -64,6 +64,18 @@ def test_sft_labels_and_questions_are_written_in_the_bases_convention(tiny_of):
     assert answer_text(pair.search_box_xyxy, 128, "pixels") == "[12,0,64,128]"
 
 
+def test_stored_pixel_pairs_train_a_qwen3_vl_model_and_their_resize_is_said(tiny_dir_of, pairs16, tmp_path):
+    """prepare_data.py's 112-px pairs (boxes in pixels) train a Qwen3-VL at its 128-px tiny crop:
+    the resize is said, the answers it is taught are relative (test above), and so are its settings."""
+    out = tmp_path / "sft"
+    result = run_main("train_sft.py", "--model", tiny_dir_of("qwen3_vl"), "--data", pairs16, "--out", out,
+                      "--crop-size", "128", "--max-steps", "1", "--batch-size", "2", "--grad-accum", "1",
+                      "--lora-rank", "2", "--no-gradient-checkpointing")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "16 usable, 0 skipped; 112-px pairs resized to 128 px" in result.stdout
+    assert json.loads((out / "r1track.json").read_text())["boxes"] == "relative"
+
+
 def test_a_server_is_asked_and_answered_in_the_settings_convention():
     """A Qwen3-VL model behind a server (its r1track.json says relative boxes): the question
     states the template box in 0-1000 of the template crop, and a relative answer comes back as

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from conftest import run_main
+from conftest import by_base, run_main
 
 import bases
 import fast_decoder
@@ -21,14 +21,7 @@ from settings import TrackSettings
 @pytest.fixture(scope="module")
 def trained_of(sft_run_of):
     """base -> the loaded model of sft_run_of(base), which answers boxes."""
-    loaded = {}
-
-    def get(base):
-        if base not in loaded:
-            loaded[base] = r1track.load_model(str(sft_run_of(base)), device="cpu")
-        return loaded[base]
-
-    return get
+    return by_base(lambda base: r1track.load_model(str(sft_run_of(base)), device="cpu"))
 
 
 @pytest.fixture(scope="module")
