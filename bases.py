@@ -1,7 +1,7 @@
 """What differs between the model families R1-Track runs on, in the one place every path asks.
 
   base = bases.of_config(model.config)     # or bases.named("qwen3_vl")
-  base.model_class, base.boxes, base.check_crop_size(352), base.lora_targets(vision=True), ...
+  base.model_class, base.boxes, base.crop_size_problem(336), base.lora_targets(vision=True), ...
 
 A base is a family of checkpoints that share a transformers class, an image-token grid, a box
 convention, a chat template, layer names and a licence policy: Qwen2.5-VL (the published
@@ -216,7 +216,3 @@ def named(model_type: str) -> Base:
 
 def of_config(config) -> Base:
     return named(getattr(config, "model_type", ""))
-
-
-def of_model(model) -> Base:
-    return of_config(unwrapped(model).config)

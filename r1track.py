@@ -398,8 +398,10 @@ class Tracker:
     callable from a list of requests (prompts.Request) to their answers (answers.Answer, or
     plain texts). The prompt wording, think mode, crop size, factors and loop come from
     `settings` (a TrackSettings, or the checkpoint folder, hub id or r1track.json to read them
-    from), else from the model's own, else (a server) from the served model's name; keyword
-    arguments override single values. A local model answers through FastAnswerer (template
+    from), else from the model's own, else (a server) from the served model's name, else its
+    base's defaults (said on stderr); keyword arguments override single values. Settings a
+    local model's base cannot take (another box convention, a crop its image processor would
+    resize) are a LoadError. A local model answers through FastAnswerer (template
     reuse, drafting; the same greedy answers); fast=False asks plain `generate` with the whole
     prompt every frame.
 
@@ -432,7 +434,7 @@ class Tracker:
         if server is not None and server_model is None:
             server_model = served_model_name(server)
         own = getattr(loaded[0], "r1track_settings", None) if loaded is not None else None
-        base = bases.of_model(loaded[0]) if loaded is not None else None
+        base = loaded[1].base if loaded is not None else None
         if isinstance(settings, TrackSettings):
             settings = dataclasses.replace(settings)
         elif settings is not None:

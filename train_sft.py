@@ -5,11 +5,12 @@
   python train_sft.py --model Qwen/Qwen3-VL-2B-Instruct --data r1track5k --out runs/sft-qwen3vl
 
 The model reads a template crop with the target's box and a search crop, and learns to
-answer the target's box in the search crop, `[x1,y1,x2,y2]`: in crop pixels for Qwen2.5-VL, in
-thousandths of the crop's side for Qwen3-VL (its own grounding's convention; stored pairs,
-written in pixels, are converted). The base's default crop is 336 px, or 352 for Qwen3-VL. The loss covers the answer
-and its end-of-turn token only. LoRA on every linear layer by default (the published
-recipe), QLoRA with --load-in-4bit, or full fine-tuning with --full (--fsdp to shard it).
+answer the target's box in the search crop, `[x1,y1,x2,y2]`: in crop pixels for Qwen2.5-VL,
+in thousandths of the crop's side for Qwen3-VL (its own grounding's convention; stored pairs,
+written in pixels, are converted). The base's default crop is 336 px, or 352 for Qwen3-VL.
+The loss covers the answer and its end-of-turn token only. LoRA on every linear layer by
+default (the published recipe), QLoRA with --load-in-4bit, or full fine-tuning with --full
+(--fsdp to shard it).
 
 --out receives the final model (a save_pretrained folder: adapter or full weights,
 processor, tracking settings), resumable checkpoint-<step>/ folders, metrics.jsonl and

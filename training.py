@@ -53,7 +53,7 @@ def share(text):
 def add_model_args(parser, default_model="Qwen/Qwen2.5-VL-3B-Instruct", default_lr=1e-5,
                    default_attn="flash_attention_2 when installed on GPU, else sdpa"):
     group = parser.add_argument_group("model")
-    known = ", ".join(f"{base.name} (e.g. {base.example})" for base in bases.BASES.values())
+    known = " or ".join(f"{base.name} (e.g. {base.example})" for base in bases.BASES.values())
     group.add_argument("--model", default=default_model, help=f"base model: hub id or folder of a {known} "
                        "checkpoint; its config says which")
     group.add_argument("--full", action="store_true", help="train every weight instead of LoRA adapters")
@@ -147,7 +147,7 @@ def check_common_args(parser, args):
 def fill_settings(parser, args, start: str, inherit: bool):
     """Tracking settings not given as flags: those of `start`, the model training starts from,
     when `inherit` and it has some, else its base's defaults. A crop size its base cannot take
-    is refused, naming the sizes that fit. Returns the base."""
+    is refused, naming the sizes that fit."""
     try:
         base = r1track.checkpoint_base(start)
         settings = (read_settings(start) if inherit else None) or default_settings(base)
@@ -159,7 +159,6 @@ def fill_settings(parser, args, start: str, inherit: bool):
     problem = base.crop_size_problem(args.crop_size)
     if problem:
         parser.error(f"--crop-size: {problem}")
-    return base
 
 
 def check_crop_size(args, processor) -> None:

@@ -540,7 +540,7 @@ def bench_training(args) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         split = synthetic.make_synthetic_got10k(folder, "train", sequences=8, frames=10, style="plain")
         model_source = args.model
-        if args.architecture:  # random 3B weights saved once, loaded like any checkpoint
+        if args.architecture:  # random weights of a published shape, saved once, loaded like any checkpoint
             model, processor, _ = load(args)
             model_source = str(Path(folder) / "model")
             model.save_pretrained(model_source)
