@@ -6,8 +6,9 @@
 A base is a family of checkpoints that share a transformers class, an image-token grid, a box
 convention, a chat template, layer names and a licence policy: Qwen2.5-VL (the published
 R1-Track models) and Qwen3-VL. A checkpoint says which it is by its config's `model_type`.
-What is the same for all of them (their 3D rope positions, a DynamicCache of keys and values)
-lives here too, as one function each, so that a base that differs there is an addition here.
+What the bases share but a later one may not (their 3D rope positions, the modules FSDP
+shards) is asked of this module too, so that a base that differs there is an addition here;
+the cache of keys and values is the fast decoder's (fast_decoder.py).
 """
 
 from __future__ import annotations
@@ -29,14 +30,20 @@ def box_to_model(box_xyxy, crop_side: float, boxes: str) -> list[float]:
     unchanged in pixels, whole thousandths of the side (rounded) when relative."""
     if boxes == "pixels":
         return [float(v) for v in box_xyxy]
-    return [float(round(float(v) * RELATIVE_RANGE / crop_side)) for v in box_xyxy]
+    return [float(round(float(v) * RELATIVE_RANGE / _side(crop_side))) for v in box_xyxy]
 
 
 def box_from_model(box, crop_side: float, boxes: str) -> list[float]:
     """A box as the model wrote it, back in pixels of the crop of side `crop_side`."""
     if boxes == "pixels":
         return [float(v) for v in box]
-    return [float(v) * crop_side / RELATIVE_RANGE for v in box]
+    return [float(v) * _side(crop_side) / RELATIVE_RANGE for v in box]
+
+
+def _side(crop_side) -> float:
+    if not crop_side:
+        raise ValueError("a relative box needs the side of the crop it is relative to")
+    return float(crop_side)
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,8 @@ class Base:
     model_class: str           # the transformers class of its checkpoints
     patch_size: int            # pixels of a vision patch's side
     merge_size: int            # patches per side merged into one language-model token
+    image_mean: tuple          # its image processor's normalisation (its checkpoints carry their own)
+    image_std: tuple
     crop_size: int             # the default tracking crop, a whole number of tokens a side
     boxes: str                 # its grounding's box convention (BOX_CONVENTIONS)
     chat_template: str         # its own, for a tokenizer that carries a text-only one
@@ -178,7 +187,8 @@ QWEN3_VL_CHAT_TEMPLATE = (
 
 QWEN2_5_VL = Base(
     model_type="qwen2_5_vl", name="Qwen2.5-VL", model_class="Qwen2_5_VLForConditionalGeneration",
-    patch_size=14, merge_size=2, crop_size=336, boxes="pixels", chat_template=QWEN2_5_VL_CHAT_TEMPLATE,
+    patch_size=14, merge_size=2, image_mean=(0.48145466, 0.4578275, 0.40821073),  # CLIP's
+    image_std=(0.26862954, 0.26130258, 0.27577711), crop_size=336, boxes="pixels", chat_template=QWEN2_5_VL_CHAT_TEMPLATE,
     vision_mlp=("gate_proj", "up_proj", "down_proj"), example="Qwen/Qwen2.5-VL-3B-Instruct",
     licences={
         "Qwen/Qwen2.5-VL-3B-Instruct": {"license": "other", "license_name": "qwen-research",
@@ -193,7 +203,7 @@ QWEN2_5_VL = Base(
 QWEN3_VL = Base(
     # 352 px: the nearest whole number of 32-px tokens at or above the published 336 (121 tokens a crop)
     model_type="qwen3_vl", name="Qwen3-VL", model_class="Qwen3VLForConditionalGeneration",
-    patch_size=16, merge_size=2, crop_size=352, boxes="relative", chat_template=QWEN3_VL_CHAT_TEMPLATE,
+    patch_size=16, merge_size=2, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5), crop_size=352, boxes="relative", chat_template=QWEN3_VL_CHAT_TEMPLATE,
     vision_mlp=("linear_fc1", "linear_fc2"), example="Qwen/Qwen3-VL-2B-Instruct",
     licence={"license": "apache-2.0"})  # every Qwen3-VL model (2B to 235B, Instruct and Thinking)
 
@@ -210,8 +220,8 @@ def named(model_type: str) -> Base:
         return BASES[model_type]
     except KeyError:
         known = ", ".join(f"{b.name} ({b.model_type})" for b in BASES.values())
-        raise UnknownBase(f"a {model_type or 'model of no model_type'} checkpoint: R1-Track tracks with {known}") \
-            from None
+        what = f"a {model_type} checkpoint" if model_type else "a checkpoint whose config names no model_type"
+        raise UnknownBase(f"{what}: R1-Track tracks with {known}") from None
 
 
 def of_config(config) -> Base:

@@ -89,15 +89,16 @@ class StoredPairs:
         search, answer_box = _to_crop_size(search, answer_box, self.crop_size)
         return Pair(template, template_box, search, answer_box)
 
-    def stored_side(self):
-        """The side of the first usable row's template crop as stored (None when it cannot be
-        read): stored pairs of another size are resized to the training crop."""
-        for row, _, _ in self.rows[:1]:
+    def stored_sides(self, rows=8) -> list[int]:
+        """The sides of the template crops of the first usable rows as stored (pairs of another
+        size than the training crop are resized to it; R1-Track-100k mixes 112 to 448 px)."""
+        sides = set()
+        for row, _, _ in self.rows[:rows]:
             try:
-                return open_image(self.images[row][0]).width
-            except UserError:
-                return None
-        return None
+                sides.add(open_image(self.images[row][0]).width)
+            except UserError:  # an unreadable row is counted when it is loaded
+                continue
+        return sorted(sides)
 
     def split(self, fraction: float, seed: int):
         """(train, held-out) with `fraction` of the rows held out, chosen by `seed`."""

@@ -92,19 +92,20 @@ def _adapter_base(name_or_path: str):
 
 
 def checkpoint_base(name_or_path: str) -> bases.Base:
-    """The base (bases.py) of a checkpoint, from its config (an adapter's: its base model's).
+    """The base (bases.py) of a checkpoint, from the model_type of its config.json (an
+    adapter's: its base model's), read before transformers is asked to make sense of it.
     LoadError when it cannot be read or is of a family the project does not know."""
-    from transformers import AutoConfig
+    from transformers import PretrainedConfig
 
     name = name_or_path
     try:
         while (below := _adapter_base(name)) is not None:
             name = below
-        config = AutoConfig.from_pretrained(name)
-    except (OSError, ValueError, KeyError) as error:  # no config, or one transformers cannot read
+        config, _ = PretrainedConfig.get_config_dict(name)
+    except (OSError, ValueError, KeyError) as error:  # no config, or no readable one
         raise LoadError(f"cannot load the model {name_or_path}: {first_line(error)}") from None
     try:
-        return bases.of_config(config)
+        return bases.named(config.get("model_type", ""))
     except bases.UnknownBase as error:
         raise LoadError(f"{name_or_path} is {error}") from None
 
@@ -127,6 +128,10 @@ def load_model(name_or_path: str, dtype=None, device=None, load_in_4bit=False, a
     from transformers import BitsAndBytesConfig
 
     base = checkpoint_base(name_or_path)
+    settings = read_settings(name_or_path)  # None: the checkpoint has none
+    problem = settings and settings.problem_with(base)  # said before any weight is read
+    if problem:
+        raise LoadError(f"{name_or_path}: {problem}")
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     # Straight onto the device: a 3B model never passes through CPU memory on its way.
@@ -143,8 +148,8 @@ def load_model(name_or_path: str, dtype=None, device=None, load_in_4bit=False, a
         processor = _load_processor_of(name_or_path, base)
     except (OSError, ValueError) as error:  # transformers' and peft's own errors included
         raise LoadError(f"cannot load the model {name_or_path}: {first_line(error)}") from None
-    model.r1track_settings = read_settings(name_or_path)  # None: the checkpoint has none
-    problem = model.r1track_settings and model.r1track_settings.problem_with(base, processor.image_processor)
+    model.r1track_settings = settings
+    problem = settings and settings.problem_with(base, processor.image_processor)  # its pixel bounds
     if problem:
         raise LoadError(f"{name_or_path}: {problem}")
     return model, processor
@@ -281,6 +286,18 @@ class ModelAnswerer:
         batch = collate(examples, self.processor.tokenizer.pad_token_id)
         texts, confidences = generate_answers(self.model, self.processor, batch, self.config, confidences=True)
         return [Answer(text, confidence) for text, confidence in zip(texts, confidences)]
+
+
+def served_defaults(served_name: str) -> TrackSettings:
+    """The tracking settings of a served model that has none of its own, said on stderr: its
+    base's defaults where its name leads to a checkpoint whose config says the base (vLLM names
+    a served model by its hub id or folder), else the published ones."""
+    try:
+        settings = default_settings(checkpoint_base(served_name))
+    except LoadError:  # a name that is not a checkpoint: it cannot say
+        settings = TrackSettings()
+    say_default_settings(served_name, settings)
+    return settings
 
 
 class ServerError(ConnectionError):
@@ -442,7 +459,7 @@ class Tracker:
         elif own is not None:
             settings = dataclasses.replace(own)
         elif server is not None:
-            settings = load_settings(server_model)
+            settings = read_settings(server_model) or served_defaults(server_model)
         elif base is not None:
             settings = default_settings(base)
             say_default_settings(getattr(loaded[0], "name_or_path", None) or "the model", settings)

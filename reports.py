@@ -330,8 +330,8 @@ def lineage(start: str, base) -> tuple[str | None, dict, str]:
     return hub, licence or (base.licence_of(hub) if hub else {}), said
 
 
-def model_card(args, kind: str, step: int, total_steps: int, latest: dict, folder: Path, merged=False,
-               settings=None, base=None):
+def model_card(args, kind: str, step: int, total_steps: int, latest: dict, folder: Path, *, settings, base,
+               merged=False):
     """The card of a model of `base` (bases.py) these trainers save in `folder` (`kind`: "sft"
     or "grpo"; merged: the adapter folded into its base), as huggingface_hub writes one:
     metadata (base model, library, pipeline, tags, data, licence) and what a user needs: what

@@ -140,8 +140,9 @@ def qwen2_5_vl_config(tokenizer, shape: dict):
         text_config={**_text_config(tokenizer, shape), "rope_parameters": {
             "rope_type": "default", "rope_theta": shape["text"]["rope_theta"],
             "mrope_section": shape["text"]["mrope_section"]}},
-        vision_config={**vision, "out_hidden_size": shape["text"]["hidden_size"], "patch_size": 14,
-                       "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112},
+        vision_config={**vision, "out_hidden_size": shape["text"]["hidden_size"],
+                       "patch_size": bases.QWEN2_5_VL.patch_size, "spatial_merge_size": bases.QWEN2_5_VL.merge_size,
+                       "temporal_patch_size": 2, "window_size": 112},
         tie_word_embeddings=True, **_token_ids(tokenizer),
     )
 
@@ -159,19 +160,13 @@ def qwen3_vl_config(tokenizer, shape: dict):
         text_config={"head_dim": text["hidden_size"] // text["num_attention_heads"], **_text_config(tokenizer, shape),
                      "rope_parameters": {"rope_type": "default", "rope_theta": text["rope_theta"],
                                          "mrope_section": text["mrope_section"], "mrope_interleaved": True}},
-        vision_config={**vision, "out_hidden_size": text["hidden_size"], "patch_size": 16, "spatial_merge_size": 2,
-                       "temporal_patch_size": 2},
+        vision_config={**vision, "out_hidden_size": text["hidden_size"], "patch_size": bases.QWEN3_VL.patch_size,
+                       "spatial_merge_size": bases.QWEN3_VL.merge_size, "temporal_patch_size": 2},
         tie_word_embeddings=True, **_token_ids(tokenizer),
     )
 
 
 MODEL_CONFIGS = {"qwen2_5_vl": qwen2_5_vl_config, "qwen3_vl": qwen3_vl_config}
-
-
-IMAGE_NORMALISATION = {  # each base's own image_mean and image_std
-    "qwen2_5_vl": ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]),
-    "qwen3_vl": ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
-}
 
 
 def random_model(base: bases.Base, tokenizer, shape: dict):
@@ -202,10 +197,9 @@ def save_tiny_model(path, seed=0, hidden_size=128, num_layers=4, vision_hidden_s
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     side = base.token_side
-    mean, std = IMAGE_NORMALISATION[base.model_type]
     Qwen2VLImageProcessorPil(
         min_pixels=4 * side * side, max_pixels=side * side * 16384, patch_size=base.patch_size, temporal_patch_size=2,
-        merge_size=base.merge_size, image_mean=mean, image_std=std,
+        merge_size=base.merge_size, image_mean=list(base.image_mean), image_std=list(base.image_std),
     ).save_pretrained(path)
     (settings or dataclasses.replace(default_settings(base), crop_size=4 * side)).save(path)
     return path

@@ -153,6 +153,8 @@ def fill_settings(parser, args, start: str, inherit: bool):
         settings = (read_settings(start) if inherit else None) or default_settings(base)
     except LoadError as error:
         parser.error(str(error))
+    if settings.boxes != base.boxes:  # the weights are never loaded for a run that load_model refuses
+        parser.error(f"{start}: {settings.problem_with(base)}")
     args.crop_size = args.crop_size or settings.crop_size
     args.wording = args.wording or settings.wording
     args.loop = args.loop or settings.loop
@@ -363,8 +365,10 @@ def open_data(args, dist):
     for name, source in (("training", train), ("validation", val)):
         if source is not None:
             if dist.main:
-                side = source.stored_side() if isinstance(source, StoredPairs) else None
-                resized = f"; {side}-px pairs resized to {args.crop_size} px" if side and side != args.crop_size else ""
+                sides = source.stored_sides() if isinstance(source, StoredPairs) else []
+                others = [f"{side}-px" for side in sides if side != args.crop_size]
+                resized = f"; {', '.join(others)} pairs (of its first rows) resized to {args.crop_size} px" \
+                    if others else ""
                 print(f"{name} data: {source.name}: {len(source)} usable, {source.skipped} skipped{resized}")
             if len(source) == 0:
                 raise UserError(f"no usable {name} pairs in {source.name}")

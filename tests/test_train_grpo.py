@@ -307,7 +307,8 @@ def test_questions_default_to_those_the_init_model_was_trained_on(tiny_dir_of, t
     flags are checked before any weight is loaded: the folder holds the model's config alone)."""
     shutil.copy(tiny_dir_of(base) / "config.json", tmp_path)
     side = bases.named(base).token_side
-    TrackSettings(wording="r1track-100k", crop_size=7 * side, loop="lenient").save(tmp_path)
+    TrackSettings(wording="r1track-100k", crop_size=7 * side, loop="lenient", boxes=bases.named(base).boxes).save(
+        tmp_path)
     parser = train_grpo.build_parser()
 
     def checked(*flags):

@@ -334,7 +334,8 @@ def read_parquet_and_report_memory(path) -> int:
 
 def bench_pipeline(args) -> dict:
     """The host's share of a tracked frame at GOT-10k's real frame size (1920x1080 JPEGs) and
-    336-px crops, one stream and --streams streams; how much reading ahead hides."""
+    the base's crops (336 px for Qwen2.5-VL, as published), one stream and --streams streams;
+    how much reading ahead hides."""
     import dataclasses
 
     import cv2
@@ -346,7 +347,8 @@ def bench_pipeline(args) -> dict:
     opencv_on_one_thread()  # as they do
     # the published loop (OpenCV crops, JPEG), the one the published checkpoints run; the demo
     # model, taught on 112-px lenient crops, only lends its weights and processor here
-    settings = dataclasses.replace(settings, crop_size=336, loop="published")
+    crop = processor.base.crop_size
+    settings = dataclasses.replace(settings, crop_size=crop, loop="published")
     forced = args.answer_tokens  # a box's length: the demo model was never taught 336-px crops
     tracker = r1track.Tracker(answerer=FastAnswerer(model, processor, settings, max_new_tokens=forced,
                                                     min_new_tokens=forced), settings=settings)
@@ -378,7 +380,7 @@ def bench_pipeline(args) -> dict:
                   f"{rates['read_ahead']:.1f} read ahead, {model_alone:.1f} the model alone", flush=True)
         train_split = synthetic.make_synthetic_got10k(folder, "train", sequences=8, frames=10, size=(1920, 1080),
                                                       style="plain", seed=12)
-        source = Got10kPairs(train_split, 336, loop="published")
+        source = Got10kPairs(train_split, crop, loop="published")
         # the worker counts taken in turn within each repeat, so that they compare under the
         # same conditions (this machine's speed drifts by 10-30 % over minutes); 192 examples,
         # so that what the workers had begun ahead (two chunks each) is a small part of each count
@@ -400,7 +402,7 @@ def bench_pipeline(args) -> dict:
     for hook in hooks:
         hook.remove()
     return {"pipeline": results, "frames": args.frames, "streams": args.streams, "repeats": args.repeats,
-            "frame_size": [1920, 1080], "crop_size": 336, "loop": "published", "answer_tokens": forced}
+            "frame_size": [1920, 1080], "crop_size": crop, "loop": "published", "answer_tokens": forced}
 
 
 # -----------------------------------------------------------------------------

@@ -60,7 +60,7 @@ import synthetic  # noqa: E402
 from answers import reward  # noqa: E402
 from cli import ArgumentParser, UserError, script_main, write_atomic  # noqa: E402
 from data import open_pairs  # noqa: E402
-from prompts import build_inputs, build_messages  # noqa: E402
+from prompts import build_inputs, build_messages, image_side  # noqa: E402
 
 ARCHITECTURES = ("3b", "2b", "4b")  # the published sizes in synthetic.SHAPES, by base
 
@@ -147,7 +147,8 @@ def greedy_reward(model, processor, pairs) -> float:
     for pair in pairs:
         inputs = build_inputs(processor, pair.template, pair.search, pair.template_box_xyxy)
         answer = r1track.generate_answers(model, processor, inputs)[0]
-        rewards.append(reward(answer, pair.search_box_xyxy)["overall"])
+        rewards.append(reward(answer, pair.search_box_xyxy, boxes=processor.base.boxes,
+                              crop_side=image_side(pair.search))["overall"])
     return float(np.mean(rewards))
 
 
