@@ -624,7 +624,8 @@ def run(args) -> int:
     device = args.device or r1track.default_device()
     result.update(date=datetime.date.today().isoformat(), device=str(device),
                   device_name=torch.cuda.get_device_name(device) if str(device).startswith("cuda") else "CPU",
-                  threads=torch.get_num_threads(), model=args.architecture or args.model)
+                  threads=torch.get_num_threads(),
+                  model=f"{args.base}-{args.architecture}" if args.architecture else args.model)
     if args.json:
         write_atomic(args.json, json.dumps(result, indent=2))
     return 0
