@@ -200,9 +200,9 @@ def trl_processor(processor):
 
 
 def trl_example(pair) -> dict:
-    """The tracking question as build_messages words it, for TRL: every message's
-    content a list of parts (the system message's too), the images as placeholders there and
-    in an "images" column, the true box in "truth"."""
+    """The tracking question as build_messages words it (Qwen2.5-VL's: the peer bench's warm
+    start), for TRL: every message's content a list of parts, the images as placeholders there
+    and in an "images" column, the true box in "truth"."""
     from PIL import Image
 
     messages = build_messages(pair.template_box_xyxy)
