@@ -1,6 +1,6 @@
 """What differs between the model families R1-Track runs on, in the one place every path asks.
 
-  base = bases.of_config(model.config)     # or bases.named("qwen3_vl")
+  base = bases.named(config["model_type"])     # e.g. bases.named("qwen3_vl")
   base.model_class, base.boxes, base.crop_size_problem(336), base.lora_targets(vision=True), ...
 
 A base is a family of checkpoints that share a transformers class, an image-token grid, a box
@@ -188,7 +188,8 @@ QWEN3_VL_CHAT_TEMPLATE = (
 QWEN2_5_VL = Base(
     model_type="qwen2_5_vl", name="Qwen2.5-VL", model_class="Qwen2_5_VLForConditionalGeneration",
     patch_size=14, merge_size=2, image_mean=(0.48145466, 0.4578275, 0.40821073),  # CLIP's
-    image_std=(0.26862954, 0.26130258, 0.27577711), crop_size=336, boxes="pixels", chat_template=QWEN2_5_VL_CHAT_TEMPLATE,
+    image_std=(0.26862954, 0.26130258, 0.27577711), crop_size=336, boxes="pixels",
+    chat_template=QWEN2_5_VL_CHAT_TEMPLATE,
     vision_mlp=("gate_proj", "up_proj", "down_proj"), example="Qwen/Qwen2.5-VL-3B-Instruct",
     licences={
         "Qwen/Qwen2.5-VL-3B-Instruct": {"license": "other", "license_name": "qwen-research",
@@ -203,7 +204,8 @@ QWEN2_5_VL = Base(
 QWEN3_VL = Base(
     # 352 px: the nearest whole number of 32-px tokens at or above the published 336 (121 tokens a crop)
     model_type="qwen3_vl", name="Qwen3-VL", model_class="Qwen3VLForConditionalGeneration",
-    patch_size=16, merge_size=2, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5), crop_size=352, boxes="relative", chat_template=QWEN3_VL_CHAT_TEMPLATE,
+    patch_size=16, merge_size=2, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5), crop_size=352,
+    boxes="relative", chat_template=QWEN3_VL_CHAT_TEMPLATE,
     vision_mlp=("linear_fc1", "linear_fc2"), example="Qwen/Qwen3-VL-2B-Instruct",
     licence={"license": "apache-2.0"})  # every Qwen3-VL model (2B to 235B, Instruct and Thinking)
 
@@ -222,7 +224,3 @@ def named(model_type: str) -> Base:
         known = ", ".join(f"{b.name} ({b.model_type})" for b in BASES.values())
         what = f"a {model_type} checkpoint" if model_type else "a checkpoint whose config names no model_type"
         raise UnknownBase(f"{what}: R1-Track tracks with {known}") from None
-
-
-def of_config(config) -> Base:
-    return named(getattr(config, "model_type", ""))

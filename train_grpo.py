@@ -35,11 +35,11 @@ import r1track
 import reports
 import training
 from answers import reward
+from bases import rope_positions
 from cli import ArgumentParser, UserError, first_line, positive_int
 from data import PairStream
 from prompts import END_OF_TURN, answer_token_limit, build_inputs, collate, greedy_config, vision_token_ids
 from settings import TrackSettings
-from bases import rope_positions
 from shared_prompt import BLOCK_MASK_KERNELS, grouped_inputs, repeated_inputs, sample_answers
 from training import autocast, to_device, trainable_parameters
 

@@ -104,8 +104,8 @@ def test_grounding_reads_a_relative_box_in_thousandths_of_the_frame(tiny_of, mon
 # One clear line for what a base cannot take
 
 
-@pytest.mark.parametrize("base, size, sizes", [("qwen3_vl", 336, "take 320 or 352"), ("qwen2_5_vl", 352, "take 336 or 364"),
-                                               ("qwen3_vl", 16, "take 32")])
+@pytest.mark.parametrize("base, size, sizes", [
+    ("qwen3_vl", 336, "take 320 or 352"), ("qwen2_5_vl", 352, "take 336 or 364"), ("qwen3_vl", 16, "take 32")])
 def test_a_crop_the_patch_grid_cannot_take_names_the_sizes_that_fit(tiny_dir_of, pairs16, tmp_path, capsys, base,
                                                                      size, sizes):
     import train_sft
@@ -125,6 +125,51 @@ def test_a_crop_the_image_processor_would_resize_is_refused(tiny_dir_of, tmp_pat
     with pytest.raises(LoadError, match="take 256 or more") as error:
         r1track.load_model(str(folder), device="cpu")
     assert "\n" not in str(error.value)
+
+
+def as_the_hub_stores_qwen3_vl(folder):
+    """A tiny Qwen3-VL folder rewritten in the layout of the hub's Qwen3-VL checkpoints: the
+    config as transformers 4.57 saved them (rope_scaling and rope_theta in the text config,
+    torch_dtype, the vision config's model_type "qwen3_vl"), their preprocessor_config.json
+    (the fast image processor's name, its 65,536-pixel floor), no r1track.json."""
+    config = json.loads((folder / "config.json").read_text())
+    text, vision = config["text_config"], config["vision_config"]
+    rope = text.pop("rope_parameters")
+    text.update(rope_theta=rope.pop("rope_theta"), rope_scaling=rope)
+    vision["model_type"] = "qwen3_vl"
+    for part in (config, text, vision):
+        part.pop("dtype", None)
+    config.update(torch_dtype="float32", transformers_version="4.57.0.dev0")
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "size": {"longest_edge": 16777216, "shortest_edge": 65536}, "patch_size": 16, "temporal_patch_size": 2,
+        "merge_size": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+        "processor_class": "Qwen3VLProcessor", "image_processor_type": "Qwen2VLImageProcessorFast"}))
+    (folder / "r1track.json").unlink()
+    return folder
+
+
+def test_a_qwen3_vl_checkpoint_as_the_hub_stores_it_loads_and_tracks_with_its_defaults(tiny_dir_of, tiny_of,
+                                                                                        tmp_path, capsys):
+    """The hub's layout gives the same model (the same logits on a question at 352 px) and the
+    base's tracking defaults, said on stderr: 352-px crops (over the processor's floor), relative
+    boxes; a 128-px crop, under the floor, is refused."""
+    folder = as_the_hub_stores_qwen3_vl(shutil.copytree(tiny_dir_of("qwen3_vl"), tmp_path / "hub"))
+    model, processor = r1track.load_model(str(folder), device="cpu")
+    assert model.r1track_settings is None and processor.image_processor.size["shortest_edge"] == 65536
+    tracker = r1track.Tracker((model, processor))
+    assert (tracker.settings.crop_size, tracker.settings.boxes) == (352, "relative")
+    assert "has no r1track.json; tracking with the default settings" in capsys.readouterr().err
+    rng = np.random.default_rng(3)
+    crops = [Image.fromarray(rng.integers(0, 255, (352, 352, 3), dtype=np.uint8)) for _ in range(2)]
+    ours, ours_processor = tiny_of("qwen3_vl")
+    inputs = build_inputs(processor, *crops, [100, 100, 200, 220])
+    same = build_inputs(ours_processor, *crops, [100, 100, 200, 220])
+    assert torch.equal(inputs["pixel_values"], same["pixel_values"])
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, ours(**inputs).logits)
+    with pytest.raises(LoadError, match="under the 65,536 pixels"):
+        r1track.Tracker((model, processor), crop_size=128)
 
 
 def test_settings_for_another_base_are_refused(tiny_dir_of, pairs16, tmp_path, capsys, monkeypatch):

@@ -354,13 +354,14 @@ def test_browser_a_qwen3_vl_model_tracks_as_track_py_does(driver, sft_run_of, tm
         wait_until(driver, lambda d: by_id(d, "track").is_displayed())
         upload(driver, clip)
         wait_until(driver, lambda d: "10 frames" in by_id(d, "about").text)
-        by_id(driver, "typed").find_element(By.CSS_SELECTOR, "textarea").send_keys(",".join(map(str, truth_xyxy(clip, 1))))
+        box = ",".join(map(str, truth_xyxy(clip, 1)))
+        by_id(driver, "typed").find_element(By.CSS_SELECTOR, "textarea").send_keys(box)
         by_id(driver, "track").click()
         archive, _ = tracked_result(driver)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
-    result = run_main("track.py", "--video", clip, "--box", ",".join(map(str, truth_xyxy(clip, 1))), "--model", model,
+    result = run_main("track.py", "--video", clip, "--box", box, "--model", model,
                       "--out", tmp_path / "track", "--no-video")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "boxes in 0-1000 of the crop" in result.stdout

@@ -166,7 +166,8 @@ def test_bench_training_smoke(tiny_model_dir, tmp_path, tiny):
     args = train_sft.build_parser().parse_args(["--model", str(tiny_model_dir)])
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    lora = get_peft_model(Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir), training.lora_config(args, bases.QWEN2_5_VL))
+    lora = get_peft_model(Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir),
+                          training.lora_config(args, bases.QWEN2_5_VL))
     assert report["lora"]["trained_weights"] == sum(p.numel() for p in lora.parameters() if p.requires_grad)
 
 
@@ -195,7 +196,8 @@ def test_the_3b_shape_matches_the_published_model(tiny):
 
     _, processor = tiny
     with torch.device("meta"):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(synthetic.qwen2_5_vl_config(processor.tokenizer, synthetic.SHAPES["qwen2_5_vl-3b"]))
+        model = Qwen2_5_VLForConditionalGeneration._from_config(
+            synthetic.qwen2_5_vl_config(processor.tokenizer, synthetic.SHAPES["qwen2_5_vl-3b"]))
     params = sum(p.numel() for p in model.parameters())
     assert 3.70e9 < params < 3.80e9, params  # Qwen2.5-VL-3B-Instruct: 3.75 billion
     assert len(model.model.language_model.layers) == 36 and len(model.model.visual.blocks) == 32
