@@ -5,10 +5,12 @@
 
 A base is a family of checkpoints that share a transformers class, an image-token grid, a box
 convention, a chat template, layer names and a licence policy: Qwen2.5-VL (the published
-R1-Track models) and Qwen3-VL. A checkpoint says which it is by its config's `model_type`.
-What the bases share but a later one may not (their 3D rope positions, the modules FSDP
-shards) is asked of this module too, so that a base that differs there is an addition here;
-the cache of keys and values is the fast decoder's (fast_decoder.py).
+R1-Track models), Qwen3-VL and Qwen3.5. A checkpoint says which it is by its config's
+`model_type`. What the bases share but a later one may not (their 3D rope positions, the
+modules FSDP shards, whether a prompt's cache is only keys and values) is asked of this module
+too, so that a base that differs there is an addition here; how a cache is cut, stacked and
+repeated is the fast decoder's (fast_decoder.py), how a prompt is shared by GRPO's answers
+shared_prompt.py's.
 """
 
 from __future__ import annotations
@@ -63,6 +65,14 @@ class Base:
     chat_template: str         # its own, for a tokenizer that carries a text-only one
     vision_mlp: tuple          # the linear layers of a vision block's MLP
     example: str
+    # recurrent: its language model has linear-attention layers (Qwen3.5's Gated DeltaNet),
+    # whose cache is a state per sequence, not keys and values per token: a prompt's cache is
+    # cut back by restoring the state saved at that point, and answers that share a prompt
+    # each run on their own copy of its state (no mask can keep them apart in one row).
+    recurrent: bool = False
+    # what its chat template is asked beside the messages (Qwen3.5 thinks unless told not to:
+    # the box comes after the empty thought its template then writes)
+    chat_template_kwargs: dict = field(default_factory=dict)
     licence: dict = field(default_factory=dict)
     licences: dict = field(default_factory=dict)
 
@@ -101,7 +111,8 @@ class Base:
     def lora_targets(self, vision: bool) -> str:
         """peft's target_modules: every linear layer of the language model, and with `vision`
         those of the vision tower's blocks (the published recipe trains both)."""
-        language = r"(?!.*visual).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+        language = (r"(?!.*visual).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj"
+                    + ("|in_proj_qkv|in_proj_z|out_proj" if self.recurrent else "") + ")")
         mlp = "|".join(f"mlp\\.{name}" for name in self.vision_mlp)
         return language + (rf"|.*visual\.blocks\.\d+\.(attn\.qkv|attn\.proj|{mlp})" if vision else "")
 
@@ -210,7 +221,27 @@ QWEN3_VL = Base(
     licence={"license": "apache-2.0"})  # every Qwen3-VL model (2B to 235B, Instruct and Thinking)
 
 
-BASES = {base.model_type: base for base in (QWEN2_5_VL, QWEN3_VL)}
+# Qwen3.5's chat template without its tool-calling parts, as for Qwen3-VL; the generation prompt
+# opens the assistant's turn with a thought, empty when `enable_thinking` is false.
+QWEN3_5_CHAT_TEMPLATE = QWEN3_VL_CHAT_TEMPLATE.replace(
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}",
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- else %}{{- '<think>\\n' }}{%- endif %}{%- endif %}")
+
+
+QWEN3_5 = Base(
+    # its vision tower is Qwen3-VL's (16-px patches, 2x2 merge, mean = std = 0.5); its language
+    # model is hybrid: three of every four layers Gated DeltaNet, the fourth full attention
+    model_type="qwen3_5", name="Qwen3.5", model_class="Qwen3_5ForConditionalGeneration",
+    patch_size=16, merge_size=2, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5), crop_size=352,
+    boxes="relative", chat_template=QWEN3_5_CHAT_TEMPLATE,
+    vision_mlp=("linear_fc1", "linear_fc2"), example="Qwen/Qwen3.5-2B", recurrent=True,
+    chat_template_kwargs={"enable_thinking": False},
+    licence={"license": "apache-2.0"})  # every Qwen3.5 model, dense and MoE
+
+
+BASES = {base.model_type: base for base in (QWEN2_5_VL, QWEN3_VL, QWEN3_5)}
 
 
 class UnknownBase(ValueError):

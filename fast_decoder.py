@@ -1,6 +1,6 @@
 """The fast path of a local model: the greedy answers of a plain full-prompt `generate`, with
-less work per frame. The one place that reaches into transformers' cache internals
-(`DynamicCache` layers, 3D rope positions), so a transformers upgrade is checked here.
+less work per frame. Its caches are kept, cut and rolled back through caches.py, the one
+place that reaches into transformers' cache layers.
 
 `r1track.Tracker` answers through `FastAnswerer` when it holds a local model (unless
 built with fast=False, which asks plain `generate`). It speaks the prompts' and answers'
@@ -9,6 +9,7 @@ vocabulary only, and the core imports it, never the other way.
 
 from __future__ import annotations
 
+import caches
 from answers import Answer, answer_confidence
 from bases import rope_positions
 from prompts import (
@@ -37,6 +38,12 @@ class FastAnswerer:
       template box: both crops are centred alike) and checked in one forward pass; the
       longest run the model agrees with is kept, so greedy output is unchanged.
     `decode_passes` counts the forward passes after the first token.
+
+    A model with linear-attention layers (Qwen3.5) folds every token it is fed into a state:
+    the template's state is saved and restored each frame, a pass with drafts records the
+    state after each of them and each row keeps the one after its last accepted token, and
+    batched questions are padded on the right and rolled back to their own ends the same way
+    (padding between the template and the question would change the state).
     """
 
     def __init__(self, model, processor, settings, max_new_tokens=None, reuse_template=True,
@@ -52,6 +59,7 @@ class FastAnswerer:
         self.end_ids = {tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.pad_token_id}
         self.pad = tokenizer.pad_token_id
         self.suppressed = vision_token_ids(tokenizer)
+        self.states = caches.has_states(model.config)
         self.decode_passes = 0
         self._rows_of = None  # (the states last answered together, their rows: see _rows)
 
@@ -105,43 +113,51 @@ class FastAnswerer:
                                 mm_token_type_ids=inputs["mm_token_type_ids"][:, :prefix],
                                 pixel_values=state["template_pixels"], image_grid_thw=inputs["image_grid_thw"][:1],
                                 logits_to_keep=1)
-            state["prefix_cache"] = [(layer.keys, layer.values) for layer in out.cache.layers]
+            state["prefix_cache"] = caches.snapshot(out.cache)
         first_guess = answer_text(request.template_box_xyxy, image_side(request.template), self.processor.base.boxes)
         answer_ids = self.processor.tokenizer(first_guess, add_special_tokens=False)
         state["draft"] = answer_ids["input_ids"] + [self.processor.tokenizer.convert_tokens_to_ids(END_OF_TURN)]
         return state
 
     def _prefill(self, requests, states):
-        """Run every row's search image and question (left-padded to one width) against its
-        prefix; returns the cache, the attention mask so far and each row's first token."""
-        from transformers import DynamicCache
+        """Run every row's search image and question (padded to one width) against its prefix;
+        returns the cache, the attention mask so far and each row's first token."""
+        import torch
 
         search = image_patches([r.search for r in requests], self.processor.image_processor, self.device)
-        ids, positions, types, mask, cache, template_pixels = self._rows(states)
+        ids, positions, types, mask, cache, template_pixels, lengths = self._rows(states)
         if cache is not None:  # the last frame's cache of these rows, cut back to their prefix
-            prefix = states[0]["prefix"]
-            for layer in cache.layers:
-                layer.keys, layer.values = layer.keys[..., :prefix, :], layer.values[..., :prefix, :]
+            cache, prefix_snapshot = cache
+            caches.cut_back(cache, states[0]["prefix"], prefix_snapshot)
             pixels, grids = search["pixel_values"], search["image_grid_thw"]  # only the search images are new
         else:
-            import torch
-
-            cache = DynamicCache()
+            cache = caches.new_cache(self.model.config)
             per_image = search["pixel_values"].chunk(len(states))
             pixels = torch.cat([torch.cat([template.to(p.device), p]) for template, p in zip(template_pixels, per_image)])
             grids = torch.cat([state["grids"] for state in states])
+        width, last = ids.shape[1], 1
+        if lengths is not None:  # right-padded: each row's first token follows its own last
+            last = width - min(lengths) + 1
+            caches.record(cache, last)
         out = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, mm_token_type_ids=types,
-                            pixel_values=pixels, image_grid_thw=grids, cache=cache, logits_to_keep=1)
-        tokens, logprobs = self._greedy(out.logits, [0] * len(states))
+                            pixel_values=pixels, image_grid_thw=grids, cache=cache, logits_to_keep=last)
+        logits = out.logits[:, -1:]
+        if lengths is not None:
+            caches.keep_first(out.cache, width, lengths)
+            at = torch.tensor(lengths, device=out.logits.device) - (width - last) - 1
+            logits = out.logits[torch.arange(len(lengths)), at][:, None]
+        tokens, logprobs = self._greedy(logits, [0] * len(states))
         return out.cache, mask, list(zip(tokens[:, -1].tolist(), logprobs[:, -1].tolist()))
 
     def _rows(self, states):
-        """The rows' ids, 3D positions, token types and attention mask (questions left-padded to
-        one width) and a DynamicCache of their stacked prefixes (None without template reuse):
-        fixed while the same sequences are answered together, so made once for them (a tracked
-        video or an eval group answers the same rows frame after frame), not per frame. The
-        cache grows by a frame's tokens and is cut back to the prefix before the next (slices,
-        no copies: rebuilding it copied every layer's keys and values twice a frame)."""
+        """The rows' ids, 3D positions, token types and attention mask (questions padded to
+        one width) and a cache of their stacked prefixes with its snapshot (None without
+        template reuse): fixed while the same sequences are answered together, so made once for
+        them (a tracked video or an eval group answers the same rows frame after frame), not
+        per frame. The cache grows by a frame's tokens and is cut back to the prefix before
+        the next (slices, no copies: rebuilding it copied every layer's keys and values twice
+        a frame). Questions are left-padded, except after a prefix of a model with states:
+        there on the right, and `lengths` gives each row's own (else None)."""
         if self._rows_of is not None and len(self._rows_of[0]) == len(states) \
                 and all(kept is state for kept, state in zip(self._rows_of[0], states)):
             return self._rows_of[1]
@@ -150,6 +166,7 @@ class FastAnswerer:
         prefix = states[0]["prefix"]
         suffixes = [state["ids"][prefix:] for state in states]
         rows, width = len(states), max(len(x) for x in suffixes)
+        right = self.states and prefix and len({len(x) for x in suffixes}) > 1
         ids = torch.full((rows, width), self.pad, dtype=torch.long)
         positions = torch.ones(3, rows, width, dtype=torch.long)
         types = torch.zeros(rows, width, dtype=torch.long)
@@ -157,18 +174,17 @@ class FastAnswerer:
         mask[:, :prefix] = 1
         for row, (state, suffix) in enumerate(zip(states, suffixes)):
             n = len(suffix)
-            ids[row, width - n:] = torch.tensor(suffix)
-            positions[:, row, width - n:] = state["positions"][:, prefix:]
-            types[row, width - n:] = state["types"][prefix:]
-            mask[row, prefix + width - n:] = 1
+            place = slice(0, n) if right else slice(width - n, width)
+            ids[row, place] = torch.tensor(suffix)
+            positions[:, row, place] = state["positions"][:, prefix:]
+            types[row, place] = state["types"][prefix:]
+            mask[row, prefix + place.start:prefix + place.stop] = 1
         cache = None
         if prefix:
-            from transformers import DynamicCache
-
-            layers = zip(*(state["prefix_cache"] for state in states))
-            cache = DynamicCache(ddp_cache_data=[(torch.cat([k for k, _ in layer]), torch.cat([v for _, v in layer]))
-                                                 for layer in layers])
-        made = ids, positions, types, mask, cache, [state["template_pixels"] for state in states]
+            stacked = caches.stacked(self.model.config, [state["prefix_cache"] for state in states])
+            cache = stacked, caches.snapshot(stacked)
+        lengths = [len(x) for x in suffixes] if right else None
+        made = ids, positions, types, mask, cache, [state["template_pixels"] for state in states], lengths
         self._rows_of = (list(states), made)
         return made
 
@@ -204,13 +220,17 @@ class FastAnswerer:
                 fed.append(row + [self.pad] * (k + 1 - len(row)))
             positions = (position[:, None] + torch.arange(k + 1)).expand(3, rows, k + 1)
             mask = torch.cat([mask, torch.ones(rows, k + 1, dtype=torch.long)], 1)
+            if self.states and k:
+                caches.record(cache, k + 1)
             out = self._forward(input_ids=torch.tensor(fed), attention_mask=mask, position_ids=positions, cache=cache)
             self.decode_passes += 1
             # best[row][i]: the model's token after fed[row][i]; chosen[row][i] its log-probability
             tokens, chosen = self._greedy(out.logits, [len(a) for a in answers])
             cache, best, chosen = out.cache, tokens.tolist(), chosen.tolist()
+            accepted = []  # tokens of this pass each row keeps
             for row in range(rows):
                 if done[row]:
+                    accepted.append(k + 1)
                     continue
                 kept = 0  # drafted tokens the model agrees with
                 while kept < k and fed[row][1 + kept] == best[row][kept] and best[row][kept] not in self.end_ids:
@@ -220,4 +240,7 @@ class FastAnswerer:
                 done[row] = answers[row][-1] in self.end_ids or len(answers[row]) >= self.max_new_tokens
                 mask[row, mask.shape[1] - k + kept:] = 0  # the drafts after a disagreement were never said
                 position[row] += kept + 1
+                accepted.append(kept + 1)
+            if self.states and k:
+                caches.keep_first(cache, k + 1, accepted)
         return answers, logprobs

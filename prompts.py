@@ -155,7 +155,8 @@ def encode_chat(processor, messages, images, answer=None, return_tensors=True, p
     import torch
 
     tokenizer, image_processor = processor.tokenizer, processor.image_processor
-    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                           **processor.base.chat_template_kwargs)
     vision = image_patches(images, image_processor, as_bytes=pixels_as_bytes)
     merge = image_processor.merge_size ** 2
     for grid in vision["image_grid_thw"]:

@@ -300,6 +300,15 @@ def served_defaults(served_name: str) -> TrackSettings:
     return settings
 
 
+def served_chat_template_kwargs(served_name: str) -> dict:
+    """What a served model's chat template is asked beside the messages: its base's, where its
+    name leads to a checkpoint (Qwen3.5: no thinking before the box), else nothing."""
+    try:
+        return dict(checkpoint_base(served_name).chat_template_kwargs)
+    except LoadError:
+        return {}
+
+
 class ServerError(ConnectionError):
     """An answer server that cannot be reached or does not answer as OpenAI's chat API does
     (an OSError: every script says it in one line)."""
@@ -346,9 +355,11 @@ class ServerAnswerer:
     server that fails is a ServerError (the published client quietly reused the previous
     answer instead)."""
 
-    def __init__(self, url: str, settings: TrackSettings, model_name=None, max_new_tokens=None, timeout=120):
+    def __init__(self, url: str, settings: TrackSettings, model_name=None, max_new_tokens=None, timeout=120,
+                 chat_template_kwargs=None):
         self.url = server_v1_url(url)
         self.settings, self.timeout = settings, timeout
+        self.chat_template_kwargs = chat_template_kwargs or {}
         self.max_tokens = max_new_tokens or answer_token_limit(settings.think, settings.asks_as_client)
         self.model_name = model_name or served_model_name(url, timeout)
 
@@ -374,6 +385,8 @@ class ServerAnswerer:
             {"type": "image_url", "image_url": {"url": self._data_url(crops[part["image"]], jpegs[part["image"]])}}
             if part["type"] == "image" else part for part in messages[-1]["content"]]
         payload = {"model": self.model_name, "messages": messages, "temperature": 0.0, "max_tokens": self.max_tokens}
+        if self.chat_template_kwargs:  # vLLM's and SGLang's way to pass them to the served template
+            payload["chat_template_kwargs"] = self.chat_template_kwargs
         reply = _post_json(self.url + "/chat/completions", payload, self.timeout)
         try:
             return Answer(reply["choices"][0]["message"]["content"] or "")
@@ -476,7 +489,8 @@ class Tracker:
         if loaded is not None:
             answerer = (FastAnswerer if fast else ModelAnswerer)(*loaded, self.settings, max_new_tokens)
         elif server is not None:
-            answerer = ServerAnswerer(server, self.settings, server_model, max_new_tokens)
+            answerer = ServerAnswerer(server, self.settings, server_model, max_new_tokens,
+                                      chat_template_kwargs=served_chat_template_kwargs(server_model))
         elif answer_fn is not None:
             answerer = function_answerer(answer_fn)
         self.answerer = answerer

@@ -14,12 +14,19 @@ Here each question's prompt goes through the model once per pass:
   answer starts at the position just after the prompt (Prefix Grouper's layout, arXiv
   2506.05433). One plain forward pass: gradients reach the prompt from all G answers, and
   gradient checkpointing and FSDP work as in any other pass.
+
+A language model with linear-attention layers (Qwen3.5) reads the tokens before it through a
+state, not through a mask: in one row the second answer would read the first. Its training
+passes (`stated_inputs`) run each question's prompt once, repeat its cache (keys, values and
+states) G times, and run the G answers on it, one row each; gradients reach the prompt through
+the repeated cache. Its sampling repeats the cache as the others' does.
 """
 
 from __future__ import annotations
 
 import torch
 
+import caches
 from bases import rope_positions
 
 # attention kernels that take the block mask; flash-attention takes no 4D mask
@@ -47,7 +54,7 @@ def sample_answers(model, inputs, group_size, max_new_tokens, end_ids, suppresse
     positions = rope_positions(model, inputs)                                        # [3, B, L]
     out = model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
     cache = out.cache
-    cache.batch_repeat_interleave(group_size)                                       # [B*G, heads, L, d]
+    caches.repeat_rows(cache, group_size)                                           # [B*G, heads, L, d]
     logits = out.logits[:, -1].repeat_interleave(group_size, 0)                      # [B*G, V]
     mask = inputs["attention_mask"].repeat_interleave(group_size, 0)                 # [B*G, L]
     position = next_positions(positions).repeat_interleave(group_size)               # [B*G]
@@ -142,3 +149,37 @@ def repeated_inputs(prompts, answer, answer_mask) -> dict:
             "mm_token_type_ids": torch.cat([prompts["mm_token_type_ids"], torch.zeros_like(answer)], 1),
             "pixel_values": prompts["pixel_values"], "image_grid_thw": prompts["image_grid_thw"],
             "logits_to_keep": torch.arange(size - answer.shape[1] - 1, size - 1)}
+
+
+def stated_inputs(prompts, positions, answer, group_size) -> dict:
+    """The same scores for a model whose layers read the past through a state (Qwen3.5): the k
+    prompts [k, L] once (their rope `positions`), then each of the k*G answers [k*G, T] in a
+    row of its own on a copy of its prompt's cache (answer_logits runs both); logits come out
+    as [k*G, T, V]."""
+    k, length = prompts["input_ids"].shape
+    width = answer.shape[1] - 1                                                      # fed per answer
+    after = next_positions(positions).repeat_interleave(group_size)[:, None] + torch.arange(width)   # [k*G, T-1]
+    return {**{key: prompts[key] for key in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values",
+                                              "image_grid_thw")},
+            "position_ids": positions, "answer_ids": answer[:, :width], "answer_positions": after.expand(3, -1, -1),
+            "group_size": torch.tensor(group_size)}
+
+
+def answer_logits(model, inputs) -> torch.Tensor:
+    """The logits that score the answers of grouped_inputs, repeated_inputs or stated_inputs
+    (one forward for the first two; for the last, the prompts' forward, then the answers' on
+    their prompt's cache repeated), [k*G, T, V]."""
+    if "answer_ids" not in inputs:
+        return model(**inputs).logits
+    prompts = {key: value for key, value in inputs.items() if key not in ("answer_ids", "answer_positions",
+                                                                          "group_size")}
+    group_size, fed = int(inputs["group_size"]), inputs["answer_ids"]
+    out = model(**prompts, use_cache=True, logits_to_keep=1)
+    first = out.logits[:, -1:].repeat_interleave(group_size, 0)                      # [k*G, 1, V]
+    if fed.shape[1] == 0:
+        return first
+    cache = caches.repeated_for_gradients(out.cache, group_size)                     # [k*G, ...]
+    mask = torch.cat([prompts["attention_mask"].repeat_interleave(group_size, 0), torch.ones_like(fed)], 1)
+    rest = model(input_ids=fed, attention_mask=mask, position_ids=inputs["answer_positions"], cache=cache,
+                 use_cache=True).logits                                               # [k*G, T-1, V]
+    return torch.cat([first, rest], 1)

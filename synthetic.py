@@ -1,4 +1,4 @@
-"""The synthetic world: a tiny model of each base (Qwen2.5-VL, Qwen3-VL) with its own small
+"""The synthetic world: a tiny model of each base (Qwen2.5-VL, Qwen3-VL, Qwen3.5) with its own small
 tokenizer, the published models' shapes with random weights, and synthetic clips in the
 GOT-10k layout.
 
@@ -99,6 +99,15 @@ SHAPES = {
                  "num_attention_heads": 32, **_QWEN3_VL_TEXT},
         "vision": _QWEN3_VL_SMALL_VISION,
     },
+    "qwen3_5-0.8b": {  # Qwen3.5-0.8B: its language model as published; its vision tower's depth and
+        # width as published, its heads (64 wide) and MLP (4x) as its larger siblings'
+        "text": {"vocab_size": 248320, "hidden_size": 1024, "intermediate_size": 3584, "num_hidden_layers": 24,
+                 "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 256,
+                 "max_position_embeddings": 262144, "rope_theta": 10000000.0, "mrope_section": [11, 11, 10],
+                 "linear_num_key_heads": 16, "linear_num_value_heads": 16, "linear_key_head_dim": 128,
+                 "linear_value_head_dim": 128},
+        "vision": {"depth": 12, "hidden_size": 768, "intermediate_size": 3072, "num_heads": 12},
+    },
 }
 
 
@@ -166,7 +175,36 @@ def qwen3_vl_config(tokenizer, shape: dict):
     )
 
 
-MODEL_CONFIGS = {"qwen2_5_vl": qwen2_5_vl_config, "qwen3_vl": qwen3_vl_config}
+def qwen3_5_config(tokenizer, shape: dict):
+    """A Qwen3_5Config of `shape` (tiny_shape or SHAPES): what every Qwen3.5 shares (three
+    Gated DeltaNet layers to one of full attention, rope on a quarter of each head, interleaved
+    M-RoPE, Qwen3-VL's vision tower without DeepStack). A tiny shape's linear-attention heads:
+    2 keys and 4 values of 32."""
+    from transformers import Qwen3_5Config
+
+    text, vision = shape["text"], shape["vision"]
+    head_dim = text.get("head_dim", text["hidden_size"] // text["num_attention_heads"])
+    rotary_half = head_dim // 8  # a quarter of the head rotates; M-RoPE splits its half
+    section = text["mrope_section"] if "linear_num_key_heads" in text else \
+        [rotary_half - 2 * (rotary_half // 4), rotary_half // 4, rotary_half // 4]
+    linear = {"linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 32,
+              "linear_value_head_dim": 32, "linear_conv_kernel_dim": 4}
+    linear.update({key: value for key, value in text.items() if key.startswith("linear_")})
+    vision = {"num_position_embeddings": 256,
+              **{key: value for key, value in vision.items() if key not in ("fullatt_block_indexes",
+                                                                             "deepstack_visual_indexes")}}
+    return Qwen3_5Config(
+        text_config={"head_dim": head_dim, **_text_config(tokenizer, shape), **linear,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": text["rope_theta"],
+                                         "partial_rotary_factor": 0.25, "mrope_section": section,
+                                         "mrope_interleaved": True}},
+        vision_config={**vision, "out_hidden_size": text["hidden_size"], "patch_size": bases.QWEN3_5.patch_size,
+                       "spatial_merge_size": bases.QWEN3_5.merge_size, "temporal_patch_size": 2},
+        tie_word_embeddings=True, **_token_ids(tokenizer),
+    )
+
+
+MODEL_CONFIGS = {"qwen2_5_vl": qwen2_5_vl_config, "qwen3_vl": qwen3_vl_config, "qwen3_5": qwen3_5_config}
 
 
 def random_model(base: bases.Base, tokenizer, shape: dict):

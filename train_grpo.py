@@ -40,7 +40,9 @@ from cli import ArgumentParser, UserError, first_line, positive_int
 from data import PairStream
 from prompts import END_OF_TURN, answer_token_limit, build_inputs, collate, greedy_config, vision_token_ids
 from settings import TrackSettings
-from shared_prompt import BLOCK_MASK_KERNELS, grouped_inputs, repeated_inputs, sample_answers
+from caches import has_states
+from shared_prompt import (BLOCK_MASK_KERNELS, answer_logits, grouped_inputs, repeated_inputs, sample_answers,
+                           stated_inputs)
 from training import autocast, to_device, trainable_parameters
 
 # -----------------------------------------------------------------------------
@@ -108,7 +110,8 @@ def build_parser():
                           default_eval=10, accum_help=argparse.SUPPRESS, batch_help="answers per micro-batch of the log-probabilities and "
                           "updates, per rank, in whole groups: rounded down to a multiple of --group-size, at least "
                           "one question")
-    parser.set_defaults(weight_decay=1e-2, warmup_ratio=0.0, epochs=1.0)
+    # gradient checkpointing: on, except where the prompt is shared through the cache (Qwen3.5)
+    parser.set_defaults(weight_decay=1e-2, warmup_ratio=0.0, epochs=1.0, gradient_checkpointing=None)
     group = parser.add_argument_group("GRPO")
     group.add_argument("--prompts-per-step", type=positive_int, default=32, help="questions per step, per rank")
     group.add_argument("--group-size", type=positive_int, default=5, help="answers sampled per question")
@@ -154,7 +157,9 @@ def check_args(parser, args):
         args.attn = "sdpa"  # flash-attention takes no block mask: the shared prompt needs one
     args.max_new_tokens = args.max_new_tokens or answer_token_limit(args.think)
     # the questions the --init model was trained on, unless the flags say otherwise
-    training.fill_settings(parser, args, args.init, inherit=True)
+    base = training.fill_settings(parser, args, args.init, inherit=True)
+    if args.gradient_checkpointing is None:  # it would drop the cache a recurrent base shares its prompts through
+        args.gradient_checkpointing = not base.recurrent or args.repeat_prompts
 
 
 # -----------------------------------------------------------------------------
@@ -238,6 +243,8 @@ def sample_batch(raw, prompts, answers, pad, args):
     if not shares_prompts(raw, args):
         return repeated_inputs(collate(repeated(prompts, args.group_size), pad), answer, mask), answer, mask.float()
     batch = collate(prompts, pad)
+    if has_states(raw.config):
+        return stated_inputs(batch, rope_positions(raw, batch), answer, args.group_size), answer, mask.float()
     inputs = grouped_inputs(batch, rope_positions(raw, batch), answer, args.group_size,
                             additive_mask=attention_kernel(raw) == "eager")
     return inputs, answer, mask.float()
@@ -249,7 +256,10 @@ def attention_kernel(raw) -> str:
 
 def shares_prompts(raw, args):
     """Whether the training passes score each prompt once: not with --repeat-prompts, nor with
-    flash-attention, which takes no block mask (train says so at the start)."""
+    flash-attention, which takes no block mask; a model with linear-attention layers shares it
+    through its cache instead, which gradient checkpointing drops (train says so at the start)."""
+    if has_states(raw.config):
+        return not args.repeat_prompts and not args.gradient_checkpointing
     return not args.repeat_prompts and attention_kernel(raw) in BLOCK_MASK_KERNELS
 
 
@@ -264,7 +274,7 @@ def token_logprobs(model, inputs, answer, temperature, suppressed, with_entropy=
     distribution the rollout sampled from: logits / temperature, without the tokens
     generation may not emit. Logits only where an answer token is predicted (the inputs'
     logits_to_keep)."""
-    logits = model(**inputs).logits.float().reshape(*answer.shape, -1) / temperature   # [B, T, V]
+    logits = answer_logits(model, inputs).float().reshape(*answer.shape, -1) / temperature   # [B, T, V]
     logits[..., suppressed] = float("-inf")
     logp_all = torch.log_softmax(logits, -1)
     logp = logp_all.gather(-1, answer[..., None]).squeeze(-1)
@@ -474,8 +484,11 @@ def train(args, dist):
         print(f"GRPO: {sum(p.numel() for p in trainable_parameters(raw)):,} weights, {total_steps} steps of "
               f"{args.prompts_per_step} questions x {args.group_size} answers on {dist.world} x {dist.device}")
         if not args.repeat_prompts and not shares_prompts(raw, args):
-            print(f"GRPO: {attention_kernel(raw)} takes no block mask: the log-probabilities and updates score "
-                  f"each answer with its own copy of the prompt (G times the work; --attn sdpa shares it)")
+            print("GRPO: " + (f"gradient checkpointing drops the cache {processor.base.name} shares a prompt through"
+                              if has_states(raw.config) else f"{attention_kernel(raw)} takes no block mask") +
+                  ": the log-probabilities and updates score each answer with its own copy of the prompt (G times "
+                  "the work; " + ("--no-gradient-checkpointing" if has_states(raw.config) else "--attn sdpa") +
+                  " shares it)")
 
     def checkpoint(step):
         training.save_checkpoint(out, step, raw, model, optimizer, scheduler, processor, settings, state, dist,

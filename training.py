@@ -67,7 +67,8 @@ def add_model_args(parser, default_model="Qwen/Qwen2.5-VL-3B-Instruct", default_
     group.add_argument("--load-in-4bit", action="store_true", help="QLoRA: 4-bit NF4 base weights (GPU, bitsandbytes)")
     group.add_argument("--freeze-vision", action="store_true", help="with --full: keep the vision tower fixed")
     group.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
-                       help="recompute activations in the backward pass to save memory")
+                       help="recompute activations in the backward pass to save memory (default: on; GRPO on "
+                       "Qwen3.5: off, as it drops the cache each question's prompt is shared through)")
     group.add_argument("--attn", default=None, choices=["sdpa", "flash_attention_2", "eager"],
                        help=f"attention kernel (default: {default_attn})")
     group.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available; "
@@ -147,7 +148,7 @@ def check_common_args(parser, args):
 def fill_settings(parser, args, start: str, inherit: bool):
     """Tracking settings not given as flags: those of `start`, the model training starts from,
     when `inherit` and it has some, else its base's defaults. A crop size its base cannot take
-    is refused, naming the sizes that fit."""
+    is refused, naming the sizes that fit. Returns the base of `start`."""
     try:
         base = r1track.checkpoint_base(start)
         settings = (read_settings(start) if inherit else None) or default_settings(base)
@@ -161,6 +162,7 @@ def fill_settings(parser, args, start: str, inherit: bool):
     problem = base.crop_size_problem(args.crop_size)
     if problem:
         parser.error(f"--crop-size: {problem}")
+    return base
 
 
 def check_crop_size(args, processor) -> None:

@@ -73,6 +73,8 @@ def answers_on_every_frame(answerer, settings, clips, batch):
         ({}, 1), ({}, 3), ({"draft": False}, 1), ({"reuse_template": False}, 3), ({"draft": False}, 3))],
     # Qwen3-VL (DeepStack adds the template's features in the first layers: into the reused cache)
     ("qwen3_vl", {}, 1), ("qwen3_vl", {}, 3), ("qwen3_vl", {"reuse_template": False}, 3),
+    # Qwen3.5 (linear attention: the template's state restored, drafts and padding rolled back)
+    ("qwen3_5", {}, 1), ("qwen3_5", {}, 3), ("qwen3_5", {"draft": False}, 3), ("qwen3_5", {"reuse_template": False}, 3),
 ])
 def test_fast_answers_equal_generate(trained_of, clips, base, options, batch):
     model, processor = trained_of(base)
@@ -91,6 +93,34 @@ def test_fast_answers_equal_generate(trained_of, clips, base, options, batch):
         assert confidences == pytest.approx(reference_confidences, abs=1e-4)
     if options.get("draft", True):
         assert fast.decode_passes / frames * batch < forwards["n"] / frames - 1
+
+
+@pytest.mark.parametrize("base", ["qwen3_vl", "qwen3_5"])
+def test_questions_of_different_lengths_answered_together(trained_of, clips, base):
+    """A wide and a tall first box put numbers of one to four digits in the question (the box
+    is relative to the template crop, which the wide one spans): batched, the questions are
+    padded to one width (on the right after a template whose cache is a recurrent state,
+    each row then rolled back to its own end) and answered as one at a time."""
+    model, processor = trained_of(base)
+    settings = model.r1track_settings
+    (frames, (x, y, w, h)), *others = clips
+    side = (w * h) ** 0.5
+    stretched = [(frames, [x, y, 4 * side, side / 4]), (frames, [x, y, side / 4, 4 * side]), *others]
+    naive = r1track.ModelAnswerer(model, processor, settings)
+    fast = fast_decoder.FastAnswerer(model, processor, settings)
+    rows, layouts = fast._rows, []
+
+    def rows_seen(states):  # each call's question widths, and whether it padded on the right
+        made = rows(states)
+        layouts.append(({len(state["ids"]) for state in states}, made[-1] is not None))
+        return made
+
+    fast._rows = rows_seen
+    reference_boxes, reference, _ = answers_on_every_frame(naive, settings, stretched, 1)
+    boxes, answers, _ = answers_on_every_frame(fast, settings, stretched, 3)
+    mixed = [right for widths, right in layouts if len(widths) > 1]
+    assert mixed and set(mixed) == {bases.named(base).recurrent}  # questions of different lengths together
+    assert answers == reference and boxes == reference_boxes
 
 
 @pytest.mark.parametrize("base, settings", [

@@ -23,7 +23,7 @@ GROUP = 3
 def grpo_namespace(repeat, **overrides):
     values = dict(group_size=GROUP, repeat_prompts=repeat, temperature=1.0, top_p=1.0, clip=0.2,
                   loss_agg="token-mean", kl_coef=0.05, grad_clip=1e9, rollout_batch=64, fsdp=False, seed=0,
-                  think=False, wording="seed", max_new_tokens=10)
+                  think=False, wording="seed", max_new_tokens=10, gradient_checkpointing=False)
     return argparse.Namespace(**{**values, **overrides})
 
 
@@ -132,6 +132,8 @@ class _same:
 @pytest.mark.parametrize("base, kind, think", [
     *[("qwen2_5_vl", kind, think) for kind in ("full", "lora") for think in (False, True)],
     ("qwen3_vl", "full", False), ("qwen3_vl", "lora", False), ("qwen3_vl", "lora", True),
+    # Qwen3.5: the prompt's cache (keys, values and linear-attention states) repeated, gradients through it
+    ("qwen3_5", "full", False), ("qwen3_5", "lora", True),
 ])
 def test_shared_prompt_scores_and_gradients_equal_the_repeated_prompts(sft_run_of, pairs16, base, kind, think):
     """For the same sampled answers: the sampling policy's and the reference's log-probabilities
@@ -169,9 +171,14 @@ def test_shared_prompt_scores_and_gradients_equal_the_repeated_prompts(sft_run_o
     assert shared[4]["loss"] == pytest.approx(repeated[4]["loss"], rel=1e-5)
     (shared_grads,), (repeated_grads,) = shared[5], repeated[5]
     assert shared_grads.keys() == repeated_grads.keys() and len(shared_grads) > 10
+    # Qwen3.5's decays (A_log, dt_bias, in_proj_a) get gradients of ill-conditioned sums in the
+    # chunked gated delta rule: in float64, its layer 0's A_log gradient moves by 3% when the loss
+    # is scaled by 3 rather than 2. Those are held to 1e-5 of the whole gradient's norm.
+    whole = torch.cat([grad.flatten() for grad in repeated_grads.values()]).norm()
     for name, grad in repeated_grads.items():
         assert grad.norm() > 0, name
-        assert (shared_grads[name] - grad).norm() <= 1e-5 * grad.norm(), name
+        decay = any(part in name for part in ("linear_attn.A_log", "linear_attn.dt_bias", "linear_attn.in_proj_a"))
+        assert (shared_grads[name] - grad).norm() <= 1e-5 * (whole if decay else grad.norm()), name
 
 
 def image_digests(pixel_values, grid_thw):
