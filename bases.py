@@ -112,7 +112,7 @@ class Base:
         """peft's target_modules: every linear layer of the language model, and with `vision`
         those of the vision tower's blocks (the published recipe trains both)."""
         language = (r"(?!.*visual).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj"
-                    + ("|in_proj_qkv|in_proj_z|out_proj" if self.recurrent else "") + ")")
+                    + ("|in_proj_qkv|in_proj_z|in_proj_a|in_proj_b|out_proj" if self.recurrent else "") + ")")
         mlp = "|".join(f"mlp\\.{name}" for name in self.vision_mlp)
         return language + (rf"|.*visual\.blocks\.\d+\.(attn\.qkv|attn\.proj|{mlp})" if vision else "")
 
@@ -222,12 +222,16 @@ QWEN3_VL = Base(
 
 
 # Qwen3.5's chat template without its tool-calling parts, as for Qwen3-VL; the generation prompt
-# opens the assistant's turn with a thought, empty when `enable_thinking` is false.
+# opens the assistant's turn with a thought, empty when `enable_thinking` is false, and an
+# assistant's answer without a thought is written after an empty one (as it was generated).
 QWEN3_5_CHAT_TEMPLATE = QWEN3_VL_CHAT_TEMPLATE.replace(
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}",
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
     "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}"
-    "{%- else %}{{- '<think>\\n' }}{%- endif %}{%- endif %}")
+    "{%- else %}{{- '<think>\\n' }}{%- endif %}{%- endif %}").replace(
+    "{{- '<|im_start|>' + message.role + '\\n' }}",
+    "{{- '<|im_start|>' + message.role + '\\n' }}{%- if message.role == 'assistant' and message.content is string "
+    "and '</think>' not in message.content %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}")
 
 
 QWEN3_5 = Base(

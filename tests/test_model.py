@@ -33,7 +33,8 @@ def random_image(seed, size=112):
     return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8))
 
 
-OFFICIAL_PROCESSORS = {"qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}
+# Qwen3.5 checkpoints name Qwen3-VL's processor (transformers has no Qwen3.5 one)
+OFFICIAL_PROCESSORS = {"qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor", "qwen3_5": "Qwen3VLProcessor"}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,8 @@ def test_inputs_equal_the_official_processor(tiny_of, official_processor_of, wor
     messages = build_messages(BOX, think=think, wording=wording, images=(template, search), boxes=convention,
                               crop_side=side)
     official = official_processor_of(base).apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
-                                                               return_dict=True, return_tensors="pt")
+                                                               return_dict=True, return_tensors="pt",
+                                                               **bases.named(base).chat_template_kwargs)
     ours = build_inputs(processor, template, search, BOX, think=think, wording=wording)
     assert set(ours) == {"input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw"}
     for key in ours:
@@ -89,6 +91,8 @@ def test_inputs_equal_the_official_processor(tiny_of, official_processor_of, wor
     text = processor.tokenizer.decode(ours["input_ids"][0])
     assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>") == (base == "qwen2_5_vl")
     assert ("[12,30,80,99]" if convention == "pixels" else "[99,234,625,780]") in text
+    assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n" if base == "qwen3_5"
+                         else "<|im_start|>assistant\n")  # Qwen3.5 answers after an empty thought
 
 
 @pytest.mark.parametrize("base", BASES)
@@ -261,7 +265,7 @@ def test_left_padded_batch_equals_rows_one_by_one(tiny_of, base):
     batch = collate(examples, pad)
     batch.pop("mm_token_type_ids")
     with torch.no_grad():
-        if base == "qwen3_vl":  # it needs the token types for its positions, and says so
+        if base != "qwen2_5_vl":  # it needs the token types for its positions, and says so
             with pytest.raises(ValueError, match="mm_token_type_ids"):
                 model(**batch)
             return

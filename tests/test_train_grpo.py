@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BASES, ROOT, run_main, run_script
+from conftest import BASES, ROOT, crop_of, run_main, run_script
 from safetensors.torch import load_file
 
 import bases
@@ -98,8 +98,8 @@ def test_logprobs_are_those_of_the_rollout_distribution(sft_warm, pairs16):
 # -- runs --
 
 
-def grpo_args(init, data, out, *extra):
-    return ["train_grpo.py", "--init", str(init), "--data", str(data), "--out", str(out), "--crop-size", "112",
+def grpo_args(init, data, out, *extra, crop=112):
+    return ["train_grpo.py", "--init", str(init), "--data", str(data), "--out", str(out), "--crop-size", str(crop),
             "--no-gradient-checkpointing", *extra]
 
 
@@ -180,28 +180,33 @@ def test_frozen_reference_copy_starts_with_zero_kl(sft_warm, sft_lora, pairs16, 
     assert steps[0]["kl"] == 0.0 and steps[1]["kl"] > 0.0
 
 
-def test_torchrun_two_ranks_keep_identical_weights(sft_warm, pairs16, tmp_path):
+@pytest.mark.parametrize("base", ["qwen2_5_vl", "qwen3_5"])  # Qwen3.5: two forwards (prompt, answers) a backward
+def test_torchrun_two_ranks_keep_identical_weights(sft_run_of, pairs16, tmp_path, base):
     out = tmp_path / "ddp"
     result = run_script("-m", "torch.distributed.run", "--nproc_per_node", "2", "tests/ranks_probe.py",
-                        *grpo_args(sft_warm, pairs16, out, "--prompts-per-step", "2", "--group-size", "4",
+                        *grpo_args(sft_run_of(base), pairs16, out, "--prompts-per-step", "2", "--group-size", "4",
                                    "--updates-per-batch", "2", "--batch-size", "2", "--max-steps", "2", "--lr", "1e-3",
-                                   "--temperature", "0.5"))
+                                   # the tiny Qwen3.5 is surer of its answers: hotter, or a group's answers agree
+                                   "--temperature", "0.5" if base == "qwen2_5_vl" else "1.0", crop=crop_of(base)))
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors")
     assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     assert any(v.abs().sum() > 0 for k, v in rank0.items() if "lora_B" in k)
 
 
-def test_grpo_full_fine_tuning_under_fsdp(sft_warm, pairs16, tmp_path):
+@pytest.mark.parametrize("base", ["qwen2_5_vl", "qwen3_5"])
+def test_grpo_full_fine_tuning_under_fsdp(sft_run_of, pairs16, tmp_path, base):
     """GRPO with --full --fsdp on 2 ranks: the vision tower runs alone in generate (it died
     there on sharded weights), rollouts stay in step while answers end at different lengths,
-    and the weights move."""
+    and the weights move (Qwen3.5: each training pass is the prompts' forward, then the answers'
+    on their repeated cache, then one backward)."""
+    sft_warm = sft_run_of(base)
     out = tmp_path / "fsdp"
     result = run_script("-m", "torch.distributed.run", "--nproc_per_node", "2",
                         *grpo_args(sft_warm, pairs16, out, "--full", "--fsdp", "--prompts-per-step", "2",
                                    "--group-size", "4", "--updates-per-batch", "2", "--batch-size", "2",
                                    "--max-steps", "2", "--lr", "1e-4", "--temperature", "1.0",
-                                   "--max-new-tokens", "24"), timeout=600)
+                                   "--max-new-tokens", "24", crop=crop_of(base)), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     steps = [m for m in read_metrics(out) if "reward_mean" in m]
     assert len(steps) == 2
@@ -320,7 +325,13 @@ def test_questions_default_to_those_the_init_model_was_trained_on(tiny_dir_of, t
     assert checked("--wording", "seed", "--crop-size", str(4 * side), "--loop", "published") == \
         ("seed", 4 * side, "published")
     (tmp_path / "r1track.json").unlink()
-    assert checked() == ("seed", {"qwen2_5_vl": 336, "qwen3_vl": 352}[base], "published")
+    assert checked() == ("seed", {"qwen2_5_vl": 336, "qwen3_vl": 352, "qwen3_5": 352}[base], "published")
+    # gradient checkpointing would drop the cache Qwen3.5's answers share their prompt through
+    for flags, expected in (((), base != "qwen3_5"), (("--repeat-prompts",), True),
+                            (("--gradient-checkpointing",), True), (("--no-gradient-checkpointing",), False)):
+        args = parser.parse_args(["--init", str(tmp_path), *flags])
+        train_grpo.check_args(parser, args)
+        assert args.gradient_checkpointing == expected, flags
 
 
 def test_loss_aggregations_and_unscaled_advantages_by_hand():
