@@ -207,24 +207,45 @@ def qwen3_5_config(tokenizer, shape: dict):
 MODEL_CONFIGS = {"qwen2_5_vl": qwen2_5_vl_config, "qwen3_vl": qwen3_vl_config, "qwen3_5": qwen3_5_config}
 
 
-def random_model(base: bases.Base, tokenizer, shape: dict):
-    """A randomly initialised model of `base` and `shape`, on the current default device."""
-    return base.transformers_class()(MODEL_CONFIGS[base.model_type](tokenizer, shape))
+def random_model(base: bases.Base, tokenizer, shape):
+    """A randomly initialised model of `base` and `shape` (a SHAPES-like dict, or a config of
+    architecture_config's), on the current default device."""
+    config = shape if not isinstance(shape, dict) else MODEL_CONFIGS[base.model_type](tokenizer, shape)
+    return base.transformers_class()(config)
+
+
+def architecture_config(name_or_path: str, tokenizer):
+    """The config.json of a hub model or folder (only that file is read) with `tokenizer`'s
+    special token ids: random weights of a published model that SHAPES does not hold (a
+    benchmark's `--architecture Qwen/Qwen3.5-2B`). Its base is its model_type's."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(name_or_path)
+    bases.named(config.model_type)  # a family the project knows, or one line saying which it does
+    for key, value in _token_ids(tokenizer).items():
+        setattr(config, key, value)
+    text = config.get_text_config()
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>")}
+    text.bos_token_id, text.eos_token_id, text.pad_token_id = ids["<|endoftext|>"], ids["<|im_end|>"], ids["<|endoftext|>"]
+    return config
 
 
 def save_tiny_model(path, seed=0, hidden_size=128, num_layers=4, vision_hidden_size=64,
-                    vision_depth=2, settings: TrackSettings | None = None, shape: dict | None = None,
+                    vision_depth=2, settings: TrackSettings | None = None, shape=None,
                     dtype=None, device="cpu", base=bases.QWEN2_5_VL) -> Path:
     """Write a randomly initialised model of `base` (about a million parameters), its
     tokenizer, image-processor config and tracking settings (the base's defaults with crops of
-    four image tokens a side: 112 px for Qwen2.5-VL, 128 for Qwen3-VL) to `path`. shape:
-    another architecture instead (e.g. SHAPES["qwen2_5_vl-3b"]), made on `device` and saved
-    in `dtype` (default float32)."""
+    four image tokens a side: 112 px for Qwen2.5-VL, 128 for Qwen3-VL and Qwen3.5) to `path`.
+    shape: another architecture instead (e.g. SHAPES["qwen2_5_vl-3b"], or the name of a hub
+    model or folder whose config.json gives it: architecture_config), made on `device` and
+    saved in `dtype` (default float32)."""
     import torch
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     path = Path(path)
     tokenizer = build_tiny_tokenizer(base=base)
+    if isinstance(shape, (str, Path)):
+        shape = architecture_config(str(shape), tokenizer)
     shape = shape or tiny_shape(len(tokenizer), hidden_size, num_layers, vision_hidden_size, vision_depth)
     torch.manual_seed(seed)
     with torch.device(device):

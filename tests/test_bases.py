@@ -270,6 +270,47 @@ def test_the_published_qwen3_vl_shapes_have_their_sizes(tiny_of):
         assert low < params < high, (name, params)
 
 
+def test_the_published_qwen3_5_shape_has_its_size_and_a_hub_config_gives_another(tiny_of, tiny_dir_of, tmp_path):
+    """Qwen3.5-0.8B's shape in synthetic.SHAPES; a shape SHAPES does not hold comes from a hub
+    model's or folder's config.json alone (a benchmark's `--architecture Qwen/Qwen3.5-2B`), with
+    the tiny tokenizer's special ids, and loads like any checkpoint."""
+    _, processor = tiny_of("qwen3_5")
+    with torch.device("meta"):
+        model = synthetic.random_model(bases.QWEN3_5, processor.tokenizer, synthetic.SHAPES["qwen3_5-0.8b"])
+    assert 0.8e9 < sum(p.numel() for p in model.parameters()) < 0.9e9
+    assert model.config.text_config.layer_types[:4] == ["linear_attention"] * 3 + ["full_attention"]
+    config = json.loads((tiny_dir_of("qwen3_5") / "config.json").read_text())
+    config["text_config"].update(hidden_size=96, num_hidden_layers=8, layer_types=None)
+    config.update(image_token_id=5, vision_start_token_id=6)  # a hub model's own ids, not the tiny tokenizer's
+    (tmp_path / "hub").mkdir()
+    (tmp_path / "hub" / "config.json").write_text(json.dumps(config))
+    saved = synthetic.save_tiny_model(tmp_path / "random", shape=tmp_path / "hub", base=bases.QWEN3_5)
+    loaded, loaded_processor = r1track.load_model(str(saved), device="cpu")
+    text = loaded.config.text_config
+    assert (text.hidden_size, text.num_hidden_layers, text.layer_types[-1]) == (96, 8, "full_attention")
+    assert loaded.config.image_token_id == loaded_processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+
+
+def test_a_qwen3_5_card_and_a_served_qwen3_5_say_what_the_base_needs(tiny_dir_of, tmp_path):
+    """A Qwen3.5 run's card carries its licence (Apache 2.0) and tag; a served Qwen3.5 is asked
+    not to think before the box (vLLM's chat_template_kwargs), a served Qwen3-VL is asked nothing
+    of the kind."""
+    import train_sft
+
+    args = train_sft.build_parser().parse_args(["--model", "Qwen/Qwen3.5-2B", "--out", str(tmp_path)])
+    card = reports.model_card(args, "sft", 3, 10, {"loss": 1.0}, tmp_path, settings=TrackSettings(
+        crop_size=352, boxes="relative"), base=bases.QWEN3_5)
+    data = card.data.to_dict()
+    assert data["base_model"] == "Qwen/Qwen3.5-2B" and data["license"] == "apache-2.0" and "qwen3_5" in data["tags"]
+    frame = np.zeros((120, 160, 3), np.uint8)
+    for base, expected in (("qwen3_5", {"enable_thinking": False}), ("qwen3_vl", None)):
+        with ChatServer(lambda index, payload: "[250,250,750,750]", model=str(tiny_dir_of(base))) as server:
+            tracker = r1track.Tracker(server=server.url)
+            tracker.init(frame, [40, 30, 40, 30])
+            tracker.update(frame)
+        assert server.payloads[-1].get("chat_template_kwargs") == expected, base
+
+
 def test_a_qwen3_vl_card_names_its_base_licence_and_tags(tmp_path):
     """The model card of a run from a hub Qwen3-VL: its base model, the family's licence
     (Apache 2.0, where Qwen2.5-VL-3B has a research licence) and tag, and its box convention."""
@@ -291,13 +332,15 @@ def test_a_qwen3_vl_card_names_its_base_licence_and_tags(tmp_path):
 # Every path on Qwen3-VL
 
 
-def test_a_qwen3_vl_model_trains_tracks_and_evaluates(sft_run_of, got10k_root, tmp_path):
-    """The Qwen3-VL SFT run (conftest; test_train_sft: it memorised its pairs) saved its settings
-    with relative boxes; eval_got10k.py tracks and scores it on GOT-10k, batched, and on TNL2K
-    started from each clip's description (its grounding, in thousandths of the frame)."""
-    out = sft_run_of("qwen3_vl")
+@pytest.mark.parametrize("base", ["qwen3_vl", "qwen3_5"])
+def test_a_relative_model_trains_tracks_and_evaluates(sft_run_of, got10k_root, tmp_path, base):
+    """The Qwen3-VL and Qwen3.5 SFT runs (conftest; test_train_sft: they memorised their pairs)
+    saved their settings with relative boxes; eval_got10k.py tracks and scores them on GOT-10k,
+    batched, and on TNL2K started from each clip's description (their grounding, in thousandths
+    of the frame)."""
+    out = sft_run_of(base)
     settings = json.loads((out / "r1track.json").read_text())
-    assert settings["boxes"] == "relative" and settings["crop_size"] == crop_of("qwen3_vl")
+    assert settings["boxes"] == "relative" and settings["crop_size"] == crop_of(base)
     names = (got10k_root / "val" / "list.txt").read_text().split()[:2]
     result = run_main("eval_got10k.py", "--data", got10k_root, "--split", "val", "--model", out, "--out",
                       tmp_path / "got10k", "--device", "cpu", "--no-progress", "--batch", "2", "--sequences", *names)

@@ -6,6 +6,8 @@ variant gives exactly the naive loop's boxes.
   python tools/bench.py --model runs/sft --device cuda --json bench.json
   python tools/bench.py --architecture 3b --device cuda # Qwen2.5-VL-3B's shape, random weights
   python tools/bench.py --base qwen3_vl --architecture 4b --device cuda   # Qwen3-VL-4B's shape
+  python tools/bench.py --base qwen3_5 --architecture wide --frames 10 --repeats 3   # a wide Qwen3.5 on a CPU
+  python tools/bench.py --architecture Qwen/Qwen3.5-2B --device cuda   # the shape its hub config.json gives
   python tools/bench.py --train --device cuda           # SFT tokens/s and peak memory: LoRA, QLoRA, full
   python tools/bench.py --reports --train-steps 40      # what --report-to tensorboard wandb trackio costs a step
   python tools/bench.py --recovery                      # AO with and without target-loss recovery
@@ -55,14 +57,17 @@ from prompts import load_processor  # noqa: E402
 from settings import DEMO_MODEL, TrackSettings, default_settings, load_settings  # noqa: E402
 
 TRAIN_BATCH = 4  # pairs per step in the training benchmark, as train_sft.py's default
+PUBLISHED_SIZES = ("3b", "2b", "4b", "0.8b")  # --architecture's names of synthetic.SHAPES
 
 
 def build_parser():
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=str(DEMO_MODEL), help="hub id or folder (default: the demo checkpoint)")
-    parser.add_argument("--architecture", choices=["3b", "2b", "4b"], help="instead of --model: random weights in the "
-                        "shape of a published model of --base: Qwen2.5-VL-3B, Qwen3-VL-2B or -4B (answers held to "
-                        "--answer-tokens tokens; crops of the base's default size)")
+    parser.add_argument("--architecture", help="instead of --model: random weights in the shape of a published "
+                        "model of --base: 3b (Qwen2.5-VL-3B), 2b or 4b (Qwen3-VL), 0.8b (Qwen3.5); wide (hidden "
+                        "512, 4 layers; vision 256 x 4: compute sets a CPU's time); or a hub id or folder whose "
+                        "config.json gives the shape and the base (e.g. Qwen/Qwen3.5-2B: its config alone is read). "
+                        "Answers held to --answer-tokens tokens; crops of the base's default size")
     parser.add_argument("--base", choices=list(bases.BASES), default="qwen2_5_vl", help="the family of --architecture")
     parser.add_argument("--answer-tokens", type=int, default=17, help="answer length forced on random weights")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -104,16 +109,22 @@ def load(args):
         return model, processor, model.r1track_settings or load_settings(args.model, processor.base)
     base = bases.named(args.base)
     shape = synthetic.SHAPES.get(f"{base.model_type}-{args.architecture}")
-    if shape is None:
-        raise UserError(f"--architecture {args.architecture}: no published {base.name} of that size in "
-                        f"synthetic.SHAPES ({', '.join(synthetic.SHAPES)})")
+    if shape is None and args.architecture not in ("wide", *PUBLISHED_SIZES):
+        base = r1track.checkpoint_base(args.architecture)  # a hub id or folder: its config says the base
     with tempfile.TemporaryDirectory() as folder:  # its tokenizer and image processor, with no download
         tiny = synthetic.save_tiny_model(Path(folder) / "tiny", base=base)
         processor = load_processor(str(tiny), base)
+    if args.architecture == "wide":
+        shape = synthetic.tiny_shape(len(processor.tokenizer), 512, 4, 256, 4)
+    elif shape is None and args.architecture in PUBLISHED_SIZES:
+        raise UserError(f"--architecture {args.architecture}: no published {base.name} of that size in "
+                        f"synthetic.SHAPES ({', '.join(synthetic.SHAPES)})")
+    config = synthetic.architecture_config(args.architecture, processor.tokenizer) if shape is None else \
+        synthetic.MODEL_CONFIGS[base.model_type](processor.tokenizer, shape)
     with torch.device(device):
         model = base.transformers_class()._from_config(
-            synthetic.MODEL_CONFIGS[base.model_type](processor.tokenizer, shape),
-            dtype=dtype or r1track.default_dtype(device), attn_implementation=r1track.default_attention(device))
+            config, dtype=dtype or r1track.default_dtype(device), attn_implementation=r1track.default_attention(device))
+    args.base = base.model_type
     return model.eval(), processor, default_settings(base)
 
 

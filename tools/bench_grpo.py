@@ -25,6 +25,8 @@ of a model wide enough that compute, not Python, sets the time (or of the 3B its
   python tools/bench_grpo.py --step-cost --base qwen3_vl --json step-cost-qwen3vl.json   # a wide Qwen3-VL
   python tools/bench_grpo.py --step-cost --architecture 3b --device cuda --json step-cost-3b.json
   python tools/bench_grpo.py --step-cost --base qwen3_vl --architecture 4b --device cuda --json step-cost-4b.json
+  python tools/bench_grpo.py --step-cost --base qwen3_5 --json step-cost-qwen35.json     # a wide Qwen3.5
+  python tools/bench_grpo.py --step-cost --base qwen3_5 --architecture Qwen/Qwen3.5-2B --device cuda
 
 Each mode runs train_grpo.py as a user runs it, in turns (--repeats), for --steps steps, the
 first left out; its metrics give each stage's seconds (rollout, the sampling policy's and the
@@ -62,7 +64,7 @@ from cli import ArgumentParser, UserError, script_main, write_atomic  # noqa: E4
 from data import open_pairs  # noqa: E402
 from prompts import build_inputs, build_messages, image_side  # noqa: E402
 
-ARCHITECTURES = ("3b", "2b", "4b")  # the published sizes in synthetic.SHAPES, by base
+ARCHITECTURES = ("3b", "2b", "4b", "0.8b")  # the published sizes in synthetic.SHAPES, by base
 
 
 def build_parser():
@@ -92,10 +94,11 @@ def build_parser():
     cost.add_argument("--step-cost", action="store_true", help="measure a step's stages, memory and FLOPs "
                       "with the prompt shared and repeated (with --questions, --group, --updates, --max-new-tokens)")
     cost.add_argument("--base", choices=list(bases.BASES), default="qwen2_5_vl", help="the model family")
-    cost.add_argument("--architecture", choices=["wide", "tiny", *ARCHITECTURES], default="wide",
+    cost.add_argument("--architecture", default="wide",
                       help="random weights: wide (hidden 512, 4 layers; vision 256 x 4: minutes on a CPU), the tests' "
-                      "tiny model (a smoke test: Python's overhead, not compute, sets its times), or a published "
-                      "model's shape: 3b (Qwen2.5-VL), 2b or 4b (Qwen3-VL)")
+                      "tiny model (a smoke test: Python's overhead, not compute, sets its times), a published "
+                      "model's shape: 3b (Qwen2.5-VL), 2b or 4b (Qwen3-VL), 0.8b (Qwen3.5), or a hub id or folder "
+                      "whose config.json gives the shape and the base (e.g. Qwen/Qwen3.5-2B: its config alone is read)")
     cost.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     cost.add_argument("--crop-size", type=int, default=None, help="crop side in pixels (default: the base's, 336 "
                       "for Qwen2.5-VL as published, 352 for Qwen3-VL)")
@@ -323,7 +326,9 @@ def bench_step_cost(args) -> dict:
                  "--prompts-per-step", args.questions, "--group-size", args.group, "--updates-per-batch", args.updates,
                  "--batch-size", args.questions // args.updates * args.group, "--max-new-tokens", args.max_new_tokens,
                  "--temperature", "1.0", "--no-save", "--seed", 0, *([] if args.lora else ["--full"]),
-                 "--attn", "sdpa"]  # one kernel for both: the layouts are compared, not the kernels
+                 "--attn", "sdpa",  # one kernel for both: the layouts are compared, not the kernels
+                 # and both without gradient checkpointing where the shared prompt needs the cache (Qwen3.5)
+                 *(["--no-gradient-checkpointing"] if bases.named(args.base).recurrent else [])]
         modes = {"repeated": ["--repeat-prompts"], "shared": []}
         runs = {mode: [] for mode in modes}
         for turn in range(args.repeats):
@@ -371,8 +376,11 @@ def cost_model(path, architecture, device, base) -> Path:
         return synthetic.save_tiny_model(path, shape=shape, dtype=torch.bfloat16, device=device, base=base)
     if architecture == "tiny":
         return synthetic.save_tiny_model(path, base=base)
-    return synthetic.save_tiny_model(path, hidden_size=512, num_layers=4, vision_hidden_size=256, vision_depth=4,
-                                     base=base)
+    if architecture == "wide":
+        return synthetic.save_tiny_model(path, hidden_size=512, num_layers=4, vision_hidden_size=256, vision_depth=4,
+                                         base=base)
+    return synthetic.save_tiny_model(path, shape=architecture, dtype=torch.bfloat16, device=device,
+                                     base=r1track.checkpoint_base(architecture))
 
 
 def timed_run(flags) -> dict:
