@@ -112,7 +112,7 @@ def checkpoint_base(name_or_path: str) -> bases.Base:
 
 def load_model(name_or_path: str, dtype=None, device=None, load_in_4bit=False, attn=None,
                merge_adapter=True, trainable=False):
-    """A model of any base (Qwen2.5-VL, Qwen3-VL: its config says) and its processor from a
+    """A model of any base (Qwen2.5-VL, Qwen3-VL, Qwen3.5: its config says) and its processor from a
     hub id or folder: a full checkpoint or a peft adapter, whose base (read from the adapter
     config) may itself be an adapter, as a GRPO adapter trained over an SFT adapter is.
 

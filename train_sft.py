@@ -1,4 +1,4 @@
-"""Supervised fine-tuning of a Qwen2.5-VL or Qwen3-VL model on tracking pairs, in one readable loop.
+"""Supervised fine-tuning of a Qwen2.5-VL, Qwen3-VL or Qwen3.5 model on tracking pairs, in one readable loop.
 
   python train_sft.py --data r1track5k --out runs/sft
   torchrun --nproc_per_node 4 train_sft.py --data r1track5k --out runs/sft
@@ -6,8 +6,8 @@
 
 The model reads a template crop with the target's box and a search crop, and learns to
 answer the target's box in the search crop, `[x1,y1,x2,y2]`: in crop pixels for Qwen2.5-VL,
-in thousandths of the crop's side for Qwen3-VL (its own grounding's convention; stored pairs,
-written in pixels, are converted). The base's default crop is 336 px, or 352 for Qwen3-VL.
+in thousandths of the crop's side for Qwen3-VL and Qwen3.5 (their grounding's convention; stored pairs,
+written in pixels, are converted). The base's default crop is 336 px, or 352 for Qwen3-VL and Qwen3.5.
 The loss covers the answer and its end-of-turn token only. LoRA on every linear layer by
 default (the published recipe), QLoRA with --load-in-4bit, or full fine-tuning with --full
 (--fsdp to shard it).

@@ -26,7 +26,7 @@ BASES = list(bases.BASES)
 
 
 def crop_of(base: str) -> int:
-    """The tiny models' crop: four image tokens a side (112 px for Qwen2.5-VL, 128 for Qwen3-VL)."""
+    """The tiny models' crop: four image tokens a side (112 px for Qwen2.5-VL, 128 for Qwen3-VL and Qwen3.5)."""
     return 4 * bases.named(base).token_side
 
 # run_main's runs are compared with subprocess runs: the same thread count sums floats alike

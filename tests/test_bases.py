@@ -336,8 +336,8 @@ def test_a_qwen3_vl_card_names_its_base_licence_and_tags(tmp_path):
 def test_a_relative_model_trains_tracks_and_evaluates(sft_run_of, got10k_root, tmp_path, base):
     """The Qwen3-VL and Qwen3.5 SFT runs (conftest; test_train_sft: they memorised their pairs)
     saved their settings with relative boxes; eval_got10k.py tracks and scores them on GOT-10k,
-    batched, and on TNL2K started from each clip's description (their grounding, in thousandths
-    of the frame)."""
+    batched, and Qwen3-VL on TNL2K started from each clip's description (its grounding, in
+    thousandths of the frame)."""
     out = sft_run_of(base)
     settings = json.loads((out / "r1track.json").read_text())
     assert settings["boxes"] == "relative" and settings["crop_size"] == crop_of(base)
@@ -348,6 +348,8 @@ def test_a_relative_model_trains_tracks_and_evaluates(sft_run_of, got10k_root, t
     assert "boxes in 0-1000 of the crop" in result.stdout
     report = json.loads((tmp_path / "got10k" / "report.json").read_text())
     assert set(report["per_sequence"]) == set(names)
+    if base != "qwen3_vl":  # grounding reads thousandths of the frame alike on both: checked once
+        return
     root = make_synthetic_benchmark(tmp_path / "tnl2k", "tnl2k", sequences=2, frames=4, size=(96, 72))
     result = run_main("eval_got10k.py", "--benchmark", "tnl2k", "--data", root, "--init", "text", "--model", out,
                       "--out", tmp_path / "tnl2k-out", "--device", "cpu", "--no-progress")

@@ -2,14 +2,14 @@
 
   python tools/make_demo_model.py                      # about half an hour on 2 CPU cores
   python tools/make_demo_model.py --work runs/demo-recipe --out demo_model
-  python tools/make_demo_model.py --base qwen3_vl       # the same recipe on a tiny Qwen3-VL
+  python tools/make_demo_model.py --base qwen3_vl       # the same recipe on a tiny Qwen3-VL (or qwen3_5)
   python tools/make_demo_model.py --base qwen2_5_vl qwen3_vl --work runs/demo-bases   # both, side by side
 
 Each step runs one of the project's own scripts, so this is also the whole recipe in small:
   1. prepare_data.py synthetic: training clips and validation clips (flat background, one
      moving target of a random shape and colour);
   2. a random tiny model of --base (about a million weights) to start from, with crops of
-     four image tokens a side (112 px for Qwen2.5-VL, 128 for Qwen3-VL);
+     four image tokens a side (112 px for Qwen2.5-VL, 128 for Qwen3-VL and Qwen3.5);
   3. train_sft.py, full fine-tuning on pairs sampled afresh every step from the training clips,
      in two stages: first with the published jitter (crops of any scale, the target anywhere),
      which makes the model look for the target; then with pairs cut as the tracker asks
