@@ -57,7 +57,6 @@ from prompts import load_processor  # noqa: E402
 from settings import DEMO_MODEL, TrackSettings, default_settings, load_settings  # noqa: E402
 
 TRAIN_BATCH = 4  # pairs per step in the training benchmark, as train_sft.py's default
-PUBLISHED_SIZES = ("3b", "2b", "4b", "0.8b")  # --architecture's names of synthetic.SHAPES
 
 
 def build_parser():
@@ -109,16 +108,17 @@ def load(args):
         return model, processor, model.r1track_settings or load_settings(args.model, processor.base)
     base = bases.named(args.base)
     shape = synthetic.SHAPES.get(f"{base.model_type}-{args.architecture}")
-    if shape is None and args.architecture not in ("wide", *PUBLISHED_SIZES):
+    if shape is None and re.fullmatch(r"[\d.]+b", args.architecture):
+        sizes = [name.split("-")[1] for name in synthetic.SHAPES if name.startswith(base.model_type + "-")]
+        raise UserError(f"--architecture {args.architecture}: no published {base.name} of that size in "
+                        f"synthetic.SHAPES ({', '.join(sizes)}); a hub id gives any other (e.g. {base.example})")
+    if shape is None and args.architecture != "wide":
         base = r1track.checkpoint_base(args.architecture)  # a hub id or folder: its config says the base
     with tempfile.TemporaryDirectory() as folder:  # its tokenizer and image processor, with no download
         tiny = synthetic.save_tiny_model(Path(folder) / "tiny", base=base)
         processor = load_processor(str(tiny), base)
     if args.architecture == "wide":
         shape = synthetic.tiny_shape(len(processor.tokenizer), 512, 4, 256, 4)
-    elif shape is None and args.architecture in PUBLISHED_SIZES:
-        raise UserError(f"--architecture {args.architecture}: no published {base.name} of that size in "
-                        f"synthetic.SHAPES ({', '.join(synthetic.SHAPES)})")
     config = synthetic.architecture_config(args.architecture, processor.tokenizer) if shape is None else \
         synthetic.MODEL_CONFIGS[base.model_type](processor.tokenizer, shape)
     with torch.device(device):

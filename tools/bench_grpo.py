@@ -42,6 +42,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shlex
 import shutil
 import statistics
@@ -368,7 +369,7 @@ def cost_model(path, architecture, device, base) -> Path:
     shape or the tiny one."""
     import torch
 
-    if architecture in ARCHITECTURES:
+    if architecture in ARCHITECTURES or re.fullmatch(r"[\d.]+b", architecture):
         shape = synthetic.SHAPES.get(f"{base.model_type}-{architecture}")
         if shape is None:
             sizes = [name.split("-")[1] for name in synthetic.SHAPES if name.startswith(base.model_type + "-")]
