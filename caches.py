@@ -55,9 +55,10 @@ def stacked(config, snapshots: list[list[tuple]]) -> DynamicCache:
 
 
 def fill_state(layer, conv, recurrent) -> None:
-    """A linear-attention layer holding (conv window, recurrent state), as after a prefill."""
-    layer.update_conv_state(conv.clone(), conv_kernel_size=conv.shape[-1])
-    layer.update_recurrent_state(recurrent.clone())
+    """A linear-attention layer holding (conv window, recurrent state), as after a prefill
+    (the layer copies both into tensors of its own)."""
+    layer.update_conv_state(conv, conv_kernel_size=conv.shape[-1])
+    layer.update_recurrent_state(recurrent)
 
 
 def cut_back(cache, prefix: int, snapshots: list[tuple]) -> None:
