@@ -5,10 +5,11 @@ A cache layer is one of two kinds. Attention layers keep keys and values per tok
 by slicing, stacked and repeated along the batch, and a token the model should not have seen
 is masked out. Linear-attention layers (Qwen3.5's Gated DeltaNet) keep a state per sequence: a
 short window of the convolution's inputs and a recurrent matrix, where every token fed is
-folded in for good. Such a layer is cut back by restoring the state saved at that point, and
-a pass whose last tokens must be taken back (a rejected draft, a row's padding) records the
-state after each of them (transformers' `activate_past_recording`) so that each row keeps the
-state after its own last real token (`keep_first`).
+folded in for good. Such a layer is cut back by restoring the state saved at that point
+(`cut_back`, `restore_states`: a row whose drafts were rejected goes back to before the pass
+and is fed its kept tokens again), and a pass whose rows end at different places (padding)
+records the state after each of its last tokens (transformers' `activate_past_recording`) so
+that each row keeps the state after its own last real token (`keep_first`).
 
 fast_decoder.py (tracking) and shared_prompt.py (GRPO) use these; a base whose language model
 has no linear-attention layer gets exactly the cache it got before.
@@ -103,6 +104,15 @@ def keep_first(cache, fed: int, kept: list[int]) -> None:
         layer.record_past = False
         layer.recurrent_states_history[0] = []
         layer.conv_states[0], layer.recurrent_states[0] = conv.contiguous(), state.contiguous()
+
+
+def restore_states(cache, saved: list[tuple], rows: list[int]) -> None:
+    """The given rows of every state layer as in `saved` (a snapshot); keys and values stay
+    (the caller masks the tokens those rows should not see)."""
+    for layer, (conv, recurrent) in zip(cache.layers, saved):
+        if is_state(layer):
+            layer.conv_states[0][rows] = conv[rows]
+            layer.recurrent_states[0][rows] = recurrent[rows]
 
 
 def repeat_rows(cache, times: int) -> None:

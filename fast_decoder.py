@@ -40,10 +40,12 @@ class FastAnswerer:
     `decode_passes` counts the forward passes after the first token.
 
     A model with linear-attention layers (Qwen3.5) folds every token it is fed into a state:
-    the template's state is saved and restored each frame, a pass with drafts records the
-    state after each of them and each row keeps the one after its last accepted token, and
-    batched questions are padded on the right and rolled back to their own ends the same way
-    (padding between the template and the question would change the state).
+    the template's state is saved and restored each frame; a row that rejects a draft goes
+    back to its state before the pass and is fed the tokens it kept again at the head of its
+    next pass (recording the state after every draft instead costs transformers' PyTorch
+    fallback a token-by-token pass); batched questions are padded on the right and each row's
+    state after its own last token kept (padding between the template and the question would
+    change the state).
     """
 
     def __init__(self, model, processor, settings, max_new_tokens=None, reuse_template=True,
@@ -205,7 +207,12 @@ class FastAnswerer:
         return tokens.cpu(), best.cpu()
 
     def _decode(self, states, cache, mask, first):
-        """Greedy decoding, each pass feeding every row its last token and K drafted ones."""
+        """Greedy decoding, each pass feeding every row its last token and K drafted ones.
+
+        A row that rejects a draft takes back what the pass fed it: an attention layer masks the
+        rejected keys; a linear-attention layer cannot, so the row's state is restored to before
+        the pass and the tokens it keeps are fed again at the head of its next pass (whose
+        drafts fill every row to one width: no row is padded, nothing pads a state)."""
         import torch
 
         rows, k = len(states), self.draft_tokens
@@ -213,34 +220,46 @@ class FastAnswerer:
         logprobs = [[logprob] for _, logprob in first]
         done = [token in self.end_ids for token, _ in first]
         position = torch.tensor([state["next_position"] for state in states])  # where the next fed token goes
+        again = [[] for _ in states]  # per row: kept tokens of its last pass to feed again (its state went back)
         while not all(done) and max(len(a) for a in answers) < self.max_new_tokens:
-            fed = []  # per row: its last token, then up to K drafted ones (aligned by place in the answer)
-            for state, answer in zip(states, answers):
-                row = [answer[-1], *state["draft"][len(answer):len(answer) + k]]
-                fed.append(row + [self.pad] * (k + 1 - len(row)))
-            positions = (position[:, None] + torch.arange(k + 1)).expand(3, rows, k + 1)
-            mask = torch.cat([mask, torch.ones(rows, k + 1, dtype=torch.long)], 1)
-            if self.states and k:
-                caches.record(cache, k + 1)
+            width = max(len(a) for a in again) + 1 + k
+            fed, lead = [], []  # per row: its tokens again, its last token, then drafts (by place in the answer)
+            for state, answer, kept in zip(states, answers, again):
+                row = [*kept, answer[-1]]
+                lead.append(len(kept))
+                row += state["draft"][len(answer):len(answer) + width - len(row)]
+                fed.append(row + [self.pad] * (width - len(row)))
+            lead_t = torch.tensor(lead)
+            positions = ((position - lead_t)[:, None] + torch.arange(width)).expand(3, rows, width)
+            mask = torch.cat([mask, torch.ones(rows, width, dtype=torch.long)], 1)
+            before = caches.snapshot(cache) if self.states and k else None
             out = self._forward(input_ids=torch.tensor(fed), attention_mask=mask, position_ids=positions, cache=cache)
             self.decode_passes += 1
             # best[row][i]: the model's token after fed[row][i]; chosen[row][i] its log-probability
-            tokens, chosen = self._greedy(out.logits, [len(a) for a in answers])
+            tokens, chosen = self._greedy(out.logits, [len(a) - n for a, n in zip(answers, lead)])
             cache, best, chosen = out.cache, tokens.tolist(), chosen.tolist()
-            accepted = []  # tokens of this pass each row keeps
+            back = []  # rows whose states go back to before this pass
             for row in range(rows):
+                again[row] = []
                 if done[row]:
-                    accepted.append(k + 1)
                     continue
+                n, drafted = lead[row], width - lead[row] - 1
                 kept = 0  # drafted tokens the model agrees with
-                while kept < k and fed[row][1 + kept] == best[row][kept] and best[row][kept] not in self.end_ids:
+                while kept < drafted and fed[row][n + 1 + kept] == best[row][n + kept] \
+                        and best[row][n + kept] not in self.end_ids:
                     kept += 1
-                answers[row] += best[row][:kept + 1]
-                logprobs[row] += chosen[row][:kept + 1]
+                answers[row] += best[row][n:n + kept + 1]
+                logprobs[row] += chosen[row][n:n + kept + 1]
                 done[row] = answers[row][-1] in self.end_ids or len(answers[row]) >= self.max_new_tokens
-                mask[row, mask.shape[1] - k + kept:] = 0  # the drafts after a disagreement were never said
                 position[row] += kept + 1
-                accepted.append(kept + 1)
-            if self.states and k:
-                caches.keep_first(cache, k + 1, accepted)
+                if kept == drafted or done[row]:  # nothing to take back, or nothing more to say
+                    continue
+                if before is None:  # the drafts after a disagreement were never said
+                    mask[row, mask.shape[1] - drafted + kept:] = 0
+                else:  # its whole pass taken back, what it keeps fed again next pass
+                    mask[row, mask.shape[1] - width:] = 0
+                    again[row] = fed[row][:n + 1 + kept]
+                    back.append(row)
+            if back and not all(done):
+                caches.restore_states(cache, before, back)
         return answers, logprobs
