@@ -178,7 +178,12 @@ def answer_confidence(tokenizer, token_ids, logprobs) -> float | None:
     of the tokens that carry its numbers (those after the answer's last "["; digits elsewhere,
     as in reasoning, do not count), from the log-probabilities of the chosen tokens. None when
     the answer holds no number."""
-    pieces = tokenizer.convert_ids_to_tokens(list(token_ids))
+    return pieces_confidence(tokenizer.convert_ids_to_tokens(list(token_ids)), logprobs)
+
+
+def pieces_confidence(pieces, logprobs) -> float | None:
+    """answer_confidence from the answer's tokens as text (a server's log-probabilities name
+    each token by its text: "[" and digits read the same as in the tokenizer's pieces)."""
     opened = [i for i, piece in enumerate(pieces) if "[" in piece]
     start = opened[-1] if opened else 0
     numbers = [logprob for piece, logprob in zip(pieces[start:], logprobs[start:])

@@ -22,6 +22,8 @@ import dataclasses
 import json
 import math
 import os
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,7 @@ from PIL import Image
 
 import bases
 import frame_loop
-from answers import Answer, answer_box, answer_confidence, parse_answer
+from answers import Answer, answer_box, answer_confidence, parse_answer, pieces_confidence
 from boxes import (
     check_init_box,
     clamp_box_xywh_to_frame,
@@ -362,6 +364,7 @@ class ServerAnswerer:
         self.chat_template_kwargs = chat_template_kwargs or {}
         self.max_tokens = max_new_tokens or answer_token_limit(settings.think, settings.asks_as_client)
         self.model_name = model_name or served_model_name(url, timeout)
+        self.lock, self.said_no_logprobs = threading.Lock(), False
 
     @staticmethod
     def _data_url(image, jpeg: bytes | None) -> str:
@@ -384,14 +387,35 @@ class ServerAnswerer:
         messages[-1]["content"] = [
             {"type": "image_url", "image_url": {"url": self._data_url(crops[part["image"]], jpegs[part["image"]])}}
             if part["type"] == "image" else part for part in messages[-1]["content"]]
-        payload = {"model": self.model_name, "messages": messages, "temperature": 0.0, "max_tokens": self.max_tokens}
+        # the answer tokens' log-probabilities (OpenAI's `logprobs`): the confidence a local model gives
+        payload = {"model": self.model_name, "messages": messages, "temperature": 0.0, "max_tokens": self.max_tokens,
+                   "logprobs": True}
         if self.chat_template_kwargs:  # vLLM's and SGLang's way to pass them to the served template
             payload["chat_template_kwargs"] = self.chat_template_kwargs
         reply = _post_json(self.url + "/chat/completions", payload, self.timeout)
         try:
-            return Answer(reply["choices"][0]["message"]["content"] or "")
+            choice = reply["choices"][0]
+            text = choice["message"]["content"] or ""
         except (KeyError, IndexError, TypeError):
             raise ServerError(f"{self.url}/chat/completions answered without a message: {str(reply)[:200]}") from None
+        return Answer(text, self._confidence(choice))
+
+    def _confidence(self, choice: dict) -> float | None:
+        """The answer's confidence from the reply's token log-probabilities; None (said once)
+        where the server gives none."""
+        tokens = (choice.get("logprobs") or {}).get("content") or []
+        try:
+            pieces, logprobs = [t["token"] for t in tokens], [float(t["logprob"]) for t in tokens]
+        except (KeyError, TypeError, ValueError):
+            pieces = []
+        if pieces:
+            return pieces_confidence(pieces, logprobs)
+        with self.lock:
+            if not self.said_no_logprobs:
+                self.said_no_logprobs = True
+                print(f"{self.url} gives no token log-probabilities with its answers: the confidence and the lost "
+                      "flag are unknown (nan)", file=sys.stderr)
+        return None
 
     def __call__(self, requests: list[Request]) -> list[Answer]:
         from concurrent.futures import ThreadPoolExecutor

@@ -222,8 +222,9 @@ def sft_warm(sft_run):
 
 class ChatServer:
     """An OpenAI-compatible chat server on 127.0.0.1 (a context manager): `answer(index,
-    payload) -> str` gives the content of the index-th chat answer; every request body is
-    kept in `payloads`; /v1/models lists `model`."""
+    payload)` gives the content of the index-th chat answer, or (content, its tokens'
+    log-probabilities as OpenAI's `logprobs.content` lists them); every request body is kept
+    in `payloads`; /v1/models lists `model`."""
 
     def __init__(self, answer, model="served-model"):
         import http.server
@@ -241,8 +242,12 @@ class ChatServer:
                 with server.lock:
                     index = len(server.payloads)
                     server.payloads.append(payload)
-                self.reply({"choices": [{"index": 0, "message": {"role": "assistant",
-                                                                 "content": answer(index, payload)}}]})
+                content, logprobs = answered if isinstance(answered := answer(index, payload), tuple) else \
+                    (answered, None)
+                choice = {"index": 0, "message": {"role": "assistant", "content": content}}
+                if logprobs is not None:
+                    choice["logprobs"] = {"content": logprobs}
+                self.reply({"choices": [choice]})
 
             def reply(self, body):
                 data = json.dumps(body).encode()

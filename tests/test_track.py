@@ -13,6 +13,7 @@ from conftest import ChatServer, main_in_process, run_main
 from PIL import Image
 
 import r1track
+import synthetic
 from benchmarks import got10k
 from boxes import clamp_box_xyxy, iou_xyxy, xywh_to_xyxy, xyxy_to_xywh
 from settings import DEMO_MODEL
@@ -186,6 +187,53 @@ def test_server_answerer_speaks_the_openai_chat_api(loop):
     assert "Re-locate this target" in user["content"][3]["text"]
     # side = ceil(42 * 4) = 168 around (321, 221): origin (237, 137), scale 2; answer -> frame
     assert box == pytest.approx([237 + 50, 137 + 55, 50, 55])
+
+
+def test_server_confidence_from_its_log_probabilities_equals_the_local_models(tmp_path, monkeypatch, capfd):
+    """A served model's answers carry their tokens' log-probabilities (OpenAI's `logprobs`,
+    as vLLM lists them: each token by its text): the confidence is the local model's. A server
+    that gives none: no confidence, said once."""
+    model, processor = r1track.load_model(str(DEMO_MODEL), device="cpu")  # it follows a plain clip's target
+    settings = model.r1track_settings
+    split = synthetic.make_synthetic_got10k(tmp_path, "val", sequences=1, frames=6, seed=5, style="plain")
+    sequence = got10k.read_got10k_sequence(split / got10k.read_got10k_split(split)[0])
+    frames = load_frames(sequence)
+    chosen = []  # per frame: (answer token ids, their log-probabilities) as the local model chose them
+    confidence = r1track.answer_confidence
+    monkeypatch.setattr(r1track, "answer_confidence", lambda tokenizer, ids, logprobs: (
+        chosen.append((list(ids), list(logprobs))), confidence(tokenizer, ids, logprobs))[1])
+    local = r1track.Tracker((model, processor), fast=False)
+    local.init(frames[0], sequence["boxes_xywh"][0])
+    local_boxes, local_confidences = [], []
+    for frame in frames[1:]:
+        local_boxes.append(local.update(frame))
+        local_confidences.append(local.confidence)
+    monkeypatch.undo()
+    assert len(chosen) == len(frames) - 1 and all(0 < c < 1 for c in local_confidences)  # real answers
+
+    tokenizer = processor.tokenizer
+
+    def served(index, payload):  # vLLM's reply to the same frame
+        ids, logprobs = chosen[index]
+        tokens = [tokenizer.decode([i]) for i in ids]
+        return tokenizer.decode(ids, skip_special_tokens=True), [
+            {"token": t, "logprob": p, "bytes": list(t.encode()), "top_logprobs": []} for t, p in zip(tokens, logprobs)]
+
+    for answer, expected in ((served, local_confidences), (lambda index, payload: served(index, payload)[0], None)):
+        with ChatServer(answer, model="served") as server:
+            tracker = r1track.Tracker(server=server.url, settings=settings)
+            tracker.init(frames[0], sequence["boxes_xywh"][0])
+            boxes, confidences = [], []
+            for frame in frames[1:]:
+                boxes.append(tracker.update(frame))
+                confidences.append(tracker.confidence)
+        assert all(payload["logprobs"] is True for payload in server.payloads)
+        assert boxes == local_boxes
+        if expected:
+            assert confidences == pytest.approx(expected, abs=1e-3)
+        else:
+            assert confidences == [None] * len(boxes) and not tracker.lost
+            assert capfd.readouterr().err.count("gives no token log-probabilities") == 1
 
 
 def test_grounding_answer_maps_back_to_the_frame():
