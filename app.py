@@ -52,6 +52,9 @@ def build_parser():
                         help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--max-frames", type=positive_int, default=900, help="the longest video the page takes, in "
                         "frames (default: 900, 30 s at 30 fps)")
+    parser.add_argument("--max-upload", type=positive_int, default=200, help="the largest video file the page "
+                        "takes, in MB (default: 200, a 30-s 1080p clip several times over); a larger one is refused "
+                        "before it is sent, with a message")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="the address to serve on (default: GRADIO_SERVER_NAME, as a Hugging Face Space sets "
                         "it, else 127.0.0.1, this machine only; 0.0.0.0 for every network it is on)")
@@ -339,7 +342,7 @@ def serve(args) -> int:
     page = build_page(args, models, root, str(synthetic.make_synthetic_video(root / "demo" / "demo.mp4", seed=7)))
     page.queue(default_concurrency_limit=1, max_size=32)
     page.launch(server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[str(root)],
-                show_error=True, prevent_thread_lock=False)
+                show_error=True, prevent_thread_lock=False, max_file_size=args.max_upload * 1024 * 1024)
     return 0
 
 

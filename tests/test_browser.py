@@ -22,6 +22,7 @@ from conftest import ROOT, main_in_process, run_main
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 MAX_FRAMES = 60
+MAX_UPLOAD_MB = 1
 
 
 def write_clip(path: Path, frames: int, seed: int, size=(320, 240)) -> Path:
@@ -47,7 +48,7 @@ def page(tmp_path_factory):
     """`python app.py` with the demo model, as a user starts it; its temporary files in a
     folder of this test, to see them cleaned up."""
     work = tmp_path_factory.mktemp("page")
-    process, url = start_page(work, "--max-frames", MAX_FRAMES)
+    process, url = start_page(work, "--max-frames", MAX_FRAMES, "--max-upload", MAX_UPLOAD_MB)
     yield {"url": url, "work": work, "process": process}
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=60)
@@ -208,7 +209,7 @@ def test_browser_two_targets_tracked_as_track_py_tracks_them(page, driver, tmp_p
     assert (tmp_path / "track" / "target1" / "frames.txt").read_text().splitlines()[0] == "3"
 
 
-@pytest.mark.parametrize("case", ["not a video", "truncated", "too long", "no box", "outside", "no area",
+@pytest.mark.parametrize("case", ["not a video", "truncated", "too long", "too big", "no box", "outside", "no area",
                                   "not found"])
 def test_browser_bad_input_is_a_message_on_the_page(page, driver, tmp_path, case):
     """Each bad input gets a readable message on the page, never a traceback, and the page
@@ -220,9 +221,10 @@ def test_browser_bad_input_is_a_message_on_the_page(page, driver, tmp_path, case
 
     bad = {"not a video": lambda: written("notes.mp4", b"not a video\n"),
            "truncated": lambda: written("cut.mp4", clip.read_bytes()[:len(clip.read_bytes()) // 2]),
-           "too long": lambda: write_clip(tmp_path / "long.mp4", frames=MAX_FRAMES + 5, seed=6)}
+           "too long": lambda: write_clip(tmp_path / "long.mp4", frames=MAX_FRAMES + 5, seed=6),
+           "too big": lambda: written("big.mp4", os.urandom(MAX_UPLOAD_MB * 1024 * 1024 + 1))}
     expected = {"not a video": "cannot read notes.mp4 as a video", "too long": f"longer than {MAX_FRAMES} frames",
-                "truncated": "the video ends after",
+                "truncated": "the video ends after", "too big": "exceed the maximum allowed size",
                 "no box": "draw a box", "outside": "typed line 1 400,300,450,350: the box",
                 "no area": "typed line 1 10,10,10,50 is empty or inverted",
                 "not found": "could not find 'the striped box'"}[case]
@@ -246,6 +248,8 @@ def test_browser_bad_input_is_a_message_on_the_page(page, driver, tmp_path, case
             by_id(driver, "track").click()
     message = message_on_page(driver)
     assert expected in message and "Traceback" not in message and "/tmp" not in message, message
+    if case == "too big":  # refused before it was sent: nothing of it on the page's disk
+        assert not [path for path in page["work"].rglob("*") if path.is_file() and path.stat().st_size > 1024 * 1024]
 
     driver.refresh()  # and the page goes on: a good clip is tracked
     open_page(driver, page)
