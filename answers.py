@@ -191,3 +191,41 @@ def pieces_confidence(pieces, logprobs) -> float | None:
     if not numbers:
         return None
     return float(math.exp(sum(numbers) / len(numbers)))
+
+
+def lost_accuracy(confidences, good, lost_below: float) -> float:
+    """How well "confidence below `lost_below`" tells the bad boxes from the good: balanced
+    accuracy, the mean of the share of bad boxes it marks lost and of good boxes it keeps
+    (0.5 marks at random; frames of one kind only: the share of that kind)."""
+    import numpy as np
+
+    scores, good = np.asarray(confidences, dtype=float), np.asarray(good, dtype=bool)
+    lost = scores < lost_below
+    shares = [share for share in (lost[~good].mean() if (~good).any() else None,
+                                  (~lost[good]).mean() if good.any() else None) if share is not None]
+    return float(np.mean(shares))
+
+
+def fit_lost_below(confidences, good) -> float:
+    """The threshold on the confidence that best tells bad boxes (lost) from good ones, by
+    balanced accuracy (lost_accuracy): halfway between the two confidences it falls between.
+    Frames with no confidence (nan) are left out."""
+    import numpy as np
+
+    scores, good = np.asarray(confidences, dtype=float), np.asarray(good, dtype=bool)
+    known = ~np.isnan(scores)
+    scores, good = scores[known], good[known]
+    if not len(scores) or good.all() or not good.any():
+        raise ValueError("fitting a lost threshold takes both good and bad boxes with a confidence")
+    order = np.argsort(scores, kind="stable")
+    scores, good = scores[order], good[order]
+    # a threshold between scores[i - 1] and scores[i] marks the first i lost
+    bad_lost = np.concatenate([[0], np.cumsum(~good)]) / (~good).sum()
+    good_kept = 1 - np.concatenate([[0], np.cumsum(good)]) / good.sum()
+    cuts = np.concatenate([[0], np.flatnonzero(np.diff(scores) > 0) + 1, [len(scores)]])  # between distinct scores
+    best = cuts[np.argmax((bad_lost + good_kept)[cuts] / 2)]
+    if best == 0:
+        return float(scores[0] / 2)
+    if best == len(scores):
+        return float(min(1.0, (scores[-1] + 1) / 2))
+    return float((scores[best - 1] + scores[best]) / 2)

@@ -73,6 +73,10 @@ def build_parser():
     parser.add_argument("--eval-only", nargs="+", metavar="RESULTS", help="score these result folders, track nothing")
     parser.add_argument("--attributes", metavar="DIR", help="a folder of <sequence>.txt attribute flags (one line of "
                         "0/1 each, as LaSOT's toolkit ships them in annos/att/): scores per attribute too")
+    parser.add_argument("--fit-lost-below", action="store_true", help="GOT-10k layout with truth: fit the confidence "
+                        "threshold that best tells the tracked boxes of IoU >= 0.5 from the others (balanced accuracy; "
+                        "a frame whose target is hidden counts as bad) and save it in the model folder's tracking "
+                        "settings, where track.py and the page take it as --lost-below")
     parser.add_argument("--report", help="write the report(s) as JSON here (default: RESULTS/report.json)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
@@ -114,7 +118,56 @@ def run(args) -> int:
         archive = benchmark.pack(results, [s["name"] for s in sequences])
         print(f"results for the evaluation server: {archive}")
         return 0
-    return finish(args, benchmark, {results.name: score(benchmark, results, sequences, attributes)}, results)
+    code = finish(args, benchmark, {results.name: score(benchmark, results, sequences, attributes)}, results)
+    if args.fit_lost_below:
+        fit_lost_below(args, benchmark, results, sequences)
+    return code
+
+
+def fit_lost_below(args, benchmark, results: Path, sequences) -> float:
+    """The lost threshold fitted to these results (answers.fit_lost_below over every frame
+    after the first: good where the box overlaps the visible target by IoU >= 0.5), said with
+    its balanced accuracy beside the default's, and saved in the model folder's settings."""
+    import dataclasses
+
+    import numpy as np
+
+    from answers import fit_lost_below as fit, lost_accuracy
+    from benchmarks.got10k import bounded_iou
+    from benchmarks.results import read_box_rows
+    from settings import SETTINGS_FILE, read_settings
+
+    confidences, good, missing = [], [], []
+    for sequence in sequences:
+        name = sequence["name"]
+        path = benchmark.confidence_file(results, name)
+        if not path.is_file():  # tracked before confidences were written, or by another tracker
+            missing.append(name)
+            continue
+        boxes = read_box_rows(benchmark.result_files(results, name)[0])
+        iou = bounded_iou(boxes[1:], sequence["boxes_xywh"][1:], *sequence["resolution"])
+        confidences.append(np.loadtxt(path, ndmin=1)[1:])
+        good.append((iou >= 0.5) & (sequence["cover"][1:] > 0))
+    if missing:
+        print(f"warning: {len(missing)} sequences have no confidences in {results} (e.g. {missing[0]}): left out of "
+              "the fit; track them again in a new --out to include them", file=sys.stderr)
+    confidences, good = np.concatenate(confidences or [np.zeros(0)]), np.concatenate(good or [np.zeros(0, bool)])
+    try:
+        threshold = fit(confidences, good)
+    except ValueError as error:
+        raise UserError(f"--fit-lost-below: {error} (here {int(good.sum())} good, {int((~good).sum())} bad)") from None
+    known = ~np.isnan(confidences)
+    print(f"lost threshold fitted on {int(known.sum())} frames ({int(good[known].sum())} good boxes): {threshold:.3f}, "
+          f"balanced accuracy {lost_accuracy(confidences[known], good[known], threshold):.3f} "
+          f"(at {r1track.LOST_BELOW}: {lost_accuracy(confidences[known], good[known], r1track.LOST_BELOW):.3f})")
+    folder = Path(args.model)
+    own = read_settings(str(folder)) if not args.server and folder.is_dir() else None
+    if own is None:
+        print(f"not saved (no model folder with a {SETTINGS_FILE}): give track.py --lost-below {threshold:.3f}")
+    else:
+        dataclasses.replace(own, lost_below=round(threshold, 4)).save(folder)
+        print(f"saved in {folder / SETTINGS_FILE}: track.py and the page mark a frame lost below it")
+    return threshold
 
 
 def check_args(args, benchmark) -> None:
@@ -135,6 +188,8 @@ def check_args(args, benchmark) -> None:
         raise UserError("--init text needs a local model; with --server start from the first box")
     if args.eval_only and args.split in benchmark.truthless:
         raise UserError(f"the {args.split} split has no ground truth: its RESULTS.zip goes to the evaluation server")
+    if args.fit_lost_below and (benchmark.name != "got10k" or args.split in benchmark.truthless):
+        raise UserError("--fit-lost-below fits on clips with truth in the GOT-10k layout (--split val or train)")
     if args.attributes and not benchmark.attributes:
         raise UserError(f"--attributes: {benchmark.title} is scored as its toolkit scores it, without attributes")
 

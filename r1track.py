@@ -475,7 +475,7 @@ class Tracker:
     def __init__(self, model=None, *, server=None, answer_fn=None, answerer=None, server_model=None, settings=None,
                  crop_size=None, template_factor=None, search_factor=None, think=None, wording=None, loop=None,
                  device=None, dtype=None, recover=False, max_new_tokens=None, name=None, fast=True,
-                 lost_below=LOST_BELOW):
+                 lost_below=None):
         if sum(x is not None for x in (model, server, answer_fn, answerer)) != 1:
             raise ValueError("give exactly one of: a model (name, folder or (model, processor)), server=, answer_fn=, "
                              "answerer=")
@@ -519,7 +519,9 @@ class Tracker:
             answerer = function_answerer(answer_fn)
         self.answerer = answerer
         self.name = name or "R1-Track"
-        self.recover, self.lost_below = recover, lost_below
+        # the flag, else the threshold fitted to this model (its settings), else LOST_BELOW
+        self.recover, self.lost_below = recover, next(
+            x for x in (lost_below, self.settings.lost_below, LOST_BELOW) if x is not None)
         self.fallbacks = self.edge_holds = 0
         self.confidence, self.lost = 1.0, False
 
@@ -629,7 +631,7 @@ def _frame_size(frame) -> tuple[int, int]:
     return frame.size if isinstance(frame, Image.Image) else (frame.shape[1], frame.shape[0])
 
 
-def tracker_from_args(args, device=None, name=None, lost_below=LOST_BELOW):
+def tracker_from_args(args, device=None, name=None, lost_below=None):
     """(the Tracker the tracking scripts' flags ask for, the loaded (model, processor) or None
     with a server): --model or --server and --server-model, the settings flags
     (add_settings_args), --recover, --dtype. What cannot be loaded is a UserError."""

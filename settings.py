@@ -46,6 +46,7 @@ class TrackSettings:
     search_factor: float = 4.0
     loop: str = "published"
     boxes: str = "pixels"
+    lost_below: float | None = None  # fitted to this model (eval_got10k.py --fit-lost-below); None: LOST_BELOW
 
     def save(self, folder) -> None:
         write_atomic(Path(folder) / SETTINGS_FILE, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
@@ -59,7 +60,7 @@ class TrackSettings:
         boxes = "crop pixels" if self.boxes == "pixels" else f"0-{RELATIVE_RANGE} of the crop"
         return (f"wording {self.wording}, think {'on' if self.think else 'off'}, {self.crop_size}-px crops, "
                 f"template/search factors {self.template_factor:g}/{self.search_factor:g}, loop {self.loop}, "
-                f"boxes in {boxes}")
+                f"boxes in {boxes}" + (f", lost below {self.lost_below:.3f}" if self.lost_below is not None else ""))
 
     def problem_with(self, base: Base, image_processor=None):
         """Why these settings cannot track with a model of `base` (None when they can): a box
@@ -90,6 +91,9 @@ class TrackSettings:
             raise ValueError(f"think is true or false, not {settings.think!r}")
         if not (isinstance(settings.crop_size, int) and settings.crop_size >= 28):
             raise ValueError(f"crop_size is a whole number of pixels (at least 28), not {settings.crop_size!r}")
+        lost = settings.lost_below
+        if lost is not None and (isinstance(lost, bool) or not isinstance(lost, (int, float)) or not 0 <= lost <= 1):
+            raise ValueError(f"lost_below is a confidence between 0 and 1 (or null), not {lost!r}")
         for factor in (settings.template_factor, settings.search_factor):
             if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
                 raise ValueError(f"crop factors are positive numbers, not {factor!r}")

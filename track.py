@@ -126,8 +126,9 @@ def build_parser():
     parser.add_argument("--recover", action="store_true", help="after a failed answer, or one whose confidence is "
                         "below --lost-below, keep the box and widen the search region until the target is found "
                         "again (not part of the published loop)")
-    parser.add_argument("--lost-below", type=float, default=r1track.LOST_BELOW, help="a frame whose answer's "
-                        f"confidence is below this counts the target as lost (default: {r1track.LOST_BELOW})")
+    parser.add_argument("--lost-below", type=float, help="a frame whose answer's confidence is below this counts "
+                        "the target as lost (default: the threshold fitted to the model, saved in its tracking settings "
+                        f"by eval_got10k.py --fit-lost-below; {r1track.LOST_BELOW} for a model without one)")
     parser.add_argument("--realtime", action="store_true", help="track a live source as it comes: always the newest "
                         "frame, dropping those the model cannot keep up with (files are played at their own pace)")
     parser.add_argument("--out", help="output folder (default: runs/track-<video name>, or runs/demo)")
@@ -141,6 +142,9 @@ def load_tracker(args, first_frame):
     tracker, loaded = r1track.tracker_from_args(args, args.device, name=f"R1-Track[{Path(args.model).name}]",
                                                 lost_below=args.lost_below)
     print(f"tracking settings: {tracker.settings.describe()}")
+    if args.lost_below is None and tracker.settings.lost_below is None:
+        print(f"note: no lost threshold fitted to this model (eval_got10k.py --fit-lost-below): a frame counts as lost "
+              f"below confidence {tracker.lost_below}", file=sys.stderr)
     box = None
     if args.text:
         box = r1track.locate_text(*loaded, first_frame, args.text)
@@ -158,7 +162,7 @@ def check_args(args):
         raise UserError("give the target(s) with --box, --boxes or --text (one of them)")
     if args.text and args.server:
         raise UserError("--text needs a local model; with --server give --box")
-    if not 0 <= args.lost_below <= 1:
+    if args.lost_below is not None and not 0 <= args.lost_below <= 1:
         raise UserError("--lost-below is a confidence, between 0 and 1")
 
 

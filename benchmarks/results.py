@@ -79,12 +79,20 @@ class Benchmark:
         boxes, times, _ = self.result_files(results, sequence["name"])
         return boxes.is_file() and times.is_file() and len(boxes.read_text().splitlines()) == len(sequence["frames"])
 
-    def write(self, results: Path, name: str, boxes_xywh, seconds, answer_codes=None) -> None:
+    def confidence_file(self, results: Path, name: str) -> Path:
+        """Beside a sequence's answer codes: each frame's confidence (nan where the answerer
+        cannot say; 1 at the first frame, the given box)."""
+        return self.result_files(results, name)[2].with_name(f"{name}_confidence.txt")
+
+    def write(self, results: Path, name: str, boxes_xywh, seconds, answer_codes=None, confidences=None) -> None:
         """A sequence's result files, each whole or not at all; the boxes last: a sequence counts
         as done once they are there. No answer codes: none written (as another tracker's results)."""
         boxes, times, codes = self.result_files(results, name)
         if answer_codes is not None:
             write_atomic(codes, "".join(f"{code}\n" for code in answer_codes))
+        if confidences is not None:
+            write_atomic(self.confidence_file(results, name),
+                         "".join(f"{float('nan') if c is None else c:.6f}\n" for c in confidences))
         write_atomic(times, "".join(f"{t:.8f}\n" for t in seconds))
         write_atomic(boxes, "".join(",".join(f"{v:.3f}" for v in box) + "\n" for box in boxes_xywh))
 
@@ -100,17 +108,18 @@ def track_sequences(tracker, benchmark: Benchmark, sequences: list[dict], result
     to come (0: each frame read in its turn). A sequence's files are written as soon as it
     ends. `start(sequence, first_frame) -> (box_xywh, found)` gives its first box (default:
     its first true box)."""
-    tracked = [([], [], []) for _ in sequences]  # per sequence: boxes, seconds, answer codes
+    tracked = [([], [], [], []) for _ in sequences]  # per sequence: boxes, seconds, answer codes, confidences
 
     def on_frame(result):
-        boxes, seconds, codes = tracked[result.sequence]
+        boxes, seconds, codes, confidences = tracked[result.sequence]
         target = result.targets[0]
         boxes.append(target.box_xywh)
         seconds.append(result.seconds)
         codes.append(ANSWER_CODES[target.outcome])
+        confidences.append(target.confidence)
         sequence = sequences[result.sequence]
         if len(boxes) == len(sequence["frames"]):
-            benchmark.write(results, sequence["name"], boxes, seconds, codes)
+            benchmark.write(results, sequence["name"], boxes, seconds, codes, confidences)
 
     frame_loop.run([frame_loop.Sequence(list(s["frames"]), [frame_loop.Start(
         copy.copy(tracker), functools.partial(start, s) if start else s["boxes_xywh"][0])]) for s in sequences],

@@ -245,3 +245,67 @@ def test_user_errors_are_one_line(got10k_root, tmp_path, args, message, capsys):
     lines = stderr.strip().splitlines()
     assert code == 2 and len(lines) == 1, stderr
     assert message.format(port=port) in lines[0] and "Traceback" not in stderr
+
+
+def test_fitted_lost_threshold_is_the_best_balanced_accuracy():
+    """Against every threshold tried by brute force: the fitted one tells bad from good as
+    well as the best of them (balanced accuracy written out here)."""
+    from answers import fit_lost_below
+
+    rng = np.random.default_rng(3)
+    for good_share in (0.3, 0.8):
+        good = rng.random(300) < good_share
+        confidences = np.round(np.where(good, rng.normal(0.7, 0.08, 300), rng.normal(0.58, 0.08, 300)), 2)
+        confidences[rng.random(300) < 0.05] = np.nan  # no confidence: left out
+
+        def balanced(threshold):
+            known = ~np.isnan(confidences)
+            lost, ok = confidences[known] < threshold, good[known]
+            return ((lost & ~ok).sum() / (~ok).sum() + (~lost & ok).sum() / ok.sum()) / 2
+
+        threshold = fit_lost_below(confidences, good)
+        best = max(balanced(t) for t in np.linspace(0, 1.01, 1011))
+        assert balanced(threshold) == pytest.approx(best) and balanced(threshold) > balanced(0.5) + 0.1
+    with pytest.raises(ValueError):
+        fit_lost_below([0.6, 0.7], [True, True])  # no bad box to tell apart
+
+
+def test_lost_threshold_fitted_by_eval_is_what_track_py_marks_lost_by(tmp_path):
+    """eval_got10k.py --fit-lost-below on clips whose target hides now and then saves the
+    threshold in the model folder's settings; track.py then marks frames lost by it (without
+    the note a model with none gets) and --lost-below still overrides it."""
+    import shutil
+
+    from settings import DEMO_MODEL, read_settings
+
+    model = tmp_path / "model"
+    shutil.copytree(DEMO_MODEL, model)
+    root = tmp_path / "clips"
+    synthetic.make_synthetic_got10k(root, "val", sequences=4, frames=16, seed=11, style="plain", hiding=True)
+    clip = root / "val" / got10k.read_got10k_split(root / "val")[0]
+    x, y, w, h = got10k.read_got10k_sequence(clip)["boxes_xywh"][0]
+    box = f"{x},{y},{x + w},{y + h}"
+
+    def track(*flags):
+        out = tmp_path / f"track{len(flags)}"
+        result = run_main("track.py", "--video", clip, "--box", box, "--model", model, "--out", out, "--no-video",
+                          "--device", "cpu", *flags)
+        assert result.returncode == 0, result.stderr[-2000:]
+        confidence = np.loadtxt(out / "confidence.txt", ndmin=1)
+        return result.stderr, confidence, np.loadtxt(out / "lost.txt", ndmin=1).astype(bool)
+
+    err, _, _ = track()
+    assert "no lost threshold fitted" in err
+    result = run_main("eval_got10k.py", "--data", root, "--model", model, "--out", tmp_path / "eval", "--batch", "4",
+                      "--no-progress", "--fit-lost-below")
+    assert result.returncode == 0, result.stderr[-2000:]
+    threshold = read_settings(str(model)).lost_below
+    assert threshold is not None and f"{threshold:.3f}" in result.stdout and "balanced accuracy" in result.stdout
+    written = np.loadtxt(tmp_path / "eval" / clip.name / f"{clip.name}_confidence.txt", ndmin=1)
+    assert len(written) == 16 and written[0] == 1
+
+    err, confidence, lost = track()
+    assert "no lost threshold fitted" not in err
+    assert (lost == (confidence < threshold)).all()
+    _, confidence, lost = track("--lost-below", "0.99")
+    assert (lost == (confidence < 0.99)).all()
