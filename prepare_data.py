@@ -66,6 +66,9 @@ def build_parser() -> ArgumentParser:
                        "plain: the target alone on a flat background")
     clips.add_argument("--distractors", type=int, default=None,
                        help="look-alike objects per sequence (default: 2 for clutter, 0 for plain)")
+    clips.add_argument("--hiding", action=argparse.BooleanOptionalAction, default=None,
+                       help="an occluder and walks out of the image, frames where the target cannot be seen "
+                       "(default: in the clutter style only)")
     clips.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same data")
     return parser
 
@@ -101,7 +104,7 @@ def write_pairs(args) -> int:
 def write_synthetic(args) -> int:
     split_dir = synthetic.make_synthetic_got10k(
         args.out, split=args.split, sequences=args.sequences, frames=args.frames,
-        size=args.size, seed=args.seed, distractors=args.distractors, style=args.style)
+        size=args.size, seed=args.seed, distractors=args.distractors, style=args.style, hiding=args.hiding)
     print(f"wrote {args.sequences} sequences of {args.frames} frames to {split_dir}")
     return 0
 

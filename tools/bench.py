@@ -45,6 +45,7 @@ import bases  # noqa: E402
 import frame_loop  # noqa: E402
 import r1track  # noqa: E402
 import synthetic  # noqa: E402
+from answers import lost_accuracy  # noqa: E402
 from benchmarks import got10k  # noqa: E402
 from benchmarks.got10k import GOT10K  # noqa: E402
 from benchmarks.results import track_sequences  # noqa: E402
@@ -527,14 +528,22 @@ def bench_confidence(args) -> dict:
                                        for b, s in zip(boxes, sequences)])
                 visible = np.concatenate([s["cover"][1:] > 0 for s in sequences])
                 scores = np.concatenate(confidence).astype(float)
+                good = (ious >= 0.5) & visible
                 row = {"ao": float(ious.mean()), "roc_auc_iou50": roc_auc(scores, ious >= 0.5),
+                       # how well "below the threshold" marks the bad boxes: at the default, at the model's own
+                       "lost_accuracy_default": lost_accuracy(scores, good, r1track.LOST_BELOW),
+                       "lost_accuracy_fitted": lost_accuracy(scores, good, settings.lost_below)
+                       if settings.lost_below is not None else None,
                        "roc_auc_visible": roc_auc(scores, visible), "lost_frames": int((scores < lost_below).sum()),
                        "mean_confidence_visible": float(scores[visible].mean()),
                        "mean_confidence_hidden": float(scores[~visible].mean()) if (~visible).any() else None,
                        "frames": len(scores)}
                 results.setdefault(style, {})[variant] = row
+                fitted = "" if settings.lost_below is None else \
+                    f" fitted {settings.lost_below:.3f}: {row['lost_accuracy_fitted']:.3f}"
                 print(f"{style:<8} {variant:<32} AO {row['ao']:.3f}  ROC AUC (IoU >= 0.5) {row['roc_auc_iou50']:.3f}  "
-                      f"(visible) {row['roc_auc_visible']:.3f}  lost frames {row['lost_frames']}/{row['frames']}",
+                      f"(visible) {row['roc_auc_visible']:.3f}  lost frames {row['lost_frames']}/{row['frames']}  "
+                      f"balanced accuracy of lost at {r1track.LOST_BELOW}: {row['lost_accuracy_default']:.3f}{fitted}",
                       flush=True)
     return {"confidence": results, "sequences": args.streams, "frames": args.frames}
 
