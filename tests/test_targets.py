@@ -12,7 +12,6 @@ import pytest
 from conftest import main_in_process, run_main
 from PIL import Image
 
-import r1track
 import synthetic
 from benchmarks import got10k
 from frames import read_frame
@@ -110,8 +109,10 @@ def test_confidence_is_lower_where_the_search_crop_holds_no_target(plain_clip, t
     confidence = np.loadtxt(tmp_path / "confidence.txt")
     boxes = rows(tmp_path / "boxes.txt")
     assert confidence.shape == (len(plain_clip["frames"]),) and ((0 <= confidence) & (confidence <= 1)).all()
-    assert np.array_equal(np.loadtxt(tmp_path / "lost.txt"), (confidence < r1track.LOST_BELOW).astype(float))
-    factor = json.loads((DEMO_MODEL / "r1track.json").read_text())["search_factor"]
+    settings = json.loads((DEMO_MODEL / "r1track.json").read_text())
+    lost_below = settings["lost_below"]  # the threshold fitted to the demo model (tools/make_demo_model.py)
+    assert np.array_equal(np.loadtxt(tmp_path / "lost.txt"), (confidence < lost_below).astype(float))
+    factor = settings["search_factor"]
     shows = np.array([search_shows_target(boxes[t - 1], plain_clip["boxes_xywh"][t], plain_clip["cover"][t] > 0,
                                           factor) for t in range(1, len(boxes))])
     assert shows.sum() >= 5 and (~shows).sum() >= 3, "the clip must have frames of both kinds"

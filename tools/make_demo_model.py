@@ -14,7 +14,8 @@ Each step runs one of the project's own scripts, so this is also the whole recip
      in two stages: first with the published jitter (crops of any scale, the target anywhere),
      which makes the model look for the target; then with pairs cut as the tracker asks
      (--tracking-pairs 1), which teaches the small, exact step each frame needs;
-  4. eval_got10k.py on held-out clips, the score the demo prints too;
+  4. eval_got10k.py on held-out clips, the score the demo prints too, and on clips whose
+     target hides at times, to fit the confidence below which a frame counts as lost;
   5. the final model copied to --out.
 A stopped run continues where it was when started again (data is kept, training resumes from
 its last checkpoint).
@@ -38,6 +39,7 @@ from settings import DEMO_MODEL, SETTINGS_FILE  # noqa: E402
 
 TRAIN_CLIPS = dict(split="train", sequences=1000, frames=30, seed=100)
 VAL_CLIPS = dict(split="val", sequences=12, frames=40, seed=200)
+LOST_CLIPS = dict(split="val", sequences=12, frames=40, seed=31, hiding=True)  # to fit the lost threshold on
 # the lenient loop: antialiased crops, which this small model learns from more easily
 COMMON_FLAGS = ["--full", "--batch-size", "16", "--grad-accum", "1", "--save-every", "250", "--loop", "lenient"]
 CROP_TOKENS = 4  # image tokens a side of a crop: 16 tokens an image, as the tests' tiny models
@@ -60,7 +62,8 @@ def make_clips(root: Path, clips: dict) -> None:
     if (root / clips["split"] / "list.txt").is_file():
         return
     run("prepare_data.py", "synthetic", "--out", root, "--split", clips["split"], "--sequences", clips["sequences"],
-        "--frames", clips["frames"], "--seed", clips["seed"], "--style", "plain")
+        "--frames", clips["frames"], "--seed", clips["seed"], "--style", "plain",
+        *(["--hiding"] if clips.get("hiding") else []))
 
 
 def build_parser():
@@ -112,6 +115,10 @@ def train_and_score(base, clips: Path, home: Path, out: Path, scale: float) -> f
         model = home / name
     run("eval_got10k.py", "--data", clips, "--split", "val", "--model", model, "--out", home / "eval",
         "--batch", VAL_CLIPS["sequences"], "--no-progress")
+    # the confidence below which a frame counts as lost, fitted on clips whose target hides at times
+    make_clips(clips.parent / "lost-clips", LOST_CLIPS)
+    run("eval_got10k.py", "--data", clips.parent / "lost-clips", "--split", "val", "--model", model,
+        "--out", home / "eval-lost", "--batch", LOST_CLIPS["sequences"], "--no-progress", "--fit-lost-below")
     out.mkdir(parents=True, exist_ok=True)
     for name in MODEL_FILES:
         shutil.copy2(model / name, out / name)
