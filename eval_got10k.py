@@ -124,10 +124,11 @@ def run(args) -> int:
     return code
 
 
-def fit_lost_below(args, benchmark, results: Path, sequences) -> float:
+def fit_lost_below(args, benchmark, results: Path, sequences) -> float | None:
     """The lost threshold fitted to these results (answers.fit_lost_below over every frame
     after the first: good where the box overlaps the visible target by IoU >= 0.5), said with
-    its balanced accuracy beside the default's, and saved in the model folder's settings."""
+    its balanced accuracy beside the default's, and saved in the model folder's settings. Boxes
+    all good or all bad fit nothing (said)."""
     import dataclasses
 
     import numpy as np
@@ -155,7 +156,9 @@ def fit_lost_below(args, benchmark, results: Path, sequences) -> float:
     try:
         threshold = fit(confidences, good)
     except ValueError as error:
-        raise UserError(f"--fit-lost-below: {error} (here {int(good.sum())} good, {int((~good).sum())} bad)") from None
+        print(f"warning: --fit-lost-below: {error} (here {int(good.sum())} good, {int((~good).sum())} bad): no threshold "
+              "fitted, nothing saved", file=sys.stderr)
+        return None
     known = ~np.isnan(confidences)
     print(f"lost threshold fitted on {int(known.sum())} frames ({int(good[known].sum())} good boxes): {threshold:.3f}, "
           f"balanced accuracy {lost_accuracy(confidences[known], good[known], threshold):.3f} "

@@ -49,6 +49,8 @@ def test_demo_model_recipe_runs_end_to_end(tmp_path):
     work = tmp_path / "work"
     synthetic.make_synthetic_got10k(work / "clips", "train", sequences=3, frames=6, seed=100, style="plain")
     synthetic.make_synthetic_got10k(work / "clips", "val", sequences=2, frames=4, seed=200, style="plain")
+    synthetic.make_synthetic_got10k(work / "lost-clips", "val", sequences=2, frames=4, seed=31, style="plain",
+                                    hiding=True)
     result = run_script("tools/make_demo_model.py", "--base", "qwen2_5_vl", "qwen3_vl", "--work", work,
                         "--steps", "0.0005")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -57,6 +59,7 @@ def test_demo_model_recipe_runs_end_to_end(tmp_path):
         model, _ = r1track.load_model(str(work / base / "model"), device="cpu")
         assert type(model).__name__ == bases.named(base).model_class
         assert load_settings(str(work / base / "model")).crop_size == crop
+        assert (work / base / "eval-lost" / "report.json").is_file()  # the lost threshold's fit was tried
         for stage, steps in (("sft-published-jitter", 2), ("sft-tracking-pairs", 1)):  # 4000 and 1000, scaled
             lines = [json.loads(line) for line in (work / base / stage / "metrics.jsonl").read_text().splitlines()]
             assert max(line["step"] for line in lines) == steps and any("val_iou" in line for line in lines)
