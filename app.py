@@ -301,7 +301,7 @@ def build_page(args, models: Models, root: Path, demo_path: str):
                 about = gr.Markdown(elem_id="about")
                 model = gr.Dropdown(models.names, value=models.names[0], label="Model", elem_id="model")
                 start = gr.Slider(1, 2, value=1, step=1, label="Start at frame (then draw the boxes on it)", visible=False,
-                                  elem_id="start")
+                                  info="moving it shows that frame and clears the boxes drawn", elem_id="start")
                 description = gr.Textbox(label="Or describe the target", placeholder="the red car",
                                          elem_id="description")
                 find = gr.Button("Find it", elem_id="find")

@@ -175,6 +175,7 @@ def test_browser_two_targets_tracked_as_track_py_tracks_them(page, driver, tmp_p
     assert f"at most {MAX_FRAMES} frames" in driver.page_source  # the limit, said up front
     upload(driver, clip)
     wait_until(driver, lambda d: f"{frames} frames of {size[0]}x{size[1]}" in by_id(d, "about").text)
+    assert "clears the boxes drawn" in by_id(driver, "start").text  # what moving it does, said beside it
     number = by_id(driver, "start").find_element("css selector", "input[type=number]")
     number.send_keys(Keys.CONTROL, "a")
     number.send_keys("3", Keys.ENTER)
