@@ -40,12 +40,10 @@ class FastAnswerer:
     `decode_passes` counts the forward passes after the first token.
 
     A model with linear-attention layers (Qwen3.5) folds every token it is fed into a state:
-    the template's state is saved and restored each frame; a row that rejects a draft goes
-    back to its state before the pass and is fed the tokens it kept again at the head of its
-    next pass (recording the state after every draft instead costs transformers' PyTorch
-    fallback a token-by-token pass); batched questions are padded on the right and each row's
-    state after its own last token kept (padding between the template and the question would
-    change the state).
+    the template's state is saved and restored each frame; a row that rejects a draft is rolled
+    back (see _decode); batched questions are padded on the right and each row's state after
+    its own last token kept (padding between the template and the question would change the
+    state).
     """
 
     def __init__(self, model, processor, settings, max_new_tokens=None, reuse_template=True,
@@ -210,9 +208,11 @@ class FastAnswerer:
         """Greedy decoding, each pass feeding every row its last token and K drafted ones.
 
         A row that rejects a draft takes back what the pass fed it: an attention layer masks the
-        rejected keys; a linear-attention layer cannot, so the row's state is restored to before
-        the pass and the tokens it keeps are fed again at the head of its next pass (whose
-        drafts fill every row to one width: no row is padded, nothing pads a state)."""
+        rejected keys. A linear-attention layer cannot: answering one row, its state is restored
+        to before the pass and the tokens it kept are fed again at the head of its next pass
+        (whose drafts fill every row to one width: no row is padded, nothing pads a state);
+        answering several, the pass records the state after each draft and each row keeps its
+        own (transformers' PyTorch fallback records token by token, a cost the rows share)."""
         import torch
 
         rows, k = len(states), self.draft_tokens
@@ -232,13 +232,18 @@ class FastAnswerer:
             lead_t = torch.tensor(lead)
             positions = ((position - lead_t)[:, None] + torch.arange(width)).expand(3, rows, width)
             mask = torch.cat([mask, torch.ones(rows, width, dtype=torch.long)], 1)
-            before = caches.snapshot(cache) if self.states and k else None
+            # states after a rejected draft: one row goes back and is fed again (a chunked pass); several rows
+            # record the state after each draft and each keeps its own (the token-by-token cost shared by the rows)
+            record = self.states and k and rows > 1
+            before = caches.snapshot(cache) if self.states and k and not record else None
+            if record:
+                caches.record(cache, width)
             out = self._forward(input_ids=torch.tensor(fed), attention_mask=mask, position_ids=positions, cache=cache)
             self.decode_passes += 1
             # best[row][i]: the model's token after fed[row][i]; chosen[row][i] its log-probability
             tokens, chosen = self._greedy(out.logits, [len(a) - n for a, n in zip(answers, lead)])
             cache, best, chosen = out.cache, tokens.tolist(), chosen.tolist()
-            back = []  # rows whose states go back to before this pass
+            back, accepted = [], [width] * rows  # rows whose states go back; tokens of this pass each row keeps
             for row in range(rows):
                 again[row] = []
                 if done[row]:
@@ -252,6 +257,7 @@ class FastAnswerer:
                 logprobs[row] += chosen[row][n:n + kept + 1]
                 done[row] = answers[row][-1] in self.end_ids or len(answers[row]) >= self.max_new_tokens
                 position[row] += kept + 1
+                accepted[row] = n + kept + 1
                 if kept == drafted or done[row]:  # nothing to take back, or nothing more to say
                     continue
                 if before is None:  # the drafts after a disagreement were never said
@@ -260,6 +266,8 @@ class FastAnswerer:
                     mask[row, mask.shape[1] - width:] = 0
                     again[row] = fed[row][:n + 1 + kept]
                     back.append(row)
+            if record:
+                caches.keep_first(cache, width, accepted)
             if back and not all(done):
                 caches.restore_states(cache, before, back)
         return answers, logprobs
