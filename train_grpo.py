@@ -22,6 +22,7 @@ folders (sampling resumes identically), metrics.jsonl and curves.png; Ctrl-C sav
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import contextlib
 import math
 import sys
@@ -505,9 +506,10 @@ def train(args, dist):
         bar.update()
         bar.set_postfix(reward=f"{record['reward_mean']:.3f}", iou=f"{record['iou_mean']:.3f}", kl=f"{record['kl']:.4f}")
         if val_pairs and (step % args.eval_every == 0 or step == total_steps):
-            _, val_iou = training.evaluate(model if args.fsdp else raw, processor, val_pairs, args, dist,
-                                           think=args.think)
-            report.log({"step": step, "val_iou": val_iou})
+            _, val_iou, lost_below = training.evaluate(model if args.fsdp else raw, processor, val_pairs, args, dist,
+                                                       think=args.think)
+            settings = dataclasses.replace(settings, lost_below=lost_below)  # saved with the model (train_sft.py)
+            report.log({"step": step, "val_iou": val_iou, "val_lost_below": lost_below})
             if dist.main:
                 bar.write(f"step {step}: val_iou {val_iou:.3f}")
         report.plot()

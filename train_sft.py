@@ -21,6 +21,7 @@ leaves half of one; Ctrl-C or SIGTERM saves one before exiting; --resume continu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import sys
@@ -159,9 +160,11 @@ def train(args, dist):
             bar.set_postfix(loss=f"{loss_mean:.4f}", lr=f"{record['lr']:.2e}")
 
             if val_pairs and (step % args.eval_every == 0 or step == total_steps):
-                val_loss, val_iou = training.evaluate(model if args.fsdp else raw, processor, val_pairs, args, dist,
-                                                      loss_sum=validation_loss)
-                report.log({"step": step, "val_loss": val_loss, "val_iou": val_iou})
+                val_loss, val_iou, lost_below = training.evaluate(model if args.fsdp else raw, processor, val_pairs,
+                                                                  args, dist, loss_sum=validation_loss)
+                # saved with the model: where its confidence best tells its good boxes from its bad ones
+                settings = dataclasses.replace(settings, lost_below=lost_below)
+                report.log({"step": step, "val_loss": val_loss, "val_iou": val_iou, "val_lost_below": lost_below})
                 report.plot()
                 if dist.main:
                     bar.write(f"step {step}: val_loss {val_loss:.4f}  val_iou {val_iou:.3f}")

@@ -400,9 +400,11 @@ def sft_example(processor, wording, pair):
 
 @torch.no_grad()
 def evaluate(model, processor, pairs, args, dist, think=False, loss_sum=None):
-    """(mean validation loss, mean IoU of greedy answers): the loss given `loss_sum(model,
-    pairs) -> (summed loss, answer tokens)`, else None; an unusable answer counts IoU 0. Each
-    rank takes its share of the pairs; the results are the whole set's.
+    """(mean validation loss, mean IoU of greedy answers, the lost threshold they fit): the
+    loss given `loss_sum(model, pairs) -> (summed loss, answer tokens)`, else None; an unusable
+    answer counts IoU 0; the threshold is answers.fit_lost_below over the answers' confidences
+    (to a thousandth) and whether their IoU is at least 0.5, None where all are good or all
+    bad. Each rank takes its share of the pairs; the results are the whole set's.
 
     Under FSDP every forward pass is a collective: every rank runs the same number of batches
     (a rank whose share ran out runs a stand-in batch whose results are not counted) and
@@ -415,6 +417,7 @@ def evaluate(model, processor, pairs, args, dist, think=False, loss_sum=None):
     batches = math.ceil(math.ceil(len(pairs) / dist.world) / args.batch_size) if in_step else \
         math.ceil(len(mine) / args.batch_size)
     loss_total = tokens = iou_sum = 0.0
+    good, bad = [0.0] * LOST_BINS, [0.0] * LOST_BINS  # answers by confidence, a thousandth a bin
     config = greedy_config(processor, answer_token_limit(think))
     for start in range(0, batches * args.batch_size, args.batch_size):
         chunk = mine[start:start + args.batch_size]
@@ -427,14 +430,37 @@ def evaluate(model, processor, pairs, args, dist, think=False, loss_sum=None):
                     loss_total, tokens = loss_total + chunk_loss, tokens + chunk_tokens
             prompts = [build_inputs(processor, p.template, p.search, p.template_box_xyxy, think=think,
                                             wording=args.wording, return_tensors=False) for p in chunk]
-            answers = r1track.generate_answers(model, processor, collate(prompts, pad), config,
-                                               synced=in_step)
-        for pair, answer in zip(chunk if counted else [], answers):
+            answers, confidences = r1track.generate_answers(model, processor, collate(prompts, pad), config,
+                                                            synced=in_step, confidences=True)
+        for pair, answer, confidence in zip(chunk if counted else [], answers, confidences):
             box = answer_box(answer, image_side(pair.search), processor.base.boxes, think=think)
-            iou_sum += iou_xyxy(box, pair.search_box_xyxy) if box else 0.0
-    loss_total, tokens, iou_sum, count = dist.all_sum([loss_total, tokens, iou_sum, float(len(mine))])
+            iou = iou_xyxy(box, pair.search_box_xyxy) if box else 0.0
+            iou_sum += iou
+            kind = good if iou >= 0.5 else bad
+            kind[min(LOST_BINS - 1, int((confidence or 0.0) * LOST_BINS))] += 1  # no number: as sure as 0
+    loss_total, tokens, iou_sum, count, *counts = dist.all_sum([loss_total, tokens, iou_sum, float(len(mine)),
+                                                                *good, *bad])
     model.train(was_training)
-    return (loss_total / max(tokens, 1.0) if loss_sum is not None else None), iou_sum / max(count, 1.0)
+    return (loss_total / max(tokens, 1.0) if loss_sum is not None else None), iou_sum / max(count, 1.0), \
+        _fitted_lost_below(counts[:LOST_BINS], counts[LOST_BINS:])
+
+
+LOST_BINS = 1000
+
+
+def _fitted_lost_below(good_counts, bad_counts) -> float | None:
+    """answers.fit_lost_below over answers counted by confidence bin (each at its bin's middle)."""
+    import numpy as np
+
+    from answers import fit_lost_below
+
+    middles = (np.arange(LOST_BINS) + 0.5) / LOST_BINS
+    good, bad = np.asarray(good_counts, int), np.asarray(bad_counts, int)
+    confidences = np.concatenate([np.repeat(middles, good), np.repeat(middles, bad)])
+    try:
+        return round(fit_lost_below(confidences, np.arange(len(confidences)) < good.sum()), 4)
+    except ValueError:  # all good or all bad: nothing to tell apart
+        return None
 
 
 # -----------------------------------------------------------------------------

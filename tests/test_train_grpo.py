@@ -215,22 +215,28 @@ def test_grpo_full_fine_tuning_under_fsdp(sft_run_of, pairs16, tmp_path, base):
     assert max((weights[k] - start[k]).abs().max() for k in start if k in weights) > 0
 
 
-def test_killed_run_resumes_to_the_same_weights(sft_warm, pairs16, tmp_path):
+@pytest.mark.parametrize("base", ["qwen2_5_vl", "qwen3_5"])  # Qwen3.5: rollouts on its prompts' repeated states
+def test_killed_run_resumes_to_the_same_weights(sft_run_of, pairs16, tmp_path, base):
     """Sampling is drawn from (seed, step, rank): a run killed after a checkpoint and resumed
     draws the same answers and ends with the same adapter as a run never interrupted."""
+    sft_warm = sft_run_of(base)
     extra = ["--prompts-per-step", "4", "--group-size", "2", "--updates-per-batch", "2", "--max-steps", "6",
              "--save-every", "2", "--keep-checkpoints", "5", "--lr", "1e-3", "--max-new-tokens", "16"]
+
+    def args(out, *more):
+        return grpo_args(sft_warm, pairs16, out, *extra, *more, crop=crop_of(base))
+
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    assert run_main(*grpo_args(sft_warm, pairs16, whole, *extra)).returncode == 0
-    process = subprocess.Popen([sys.executable, *grpo_args(sft_warm, pairs16, broken, *extra)], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert run_main(*args(whole)).returncode == 0
+    process = subprocess.Popen([sys.executable, *args(broken)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     from test_train_sft import wait_for
 
     wait_for(broken / "checkpoint-2" / "trainer_state.json", process)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL
-    resumed = run_main(*grpo_args(sft_warm, pairs16, broken, *extra, "--resume"))
+    resumed = run_main(*args(broken, "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # LoRA by default: a fresh adapter over the SFT weights
     assert json.loads((whole / "adapter_config.json").read_text())["base_model_name_or_path"] == str(sft_warm)

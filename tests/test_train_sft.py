@@ -294,3 +294,36 @@ def test_refuses_to_overwrite_a_run_without_resume(tiny_model_dir, pairs16, tmp_
     assert "--lr 1e-05 -> 0.001" in error and "--lora-rank 12 -> 4" in error
     # flags that change how the run is carried out, not what it computes, may change
     assert train_sft.main(args + ["--resume", "--eval-every", "7", "--keep-checkpoints", "3"]) == 0
+
+
+def test_validation_fits_the_lost_threshold_saved_with_the_model(sft_run, pairs16):
+    """Each validation fits the confidence below which an answer counts as lost (the one that
+    best tells the greedy answers of IoU >= 0.5 from the rest); a checkpoint and the final
+    model carry the last in their tracking settings (None where every answer is good)."""
+    import numpy as np
+
+    from prompts import collate, image_side
+    from settings import read_settings
+
+    metrics = [json.loads(line) for line in (sft_run / "metrics.jsonl").read_text().splitlines()]
+    fits = {m["step"]: m["val_lost_below"] for m in metrics if "val_lost_below" in m}
+    assert set(fits) == {60, 100} and fits[60] is not None  # at step 60 some answers are still wrong
+    assert read_settings(str(sft_run / "checkpoint-60")).lost_below == fits[60]
+    assert read_settings(str(sft_run)).lost_below == fits[100]
+
+    # checkpoint-60's greedy answers to the 16 pairs, their confidences and IoUs, found here
+    model, processor = r1track.load_model(str(sft_run / "checkpoint-60"), device="cpu")
+    pairs = [data.open_pairs(str(pairs16), 112).load(i) for i in range(16)]
+    batch = collate([build_inputs(processor, p.template, p.search, p.template_box_xyxy, return_tensors=False)
+                     for p in pairs], processor.tokenizer.pad_token_id)
+    texts, confidences = r1track.generate_answers(model, processor, batch, confidences=True)
+    boxes = [answer_box(text, image_side(p.search), processor.base.boxes) for text, p in zip(texts, pairs)]
+    good = np.array([box is not None and iou_xyxy(box, p.search_box_xyxy) >= 0.5 for box, p in zip(boxes, pairs)])
+    scores = np.array([c or 0.0 for c in confidences])
+
+    def balanced(threshold):
+        lost = scores < threshold
+        return ((lost & ~good).sum() / max((~good).sum(), 1) + (~lost & good).sum() / max(good.sum(), 1)) / 2
+
+    assert 0 < good.sum() < 16
+    assert balanced(fits[60]) == pytest.approx(max(balanced(t) for t in np.linspace(0, 1.001, 2003)))
