@@ -274,12 +274,14 @@ def test_lost_threshold_fitted_by_eval_is_what_track_py_marks_lost_by(tmp_path):
     """eval_got10k.py --fit-lost-below on clips whose target hides now and then saves the
     threshold in the model folder's settings; track.py then marks frames lost by it (without
     the note a model with none gets) and --lost-below still overrides it."""
+    import dataclasses
     import shutil
 
     from settings import DEMO_MODEL, read_settings
 
     model = tmp_path / "model"
     shutil.copytree(DEMO_MODEL, model)
+    dataclasses.replace(read_settings(str(model)), lost_below=None).save(model)  # as a model with none
     root = tmp_path / "clips"
     synthetic.make_synthetic_got10k(root, "val", sequences=4, frames=16, seed=11, style="plain", hiding=True)
     clip = root / "val" / got10k.read_got10k_split(root / "val")[0]
