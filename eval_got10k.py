@@ -193,6 +193,9 @@ def check_args(args, benchmark) -> None:
         raise UserError(f"the {args.split} split has no ground truth: its RESULTS.zip goes to the evaluation server")
     if args.fit_lost_below and (benchmark.name != "got10k" or args.split in benchmark.truthless):
         raise UserError("--fit-lost-below fits on clips with truth in the GOT-10k layout (--split val or train)")
+    if args.fit_lost_below and args.eval_only:
+        raise UserError("--fit-lost-below saves the threshold in the tracked model's folder: track with --model, "
+                        "not --eval-only")
     if args.attributes and not benchmark.attributes:
         raise UserError(f"--attributes: {benchmark.title} is scored as its toolkit scores it, without attributes")
 

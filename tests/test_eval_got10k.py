@@ -235,6 +235,8 @@ def closed_port() -> int:
     (["--batch", "0"], "--batch must be at least 1"),
     (["--loop", "mine"], "invalid choice: 'mine'"),
     (["--split", "nope"], "invalid choice: 'nope'"),
+    (["--fit-lost-below", "--eval-only", "results"], "track with --model, not --eval-only"),
+    (["--fit-lost-below", "--split", "test"], "--fit-lost-below fits on clips with truth"),
 ])
 def test_user_errors_are_one_line(got10k_root, tmp_path, args, message, capsys):
     import eval_got10k
