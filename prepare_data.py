@@ -1,9 +1,11 @@
 """Make data for R1-Track.
 
-  python prepare_data.py pairs --got10k GOT-10k/train --out pairs.parquet --num 5000 --size 336
+  python prepare_data.py pairs --data got10k:GOT-10k/train --out pairs.parquet --num 5000 --size 336
       training pairs in the EasyR1 parquet layout (images, problem, answer), sampled as
       R1-Track-5k was: two frames of a sequence, each cropped around its own box with a
       random factor in [2, 8) and a random centre shift; one pair per sequence per pass.
+      Several sets mixed by weight: --data got10k:GOT-10k/train lasot:LaSOT
+      trackingnet:TrackingNet coco:COCO --data-weights 1 1 1 1
 
   python prepare_data.py synthetic --out data/synth --split val --sequences 8 --frames 30
       a synthetic dataset in the GOT-10k layout (moving, occluded, sometimes absent targets
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import synthetic
 from cli import ArgumentParser, HelpFormatter, UserError, positive_int, script_main
-from data import Got10kPairs, PairStream, pair_to_row
+from data import MixedPairs, PairStream, open_mix, pair_to_row, skipped_text
 from prompts import WORDINGS
 from settings import LOOPS
 
@@ -40,7 +42,15 @@ def build_parser() -> ArgumentParser:
     pairs = commands.add_parser(
         "pairs", help="sample training pairs from a GOT-10k split into an EasyR1 parquet file",
         formatter_class=HelpFormatter)
-    pairs.add_argument("--got10k", required=True, help="a GOT-10k-layout split folder (holding list.txt)")
+    sources = pairs.add_mutually_exclusive_group(required=True)
+    sources.add_argument("--data", nargs="+", metavar="KIND:FOLDER",
+                         help="the tracking sets to cut pairs from, KIND one of got10k (a split folder with "
+                         "list.txt), lasot (its training set: the 280 test sequences never read), trackingnet "
+                         "(TRAIN_<k> chunks), coco (2017 instances: both crops from one image); several are "
+                         "mixed by --data-weights")
+    sources.add_argument("--got10k", help="a GOT-10k-layout split folder (holding list.txt): --data got10k:FOLDER")
+    pairs.add_argument("--data-weights", nargs="+", type=float, default=None, metavar="W",
+                       help="with several --data: each one's share of the pairs, in their order (default: equal)")
     pairs.add_argument("--out", required=True, help="the parquet file to write")
     pairs.add_argument("--num", type=positive_int, default=5000, help="number of pairs")
     pairs.add_argument("--size", type=positive_int, default=336, help="crop size in pixels (336 as published; 352 "
@@ -81,9 +91,17 @@ def write_pairs(args) -> int:
     schema = pa.schema([  # EasyR1's layout
         ("images", pa.list_(pa.struct([("bytes", pa.binary()), ("path", pa.string())]))),
         ("problem", pa.string()), ("answer", pa.string())])
-    source = Got10kPairs(args.got10k, args.size, loop=args.loop)
-    if len(source) == 0:
-        raise UserError(f"{args.got10k} has no sequence with a visible target")
+    specs = args.data or [f"got10k:{args.got10k}"]
+    if args.data_weights is not None and len(args.data_weights) != len(specs):
+        raise UserError(f"--data-weights takes one weight for each --data ({len(specs)}), not {len(args.data_weights)}")
+    if args.data_weights is not None and min(args.data_weights) <= 0:
+        raise UserError("--data-weights must be above 0 (leave out a source to give it none)")
+    source = open_mix(specs, args.data_weights, args.size, loop=args.loop)
+    for part in getattr(source, "sources", [source]):
+        if len(part) == 0:
+            raise UserError(f"{part.name} has no sequence with a visible target ({skipped_text(part)})")
+    if isinstance(source, MixedPairs):
+        print(f"{len(source.sources)} sources mixed by weight:\n" + "\n".join(source.describe()))
     stream = PairStream(source, args.seed)
     out = Path(args.out)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -96,7 +114,9 @@ def write_pairs(args) -> int:
             writer.write_table(pa.Table.from_pylist([pair_to_row(pair, args.wording) for pair in pairs], schema=schema))
             bar.update(len(pairs))
     tmp.replace(out)
-    print(f"wrote {args.num} pairs from {len(source)} sequences to {out} "
+    drawn = "" if not isinstance(source, MixedPairs) else " (" + ", ".join(
+        f"{label} {count}" for label, count in source.drawn(stream.position, args.seed).items()) + " drawn)"
+    print(f"wrote {args.num} pairs from {source.name}{drawn} to {out} "
           f"({source.skipped} sequences unusable, {stream.skipped} draws retried)")
     return 0
 

@@ -345,7 +345,11 @@ def model_card(args, kind: str, step: int, total_steps: int, latest: dict, folde
     adapter_on = None if merged else adapter_base(args)
     # an adapter goes on the model it names; one on a local model is not a hub model's adapter
     on_local = adapter_on is not None and Path(adapter_on).exists()
-    data = HUB_DATASETS.get(args.data, args.data)
+    specs = args.data if isinstance(args.data, list) else [args.data]
+    datasets = [HUB_DATASETS[spec] for spec in specs if spec in HUB_DATASETS]
+    data = " + ".join(f"`{HUB_DATASETS.get(spec, spec)}`" for spec in specs)
+    if len(specs) > 1:
+        data += f" (mixed by weights {' '.join(f'{w:g}' for w in args.data_weights or [1] * len(specs))})"
     pushed = args.push_to_hub and Path(folder).resolve() == pushed_folder(args).resolve()
     where = args.push_to_hub if pushed else str(Path(folder).resolve())
     method = ("supervised fine-tuning on tracking pairs" if kind == "sft" else
@@ -365,7 +369,7 @@ def model_card(args, kind: str, step: int, total_steps: int, latest: dict, folde
         base_model=None if on_local else hub_base, library_name="transformers" if adapter_on is None else "peft",
         pipeline_tag="image-text-to-text",
         tags=["r1-track", "visual-object-tracking", base.model_type, kind, *([] if adapter_on is None else ["lora"])],
-        datasets=[data] if data in HUB_DATASETS.values() else None, **licence)
+        datasets=datasets or None, **licence)
     flags = "\n".join(f"| `--{key.replace('_', '-')}` | `{value}` |" for key, value in sorted(run_config(args).items())
                       if value is not None and value is not False and value != [] and key not in PLUMBING
                       and not (kind == "grpo" and key == "model"))  # GRPO starts from --init
@@ -378,7 +382,7 @@ An R1-Track single-object tracker: {base.name} reads a template crop around the 
 its box and a search crop around its last position, and answers the target's box in the
 search crop as text, `[x1,y1,x2,y2]` ({"in crop pixels" if base.boxes == "pixels" else
 "in thousandths of the crop's side, as " + base.name + " grounds"}). This model is {method} of {start_said}, saved as
-{weights}, trained {step} of {total_steps} steps on `{args.data}`.
+{weights}, trained {step} of {total_steps} steps on {data}.
 
 Its tracking settings (r1track.json): {settings.describe()}.
 

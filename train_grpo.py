@@ -502,6 +502,7 @@ def train(args, dist):
         step += 1
         record = grpo_step(step, model, raw, reference, processor, optimizer, scheduler, stream, args, dist)
         record["elapsed_s"] = time.perf_counter() - started  # the steps' own time against the run's (bookkeeping)
+        record.update(training.data_share(train_source, stream.position, args, dist))
         report.log(record)
         bar.update()
         bar.set_postfix(reward=f"{record['reward_mean']:.3f}", iou=f"{record['iou_mean']:.3f}", kl=f"{record['kl']:.4f}")

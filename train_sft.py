@@ -152,7 +152,8 @@ def train(args, dist):
             record = {"step": step, "loss": loss_mean, "lr": scheduler.get_last_lr()[0],
                       "grad_norm": float(grad_norm), "tokens_per_s": tokens / seconds, "epoch": consumed["epoch"],
                       # the run's time so far: its steps against the steps' own time show the bookkeeping
-                      "elapsed_s": time.perf_counter() - run_started}
+                      "elapsed_s": time.perf_counter() - run_started,
+                      **training.data_share(train_source, consumed["position"], args, dist)}
             if dist.device.type == "cuda":
                 record["peak_memory_gib"] = torch.cuda.max_memory_allocated(dist.device) / 2 ** 30
             report.log(record)

@@ -26,7 +26,16 @@ import reports
 from answers import answer_box
 from boxes import iou_xyxy
 from cli import UserError, first_line, positive_int, script_main, write_atomic
-from data import HUB_DATASETS, NoSplit, StoredPairs, open_pairs, validation_pairs
+from data import (
+    HUB_DATASETS,
+    MixedPairs,
+    NoSplit,
+    StoredPairs,
+    open_mix,
+    open_pairs,
+    skipped_text,
+    validation_pairs,
+)
 from prompts import (
     WORDINGS,
     answer_text,
@@ -78,9 +87,16 @@ def add_model_args(parser, default_model="Qwen/Qwen2.5-VL-3B-Instruct", default_
 
 def add_data_args(parser, default_data="r1track5k", inherited=""):
     group = parser.add_argument_group("data")
-    group.add_argument("--data", default=default_data, help="r1track5k | r1track100k (hub datasets) | a parquet file "
-                       "or folder (EasyR1 layout) | a ShareGPT .json | a GOT-10k split folder with list.txt "
-                       f"(fresh pairs sampled on the fly) (default: {default_data})")
+    group.add_argument("--data", nargs="+", default=default_data, metavar="DATA",
+                       help="r1track5k | r1track100k (hub datasets) | a parquet file or folder (EasyR1 layout) | a "
+                       "ShareGPT .json | a GOT-10k split folder with list.txt | KIND:FOLDER, a tracking set's "
+                       "training split, KIND one of got10k, lasot (its 280 test sequences never read), trackingnet "
+                       "(TRAIN_<k> chunks), coco (2017 instances, both crops from one image); the last two kinds "
+                       "give fresh pairs sampled on the fly. Several: mixed by --data-weights, e.g. "
+                       "got10k:GOT-10k/train lasot:LaSOT trackingnet:TrackingNet coco:COCO "
+                       f"(default: {default_data})")
+    group.add_argument("--data-weights", nargs="+", type=float, default=None, metavar="W",
+                       help="with several --data: each one's share of the pairs, in their order (default: equal)")
     group.add_argument("--val-data", default=None, help="validation data, any form --data takes (default: the "
                        "dataset's own val split when it has one, else --val-fraction of --data)")
     group.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction of a stored --data")
@@ -142,6 +158,14 @@ def check_common_args(parser, args):
         parser.error("--val-fraction must be in [0, 1)")
     if args.data_workers is not None and args.data_workers < 0:
         parser.error("--data-workers must be 0 or more")
+    if isinstance(args.data, list) and len(args.data) == 1:
+        args.data = args.data[0]  # one source is a string, as runs saved it before --data took several
+    if args.data_weights is not None:
+        count = len(args.data) if isinstance(args.data, list) else 1
+        if len(args.data_weights) != count:
+            parser.error(f"--data-weights takes one weight for each --data ({count}), not {len(args.data_weights)}")
+        if min(args.data_weights) <= 0:
+            parser.error("--data-weights must be above 0 (leave out a source to give it none)")
     reports.check_report_args(parser, args)
 
 
@@ -347,15 +371,15 @@ def to_device(batch, device, image_processor=None):
 def open_data(args, dist):
     """(train source, validation source or None); one clear error for bad data."""
     try:
-        train = open_pairs(args.data, args.crop_size, split="train", tracking_share=args.tracking_pairs,
-                           loop=args.loop)
+        specs = args.data if isinstance(args.data, list) else [args.data]
+        train = open_mix(specs, args.data_weights, args.crop_size, tracking_share=args.tracking_pairs, loop=args.loop)
         val = None
         if args.val_data:
             val = open_pairs(args.val_data, args.crop_size, split="val", tracking_share=args.tracking_pairs,
                              loop=args.loop)
         elif args.val_fraction > 0:
             if not isinstance(train, StoredPairs):
-                raise UserError("--val-fraction holds out stored pairs; for a GOT-10k folder give --val-data")
+                raise UserError("--val-fraction holds out stored pairs; for a tracking set or a mix give --val-data")
             train, val = train.split(args.val_fraction, args.seed)
         elif isinstance(train, StoredPairs) and (Path(args.data).is_dir() or args.data in HUB_DATASETS):
             try:  # the dataset's own val split; a broken one is an error, a missing one is said below
@@ -364,14 +388,21 @@ def open_data(args, dist):
                 pass
     except (OSError, ValueError) as error:
         raise UserError(str(error)) from None
+    if isinstance(train, MixedPairs):
+        if dist.main:
+            print(f"training data: {len(train.sources)} sources mixed by weight, {len(train)} pairs an epoch:")
+            print("\n".join(train.describe()))
+        empty = [source.name for source in train.sources if len(source) == 0]
+        if empty:
+            raise UserError(f"no usable training pairs in {empty[0]}")
     for name, source in (("training", train), ("validation", val)):
-        if source is not None:
+        if source is not None and not (source is train and isinstance(train, MixedPairs)):
             if dist.main:
                 sides = source.stored_sides() if isinstance(source, StoredPairs) else []
                 others = [f"{side}-px" for side in sides if side != args.crop_size]
                 resized = f"; {', '.join(others)} pairs (of its first rows) resized to {args.crop_size} px" \
                     if others else ""
-                print(f"{name} data: {source.name}: {len(source)} usable, {source.skipped} skipped{resized}")
+                print(f"{name} data: {source.name}: {len(source)} usable, {skipped_text(source)}{resized}")
             if len(source) == 0:
                 raise UserError(f"no usable {name} pairs in {source.name}")
     if val is None and dist.main:
@@ -379,6 +410,16 @@ def open_data(args, dist):
     if len(train) < dist.world:
         raise UserError(f"{len(train)} training examples cannot be shared between {dist.world} ranks")
     return train, val
+
+
+def data_share(source, position: int, args, dist) -> dict:
+    """For a mix of sources: {"data_share": {source: its share of the pairs all ranks have
+    drawn by this stream position}}, a metrics entry; {} for a single source."""
+    if not isinstance(source, MixedPairs) or position == 0:
+        return {}
+    drawn = source.drawn(position, args.seed, dist.world)
+    total = sum(drawn.values())
+    return {"data_share": {label: round(count / total, 4) for label, count in drawn.items()}}
 
 
 def validation_set(source, args, dist) -> list:

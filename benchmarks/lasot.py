@@ -37,31 +37,61 @@ LASOT_SUCCESS_THRESHOLDS = matlab_colon(0, 0.05, 1)  # the LaSOT toolkit's
 # (bool per frame, or None), description (or None).
 
 
-def _lasot(root: Path, split=None) -> list[dict]:
+# LaSOT's test set (its protocol II: 4 sequences of each of its 70 classes, 280 in all), as the
+# toolkit's testing_set.txt lists it; the other 1,120 are its training set
+_LASOT_TEST = """
+airplane 1 9 13 15; basketball 1 6 7 11; bear 2 4 6 17; bicycle 2 7 9 18; bird 2 3 15 17; boat 3 4 12 17;
+book 3 10 11 19; bottle 1 12 14 18; bus 2 5 17 19; car 2 6 9 17; cat 1 3 18 20; cattle 2 7 12 13;
+chameleon 3 6 11 20; coin 3 6 7 18; crab 3 6 12 18; crocodile 3 4 10 14; cup 1 4 7 17; deer 4 8 10 14;
+dog 1 7 15 19; drone 2 7 13 15; electricfan 1 10 18 20; elephant 1 12 16 18; flag 2 3 5 9; fox 2 3 5 20;
+frog 3 4 9 20; gametarget 1 2 7 13; gecko 1 5 16 19; giraffe 2 10 13 15; goldfish 3 7 8 10; gorilla 4 6 9 13;
+guitar 3 8 10 16; hand 2 3 9 16; hat 1 2 5 18; helmet 5 11 13 19; hippo 1 7 9 20; horse 1 4 12 15;
+kangaroo 2 5 11 14; kite 4 6 10 15; leopard 1 7 16 20; licenseplate 6 12 13 15; lion 1 5 12 20; lizard 1 3 6 13;
+microphone 2 6 14 16; monkey 3 4 9 17; motorcycle 1 3 9 18; mouse 1 8 9 17; person 1 5 10 12; pig 2 10 13 18;
+pool 3 7 12 15; rabbit 10 13 17 19; racing 10 15 16 20; robot 1 5 8 19; rubicCube 1 6 14 19; sepia 6 8 13 16;
+shark 2 3 5 6; sheep 3 5 7 9; skateboard 3 8 16 19; spider 14 16 18 20; squirrel 8 11 13 19; surfboard 4 5 8 12;
+swing 10 14 17 20; tank 6 9 14 16; tiger 4 6 12 18; train 1 7 11 20; truck 3 6 7 16; turtle 5 8 9 16;
+umbrella 2 9 17 19; volleyball 1 13 18 19; yoyo 7 15 17 19; zebra 10 14 16 17
+"""
+LASOT_TEST_SET = frozenset(f"{name}-{k}" for entry in _LASOT_TEST.replace("\n", " ").split(";")
+                           for name, *numbers in [entry.split()] for k in numbers)
+
+
+def lasot_folders(root: Path) -> list[Path]:
+    """Every <class>/<class>-<n> folder with a groundtruth.txt under a LaSOT root, by name."""
+    found = (Path(p).parent for p in glob.glob(str(root / "*" / "*" / "groundtruth.txt")))
+    return sorted((f for f in found if f.name.rsplit("-", 1)[0] == f.parent.name), key=lambda f: f.name)
+
+
+def read_lasot_sequence(folder: Path) -> dict:
+    """One LaSOT sequence folder's annotation: boxes_xywh, absent (full occlusion or out of
+    view, per frame) and description (nlp.txt, or None); its frames are not listed."""
+    boxes = read_box_rows(folder / "groundtruth.txt")
+    absent = np.zeros(len(boxes), bool)
+    for flag in ("full_occlusion", "out_of_view"):
+        if (folder / f"{flag}.txt").is_file():
+            flags = read_flags(folder / f"{flag}.txt")
+            if len(flags) != len(boxes):
+                raise UserError(f"{folder / f'{flag}.txt'}: {len(flags)} flags for {len(boxes)} boxes")
+            absent |= flags
+    nlp = folder / "nlp.txt"
+    return {"name": folder.name, "boxes_xywh": boxes, "absent": absent,
+            "description": nlp.read_text().strip() if nlp.is_file() else None}
+
+
+def _lasot(root: Path, split=None, test_set=frozenset()) -> list[dict]:
     """root/<class>/<class>-<n>/{img/00000001.jpg..., groundtruth.txt, full_occlusion.txt,
     out_of_view.txt, nlp.txt}. A testing_set.txt at the root (as the toolkit ships) chooses the
-    sequences; otherwise every sequence found is read."""
+    sequences; otherwise those of `test_set` found there (LaSOT's 280 in the full dataset,
+    whose training sequences lie beside them), else every sequence found."""
     listed = root / "testing_set.txt"
     if listed.is_file():
         names = [n.strip() for n in listed.read_text().split() if n.strip()]
         folders = [root / n.rsplit("-", 1)[0] / n for n in names]
     else:
-        found = (Path(p).parent for p in glob.glob(str(root / "*" / "*" / "groundtruth.txt")))
-        folders = sorted((f for f in found if f.name.rsplit("-", 1)[0] == f.parent.name), key=lambda f: f.name)
-    sequences = []
-    for folder in folders:
-        boxes = read_box_rows(folder / "groundtruth.txt")
-        absent = np.zeros(len(boxes), bool)
-        for flag in ("full_occlusion", "out_of_view"):
-            if (folder / f"{flag}.txt").is_file():
-                flags = read_flags(folder / f"{flag}.txt")
-                if len(flags) != len(boxes):
-                    raise UserError(f"{folder / f'{flag}.txt'}: {len(flags)} flags for {len(boxes)} boxes")
-                absent |= flags
-        nlp = folder / "nlp.txt"
-        sequences.append({"name": folder.name, "frames": sorted((folder / "img").glob("*.jpg")), "boxes_xywh": boxes,
-                          "absent": absent, "description": nlp.read_text().strip() if nlp.is_file() else None})
-    return sequences
+        found = lasot_folders(root)
+        folders = [folder for folder in found if folder.name in test_set] or found
+    return [{**read_lasot_sequence(folder), "frames": sorted((folder / "img").glob("*.jpg"))} for folder in folders]
 
 
 def _tnl2k(root: Path, split=None) -> list[dict]:
@@ -129,7 +159,8 @@ def _benchmark(name: str, title: str, read, layout: str, **kwargs) -> Benchmark:
 
 
 BENCHMARKS = (
-    _benchmark("lasot", "LaSOT", _lasot, "<class>/<class>-<n>/groundtruth.txt", test_set_size=280,
+    _benchmark("lasot", "LaSOT", functools.partial(_lasot, test_set=LASOT_TEST_SET),
+               "<class>/<class>-<n>/groundtruth.txt", test_set_size=280,
                attribute_names=LASOT_ATTRIBUTES),
     _benchmark("lasot_ext", "LaSOT-ext", _lasot, "<class>/<class>-<n>/groundtruth.txt", test_set_size=150,
                attribute_names=LASOT_ATTRIBUTES),

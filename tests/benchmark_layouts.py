@@ -384,3 +384,41 @@ def make_synthetic_benchmark(root, benchmark, sequences=3, frames=12, size=(64, 
     with tempfile.TemporaryDirectory(prefix="synthetic-clips-") as tmp:
         _BENCHMARK_WRITERS[benchmark](root, Path(tmp), names, frames, size, seed, style, images)
     return root
+
+
+def make_synthetic_coco(root, images=4, objects=2, size=(64, 48), seed=0) -> Path:
+    """COCO 2017's training layout under `root`: train2017/<12-digit id>.jpg and
+    annotations/instances_train2017.json (images, annotations with bbox as x,y,w,h floats,
+    area, iscrowd, category_id; categories). Each image is a textured background with
+    `objects` patterned boxes; the first image also holds a crowd region and an object of no
+    area, which a reader of training objects leaves out."""
+    import json
+
+    from synthetic import _smooth_noise
+
+    root = Path(root)
+    (root / "train2017").mkdir(parents=True, exist_ok=True)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 2017])
+    width, height = size
+    listed, annotations = [], []
+    for index in range(images):
+        image_id = 1000 + 7 * index  # ids are not rows: a reader must look them up
+        frame = _smooth_noise(rng, width, height, (4, 3))
+        for _ in range(objects):
+            w, h = rng.uniform(0.2, 0.45) * width, rng.uniform(0.2, 0.45) * height
+            box = [float(rng.uniform(0, width - w)), float(rng.uniform(0, height - h)), float(w), float(h)]
+            paste(frame, patterned_patch(rng, np.array([saturated_colour(rng), saturated_colour(rng)])), box)
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "bbox": [round(v, 2) for v in box],
+                                "area": w * h, "iscrowd": 0, "category_id": 1})
+        if index == 0:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "bbox": [1.0, 1.0, 20.0, 15.0],
+                                "area": 300.0, "iscrowd": 1, "category_id": 1})
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "bbox": [5.0, 5.0, 0.0, 4.0],
+                                "area": 0.0, "iscrowd": 0, "category_id": 1})
+        file_name = f"{image_id:012d}.jpg"
+        Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8)).save(root / "train2017" / file_name, quality=92)
+        listed.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+    (root / "annotations" / "instances_train2017.json").write_text(json.dumps(
+        {"images": listed, "annotations": annotations, "categories": [{"id": 1, "name": "box"}]}))
+    return root

@@ -1,5 +1,6 @@
 import os
 import subprocess
+import time
 import sys
 import tempfile
 from pathlib import Path
@@ -90,6 +91,15 @@ def main_in_process(main, argv, capsys):
     except SystemExit as exit_:  # argparse's refusals
         code = exit_.code
     return code, capsys.readouterr().err
+
+
+def wait_for(path, process, timeout=120):
+    """Until `path` exists while `process` (a Popen) runs: a file a run writes along the way."""
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None, "the run ended before the file appeared"
+        assert time.time() < deadline
+        time.sleep(0.02)
 
 
 def run_script(*args, **kwargs):

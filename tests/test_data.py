@@ -251,7 +251,7 @@ def test_validation_that_cannot_be_built_is_an_error(tmp_path):
     folder.mkdir()
     pq.write_table(pa.Table.from_pylist([good] * 4), folder / "train.parquet")
     pq.write_table(pa.Table.from_pylist([{"problem": "x", "answer": "y"}]), folder / "val.parquet")  # no images
-    args = types.SimpleNamespace(data=str(folder), val_data=None, val_fraction=0.0, crop_size=112,
+    args = types.SimpleNamespace(data=str(folder), data_weights=None, val_data=None, val_fraction=0.0, crop_size=112,
                                  tracking_pairs=0.0, loop="published")
     one = types.SimpleNamespace(world=1, main=True)
     with pytest.raises(UserError, match="val.parquet: not in the EasyR1 layout"):

@@ -233,6 +233,7 @@ def test_the_3b_shape_matches_the_published_model(tiny):
     assert len(model.model.language_model.layers) == 36 and len(model.model.visual.blocks) == 32
 
 
+@pytest.mark.benchmark  # a development tool's run (half a minute): on demand, not in the suite
 def test_bench_pipeline_smoke(tmp_path):
     out = tmp_path / "pipeline.json"
     result = run_main("tools/bench.py", "--pipeline", "--streams", "2", "--frames", "3", "--repeats", "1", "--json", out)

@@ -274,6 +274,7 @@ def test_grpo_asks_for_a_kernel_that_takes_the_block_mask(sft_warm):
     assert not train_grpo.shares_prompts(argparse.Namespace(config=flash), checked("--attn", "flash_attention_2"))
 
 
+@pytest.mark.benchmark  # a development tool's run (half a minute): on demand, not in the suite
 def test_step_cost_bench_smoke(tmp_path):
     """tools/bench_grpo.py --step-cost on the tiny model: both layouts run as train_grpo.py,
     each stage timed within its step, the shared one doing fewer FLOPs; the report carries the

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BASES, ROOT, crop_of, run_main, run_script
+from conftest import BASES, ROOT, crop_of, run_main, run_script, wait_for
 from safetensors.torch import load_file
 
 import bases
@@ -230,7 +230,6 @@ def test_killed_run_resumes_to_the_same_weights(sft_run_of, pairs16, tmp_path, b
     assert run_main(*args(whole)).returncode == 0
     process = subprocess.Popen([sys.executable, *args(broken)], cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    from test_train_sft import wait_for
 
     wait_for(broken / "checkpoint-2" / "trainer_state.json", process)
     process.send_signal(signal.SIGKILL)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BASES, crop_of, run_main
+from conftest import BASES, crop_of, run_main, wait_for
 from safetensors.torch import load_file
 
 import bases
@@ -190,14 +190,6 @@ def test_a_killed_rank_ends_the_run_and_resume_equals_a_straight_run(fsdp_run, t
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     base = load_file(tiny_model_dir / "model.safetensors")
     assert max(float((a[k] - base[k]).abs().max()) for k in base) > 1e-3  # while training moved them
-
-
-def wait_for(path, process, timeout=120):
-    deadline = time.time() + timeout
-    while not path.exists():
-        assert process.poll() is None, "the run ended before the checkpoint appeared"
-        assert time.time() < deadline
-        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("mode, stop_signal", [("lora", signal.SIGKILL), ("full", signal.SIGTERM)])
