@@ -73,9 +73,11 @@ def build_parser() -> ArgumentParser:
     clips.add_argument("--size", type=parse_size, default="320x240", help="frame size WIDTHxHEIGHT")
     clips.add_argument("--style", default="clutter", choices=synthetic.SYNTHETIC_STYLES,
                        help="clutter: textured background, look-alikes, occlusion, absence; "
-                       "plain: the target alone on a flat background")
+                       "plain: the target alone on a flat background; changing: on a flat background, a target whose "
+                       "colours, pattern and shape drift far from its first look, a look-alike keeping that first "
+                       "look, a narrow occluder")
     clips.add_argument("--distractors", type=int, default=None,
-                       help="look-alike objects per sequence (default: 2 for clutter, 0 for plain)")
+                       help="look-alike objects per sequence (default: 2 for clutter, 0 for plain, 1 for changing)")
     clips.add_argument("--hiding", action=argparse.BooleanOptionalAction, default=None,
                        help="an occluder and walks out of the image, frames where the target cannot be seen "
                        "(default: in the clutter style only)")

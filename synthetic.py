@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -325,7 +326,7 @@ def random_walk(rng, frames, start, low, high, speed):
     return np.array(path)
 
 
-SYNTHETIC_STYLES = ("clutter", "plain")
+SYNTHETIC_STYLES = ("clutter", "plain", "changing")
 
 
 def make_synthetic_got10k(root, split="val", sequences=8, frames=30, size=(320, 240), seed=0,
@@ -337,6 +338,12 @@ def make_synthetic_got10k(root, split="val", sequences=8, frames=30, size=(320, 
     sometimes passes over the target, and, in some sequences, frames where the target leaves
     the image or is fully hidden. style="plain": the target alone on a flat background (no
     distractors unless given, no occluder), the easy case a very small model can learn.
+    style="changing": on the plain style's flat background, a target whose look drifts far
+    from its first frame (its two colours and pattern fade into others, its shape stretches
+    by up to 2x one way), a look-alike that keeps the target's first look (1 unless given;
+    the first frame alone then points at the wrong object), and a narrow occluder that
+    sometimes passes over part of the target: the world where a recent look of the target
+    helps.
     speed: the range of the objects' typical speed, in pixels per frame.
     hiding: whether the occluder and the walks out of the image happen (default: in the
     clutter style only); hiding=True gives the plain style's easy target the same absences.
@@ -344,9 +351,10 @@ def make_synthetic_got10k(root, split="val", sequences=8, frames=30, size=(320, 
     """
     if style not in SYNTHETIC_STYLES:
         raise ValueError(f"unknown style {style!r}; choose one of {', '.join(SYNTHETIC_STYLES)}")
-    plain = style == "plain"
-    hiding = not plain if hiding is None else hiding
-    distractors = (0 if plain else 2) if distractors is None else distractors
+    changing = style == "changing"
+    plain = style in ("plain", "changing")  # a flat background
+    hiding = style == "clutter" if hiding is None else hiding
+    distractors = {"clutter": 2, "plain": 0, "changing": 1}[style] if distractors is None else distractors
     width, height = size
     split_dir = Path(root) / split
     split_dir.mkdir(parents=True, exist_ok=True)
@@ -378,10 +386,19 @@ def make_synthetic_got10k(root, split="val", sequences=8, frames=30, size=(320, 
         path[0] = start  # the first frame always shows the whole target
         others = [random_walk(rng, frames, rng.uniform([0, 0], [width * 0.8, height * 0.8]),
                                (0, 0), (width * 0.85, height * 0.85), pace) for _ in range(distractors)]
-        occluder_on = rng.random() < 0.6 and hiding
+        occluder_on = rng.random() < 0.6 and (hiding or changing)
         occluder_w = rng.uniform(0.6, 1.6) * base_w
         occluder_x = np.linspace(-occluder_w, width, frames) if rng.random() < 0.5 else np.linspace(width, -occluder_w, frames)
         occluder_colour = rng.uniform(60, 200, size=3)
+        if changing:
+            late_patch = patterned_patch(rng, np.array([saturated_colour(rng), saturated_colour(rng)]))
+            stretch_end = math.exp(rng.uniform(-math.log(2), math.log(2)))  # width over height, by the last frame
+            if distractors:
+                patches[1] = patches[0].copy()  # a look-alike of the target's first look
+            if not hiding:  # a part of the target hidden at times, never the whole
+                occluder_w = rng.uniform(0.25, 0.5) * base_w
+                occluder_x = np.linspace(-occluder_w, width, frames) if occluder_x[0] < 0 else \
+                    np.linspace(width, -occluder_w, frames)
 
         rows, cover, cut = [], [], []
         for t in range(frames):
@@ -389,10 +406,16 @@ def make_synthetic_got10k(root, split="val", sequences=8, frames=30, size=(320, 
             for k, other in enumerate(others):
                 paste(frame, patches[k + 1], (other[t][0], other[t][1], base_w, base_h))
             w, h = base_w * scale_wave[t], base_h * scale_wave[t]
+            patch = patches[0]
+            if changing:  # the look drifts from the first frame's to another, a little every frame
+                progress = t / max(frames - 1, 1)
+                patch = (1 - progress) * patches[0] + progress * late_patch
+                stretch = math.sqrt(stretch_end ** progress)
+                w, h = min(w * stretch, 0.9 * width), min(h / stretch, 0.9 * height)
             x, y = path[t]
             if t == 0:
                 x, y = min(max(x, 0), width - w - 1), min(max(y, 0), height - h - 1)
-            paste(frame, patches[0], (x, y, w, h))
+            paste(frame, patch, (x, y, w, h))
             target = np.zeros((height, width), bool)
             target[max(int(round(y)), 0):max(int(round(y + h)), 0), max(int(round(x)), 0):max(int(round(x + w)), 0)] = True
             visible = target.copy()

@@ -60,6 +60,35 @@ def test_ground_truth_follows_the_drawn_target(got10k_root):
         assert np.mean(same) < 0.5 * np.mean(moved), name
 
 
+def test_the_changing_style_drifts_from_the_first_look_beside_a_look_alike(tmp_path):
+    """style="changing": by the last frame the target under its box no longer looks like its
+    first frame (in the plain style it still does), its shape has stretched, and an object
+    with the target's first look is elsewhere in the frame."""
+    def first_and_last(style):
+        split = synthetic.make_synthetic_got10k(tmp_path / style, "val", sequences=3, frames=12, size=(160, 120),
+                                                seed=8, style=style)
+        for name in got10k.read_got10k_split(split):
+            s = got10k.read_got10k_sequence(split / name)
+            yield s, _patch(s["frames"][0], s["boxes_xywh"][0]), _patch(s["frames"][-1], s["boxes_xywh"][-1])
+
+    assert all(np.abs(first - last).mean() < 20 for _, first, last in first_and_last("plain"))
+    stretched = []
+    for s, first, last in first_and_last("changing"):
+        assert np.abs(first - last).mean() > 50
+        (w0, h0), (w1, h1) = s["boxes_xywh"][0, 2:], s["boxes_xywh"][-1, 2:]
+        stretched.append(abs(np.log((w1 / h1) / (w0 / h0))))
+        # the look-alike: pixels of the target's first colours outside its last box
+        frame = np.asarray(Image.open(s["frames"][-1]).convert("RGB"), float)
+        x, y, w, h = s["boxes_xywh"][-1]
+        outside = np.ones(frame.shape[:2], bool)
+        outside[max(int(y) - 1, 0):int(y + h) + 2, max(int(x) - 1, 0):int(x + w) + 2] = False
+        found, counts = np.unique(first.reshape(-1, 3).round(-1), axis=0, return_counts=True)
+        colours = found[np.argsort(-counts)[:2]]  # its two colours (the pattern's)
+        near = np.min([np.abs(frame - c).max(axis=2) for c in colours], axis=0) < 40
+        assert (near & outside).sum() > 50, s["name"]
+    assert max(stretched) > 0.1  # width over height changed by more than 10%
+
+
 def test_same_seed_same_data(tmp_path):
     a = synthetic.make_synthetic_got10k(tmp_path / "a", "val", sequences=2, frames=5, seed=3)
     b = synthetic.make_synthetic_got10k(tmp_path / "b", "val", sequences=2, frames=5, seed=3)
