@@ -172,7 +172,8 @@ def forget_old_results(root: Path):
 
 def track_clip(clip: dict, boxes_xywh, start: int, tracker, out: Path, on_progress=None):
     """Track the targets from frame `start` (from 0) to the end, as track.py does with
-    --box x1,y1,x2,y2@start+1; writes what track.py writes to `out`."""
+    --box x1,y1,x2,y2@start+1; writes what track.py writes to `out`. Returns the targets, the
+    tracking's record and where in the tracked video the start frame shows (seconds)."""
     out.mkdir(parents=True, exist_ok=True)
     first, frames, total, fps, _ = open_frames(clip["path"], None)
     targets = [video_tracking.Target(number, box, start) for number, box in enumerate(boxes_xywh, 1)]
@@ -180,7 +181,8 @@ def track_clip(clip: dict, boxes_xywh, start: int, tracker, out: Path, on_progre
                                          progress=None, on_progress=on_progress)
     (out / "targets.txt").write_text("".join(f"{x:g},{y:g},{x + w:g},{y + h:g}@{start + 1}\n"
                                              for x, y, w, h in boxes_xywh))
-    return targets, tracked
+    # a quarter into the frame's time in the video (written at a whole number of frames a second)
+    return targets, tracked, (start + 0.25) / max(round(fps), 1)
 
 
 def confidence_plot(targets, lost_below: float):
@@ -282,12 +284,16 @@ def build_page(args, models: Models, root: Path, demo_path: str):
             forget_old_results(root / "results")
             out = root / "results" / uuid.uuid4().hex
             progress(0, desc="tracking")
-            targets, tracked = track_clip(clip, boxes_xywh, int(number) - 1, tracker, out, on_progress=lambda done,
-                                          total: progress((done, total), desc="tracking", unit="frames"))
+            targets, tracked, start_s = track_clip(clip, boxes_xywh, int(number) - 1, tracker, out,
+                                                   on_progress=lambda done, total: progress((done, total),
+                                                                                            desc="tracking",
+                                                                                            unit="frames"))
         except Exception as error:
             fail(error)
-        return (str(out / "tracked.mp4"), confidence_plot(targets, tracker.lost_below), str(zip_results(out)),
-                summary(targets, tracked, tracker))
+        # named for this result: the page finds the video by its name once it shows it (OPEN_ON_START_FRAME)
+        shown = (out / "tracked.mp4").rename(out / f"tracked-{out.name}.mp4")
+        return (str(shown), confidence_plot(targets, tracker.lost_below), str(zip_results(out)),
+                summary(targets, tracked, tracker), {"video": shown.name, "seconds": start_s})
 
     with gr.Blocks(title="R1-Track", delete_cache=(600, KEEP_RESULTS_S)) as page:
         gr.Markdown("# R1-Track: track your own video\n"
@@ -323,8 +329,28 @@ def build_page(args, models: Models, root: Path, demo_path: str):
         start.input(show, [clip, start], drawn, trigger_mode="always_last")
         # one queue for all that runs a model: one visitor's description is not grounded while another tracks
         find.click(propose, [clip, drawn, description, model], drawn, concurrency_id="model")
-        run.click(track, [clip, drawn, typed, start, model], [result, plot, boxes, stats], concurrency_id="model")
+        opens_at = gr.JSON(visible=False)  # which result, and where its start frame is
+        run.click(track, [clip, drawn, typed, start, model], [result, plot, boxes, stats, opens_at],
+                  concurrency_id="model").then(None, opens_at, None, js=OPEN_ON_START_FRAME)
     return page
+
+
+# The tracked video opens on the start frame with its boxes (a frame before it has none): once
+# the page shows this result's video, it is moved there. (Gradio's Video takes no poster, and its
+# playback_position given with a new video is overwritten by the player as it loads.)
+OPEN_ON_START_FRAME = """(opens) => {
+    const started = Date.now();
+    const seek = () => {
+        const video = document.querySelector('#result video');
+        if (video && video.currentSrc.endsWith(opens.video) && video.readyState >= 1) {
+            video.currentTime = opens.seconds;
+        } else if (Date.now() - started < 20000) {
+            setTimeout(seek, 100);
+        }
+    };
+    if (opens) seek();
+    return [];
+}"""
 
 
 def serve(args) -> int:

@@ -166,7 +166,7 @@ def frame_count(video_bytes: bytes, tmp_path: Path) -> int:
 def test_browser_two_targets_tracked_as_track_py_tracks_them(page, driver, tmp_path, size, frames):
     """Upload, start at frame 3, draw two boxes (one around the target, one on the background),
     Track: the page's boxes equal track.py's (--boxes with the targets the page saved, which
-    say @3), and its video has every frame. At 1080p the page shows the frame scaled down, and
+    say @3), and its video has every frame and opens on frame 3. At 1080p the page shows the frame scaled down, and
     the boxes drawn on it still come back in frame pixels; and while that clip is tracked,
     another visitor's page loads within 5 s."""
     from selenium.webdriver.common.keys import Keys
@@ -202,6 +202,10 @@ def test_browser_two_targets_tracked_as_track_py_tracks_them(page, driver, tmp_p
                                 "server was held by the tracking (or the clip is too short to tell)")
         assert loaded_in < 5, f"another visitor's page took {loaded_in:.1f} s to load while a 1080p clip was tracked"
     archive, video = tracked_result(driver)
+    # the tracked video opens on the start frame (frame 3 of a 10-frame/s clip: 0.2 to 0.3 s), with its boxes
+    opens_at = wait_until(driver, lambda d: d.execute_script(
+        "const v = document.querySelector('#result video'); return v && v.readyState >= 1 && v.currentTime;"), 30)
+    assert 0.2 <= opens_at < 0.3, opens_at
     if os.environ.get("R1TRACK_SCREENSHOT"):  # the README's picture: R1TRACK_SCREENSHOT=docs/app.png
         driver.execute_script("const v = document.querySelector('#result video'); v.currentTime = 1.5;")
         time.sleep(2)  # the video shows frame 16
