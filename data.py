@@ -67,17 +67,24 @@ def _to_crop_size(image: Image.Image, box_xyxy, crop_size: int):
 class StoredPairs:
     """Pairs kept as rows: a question and an answer (checked when the rows are read) and two
     images (bytes or paths, read when a pair is loaded). `images[row]` is the row's
-    (template, search) sources, `complete[row]` whether it has both."""
+    (template, search) sources, `counts[row]` how many images it has; `reasons` says why each
+    row left out was."""
 
-    def __init__(self, texts, images, complete, crop_size: int, name: str):
-        self.crop_size, self.name, self.images, self.rows, self.skipped = crop_size, name, images, [], 0
+    def __init__(self, texts, images, counts, crop_size: int, name: str):
+        self.crop_size, self.name, self.images, self.rows, self.reasons = crop_size, name, images, [], []
         for row, (problem, answer) in enumerate(texts):
             template_box = parse_prompt_box(problem or "")
             answer_box = parse_answer(answer or "")
-            if not complete[row] or template_box is None or answer_box is None:
-                self.skipped += 1
-                continue
-            self.rows.append((row, template_box, answer_box))
+            if counts[row] != 2:
+                plural = "" if counts[row] == 1 else "s"
+                self.reasons.append(f"row {row}: {counts[row]} image{plural} where a pair has 2")
+            elif template_box is None:
+                self.reasons.append(f"row {row}: no box in the question")
+            elif answer_box is None:
+                self.reasons.append(f"row {row}: the answer is not a box")
+            else:
+                self.rows.append((row, template_box, answer_box))
+        self.skipped = len(self.reasons)
 
     def __len__(self):
         return len(self.rows)
@@ -111,7 +118,7 @@ class StoredPairs:
         val = StoredPairs([], self.images, [], self.crop_size, self.name + " (held out)")
         train.rows = [self.rows[i] for i in sorted(order[held:])]
         val.rows = [self.rows[i] for i in sorted(order[:held])]
-        train.skipped = self.skipped
+        train.reasons, train.skipped = self.reasons, self.skipped
         return train, val
 
 
@@ -431,7 +438,7 @@ def _parquet_pairs(paths, crop_size: int, name: str) -> StoredPairs:
         table = pq.read_table(path, columns=["problem", "answer"])
         texts += zip(table.column("problem").to_pylist(), table.column("answer").to_pylist())
     images = ParquetImages(paths)
-    return StoredPairs(texts, images, images.complete, crop_size, name)
+    return StoredPairs(texts, images, images.counts, crop_size, name)
 
 
 class ParquetImages:
@@ -449,8 +456,8 @@ class ParquetImages:
         columns = [pa.ipc.open_file(pa.memory_map(str(_arrow_copy(Path(path))), "r")).read_all().column("images")
                    for path in paths]
         self.column = pa.chunked_array([chunk for column in columns for chunk in column.chunks], type=columns[0].type)
-        # rows holding two images, found without reading the images themselves
-        self.complete = pc.fill_null(pc.equal(pc.list_value_length(self.column), 2), False).to_numpy(zero_copy_only=False)
+        # the images of each row, counted without reading the images themselves
+        self.counts = pc.fill_null(pc.list_value_length(self.column), 0).to_numpy(zero_copy_only=False)
 
     def __getitem__(self, row: int):
         """(template source, search source): bytes or paths; None unless the row has two images."""
@@ -508,7 +515,7 @@ def _sharegpt_pairs(path: Path, crop_size: int, name: str) -> StoredPairs:
         assistant = next((t for t in turns if t.get("role", t.get("from")) in ("assistant", "gpt")), {})
         texts.append((user.get("content", user.get("value")), assistant.get("content", assistant.get("value"))))
         images.append(tuple(str(path.parent / p) if not os.path.isabs(p) else p for p in record.get("images") or []))
-    return StoredPairs(texts, images, [len(pair) == 2 for pair in images], crop_size, name)
+    return StoredPairs(texts, images, [len(pair) for pair in images], crop_size, name)
 
 
 HUB_DATASETS = {"r1track5k": "WangBiao/R1-Track-5k", "r1track100k": "WangBiao/R1-Track-100k"}

@@ -43,6 +43,9 @@ def test_parquet_rows_are_checked_and_bad_ones_skipped(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows), path)
     source = data.open_pairs(str(path), 112)
     assert len(source) == 2 and source.skipped == 3
+    assert source.reasons == ["row 1: no box in the question", "row 2: the answer is not a box",
+                              "row 3: 1 image where a pair has 2"]
+    assert "3 skipped (the first: row 1: no box in the question)" in data.skipped_text(source)
     pair = source.load(0)
     # 224-px stored crops are brought to the 112-px training size, boxes scaled with them
     assert pair.template.size == (112, 112) and pair.template_box_xyxy == [5, 10, 15, 20]
