@@ -24,7 +24,7 @@ from PIL import Image
 
 from answers import parse_answer, parse_prompt_box
 from benchmarks.got10k import read_got10k_sequence, read_got10k_split
-from benchmarks.lasot import LASOT_TEST_SET, lasot_folders, read_lasot_sequence
+from benchmarks.lasot import LASOT_CLASSES, LASOT_TEST_SET, lasot_folders, read_lasot_sequence
 from benchmarks.results import read_box_rows
 from boxes import JPEG_QUALITY, clamp_box_xyxy, crop_around, jpeg_round_trip
 from cli import UserError, first_line
@@ -266,6 +266,10 @@ class LasotPairs(SequencePairs):
         if not folders:
             raise UserError(f"{root}: all {len(found)} LaSOT sequences found are test sequences; training takes "
                             "the other 1,120")
+        # LaSOT-ext's 15 classes are another test set: a class outside LaSOT's 70 is never trained on
+        others = [f"{folder.name}: not one of LaSOT's 70 classes (LaSOT-ext's are a test set)" for folder in folders
+                  if folder.parent.name not in LASOT_CLASSES]
+        folders = [folder for folder in folders if folder.parent.name in LASOT_CLASSES]
 
         def read(folder):
             sequence = read_lasot_sequence(folder)
@@ -274,7 +278,7 @@ class LasotPairs(SequencePairs):
             return frames, boxes, visible_frames(boxes, len(boxes), sequence["absent"])
 
         sequences, reasons = _readable(functools.partial(read, folder) for folder in folders)
-        super().__init__(f"{root} (LaSOT train)", sequences, reasons, crop_size, tracking_share, loop)
+        super().__init__(f"{root} (LaSOT train)", sequences, others + reasons, crop_size, tracking_share, loop)
 
 
 class TrackingNetPairs(SequencePairs):

@@ -55,6 +55,7 @@ umbrella 2 9 17 19; volleyball 1 13 18 19; yoyo 7 15 17 19; zebra 10 14 16 17
 """
 LASOT_TEST_SET = frozenset(f"{name}-{k}" for entry in _LASOT_TEST.replace("\n", " ").split(";")
                            for name, *numbers in [entry.split()] for k in numbers)
+LASOT_CLASSES = frozenset(name.rsplit("-", 1)[0] for name in LASOT_TEST_SET)
 
 
 def lasot_folders(root: Path) -> list[Path]:

@@ -17,11 +17,12 @@ from safetensors.torch import load_file
 import data
 import synthetic
 from benchmarks import BENCHMARKS
-from benchmarks.lasot import LASOT_TEST_SET
+from benchmarks.lasot import LASOT_CLASSES, LASOT_TEST_SET
 from cli import UserError
 
 LASOT_TRAIN = ("airplane-2", "bear-1", "cat-5")    # not among LaSOT's 280 test sequences
 LASOT_TEST = ("airplane-1", "bear-2")              # among them
+LASOT_EXT = ("atv-1",)                              # LaSOT-ext's, another test set, in the same folder
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def four_sets(tmp_path_factory):
     root = tmp_path_factory.mktemp("sets")
     synthetic.make_synthetic_got10k(root / "GOT-10k", "train", sequences=4, frames=8, size=(64, 48), seed=3,
                                     style="plain")
-    make_synthetic_benchmark(root / "LaSOT", "lasot", frames=8, seed=4, names=LASOT_TRAIN + LASOT_TEST)
+    make_synthetic_benchmark(root / "LaSOT", "lasot", frames=8, seed=4, names=LASOT_TRAIN + LASOT_TEST + LASOT_EXT)
     make_synthetic_benchmark(root / "TrackingNet", "trackingnet", sequences=2, frames=8, seed=5)
     make_synthetic_coco(root / "COCO", images=4, objects=2, seed=6)
     return {"got10k": root / "GOT-10k" / "train", "lasot": root / "LaSOT", "trackingnet": root / "TrackingNet",
@@ -61,8 +62,9 @@ def test_each_set_reads_its_training_split(four_sets):
     sources = {kind: data.open_pairs(spec, 56) for kind, spec in zip(four_sets, specs_of(four_sets))}
     assert {kind: len(source) for kind, source in sources.items()} == {"got10k": 4, "lasot": 3, "trackingnet": 2,
                                                                       "coco": 8}
-    # COCO: the crowd region and the object of no area are left out, and said
+    # COCO: the crowd region and the object of no area are left out, and said; so is LaSOT-ext's sequence
     assert sources["coco"].skipped == 2
+    assert sources["lasot"].reasons == ["atv-1: not one of LaSOT's 70 classes (LaSOT-ext's are a test set)"]
     # LaSOT's benchmark reads its test sequences from the same folder, no testing_set.txt needed
     lasot = BENCHMARKS["lasot"]
     assert sorted(s["name"] for s in lasot.sequences(four_sets["lasot"])) == sorted(LASOT_TEST)
@@ -131,8 +133,8 @@ def test_an_unreadable_sequence_is_counted_and_said_not_fatal(four_sets, tmp_pat
     shutil.copytree(four_sets["lasot"], root)
     (root / "bear" / "bear-1" / "groundtruth.txt").write_text("1,2,three,4\n")
     source = data.open_pairs(f"lasot:{root}", 56)
-    assert len(source) == 2 and source.skipped == 1
-    assert "bear-1" in data.skipped_text(source) and "not numbers" in data.skipped_text(source)
+    assert len(source) == 2 and source.skipped == 2
+    assert "bear-1" in source.reasons[1] and "not numbers" in source.reasons[1]
 
 
 def test_prepare_data_cuts_pairs_from_a_mix(four_sets, tmp_path):
@@ -177,10 +179,6 @@ def test_sft_on_a_four_set_mix_logs_the_shares_and_resumes_to_the_straight_run(t
     assert set(shares(whole)[-1]) == set(four_sets) and sum(shares(whole)[-1].values()) == pytest.approx(1, abs=1e-3)
 
 
-# LaSOT's classes with numbers outside its test set: the training sequences of the benchmark below
-LASOT_CLASSES = sorted({name.rsplit("-", 1)[0] for name in LASOT_TEST_SET})
-
-
 @pytest.mark.benchmark
 def test_training_on_lasot_raises_its_auc(tmp_path):
     """The data reaches the model: a random tiny model trained on a synthetic LaSOT's training
@@ -188,7 +186,8 @@ def test_training_on_lasot_raises_its_auc(tmp_path):
     tracks its test sequences better than before. Figures in BENCHMARKS.md ("Training on
     LaSOT's training split")."""
     root = tmp_path / "LaSOT"
-    train = [f"{c}-{k}" for k in range(1, 21) for c in LASOT_CLASSES if f"{c}-{k}" not in LASOT_TEST_SET][:240]
+    train = [f"{c}-{k}" for k in range(1, 21) for c in sorted(LASOT_CLASSES)
+             if f"{c}-{k}" not in LASOT_TEST_SET][:240]  # LaSOT's classes, numbers outside its test set
     test = sorted(LASOT_TEST_SET)[::23][:12]
     make_synthetic_benchmark(root, "lasot", frames=30, size=(320, 240), seed=300, style="plain", names=train + test)
     start = tmp_path / "tiny-random"
