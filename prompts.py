@@ -48,6 +48,25 @@ QUESTIONS = {
 WORDINGS = tuple(QUESTIONS)
 
 
+# The question with a memory frame: the template (the first frame), a crop of a recent frame
+# around the target's box there, then the search crop. In each wording's own style; no
+# published model was trained on it.
+MEMORY_QUESTIONS = {
+    "seed": (
+        "Please identify the target specified by the bounding box {box} in the first image, "
+        "seen a moment ago in the bounding box {memory_box} in the second image, and locate it "
+        "in the third image. \n Return the coordinates in [x_min,y_min,x_max,y_max] format."
+    ),
+    "r1track-100k": (
+        "Given three images, you need to:\n"
+        "1. Analyze and Identify the target object marked by bounding box {box} in <image_1>, "
+        "and as it looked a moment ago, marked by bounding box {memory_box} in <image_2>;\n"
+        "2. Re-locate this target in <image_3>;\n"
+        "3. Return [x_min, y_min, x_max, y_max] coordinates of the target in <image_3>."
+    ),
+}
+
+
 IMAGE_PAD = "<|image_pad|>"
 
 
@@ -63,9 +82,11 @@ def format_box_xyxy(box_xyxy) -> str:
 
 
 def question_text(box_xyxy, think=False, wording="seed", as_published_client=False, boxes="pixels",
-                  crop_side=None) -> str:
+                  crop_side=None, memory_box_xyxy=None) -> str:
     """The text of one tracking question about the target at `box_xyxy` (pixels of the template
-    crop, of side `crop_side`) in image 1, the box written in the `boxes` convention.
+    crop, of side `crop_side`) in image 1, the box written in the `boxes` convention; with
+    `memory_box_xyxy` (pixels of the memory crop, of the same side) the three-image question
+    (MEMORY_QUESTIONS).
 
     The text the published models were trained on (the README's), unless
     `as_published_client`: then the seed wording as the published inference client sent it,
@@ -74,7 +95,14 @@ def question_text(box_xyxy, think=False, wording="seed", as_published_client=Fal
     """
     if wording not in QUESTIONS:
         raise ValueError(f"unknown wording {wording!r}; choose one of {', '.join(WORDINGS)}")
-    text = QUESTIONS[wording].format(box=format_box_xyxy(box_to_model(box_xyxy, crop_side, boxes)))
+    box = format_box_xyxy(box_to_model(box_xyxy, crop_side, boxes))
+    if memory_box_xyxy is None:
+        text = QUESTIONS[wording].format(box=box)
+    else:
+        if as_published_client:
+            raise ValueError("the published client asks with two images: no memory frame")
+        text = MEMORY_QUESTIONS[wording].format(box=box, memory_box=format_box_xyxy(
+            box_to_model(memory_box_xyxy, crop_side, boxes)))
     if as_published_client and wording == "seed":
         text = text.replace(" \n ", " ")
         return f"{THINK_INSTRUCTION.strip()} {text}" if think else text
@@ -82,18 +110,19 @@ def question_text(box_xyxy, think=False, wording="seed", as_published_client=Fal
 
 
 def build_messages(box_xyxy, think=False, wording="seed", images=(None, None), as_published_client=False,
-                   boxes="pixels", crop_side=None) -> list[dict]:
+                   boxes="pixels", crop_side=None, memory_box_xyxy=None) -> list[dict]:
     """The chat of one tracking question: image 1 is the template crop with the target at
-    `box_xyxy` (template-crop pixels; the crop's side `crop_side`), image 2 the search crop; a
-    user turn alone (see SYSTEM_PROMPT). The published client asked with its own spacing of the
-    question (question_text)."""
-    text = question_text(box_xyxy, think, wording, as_published_client, boxes, crop_side)
-    template, search = ({"type": "image", "image": image} for image in images)
-    if wording == "seed":
-        content = [template, search, {"type": "text", "text": text}]
-    else:
-        content = [template, {"type": "text", "text": " "}, search, {"type": "text", "text": text}]
-    return [{"role": "user", "content": content}]
+    `box_xyxy` (template-crop pixels; the crop's side `crop_side`), the last image the search
+    crop, and with a memory frame (three `images`, `memory_box_xyxy` in its crop's pixels) the
+    memory crop between them; a user turn alone (see SYSTEM_PROMPT). The published client
+    asked with its own spacing of the question (question_text)."""
+    if (len(images) == 3) != (memory_box_xyxy is not None):
+        raise ValueError("a memory frame is a third image and its box, given together")
+    text = question_text(box_xyxy, think, wording, as_published_client, boxes, crop_side, memory_box_xyxy)
+    shown = [{"type": "image", "image": image} for image in images]
+    if wording != "seed":  # the 100k data put a space between its images
+        shown = [part for image in shown for part in (image, {"type": "text", "text": " "})][:-1]
+    return [{"role": "user", "content": [*shown, {"type": "text", "text": text}]}]
 
 
 def answer_text(box_xyxy, crop_side, boxes="pixels") -> str:
@@ -131,10 +160,12 @@ def load_processor(name_or_path: str, base: Base) -> Processor:
 
 
 def build_inputs(processor, template_img, search_img, box_xyxy, answer=None, think=False,
-                 wording="seed", return_tensors=True, as_published_client=False, pixels_as_bytes=False) -> dict:
+                 wording="seed", return_tensors=True, as_published_client=False, pixels_as_bytes=False,
+                 memory_img=None, memory_box_xyxy=None) -> dict:
     """The model inputs of one tracking question (a batch of one), `box_xyxy` in pixels of the
     template crop, written in the convention of the processor's base; `answer` as the model
-    writes it (answer_text).
+    writes it (answer_text); with `memory_img` (a crop of a recent frame, cut as the template
+    is) and `memory_box_xyxy` in its pixels, the three-image question.
 
     Keys: input_ids, attention_mask, mm_token_type_ids (1 on image tokens: the bases need
     them for their 3D positions), pixel_values, image_grid_thw; with an `answer` also
@@ -142,10 +173,11 @@ def build_inputs(processor, template_img, search_img, box_xyxy, answer=None, thi
     expanded as the base's own processor expands them. pixels_as_bytes: patch_bytes instead
     of pixel_values (see image_patches), an eighth of their size to send to a trainer.
     """
-    messages = build_messages(box_xyxy, think=think, wording=wording, images=(template_img, search_img),
+    images = [template_img, search_img] if memory_img is None else [template_img, memory_img, search_img]
+    messages = build_messages(box_xyxy, think=think, wording=wording, images=images,
                               as_published_client=as_published_client, boxes=processor.base.boxes,
-                              crop_side=image_side(template_img))
-    return encode_chat(processor, messages, [template_img, search_img], answer=answer, return_tensors=return_tensors,
+                              crop_side=image_side(template_img), memory_box_xyxy=memory_box_xyxy)
+    return encode_chat(processor, messages, images, answer=answer, return_tensors=return_tensors,
                        pixels_as_bytes=pixels_as_bytes)
 
 

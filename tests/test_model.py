@@ -96,6 +96,38 @@ def test_inputs_equal_the_official_processor(tiny_of, official_processor_of, wor
 
 
 @pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize("wording", WORDINGS)
+def test_a_memory_frame_is_a_third_image_the_official_processor_reads_alike(tiny_of, official_processor_of, wording,
+                                                                              base):
+    """With a memory frame the question has three images (template, memory, search) and names
+    both boxes in the base's convention; the base's own processor makes the same inputs, and
+    the model reads them (its 3D positions over three images)."""
+    model, processor = tiny_of(base)
+    side = crop_of(base)
+    template, memory, search = random_image(0, side), random_image(2, side), random_image(1, side)
+    convention = bases.named(base).boxes
+    memory_box = [20, 10, 60, 50]
+    messages = build_messages(BOX, wording=wording, images=(template, memory, search), boxes=convention,
+                              crop_side=side, memory_box_xyxy=memory_box)
+    official = official_processor_of(base).apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
+                                                               return_dict=True, return_tensors="pt",
+                                                               **bases.named(base).chat_template_kwargs)
+    ours = build_inputs(processor, template, search, BOX, wording=wording, memory_img=memory,
+                        memory_box_xyxy=memory_box)
+    for key in ours:
+        assert torch.equal(ours[key], official[key]), key
+    assert int((ours["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum()) == 3 * 16
+    text = processor.tokenizer.decode(ours["input_ids"][0])
+    boxes = ("[12,30,80,99]", "[20,10,60,50]") if convention == "pixels" else \
+        ("[99,234,625,780]", "[" + ",".join(str(round(v * 1000 / side)) for v in memory_box) + "]")
+    assert text.index(boxes[0]) < text.index(boxes[1])
+    assert ("third image" if wording == "seed" else "<image_3>") in text
+    with torch.inference_mode():
+        logits = model(**ours).logits
+    assert logits.shape[1] == ours["input_ids"].shape[1] and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("base", BASES)
 def test_pixels_sent_as_bytes_become_the_processors_pixel_values(tiny_of, official_processor_of, base):
     """Training examples travel from the data workers with their pixels as bytes (an eighth
     of the floats); on the model's device they become the official processor's pixel_values,
