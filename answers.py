@@ -30,10 +30,14 @@ _PROMPT_BOX = re.compile(r"bounding box\s*\[\s*(" + r"\s*,\s*".join([_NUMBER] * 
 
 def parse_prompt_box(problem_text: str):
     """The template box written in a question of either published wording, or None."""
-    match = _PROMPT_BOX.search(problem_text)
-    if match is None:
-        return None
-    return [float(v) for v in match.group(1).split(",")]
+    boxes = parse_prompt_boxes(problem_text)
+    return boxes[0] if boxes else None
+
+
+def parse_prompt_boxes(problem_text: str) -> list:
+    """Every box a question names ("bounding box [...]"), in order: the template's, then a
+    memory frame's (prompts.MEMORY_QUESTIONS)."""
+    return [[float(v) for v in match.group(1).split(",")] for match in _PROMPT_BOX.finditer(problem_text)]
 
 
 _LIST_OF_FOUR = re.compile(r"\[\s*(" + r"\s*,\s*".join([_NUMBER] * 4) + r")\s*\]")

@@ -22,14 +22,14 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from answers import parse_answer, parse_prompt_box
+from answers import parse_answer, parse_prompt_boxes
 from benchmarks.got10k import read_got10k_sequence, read_got10k_split
 from benchmarks.lasot import LASOT_CLASSES, LASOT_TEST_SET, lasot_folders, read_lasot_sequence
 from benchmarks.results import read_box_rows
 from boxes import JPEG_QUALITY, clamp_box_xyxy, crop_around, jpeg_round_trip
 from cli import UserError, first_line
 from frames import open_image, read_frame
-from prompts import format_box_xyxy, question_text
+from prompts import build_inputs, format_box_xyxy, question_text
 from settings import TrackSettings
 
 # -----------------------------------------------------------------------------
@@ -43,7 +43,20 @@ class Pair(NamedTuple):
     template_box_xyxy: list
     search: Image.Image | np.ndarray
     search_box_xyxy: list
-    jpegs: tuple | None = None  # the crops' JPEG bytes, when they were cut the published way
+    jpegs: tuple | None = None  # the crops' JPEG bytes in the order of images(), when cut the published way
+    memory: Image.Image | np.ndarray | None = None  # a crop of a recent frame, cut as the template is
+    memory_box_xyxy: list | None = None  # the target's box there, as the tracker answered it
+
+    def images(self) -> tuple:
+        """The crops in the order the question shows them: template, (memory,) search."""
+        return (self.template, self.search) if self.memory is None else (self.template, self.memory, self.search)
+
+
+def pair_inputs(processor, pair: Pair, **options) -> dict:
+    """The model inputs of a pair's question (prompts.build_inputs; `options` are its own):
+    two images, or three with a memory crop."""
+    return build_inputs(processor, pair.template, pair.search, pair.template_box_xyxy, memory_img=pair.memory,
+                        memory_box_xyxy=pair.memory_box_xyxy, **options)
 
 
 class NoSplit(UserError):
@@ -52,6 +65,21 @@ class NoSplit(UserError):
 
 class BadRow(ValueError):
     """A data row that cannot be used (bad image, no box, unparsable answer)."""
+
+
+def _row_problem(images: int, boxes: int, answer_box, memory: bool) -> str | None:
+    """Why a stored row cannot be a training example (None: it can)."""
+    if images == 3 and not memory:
+        return "3 images: a memory row (train with --memory to use it)"
+    if images not in (2, 3):
+        plural = "" if images == 1 else "s"
+        return f"{images} image{plural} where a pair has 2" + (" and a memory triple 3" if memory else "")
+    if boxes < images - 1:
+        return (f"{images} images but {boxes} box{'' if boxes == 1 else 'es'} in the question"
+                if boxes else "no box in the question")
+    if answer_box is None:
+        return "the answer is not a box"
+    return None
 
 
 def _to_crop_size(image: Image.Image, box_xyxy, crop_size: int):
@@ -65,45 +93,45 @@ def _to_crop_size(image: Image.Image, box_xyxy, crop_size: int):
 
 
 class StoredPairs:
-    """Pairs kept as rows: a question and an answer (checked when the rows are read) and two
-    images (bytes or paths, read when a pair is loaded). `images[row]` is the row's
-    (template, search) sources, `counts[row]` how many images it has; `reasons` says why each
-    row left out was."""
+    """Pairs kept as rows: a question and an answer (checked when the rows are read) and their
+    images (bytes or paths, read when a pair is loaded): two (template, search), or with
+    `memory` three (template, memory crop, search) whose question names two boxes, the
+    template's and the memory's. `images[row]` is the row's image sources, `counts[row]` how
+    many it has; `reasons` says why each row left out was."""
 
-    def __init__(self, texts, images, counts, crop_size: int, name: str):
+    def __init__(self, texts, images, counts, crop_size: int, name: str, memory=False):
         self.crop_size, self.name, self.images, self.rows, self.reasons = crop_size, name, images, [], []
         for row, (problem, answer) in enumerate(texts):
-            template_box = parse_prompt_box(problem or "")
+            boxes = parse_prompt_boxes(problem or "")
             answer_box = parse_answer(answer or "")
-            if counts[row] != 2:
-                plural = "" if counts[row] == 1 else "s"
-                self.reasons.append(f"row {row}: {counts[row]} image{plural} where a pair has 2")
-            elif template_box is None:
-                self.reasons.append(f"row {row}: no box in the question")
-            elif answer_box is None:
-                self.reasons.append(f"row {row}: the answer is not a box")
+            reason = _row_problem(counts[row], len(boxes), answer_box, memory)
+            if reason:
+                self.reasons.append(f"row {row}: {reason}")
             else:
-                self.rows.append((row, template_box, answer_box))
+                self.rows.append((row, boxes[0], answer_box, boxes[1] if counts[row] == 3 else None))
         self.skipped = len(self.reasons)
 
     def __len__(self):
         return len(self.rows)
 
     def load(self, index: int, rng=None) -> Pair:
-        row, template_box, answer_box = self.rows[index]
+        row, template_box, answer_box, memory_box = self.rows[index]
         try:
-            template, search = (open_image(source) for source in self.images[row])
+            images = [open_image(source) for source in self.images[row]]
         except UserError as error:
             raise BadRow(str(error)) from None
-        template, template_box = _to_crop_size(template, template_box, self.crop_size)
-        search, answer_box = _to_crop_size(search, answer_box, self.crop_size)
-        return Pair(template, template_box, search, answer_box)
+        template, template_box = _to_crop_size(images[0], template_box, self.crop_size)
+        search, answer_box = _to_crop_size(images[-1], answer_box, self.crop_size)
+        if memory_box is None:
+            return Pair(template, template_box, search, answer_box)
+        memory, memory_box = _to_crop_size(images[1], memory_box, self.crop_size)
+        return Pair(template, template_box, search, answer_box, memory=memory, memory_box_xyxy=memory_box)
 
     def stored_sides(self, rows=8) -> list[int]:
         """The sides of the template crops of the first usable rows as stored (pairs of another
         size than the training crop are resized to it; R1-Track-100k mixes 112 to 448 px)."""
         sides = set()
-        for row, _, _ in self.rows[:rows]:
+        for row, *_ in self.rows[:rows]:
             try:
                 sides.add(open_image(self.images[row][0]).width)
             except UserError:  # an unreadable row is counted when it is loaded
@@ -165,15 +193,17 @@ class SequencePairs:
     scale). Not how the published data was made; it teaches the small step every frame
     needs, which a small model learns much sooner than the published jitter's big jumps.
 
+    memory: each pair also has a memory crop (Pair.memory; see _memory_crop), a triple.
+
     `sequences`: (frames, boxes_xywh, visible frame indices) each; `reasons`: why each
     sequence of the set left out could not be used."""
 
     unit = "sequences"
 
     def __init__(self, name: str, sequences: list, reasons: list, crop_size: int, tracking_share: float = 0.0,
-                 loop="published"):
+                 loop="published", memory=False):
         self.name, self.sequences, self.reasons, self.skipped = name, sequences, reasons, len(reasons)
-        self.crop_size, self.tracking_share, self.loop = crop_size, tracking_share, loop
+        self.crop_size, self.tracking_share, self.loop, self.memory = crop_size, tracking_share, loop, memory
 
     def __len__(self):
         return len(self.sequences)
@@ -204,10 +234,41 @@ class SequencePairs:
         (template, template_box), (search, search_box) = crops
         if not (search_box[2] > search_box[0] and search_box[3] > search_box[1]):
             raise BadRow("the target has no area in the search crop")
+        memory, memory_box = self._memory_crop(frames, boxes, visible, picks, rng) if self.memory else (None, None)
         if self.loop != "published":
-            return Pair(Image.fromarray(template), template_box, Image.fromarray(search), search_box)
+            return Pair(Image.fromarray(template), template_box, Image.fromarray(search), search_box,
+                        memory=None if memory is None else Image.fromarray(memory), memory_box_xyxy=memory_box)
         (template, template_jpeg), (search, search_jpeg) = jpeg_round_trip(template), jpeg_round_trip(search)
-        return Pair(template, template_box, search, search_box, jpegs=(template_jpeg, search_jpeg))
+        if memory is None:
+            return Pair(template, template_box, search, search_box, jpegs=(template_jpeg, search_jpeg))
+        memory, memory_jpeg = jpeg_round_trip(memory)
+        return Pair(template, template_box, search, search_box, jpegs=(template_jpeg, memory_jpeg, search_jpeg),
+                    memory=memory, memory_box_xyxy=memory_box)
+
+    def _memory_crop(self, frames, boxes, visible, picks, rng):
+        """(crop, box_xyxy): the target's recent look as a tracker keeps it: a visible frame at
+        most MEMORY_GAP frames before the search frame (the template's frame where there is
+        none, as a tracker starts), cut with the template's factor around a slightly wrong box,
+        as the tracker's own answer there would be (off by up to an eighth of the target's size,
+        10% in scale); the box given is that answer."""
+        template_frame, search_frame = picks
+        recent = [f for f in visible if search_frame - MEMORY_GAP <= f < search_frame]
+        frame = int(rng.choice(recent)) if recent else int(template_frame)
+        x, y, w, h = boxes[frame]
+        scale = math.exp(rng.uniform(-0.1, 0.1))
+        dx, dy = rng.uniform(-1 / 8, 1 / 8, size=2) * (w, h)
+        answer_xywh = [x + dx + w * (1 - scale) / 2, y + dy + h * (1 - scale) / 2, w * scale, h * scale]
+        try:
+            image = read_frame(frames[frame])
+        except UserError as error:
+            raise BadRow(str(error)) from None
+        crop, box_xyxy, _, _ = crop_around(image, answer_xywh, TrackSettings.template_factor, self.crop_size,
+                                           loop=self.loop)
+        return crop, [float(int(v)) for v in clamp_box_xyxy(box_xyxy, self.crop_size)]
+
+
+# How recent a memory frame is when training: at most this many frames before the search frame
+MEMORY_GAP = 10
 
 
 def _readable(readers) -> tuple[list, list]:
@@ -233,7 +294,7 @@ class Got10kPairs(SequencePairs):
     """A GOT-10k-layout split folder (list.txt): its sequences' frames where the target is
     visible (cover above 0 and not absent where those labels exist)."""
 
-    def __init__(self, split_dir, crop_size: int, tracking_share: float = 0.0, loop="published"):
+    def __init__(self, split_dir, crop_size: int, tracking_share: float = 0.0, loop="published", memory=False):
         split_dir = Path(split_dir)
 
         def read(name):
@@ -247,7 +308,7 @@ class Got10kPairs(SequencePairs):
             return frames, boxes, visible_frames(boxes, len(frames), *hidden)
 
         sequences, reasons = _readable(functools.partial(read, name) for name in read_got10k_split(split_dir))
-        super().__init__(str(split_dir), sequences, reasons, crop_size, tracking_share, loop)
+        super().__init__(str(split_dir), sequences, reasons, crop_size, tracking_share, loop, memory)
 
 
 class LasotPairs(SequencePairs):
@@ -255,7 +316,7 @@ class LasotPairs(SequencePairs):
     its test set (and any listed in a testing_set.txt there), the frames neither fully
     occluded nor out of view."""
 
-    def __init__(self, root, crop_size: int, tracking_share: float = 0.0, loop="published"):
+    def __init__(self, root, crop_size: int, tracking_share: float = 0.0, loop="published", memory=False):
         root = _folder(root, "LaSOT")
         found = lasot_folders(root)
         if not found:
@@ -278,14 +339,15 @@ class LasotPairs(SequencePairs):
             return frames, boxes, visible_frames(boxes, len(boxes), sequence["absent"])
 
         sequences, reasons = _readable(functools.partial(read, folder) for folder in folders)
-        super().__init__(f"{root} (LaSOT train)", sequences, others + reasons, crop_size, tracking_share, loop)
+        super().__init__(f"{root} (LaSOT train)", sequences, others + reasons, crop_size, tracking_share, loop,
+                         memory)
 
 
 class TrackingNetPairs(SequencePairs):
     """TrackingNet's training chunks: TRAIN_<k>/anno/<seq>.txt (a box a frame) and
     TRAIN_<k>/frames/<seq>/0.jpg, 1.jpg ..."""
 
-    def __init__(self, root, crop_size: int, tracking_share: float = 0.0, loop="published"):
+    def __init__(self, root, crop_size: int, tracking_share: float = 0.0, loop="published", memory=False):
         root = _folder(root, "TrackingNet")
         chunks = sorted((p for p in root.glob("TRAIN_*") if p.is_dir()), key=lambda p: p.name)
         if not chunks:
@@ -302,7 +364,8 @@ class TrackingNetPairs(SequencePairs):
 
         files = [file for chunk in chunks for file in sorted((chunk / "anno").glob("*.txt"))]
         sequences, reasons = _readable(functools.partial(read, file) for file in files)
-        super().__init__(f"{root} (TrackingNet train)", sequences, reasons, crop_size, tracking_share, loop)
+        super().__init__(f"{root} (TrackingNet train)", sequences, reasons, crop_size, tracking_share, loop,
+                         memory)
 
 
 class CocoPairs(SequencePairs):
@@ -313,7 +376,7 @@ class CocoPairs(SequencePairs):
 
     unit = "objects"
 
-    def __init__(self, root, crop_size: int, tracking_share: float = 0.0, loop="published"):
+    def __init__(self, root, crop_size: int, tracking_share: float = 0.0, loop="published", memory=False):
         root = _folder(root, "COCO")
         annotations = root / "annotations" / "instances_train2017.json"
         if not annotations.is_file():
@@ -340,7 +403,7 @@ class CocoPairs(SequencePairs):
                 usable.append((row, *box))
         self.image_rows = np.array([o[0] for o in usable], np.int64)
         self.boxes_xywh = np.array([o[1:] for o in usable], np.float64).reshape(-1, 4)
-        super().__init__(f"{root} (COCO train2017)", [], reasons, crop_size, tracking_share, loop)
+        super().__init__(f"{root} (COCO train2017)", [], reasons, crop_size, tracking_share, loop, memory)
 
     def __len__(self):
         return len(self.boxes_xywh)
@@ -427,7 +490,7 @@ def skipped_text(source) -> str:
     return f"{source.skipped} skipped" + (f" (the first: {reasons[0]})" if reasons else "")
 
 
-def _parquet_pairs(paths, crop_size: int, name: str) -> StoredPairs:
+def _parquet_pairs(paths, crop_size: int, name: str, memory=False) -> StoredPairs:
     """EasyR1 parquet files (`images`, `problem`, `answer`): the text read now, the images on
     demand (ParquetImages)."""
     import pyarrow.parquet as pq
@@ -442,7 +505,7 @@ def _parquet_pairs(paths, crop_size: int, name: str) -> StoredPairs:
         table = pq.read_table(path, columns=["problem", "answer"])
         texts += zip(table.column("problem").to_pylist(), table.column("answer").to_pylist())
     images = ParquetImages(paths)
-    return StoredPairs(texts, images, images.counts, crop_size, name)
+    return StoredPairs(texts, images, images.counts, crop_size, name, memory)
 
 
 class ParquetImages:
@@ -463,12 +526,11 @@ class ParquetImages:
         # the images of each row, counted without reading the images themselves
         self.counts = pc.fill_null(pc.list_value_length(self.column), 0).to_numpy(zero_copy_only=False)
 
-    def __getitem__(self, row: int):
-        """(template source, search source): bytes or paths; None unless the row has two images."""
+    def __getitem__(self, row: int) -> tuple:
+        """The row's image sources in order (template, (memory,) search): bytes or paths."""
         images = self.column[row].as_py() or []
         # {"bytes", "path"} as EasyR1 and `datasets` store an image; plain bytes or a path too
-        sources = [image.get("bytes") or image.get("path") if isinstance(image, dict) else image for image in images]
-        return tuple(sources) if len(sources) == 2 else None
+        return tuple(image.get("bytes") or image.get("path") if isinstance(image, dict) else image for image in images)
 
 
 def _arrow_copy(path: Path) -> Path:
@@ -506,7 +568,7 @@ def _hold(lock_file) -> None:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
 
 
-def _sharegpt_pairs(path: Path, crop_size: int, name: str) -> StoredPairs:
+def _sharegpt_pairs(path: Path, crop_size: int, name: str, memory=False) -> StoredPairs:
     """A LLaMA-Factory ShareGPT JSON: messages or conversations, and two image paths a record."""
     records = json.loads(path.read_text())
     if not isinstance(records, list):
@@ -519,7 +581,7 @@ def _sharegpt_pairs(path: Path, crop_size: int, name: str) -> StoredPairs:
         assistant = next((t for t in turns if t.get("role", t.get("from")) in ("assistant", "gpt")), {})
         texts.append((user.get("content", user.get("value")), assistant.get("content", assistant.get("value"))))
         images.append(tuple(str(path.parent / p) if not os.path.isabs(p) else p for p in record.get("images") or []))
-    return StoredPairs(texts, images, [len(pair) for pair in images], crop_size, name)
+    return StoredPairs(texts, images, [len(pair) for pair in images], crop_size, name, memory)
 
 
 HUB_DATASETS = {"r1track5k": "WangBiao/R1-Track-5k", "r1track100k": "WangBiao/R1-Track-100k"}
@@ -561,45 +623,46 @@ def _split_files(folder: Path, split: str) -> list:
     return chosen
 
 
-def open_pairs(spec: str, crop_size: int, split="train", tracking_share: float = 0.0, loop="published"):
+def open_pairs(spec: str, crop_size: int, split="train", tracking_share: float = 0.0, loop="published",
+               memory=False):
     """A pair source from a data spec: `r1track5k` / `r1track100k` (the published hub
     datasets), a parquet file or folder in the EasyR1 layout (train/val files chosen by
     name or folder), a LLaMA-Factory ShareGPT JSON, a GOT-10k-layout split folder
     (list.txt), or KIND:FOLDER for a tracking set's training split (SET_READERS: got10k,
     lasot, trackingnet, coco), whose pairs are cut with `tracking_share` and `loop` (see
-    SequencePairs)."""
+    SequencePairs). memory: triples with a memory crop (sets), stored rows of three images too."""
     kind, _, rest = spec.partition(":")
     if kind in SET_READERS and rest:
         if split != "train" and kind != "got10k":
             raise UserError(f"{spec}: training reads {kind}'s training set; validate on another set (--val-data "
                             "a GOT-10k val folder, or stored pairs)")
-        return SET_READERS[kind](rest, crop_size, tracking_share, loop)
+        return SET_READERS[kind](rest, crop_size, tracking_share, loop, memory)
     path = Path(spec)
     if spec in HUB_DATASETS and not path.exists():
         from huggingface_hub import snapshot_download
 
         path = Path(snapshot_download(HUB_DATASETS[spec], repo_type="dataset", allow_patterns=["*.parquet", "*.json"]))
     if (path / "list.txt").is_file():
-        return Got10kPairs(path, crop_size, tracking_share, loop)
+        return Got10kPairs(path, crop_size, tracking_share, loop, memory)
     if path.is_dir():
         files = _split_files(path, split)
         if not files:
             raise NoSplit(f"{spec}: no {split} parquet files in this folder")
-        return _parquet_pairs(files, crop_size, f"{spec} [{split}]")
+        return _parquet_pairs(files, crop_size, f"{spec} [{split}]", memory)
     if path.suffix == ".parquet" and path.is_file():
-        return _parquet_pairs([path], crop_size, spec)
+        return _parquet_pairs([path], crop_size, spec, memory)
     if path.suffix == ".json" and path.is_file():
-        return _sharegpt_pairs(path, crop_size, spec)
+        return _sharegpt_pairs(path, crop_size, spec, memory)
     raise UserError(f"{spec}: not a dataset (expected r1track5k, a .parquet file or folder, "
                     "a ShareGPT .json, or a GOT-10k split folder with list.txt)")
 
 
-def open_mix(specs: list, weights, crop_size: int, tracking_share: float = 0.0, loop="published"):
+def open_mix(specs: list, weights, crop_size: int, tracking_share: float = 0.0, loop="published", memory=False):
     """The training source of several data specs (open_pairs' forms), mixed by `weights`
     (default: equal); a single spec is read as it is."""
     if len(specs) == 1:
-        return open_pairs(specs[0], crop_size, "train", tracking_share, loop)
-    sources = [open_pairs(spec, crop_size, "train", tracking_share, loop) for spec in specs]
+        return open_pairs(specs[0], crop_size, "train", tracking_share, loop, memory)
+    sources = [open_pairs(spec, crop_size, "train", tracking_share, loop, memory) for spec in specs]
     labels = []
     for spec in specs:
         kind, _, rest = spec.partition(":")
@@ -767,7 +830,7 @@ def pair_to_row(pair: Pair, wording="seed") -> dict:
     import io
 
     images = []
-    for index, image in enumerate((pair.template, pair.search)):
+    for index, image in enumerate(pair.images()):
         if pair.jpegs:
             data = pair.jpegs[index]
         else:
@@ -775,6 +838,6 @@ def pair_to_row(pair: Pair, wording="seed") -> dict:
             image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
             data = buffer.getvalue()
         images.append({"bytes": data, "path": None})
-    images_text = "<image> <image>" if wording == "r1track-100k" else "<image><image>"
-    question = question_text(pair.template_box_xyxy, wording=wording)
+    images_text = (" " if wording == "r1track-100k" else "").join("<image>" for _ in images)
+    question = question_text(pair.template_box_xyxy, wording=wording, memory_box_xyxy=pair.memory_box_xyxy)
     return {"images": images, "problem": images_text + question, "answer": format_box_xyxy(pair.search_box_xyxy)}

@@ -510,6 +510,9 @@ class Tracker:
         problem = base and self.settings.problem_with(base, loaded[1].image_processor)
         if problem:
             raise LoadError(f"cannot track with {getattr(loaded[0], 'name_or_path', None) or 'the model'}: {problem}")
+        if self.settings.memory:
+            print("note: this model was trained with a memory frame (three-image questions); this tracker asks it "
+                  "with the template and search crops only", file=sys.stderr)
         if loaded is not None:
             answerer = (FastAnswerer if fast else ModelAnswerer)(*loaded, self.settings, max_new_tokens)
         elif server is not None:

@@ -47,6 +47,7 @@ class TrackSettings:
     loop: str = "published"
     boxes: str = "pixels"
     lost_below: float | None = None  # fitted to this model (eval_got10k.py --fit-lost-below); None: LOST_BELOW
+    memory: bool = False  # trained on three-image questions: template, a recent look of the target, search
 
     def save(self, folder) -> None:
         write_atomic(Path(folder) / SETTINGS_FILE, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
@@ -60,7 +61,8 @@ class TrackSettings:
         boxes = "crop pixels" if self.boxes == "pixels" else f"0-{RELATIVE_RANGE} of the crop"
         return (f"wording {self.wording}, think {'on' if self.think else 'off'}, {self.crop_size}-px crops, "
                 f"template/search factors {self.template_factor:g}/{self.search_factor:g}, loop {self.loop}, "
-                f"boxes in {boxes}" + (f", lost below {self.lost_below:.3f}" if self.lost_below is not None else ""))
+                f"boxes in {boxes}" + (f", lost below {self.lost_below:.3f}" if self.lost_below is not None else "")
+                + (", with a memory frame" if self.memory else ""))
 
     def problem_with(self, base: Base, image_processor=None):
         """Why these settings cannot track with a model of `base` (None when they can): a box

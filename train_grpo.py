@@ -38,8 +38,8 @@ import training
 from answers import reward
 from bases import rope_positions
 from cli import ArgumentParser, UserError, first_line, positive_int
-from data import PairStream
-from prompts import END_OF_TURN, answer_token_limit, build_inputs, collate, greedy_config, vision_token_ids
+from data import PairStream, pair_inputs
+from prompts import END_OF_TURN, answer_token_limit, collate, greedy_config, vision_token_ids
 from settings import TrackSettings
 from caches import has_states
 from shared_prompt import (BLOCK_MASK_KERNELS, answer_logits, grouped_inputs, repeated_inputs, sample_answers,
@@ -177,8 +177,8 @@ def rollout(raw, processor, pairs, args, dist, step):
     end_ids = (tokenizer.convert_tokens_to_ids(END_OF_TURN), pad)
     # sampling is a function of (seed, step, rank): a resumed run draws the same answers
     torch.manual_seed(int(np.random.SeedSequence([args.seed, step, dist.rank]).generate_state(1)[0]))
-    prompts = [build_inputs(processor, p.template, p.search, p.template_box_xyxy, think=args.think,
-                            wording=args.wording, return_tensors=False) for p in pairs]
+    prompts = [pair_inputs(processor, p, think=args.think, wording=args.wording, return_tensors=False)
+               for p in pairs]
     per_call = max(1, args.rollout_batch // args.group_size)                    # questions per call
     answers = []
     was_training = raw.training
@@ -468,7 +468,7 @@ def train(args, dist):
     model, processor = training.build_model(args, dist, init=args.init, resume_dir=resume_dir,
                                             fresh_adapter=not (args.full or args.continue_adapter))
     settings = TrackSettings(wording=args.wording, think=args.think, crop_size=args.crop_size, loop=args.loop,
-                             boxes=processor.base.boxes)
+                             boxes=processor.base.boxes, memory=args.memory)
     model, raw = training.wrap_distributed(model, args, dist)
     reference = make_reference(raw, args, dist)
 

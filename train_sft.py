@@ -82,7 +82,7 @@ def train(args, dist):
     train_source, val_source = training.open_data(args, dist)
     model, processor = training.build_model(args, dist, resume_dir=resume_dir)
     settings = TrackSettings(wording=args.wording, think=False, crop_size=args.crop_size, loop=args.loop,
-                             boxes=processor.base.boxes)
+                             boxes=processor.base.boxes, memory=args.memory)
     model, raw = training.wrap_distributed(model, args, dist)
 
     per_step = args.batch_size * args.grad_accum * dist.world

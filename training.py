@@ -33,6 +33,7 @@ from data import (
     StoredPairs,
     open_mix,
     open_pairs,
+    pair_inputs,
     skipped_text,
     validation_pairs,
 )
@@ -40,7 +41,6 @@ from prompts import (
     WORDINGS,
     answer_text,
     answer_token_limit,
-    build_inputs,
     collate,
     greedy_config,
     image_side,
@@ -113,6 +113,12 @@ def add_data_args(parser, default_data="r1track5k", inherited=""):
     group.add_argument("--data-workers", type=int, default=None, metavar="N",
                        help="processes that load and prepare training pairs ahead of the model (default: 4 on a "
                        "GPU, 0 on a CPU, where they would take the model's cores); any number gives the same pairs")
+    group.add_argument("--memory", action=argparse.BooleanOptionalAction, default=None,
+                       help="train on three-image questions: the template, a recent look of the target (a crop of a "
+                       "frame shortly before the search frame, around a slightly wrong box, as a tracker's own "
+                       "answer), the search crop; stored rows of three images are used (without it they are "
+                       "left out, and said); saved with the model's tracking settings "
+                       f"(default: {inherited}off)")
     group.add_argument("--tracking-pairs", type=share, default=0.0, metavar="SHARE",
                        help="with a GOT-10k folder: this share of the pairs cut as the tracker asks (both crops "
                        "factor 4, the search around a slightly wrong box) instead of with the published jitter")
@@ -183,6 +189,9 @@ def fill_settings(parser, args, start: str, inherit: bool):
     args.crop_size = args.crop_size or settings.crop_size
     args.wording = args.wording or settings.wording
     args.loop = args.loop or settings.loop
+    args.memory = settings.memory if args.memory is None else args.memory
+    if args.memory and args.loop == "published":
+        parser.error("--memory asks three-image questions, which the published loop never asks: add --loop lenient")
     problem = base.crop_size_problem(args.crop_size)
     if problem:
         parser.error(f"--crop-size: {problem}")
@@ -372,18 +381,19 @@ def open_data(args, dist):
     """(train source, validation source or None); one clear error for bad data."""
     try:
         specs = args.data if isinstance(args.data, list) else [args.data]
-        train = open_mix(specs, args.data_weights, args.crop_size, tracking_share=args.tracking_pairs, loop=args.loop)
+        train = open_mix(specs, args.data_weights, args.crop_size, tracking_share=args.tracking_pairs, loop=args.loop,
+                         memory=args.memory)
         val = None
         if args.val_data:
             val = open_pairs(args.val_data, args.crop_size, split="val", tracking_share=args.tracking_pairs,
-                             loop=args.loop)
+                             loop=args.loop, memory=args.memory)
         elif args.val_fraction > 0:
             if not isinstance(train, StoredPairs):
                 raise UserError("--val-fraction holds out stored pairs; for a tracking set or a mix give --val-data")
             train, val = train.split(args.val_fraction, args.seed)
         elif isinstance(train, StoredPairs) and (Path(args.data).is_dir() or args.data in HUB_DATASETS):
             try:  # the dataset's own val split; a broken one is an error, a missing one is said below
-                val = open_pairs(args.data, args.crop_size, split="val")
+                val = open_pairs(args.data, args.crop_size, split="val", memory=args.memory)
             except NoSplit:
                 pass
     except (OSError, ValueError) as error:
@@ -435,8 +445,7 @@ def sft_example(processor, wording, pair):
     `[x1,y1,x2,y2]` in the base's box convention (stored pairs hold pixels); the pixels still
     bytes (they become floats on the model's device, in to_device)."""
     answer = answer_text(pair.search_box_xyxy, image_side(pair.search), processor.base.boxes)
-    return build_inputs(processor, pair.template, pair.search, pair.template_box_xyxy, answer=answer, wording=wording,
-                        return_tensors=False, pixels_as_bytes=True)
+    return pair_inputs(processor, pair, answer=answer, wording=wording, return_tensors=False, pixels_as_bytes=True)
 
 
 @torch.no_grad()
@@ -469,8 +478,8 @@ def evaluate(model, processor, pairs, args, dist, think=False, loss_sum=None):
                 chunk_loss, chunk_tokens = loss_sum(model, chunk)
                 if counted:
                     loss_total, tokens = loss_total + chunk_loss, tokens + chunk_tokens
-            prompts = [build_inputs(processor, p.template, p.search, p.template_box_xyxy, think=think,
-                                            wording=args.wording, return_tensors=False) for p in chunk]
+            prompts = [pair_inputs(processor, p, think=think, wording=args.wording, return_tensors=False)
+                       for p in chunk]
             answers, confidences = r1track.generate_answers(model, processor, collate(prompts, pad), config,
                                                             synced=in_step, confidences=True)
         for pair, answer, confidence in zip(chunk if counted else [], answers, confidences):

@@ -19,7 +19,7 @@ import data
 import synthetic
 from answers import parse_prompt_box
 from cli import UserError
-from prompts import QUESTIONS
+from prompts import MEMORY_QUESTIONS, QUESTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = QUESTIONS["seed"]
@@ -254,8 +254,8 @@ def test_validation_that_cannot_be_built_is_an_error(tmp_path):
     folder.mkdir()
     pq.write_table(pa.Table.from_pylist([good] * 4), folder / "train.parquet")
     pq.write_table(pa.Table.from_pylist([{"problem": "x", "answer": "y"}]), folder / "val.parquet")  # no images
-    args = types.SimpleNamespace(data=str(folder), data_weights=None, val_data=None, val_fraction=0.0, crop_size=112,
-                                 tracking_pairs=0.0, loop="published")
+    args = types.SimpleNamespace(data=str(folder), data_weights=None, memory=False, val_data=None, val_fraction=0.0,
+                                 crop_size=112, tracking_pairs=0.0, loop="published")
     one = types.SimpleNamespace(world=1, main=True)
     with pytest.raises(UserError, match="val.parquet: not in the EasyR1 layout"):
         training.open_data(args, one)
@@ -324,3 +324,61 @@ def test_worker_streams_send_chunks_and_give_the_same_items_as_one_process():
     buffers = {tensor.untyped_storage().data_ptr() for item in got[10:] if isinstance(item, dict)
                for tensor in item.values() if hasattr(tensor, "untyped_storage")}
     assert len(buffers) <= math.ceil((resumed.position - stream.position) / data.WORKER_CHUNK)
+
+
+def test_memory_rows_of_three_images_in_parquet_and_sharegpt(tmp_path):
+    """A stored row of three images whose question names two boxes is a triple (template,
+    memory, search) when training with memory; a malformed one is counted and named; without
+    memory three-image rows are left out, and said why."""
+    image = {"bytes": jpeg("red"), "path": None}
+    memory_question = MEMORY_QUESTIONS["seed"].format(box="[10,20,30,40]", memory_box="[12,22,32,42]")
+    triple = {"images": [image, {"bytes": jpeg("green"), "path": None}, {"bytes": jpeg("blue"), "path": None}],
+              "problem": "<image><image><image>" + memory_question, "answer": "[50,60,70,80]"}
+    pair = {"images": [image, image], "problem": "<image><image>" + QUESTION.format(box="[10,20,30,40]"),
+            "answer": "[50,60,70,80]"}
+    one_box = {**triple, "problem": "<image><image><image>" + QUESTION.format(box="[10,20,30,40]")}
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pylist([pair, triple, one_box]), path)
+
+    source = data.open_pairs(str(path), 112, memory=True)
+    assert len(source) == 2 and source.reasons == ["row 2: 3 images but 1 box in the question"]
+    two, three = source.load(0), source.load(1)
+    assert two.memory is None and two.images() == (two.template, two.search)
+    assert three.memory_box_xyxy == [6, 11, 16, 21]  # 224-px crops brought to 112 px, boxes with them
+    assert three.memory.getpixel((50, 50))[1] > 100 and three.search.getpixel((50, 50))[2] > 200
+    assert data.open_pairs(str(path), 112).reasons == [
+        "row 1: 3 images: a memory row (train with --memory to use it)",
+        "row 2: 3 images: a memory row (train with --memory to use it)"]
+
+    (tmp_path / "img").mkdir()
+    for name, colour in (("a.jpg", "red"), ("m.jpg", "green"), ("b.jpg", "blue")):
+        Image.new("RGB", (112, 112), colour).save(tmp_path / "img" / name)
+    record = {"messages": [{"role": "user", "content": "<image><image><image>" + memory_question},
+                           {"role": "assistant", "content": "[5,6,7,8]"}], "images": ["img/a.jpg", "img/m.jpg", "img/b.jpg"]}
+    (tmp_path / "data.json").write_text(json.dumps([record]))
+    loaded = data.open_pairs(str(tmp_path / "data.json"), 112, memory=True).load(0)
+    assert loaded.memory_box_xyxy == [12, 22, 32, 42] and loaded.memory.getpixel((5, 5))[1] > 100
+
+
+def test_got10k_triples_take_a_recent_frame_around_a_slightly_wrong_box(tmp_path, monkeypatch):
+    """With memory a pair also has a crop of a visible frame at most MEMORY_GAP frames before
+    the search frame (the template's frame when there is none), cut with the template's factor
+    around a box near the target's (a tracker's own answer): the target is near the box given."""
+    boxes = [(40 + 12 * t, 50 + 5 * t, 40, 40) for t in range(24)]
+    split = red_box_split(tmp_path, boxes)
+    source = data.Got10kPairs(split, 112, memory=True, loop="lenient")
+    read = []
+    original = data.read_frame
+    monkeypatch.setattr(data, "read_frame", lambda path: read.append(int(Path(path).stem) - 1) or original(path))
+    for k in range(30):
+        read.clear()
+        pair = source.load(0, data.pair_rng(0, k, 0))
+        template_frame, search_frame, memory_frame = read
+        assert search_frame - data.MEMORY_GAP <= memory_frame < search_frame or \
+            (memory_frame == template_frame and search_frame == 0)
+        box = pair.memory_box_xyxy
+        side = box[2] - box[0]
+        assert 28 * 0.88 <= side <= 28 * 1.13 + 1 and abs((box[0] + box[2]) / 2 - 56) <= 1  # centred, about 1/4
+        target = red_extent(pair.memory)
+        assert max(abs(a - b) for a, b in zip(target, box)) <= side / 8 + side * 0.1 + 2  # near, not on it
+    assert len({tuple(red_extent(source.load(0, data.pair_rng(0, k, 0)).memory)) for k in range(8)}) > 1
