@@ -288,10 +288,10 @@ def build_page(args, models: Models, root: Path, demo_path: str):
                                                    on_progress=lambda done, total: progress((done, total),
                                                                                             desc="tracking",
                                                                                             unit="frames"))
+            # named for this result: the page finds the video by its name once it shows it (OPEN_ON_START_FRAME)
+            shown = (out / "tracked.mp4").rename(out / f"tracked-{out.name}.mp4")
         except Exception as error:
             fail(error)
-        # named for this result: the page finds the video by its name once it shows it (OPEN_ON_START_FRAME)
-        shown = (out / "tracked.mp4").rename(out / f"tracked-{out.name}.mp4")
         return (str(shown), confidence_plot(targets, tracker.lost_below), str(zip_results(out)),
                 summary(targets, tracked, tracker), {"video": shown.name, "seconds": start_s})
 
@@ -331,7 +331,7 @@ def build_page(args, models: Models, root: Path, demo_path: str):
         find.click(propose, [clip, drawn, description, model], drawn, concurrency_id="model")
         opens_at = gr.JSON(visible=False)  # which result, and where its start frame is
         run.click(track, [clip, drawn, typed, start, model], [result, plot, boxes, stats, opens_at],
-                  concurrency_id="model").then(None, opens_at, None, js=OPEN_ON_START_FRAME)
+                  concurrency_id="model").success(None, opens_at, None, js=OPEN_ON_START_FRAME)
     return page
 
 

@@ -110,6 +110,7 @@ class StoredPairs:
             else:
                 self.rows.append((row, boxes[0], answer_box, boxes[1] if counts[row] == 3 else None))
         self.skipped = len(self.reasons)
+        self.triples = sum(memory_box is not None for *_, memory_box in self.rows)
 
     def __len__(self):
         return len(self.rows)
@@ -147,6 +148,8 @@ class StoredPairs:
         train.rows = [self.rows[i] for i in sorted(order[held:])]
         val.rows = [self.rows[i] for i in sorted(order[:held])]
         train.reasons, train.skipped = self.reasons, self.skipped
+        for part in (train, val):
+            part.triples = sum(memory_box is not None for *_, memory_box in part.rows)
         return train, val
 
 
@@ -215,12 +218,10 @@ class SequencePairs:
         frames, boxes, visible = self.sequence(index)
         picks = rng.choice(visible, size=2, replace=len(visible) < 2)
         like_tracking = self.tracking_share > 0 and rng.random() < self.tracking_share
+        read = functools.partial(_read_once, frames, {})  # a still image (COCO) is decoded once for its crops
         crops = []
         for role, frame in enumerate(picks):  # 0: template, 1: search
-            try:
-                image = read_frame(frames[frame])
-            except UserError as error:
-                raise BadRow(str(error)) from None
+            image = read(frame)
             if not like_tracking:
                 factor, shift = rng.uniform(2, 8), rng.uniform(-0.2, 0.2, size=2)
             elif role == 0:
@@ -234,7 +235,7 @@ class SequencePairs:
         (template, template_box), (search, search_box) = crops
         if not (search_box[2] > search_box[0] and search_box[3] > search_box[1]):
             raise BadRow("the target has no area in the search crop")
-        memory, memory_box = self._memory_crop(frames, boxes, visible, picks, rng) if self.memory else (None, None)
+        memory, memory_box = self._memory_crop(read, boxes, visible, picks, rng) if self.memory else (None, None)
         if self.loop != "published":
             return Pair(Image.fromarray(template), template_box, Image.fromarray(search), search_box,
                         memory=None if memory is None else Image.fromarray(memory), memory_box_xyxy=memory_box)
@@ -245,7 +246,7 @@ class SequencePairs:
         return Pair(template, template_box, search, search_box, jpegs=(template_jpeg, memory_jpeg, search_jpeg),
                     memory=memory, memory_box_xyxy=memory_box)
 
-    def _memory_crop(self, frames, boxes, visible, picks, rng):
+    def _memory_crop(self, read, boxes, visible, picks, rng):
         """(crop, box_xyxy): the target's recent look as a tracker keeps it: a visible frame at
         most MEMORY_GAP frames before the search frame (the template's frame where there is
         none, as a tracker starts), cut with the template's factor around a slightly wrong box,
@@ -258,17 +259,24 @@ class SequencePairs:
         scale = math.exp(rng.uniform(-0.1, 0.1))
         dx, dy = rng.uniform(-1 / 8, 1 / 8, size=2) * (w, h)
         answer_xywh = [x + dx + w * (1 - scale) / 2, y + dy + h * (1 - scale) / 2, w * scale, h * scale]
-        try:
-            image = read_frame(frames[frame])
-        except UserError as error:
-            raise BadRow(str(error)) from None
-        crop, box_xyxy, _, _ = crop_around(image, answer_xywh, TrackSettings.template_factor, self.crop_size,
+        crop, box_xyxy, _, _ = crop_around(read(frame), answer_xywh, TrackSettings.template_factor, self.crop_size,
                                            loop=self.loop)
         return crop, [float(int(v)) for v in clamp_box_xyxy(box_xyxy, self.crop_size)]
 
 
 # How recent a memory frame is when training: at most this many frames before the search frame
 MEMORY_GAP = 10
+
+
+def _read_once(frames, decoded: dict, frame: int):
+    """Frame `frame` of a sequence, decoded once per pair (`decoded` holds those of this pair);
+    an unreadable frame is a BadRow."""
+    if frame not in decoded:
+        try:
+            decoded[frame] = read_frame(frames[frame])
+        except UserError as error:
+            raise BadRow(str(error)) from None
+    return decoded[frame]
 
 
 def _readable(readers) -> tuple[list, list]:
@@ -393,12 +401,13 @@ class CocoPairs(SequencePairs):
             raise UserError(f"{annotations}: not a COCO instances file ({first_line(error)})") from None
         usable, reasons = [], []
         for row, box, crowd in objects:
+            box = _number_box(box)
             if crowd:
                 reasons.append("a crowd region (iscrowd), not one object")
             elif row is None:
                 reasons.append("an object of an image not listed")
-            elif len(box) != 4 or not (box[2] > 0 and box[3] > 0):
-                reasons.append(f"an object of no area: {box}")
+            elif box is None or not (box[2] > 0 and box[3] > 0):
+                reasons.append(f"an object of no area or no box: {box}")
             else:
                 usable.append((row, *box))
         self.image_rows = np.array([o[0] for o in usable], np.int64)
@@ -410,6 +419,15 @@ class CocoPairs(SequencePairs):
 
     def sequence(self, index: int):
         return [self.images[self.image_rows[index]]], self.boxes_xywh[index:index + 1], [0]
+
+
+def _number_box(box):
+    """A COCO bbox as four floats, or None when it is not four numbers."""
+    try:
+        values = [float(v) for v in box]
+    except (TypeError, ValueError):
+        return None
+    return values if len(values) == 4 and all(math.isfinite(v) for v in values) else None
 
 
 def _folder(root, title: str) -> Path:
@@ -631,8 +649,8 @@ def open_pairs(spec: str, crop_size: int, split="train", tracking_share: float =
     (list.txt), or KIND:FOLDER for a tracking set's training split (SET_READERS: got10k,
     lasot, trackingnet, coco), whose pairs are cut with `tracking_share` and `loop` (see
     SequencePairs). memory: triples with a memory crop (sets), stored rows of three images too."""
-    kind, _, rest = spec.partition(":")
-    if kind in SET_READERS and rest:
+    kind, rest = set_of(spec)
+    if kind is not None:
         if split != "train" and kind != "got10k":
             raise UserError(f"{spec}: training reads {kind}'s training set; validate on another set (--val-data "
                             "a GOT-10k val folder, or stored pairs)")
@@ -657,6 +675,22 @@ def open_pairs(spec: str, crop_size: int, split="train", tracking_share: float =
                     "a ShareGPT .json, or a GOT-10k split folder with list.txt)")
 
 
+def set_of(spec: str) -> tuple:
+    """(KIND, FOLDER) of a KIND:FOLDER data spec (SET_READERS), or (None, spec)."""
+    kind, _, rest = spec.partition(":")
+    return (kind, rest) if kind in SET_READERS and rest else (None, spec)
+
+
+def check_weights(weights, count: int) -> None:
+    """--data-weights: one finite weight above 0 for each of `count` sources (or none given)."""
+    if weights is None:
+        return
+    if len(weights) != count:
+        raise UserError(f"--data-weights takes one weight for each --data ({count}), not {len(weights)}")
+    if not all(math.isfinite(w) and w > 0 for w in weights):
+        raise UserError("--data-weights must be numbers above 0 (leave out a source to give it none)")
+
+
 def open_mix(specs: list, weights, crop_size: int, tracking_share: float = 0.0, loop="published", memory=False):
     """The training source of several data specs (open_pairs' forms), mixed by `weights`
     (default: equal); a single spec is read as it is."""
@@ -665,8 +699,7 @@ def open_mix(specs: list, weights, crop_size: int, tracking_share: float = 0.0, 
     sources = [open_pairs(spec, crop_size, "train", tracking_share, loop, memory) for spec in specs]
     labels = []
     for spec in specs:
-        kind, _, rest = spec.partition(":")
-        label = kind if kind in SET_READERS and rest else (Path(spec).stem or spec)
+        label = set_of(spec)[0] or Path(spec).stem or spec
         labels.append(label if label not in labels else f"{label}-{len(labels) + 1}")
     return MixedPairs(sources, labels, weights or [1.0] * len(specs))
 

@@ -3,7 +3,8 @@
   python prepare_data.py pairs --data got10k:GOT-10k/train --out pairs.parquet --num 5000 --size 336
       training pairs in the EasyR1 parquet layout (images, problem, answer), sampled as
       R1-Track-5k was: two frames of a sequence, each cropped around its own box with a
-      random factor in [2, 8) and a random centre shift; one pair per sequence per pass.
+      random factor in [2, 8) and a random centre shift; from one set, one pair per sequence
+      per pass.
       Several sets mixed by weight: --data got10k:GOT-10k/train lasot:LaSOT
       trackingnet:TrackingNet coco:COCO --data-weights 1 1 1 1
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import synthetic
 from cli import ArgumentParser, HelpFormatter, UserError, positive_int, script_main
-from data import MixedPairs, PairStream, open_mix, pair_to_row, skipped_text
+from data import MixedPairs, PairStream, check_weights, open_mix, pair_to_row, skipped_text
 from prompts import WORDINGS
 from settings import LOOPS
 
@@ -40,7 +41,8 @@ def build_parser() -> ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     pairs = commands.add_parser(
-        "pairs", help="sample training pairs from a GOT-10k split into an EasyR1 parquet file",
+        "pairs", help="sample training pairs from tracking sets (GOT-10k, LaSOT, TrackingNet, COCO) into an "
+        "EasyR1 parquet file",
         formatter_class=HelpFormatter)
     sources = pairs.add_mutually_exclusive_group(required=True)
     sources.add_argument("--data", nargs="+", metavar="KIND:FOLDER",
@@ -94,14 +96,11 @@ def write_pairs(args) -> int:
         ("images", pa.list_(pa.struct([("bytes", pa.binary()), ("path", pa.string())]))),
         ("problem", pa.string()), ("answer", pa.string())])
     specs = args.data or [f"got10k:{args.got10k}"]
-    if args.data_weights is not None and len(args.data_weights) != len(specs):
-        raise UserError(f"--data-weights takes one weight for each --data ({len(specs)}), not {len(args.data_weights)}")
-    if args.data_weights is not None and min(args.data_weights) <= 0:
-        raise UserError("--data-weights must be above 0 (leave out a source to give it none)")
+    check_weights(args.data_weights, len(specs))
     source = open_mix(specs, args.data_weights, args.size, loop=args.loop)
     for part in getattr(source, "sources", [source]):
         if len(part) == 0:
-            raise UserError(f"{part.name} has no sequence with a visible target ({skipped_text(part)})")
+            raise UserError(f"{part.name} has nothing to cut a pair from ({skipped_text(part)})")
     if isinstance(source, MixedPairs):
         print(f"{len(source.sources)} sources mixed by weight:\n" + "\n".join(source.describe()))
     stream = PairStream(source, args.seed)
@@ -119,7 +118,7 @@ def write_pairs(args) -> int:
     drawn = "" if not isinstance(source, MixedPairs) else " (" + ", ".join(
         f"{label} {count}" for label, count in source.drawn(stream.position, args.seed).items()) + " drawn)"
     print(f"wrote {args.num} pairs from {source.name}{drawn} to {out} "
-          f"({source.skipped} sequences unusable, {stream.skipped} draws retried)")
+          f"({source.skipped} left out as unusable, {stream.skipped} draws retried)")
     return 0
 
 

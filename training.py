@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 from pathlib import Path
 
 import torch
@@ -31,6 +32,7 @@ from data import (
     MixedPairs,
     NoSplit,
     StoredPairs,
+    check_weights,
     open_mix,
     open_pairs,
     pair_inputs,
@@ -91,8 +93,8 @@ def add_data_args(parser, default_data="r1track5k", inherited=""):
                        help="r1track5k | r1track100k (hub datasets) | a parquet file or folder (EasyR1 layout) | a "
                        "ShareGPT .json | a GOT-10k split folder with list.txt | KIND:FOLDER, a tracking set's "
                        "training split, KIND one of got10k, lasot (its 280 test sequences never read), trackingnet "
-                       "(TRAIN_<k> chunks), coco (2017 instances, both crops from one image); the last two kinds "
-                       "give fresh pairs sampled on the fly. Several: mixed by --data-weights, e.g. "
+                       "(TRAIN_<k> chunks), coco (2017 instances, both crops from one image): a GOT-10k folder and "
+                       "every KIND give fresh pairs sampled on the fly. Several: mixed by --data-weights, e.g. "
                        "got10k:GOT-10k/train lasot:LaSOT trackingnet:TrackingNet coco:COCO "
                        f"(default: {default_data})")
     group.add_argument("--data-weights", nargs="+", type=float, default=None, metavar="W",
@@ -120,8 +122,9 @@ def add_data_args(parser, default_data="r1track5k", inherited=""):
                        "left out, and said); saved with the model's tracking settings "
                        f"(default: {inherited}off)")
     group.add_argument("--tracking-pairs", type=share, default=0.0, metavar="SHARE",
-                       help="with a GOT-10k folder: this share of the pairs cut as the tracker asks (both crops "
-                       "factor 4, the search around a slightly wrong box) instead of with the published jitter")
+                       help="with a tracking set (a GOT-10k folder or KIND:FOLDER): this share of the pairs cut as "
+                       "the tracker asks (both crops factor 4, the search around a slightly wrong box) instead of "
+                       "with the published jitter")
 
 
 def add_run_args(parser, default_out="runs/sft", default_batch=4, default_accum=4, default_save=100, default_eval=50,
@@ -166,12 +169,10 @@ def check_common_args(parser, args):
         parser.error("--data-workers must be 0 or more")
     if isinstance(args.data, list) and len(args.data) == 1:
         args.data = args.data[0]  # one source is a string, as runs saved it before --data took several
-    if args.data_weights is not None:
-        count = len(args.data) if isinstance(args.data, list) else 1
-        if len(args.data_weights) != count:
-            parser.error(f"--data-weights takes one weight for each --data ({count}), not {len(args.data_weights)}")
-        if min(args.data_weights) <= 0:
-            parser.error("--data-weights must be above 0 (leave out a source to give it none)")
+    try:
+        check_weights(args.data_weights, len(args.data) if isinstance(args.data, list) else 1)
+    except UserError as error:
+        parser.error(str(error))
     reports.check_report_args(parser, args)
 
 
@@ -412,7 +413,12 @@ def open_data(args, dist):
                 others = [f"{side}-px" for side in sides if side != args.crop_size]
                 resized = f"; {', '.join(others)} pairs (of its first rows) resized to {args.crop_size} px" \
                     if others else ""
-                print(f"{name} data: {source.name}: {len(source)} usable, {skipped_text(source)}{resized}")
+                triples = f"; {source.triples} of them triples (three images)" \
+                    if args.memory and isinstance(source, StoredPairs) else ""
+                print(f"{name} data: {source.name}: {len(source)} usable, {skipped_text(source)}{resized}{triples}")
+                if triples and not source.triples:
+                    print(f"note: --memory, but no row of {source.name} has three images: its questions are all "
+                          "asked with two", file=sys.stderr)
             if len(source) == 0:
                 raise UserError(f"no usable {name} pairs in {source.name}")
     if val is None and dist.main:
@@ -423,8 +429,9 @@ def open_data(args, dist):
 
 
 def data_share(source, position: int, args, dist) -> dict:
-    """For a mix of sources: {"data_share": {source: its share of the pairs all ranks have
-    drawn by this stream position}}, a metrics entry; {} for a single source."""
+    """For a mix of sources: {"data_share": {source: its share of the pairs drawn by every rank
+    up to this stream position}} (a rank that skipped other rows than the main one stands a
+    little further on), a metrics.jsonl entry; {} for a single source."""
     if not isinstance(source, MixedPairs) or position == 0:
         return {}
     drawn = source.drawn(position, args.seed, dist.world)

@@ -80,18 +80,19 @@ def read_lasot_sequence(folder: Path) -> dict:
             "description": nlp.read_text().strip() if nlp.is_file() else None}
 
 
-def _lasot(root: Path, split=None, test_set=frozenset()) -> list[dict]:
+def _lasot(root: Path, split=None, tested=None) -> list[dict]:
     """root/<class>/<class>-<n>/{img/00000001.jpg..., groundtruth.txt, full_occlusion.txt,
     out_of_view.txt, nlp.txt}. A testing_set.txt at the root (as the toolkit ships) chooses the
-    sequences; otherwise those of `test_set` found there (LaSOT's 280 in the full dataset,
-    whose training sequences lie beside them), else every sequence found."""
+    sequences; otherwise those found there whose name `tested` accepts (LaSOT's 280 in the full
+    dataset, whose training sequences lie beside them; LaSOT-ext's classes beside LaSOT's),
+    else every sequence found."""
     listed = root / "testing_set.txt"
     if listed.is_file():
         names = [n.strip() for n in listed.read_text().split() if n.strip()]
         folders = [root / n.rsplit("-", 1)[0] / n for n in names]
     else:
         found = lasot_folders(root)
-        folders = [folder for folder in found if folder.name in test_set] or found
+        folders = [folder for folder in found if tested and tested(folder.name)] or found
     return [{**read_lasot_sequence(folder), "frames": sorted((folder / "img").glob("*.jpg"))} for folder in folders]
 
 
@@ -160,10 +161,12 @@ def _benchmark(name: str, title: str, read, layout: str, **kwargs) -> Benchmark:
 
 
 BENCHMARKS = (
-    _benchmark("lasot", "LaSOT", functools.partial(_lasot, test_set=LASOT_TEST_SET),
+    _benchmark("lasot", "LaSOT", functools.partial(_lasot, tested=LASOT_TEST_SET.__contains__),
                "<class>/<class>-<n>/groundtruth.txt", test_set_size=280,
                attribute_names=LASOT_ATTRIBUTES),
-    _benchmark("lasot_ext", "LaSOT-ext", _lasot, "<class>/<class>-<n>/groundtruth.txt", test_set_size=150,
+    _benchmark("lasot_ext", "LaSOT-ext", functools.partial(_lasot, tested=lambda name: name.rsplit("-", 1)[0]
+                                                          not in LASOT_CLASSES),
+               "<class>/<class>-<n>/groundtruth.txt", test_set_size=150,
                attribute_names=LASOT_ATTRIBUTES),
     _benchmark("tnl2k", "TNL2K", _tnl2k, "<sequence>/groundtruth.txt with <sequence>/imgs/", test_set_size=700),
 )

@@ -267,7 +267,8 @@ def test_browser_bad_input_is_a_message_on_the_page(page, driver, tmp_path, case
     message = message_on_page(driver)
     assert expected in message and "Traceback" not in message and "/tmp" not in message, message
     if case == "too big":  # refused before it was sent: nothing of it on the page's disk
-        assert not [path for path in page["work"].rglob("*") if path.is_file() and path.stat().st_size > 1024 * 1024]
+        assert not [path for path in page["work"].rglob("*")
+                    if path.is_file() and path.stat().st_size > MAX_UPLOAD_MB * 1024 * 1024]
 
     driver.refresh()  # and the page goes on: a good clip is tracked
     open_page(driver, page)

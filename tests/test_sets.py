@@ -68,6 +68,7 @@ def test_each_set_reads_its_training_split(four_sets):
     # LaSOT's benchmark reads its test sequences from the same folder, no testing_set.txt needed
     lasot = BENCHMARKS["lasot"]
     assert sorted(s["name"] for s in lasot.sequences(four_sets["lasot"])) == sorted(LASOT_TEST)
+    assert [s["name"] for s in BENCHMARKS["lasot_ext"].sequences(four_sets["lasot"])] == list(LASOT_EXT)
 
 
 def test_a_four_set_mix_draws_each_set_by_its_weight_and_never_a_lasot_test_sequence(four_sets, monkeypatch):
@@ -77,7 +78,7 @@ def test_a_four_set_mix_draws_each_set_by_its_weight_and_never_a_lasot_test_sequ
     epochs = 3
     stream = data.PairStream(mix, seed=5)
     stream.next_pairs(epochs * len(mix) - 4)  # a few unusable draws are retried: whole epochs or a little more
-    drawn = {kind: len(paths) // 2 for kind, paths in reads.items()}  # two frames a pair (COCO: one image twice)
+    drawn = {kind: len(paths) // (1 if kind == "coco" else 2) for kind, paths in reads.items()}  # COCO: one image
     assert drawn == mix.drawn(stream.position, 5)
     total = sum(drawn.values())
     for kind, weight in zip(four_sets, weights):
@@ -92,7 +93,8 @@ def test_a_four_set_mix_draws_each_set_by_its_weight_and_never_a_lasot_test_sequ
     for rank in ranks:
         rank.next_pairs(10)
     assert ranks[0].position == ranks[1].position  # no unusable draw here: the counts below compare the same span
-    assert {kind: len(paths) // 2 for kind, paths in reads.items()} == mix.drawn(ranks[0].position, 5, world=2)
+    assert {kind: len(paths) // (1 if kind == "coco" else 2) for kind, paths in reads.items()} == \
+        mix.drawn(ranks[0].position, 5, world=2)
 
 
 def test_a_resumed_mix_stream_goes_on_as_the_straight_one(four_sets):

@@ -270,19 +270,27 @@ def test_bad_flags_are_refused(tiny_model_dir, pairs16, tmp_path, extra, capsys)
     assert code == 2 and "error:" in capsys.readouterr().err
 
 
-def test_training_with_a_memory_frame_asks_three_images_and_saves_it(tiny_model_dir, got10k_root, tmp_path):
-    """--memory: each example is a triple (template, memory crop, search), the model's settings
-    say so, and a tracker of that model says once that it asks with two images."""
+def test_training_with_a_memory_frame_asks_three_images_and_saves_it(tiny_model_dir, got10k_root, tmp_path,
+                                                                      monkeypatch):
+    """--memory: each example the run trains on is a triple (template, memory crop, search),
+    the model's settings say so, and a tracker of that model says once that it asks with two
+    images."""
+    images_per_example, real = [], training.sft_example
+
+    def counted(processor, wording, pair):
+        example = real(processor, wording, pair)
+        images_per_example.append(example["input_ids"].count(processor.tokenizer.convert_tokens_to_ids(
+            "<|image_pad|>")) // 16)
+        return example
+
+    monkeypatch.setattr(training, "sft_example", counted)
     out = tmp_path / "memory"
     result = run_here(sft_args(tiny_model_dir, got10k_root / "val", out, "--memory", "--loop", "lenient",
                                "--max-steps", "2", "--batch-size", "2", "--grad-accum", "1", "--full",
                                "--val-data", got10k_root / "val", "--val-size", "2"))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert len(images_per_example) >= 4 and set(images_per_example) == {3}
     assert json.loads((out / "r1track.json").read_text())["memory"] is True
-    model, processor = r1track.load_model(str(out), device="cpu")
-    pair = data.open_pairs(str(got10k_root / "val"), 112, memory=True, loop="lenient").load(0, data.pair_rng(0, 0, 0))
-    example = training.sft_example(processor, "seed", pair)
-    assert example["input_ids"].count(processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")) == 3 * 16
     tracked = run_main("track.py", "--video", got10k_root / "val" / "GOT-10k_Val_000001", "--box", "10,10,40,40",
                        "--model", out, "--out", tmp_path / "track", "--no-video", "--device", "cpu")
     assert tracked.returncode == 0, tracked.stderr[-2000:]
