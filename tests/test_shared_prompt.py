@@ -148,7 +148,7 @@ class _same:
     # Qwen3.5: the prompt's cache (keys, values and linear-attention states) repeated, gradients through it
     ("qwen3_5", "full", False, False), ("qwen3_5", "lora", True, False),
     # three-image questions (a memory frame)
-    ("qwen2_5_vl", "full", False, True), ("qwen3_vl", "lora", False, True),
+    ("qwen2_5_vl", "full", False, True),
 ])
 def test_shared_prompt_scores_and_gradients_equal_the_repeated_prompts(sft_run_of, pairs16, base, kind, think, memory):
     """For the same sampled answers: the sampling policy's and the reference's log-probabilities
