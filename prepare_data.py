@@ -62,6 +62,10 @@ def build_parser() -> ArgumentParser:
     pairs.add_argument("--loop", default="published", choices=LOOPS,
                        help="published: crops cut by OpenCV and stored as JPEG quality 95, as R1-Track-5k/100k were; "
                        "lenient: antialiased crops")
+    pairs.add_argument("--memory", action="store_true",
+                       help="write triples (template, a memory crop of a recent frame, search) in rows of three "
+                       "images whose question names two boxes, as train_sft.py --memory cuts them (needs --loop "
+                       "lenient: the published loop asks two images)")
     pairs.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same pairs")
 
     clips = commands.add_parser(
@@ -97,7 +101,9 @@ def write_pairs(args) -> int:
         ("problem", pa.string()), ("answer", pa.string())])
     specs = args.data or [f"got10k:{args.got10k}"]
     check_weights(args.data_weights, len(specs))
-    source = open_mix(specs, args.data_weights, args.size, loop=args.loop)
+    if args.memory and args.loop == "published":
+        raise UserError("--memory writes three-image questions, which the published loop never asks: add --loop lenient")
+    source = open_mix(specs, args.data_weights, args.size, loop=args.loop, memory=args.memory)
     for part in getattr(source, "sources", [source]):
         if len(part) == 0:
             raise UserError(f"{part.name} has nothing to cut a pair from ({skipped_text(part)})")

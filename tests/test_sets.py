@@ -139,6 +139,20 @@ def test_an_unreadable_sequence_is_counted_and_said_not_fatal(four_sets, tmp_pat
     assert "bear-1" in source.reasons[1] and "not numbers" in source.reasons[1]
 
 
+def test_prepare_data_writes_triples_that_train_as_triples(four_sets, tmp_path):
+    out = tmp_path / "triples.parquet"
+    result = run_main("prepare_data.py", "pairs", "--data", f"lasot:{four_sets['lasot']}", "--memory", "--loop",
+                      "lenient", "--out", out, "--num", "6", "--size", "56")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = pq.read_table(out).to_pylist()
+    assert all(len(row["images"]) == 3 and row["problem"].startswith("<image><image><image>") for row in rows)
+    source = data.open_pairs(str(out), 56, memory=True)
+    assert len(source) == 6 and source.triples == 6
+    written = data.PairStream(data.open_pairs(f"lasot:{four_sets['lasot']}", 56, loop="lenient", memory=True), 0)
+    first = written.next_pairs(1)[0]
+    assert source.load(0).memory_box_xyxy == first.memory_box_xyxy  # the triple as it was cut
+
+
 def test_prepare_data_cuts_pairs_from_a_mix(four_sets, tmp_path):
     out = tmp_path / "mix.parquet"
     result = run_main("prepare_data.py", "pairs", "--data", *specs_of(four_sets), "--data-weights", "1", "1", "1", "3",
@@ -153,11 +167,15 @@ def test_prepare_data_cuts_pairs_from_a_mix(four_sets, tmp_path):
 
 def sft_mix_args(model, sets, out, *extra):
     return ["train_sft.py", "--model", model, "--data", *specs_of(sets), "--data-weights", "1", "1", "1", "2",
-            "--out", out, "--max-steps", "6", "--save-every", "2", "--batch-size", "2", "--grad-accum", "1",
-            "--crop-size", "56", "--full", "--lr", "1e-3", "--device", "cpu", "--data-workers", "0", *map(str, extra)]
+            "--out", out, "--max-steps", "12", "--save-every", "2", "--batch-size", "2", "--grad-accum", "1",
+            "--crop-size", "56", "--full", "--lr", "1e-3", "--device", "cpu", "--data-workers", "0",
+            "--memory", "--loop", "lenient", *map(str, extra)]
 
 
 def test_sft_on_a_four_set_mix_logs_the_shares_and_resumes_to_the_straight_run(tiny_model_dir, four_sets, tmp_path):
+    """SFT on triples (--memory) from the four sets: the start says each set's share, every
+    step logs the shares drawn, and a run killed after a checkpoint and resumed ends with the
+    straight run's weights and shares."""
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     straight = run_main(*sft_mix_args(tiny_model_dir, four_sets, whole))
     assert straight.returncode == 0, straight.stderr[-3000:]
@@ -168,8 +186,10 @@ def test_sft_on_a_four_set_mix_logs_the_shares_and_resumes_to_the_straight_run(t
     wait_for(broken / "checkpoint-2" / "trainer_state.json", process)
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=120)
+    assert not (broken / "r1track.json").exists()  # killed before its end
     resumed = run_main(*sft_mix_args(tiny_model_dir, four_sets, broken, "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
 
     a, b = load_file(whole / "model.safetensors"), load_file(broken / "model.safetensors")
     assert all(np.array_equal(a[k].float().numpy(), b[k].float().numpy()) for k in a)
@@ -177,7 +197,7 @@ def test_sft_on_a_four_set_mix_logs_the_shares_and_resumes_to_the_straight_run(t
     def shares(out):
         return [json.loads(line)["data_share"] for line in (out / "metrics.jsonl").read_text().splitlines()
                 if "loss" in json.loads(line)]
-    assert shares(whole) == shares(broken) and len(shares(whole)) == 6
+    assert shares(whole) == shares(broken) and len(shares(whole)) == 12
     assert set(shares(whole)[-1]) == set(four_sets) and sum(shares(whole)[-1].values()) == pytest.approx(1, abs=1e-3)
 
 
