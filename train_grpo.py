@@ -38,9 +38,10 @@ import training
 from answers import reward
 from bases import rope_positions
 from cli import ArgumentParser, UserError, first_line, positive_int
-from data import PairStream, pair_inputs
+from data import PairStream, data_share, open_data, validation_set
 from prompts import END_OF_TURN, answer_token_limit, collate, greedy_config, vision_token_ids
 from settings import TrackSettings
+from tracking_pairs import pair_inputs
 from caches import has_states
 from shared_prompt import (BLOCK_MASK_KERNELS, answer_logits, grouped_inputs, repeated_inputs, sample_answers,
                            stated_inputs)
@@ -464,7 +465,7 @@ def train(args, dist):
 
     out = Path(args.out)
     resume_dir = training.find_resume(args, dist)
-    train_source, val_source = training.open_data(args, dist)
+    train_source, val_source = open_data(args, dist)
     model, processor = training.build_model(args, dist, init=args.init, resume_dir=resume_dir,
                                             fresh_adapter=not (args.full or args.continue_adapter))
     settings = TrackSettings(wording=args.wording, think=args.think, crop_size=args.crop_size, loop=args.loop,
@@ -478,7 +479,7 @@ def train(args, dist):
     state = training.start_state(resume_dir, model, optimizer, scheduler, dist, args)
     stream = PairStream(train_source, args.seed, dist.rank, dist.world, state["position"], state["skipped"],
                         workers=training.data_workers(args, dist))
-    val_pairs = training.validation_set(val_source, args, dist)
+    val_pairs = validation_set(val_source, args, dist)
     report = reports.Report(out, dist, args, state["step"], "grpo", total_steps, settings, processor.base)
     stop = training.StopFlag()
     if dist.main:
@@ -502,7 +503,7 @@ def train(args, dist):
         step += 1
         record = grpo_step(step, model, raw, reference, processor, optimizer, scheduler, stream, args, dist)
         record["elapsed_s"] = time.perf_counter() - started  # the steps' own time against the run's (bookkeeping)
-        record.update(training.data_share(train_source, stream.position, args, dist))
+        record.update(data_share(train_source, stream.position, args, dist))
         report.log(record)
         bar.update()
         bar.set_postfix(reward=f"{record['reward_mean']:.3f}", iou=f"{record['iou_mean']:.3f}", kl=f"{record['kl']:.4f}")

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 import reports
 import training
 from cli import ArgumentParser
-from data import PairStream
+from data import PairStream, data_share, open_data, validation_set
 from prompts import collate
 from settings import TrackSettings
 from training import autocast, to_device
@@ -79,7 +79,7 @@ def train(args, dist):
 
     out = Path(args.out)
     resume_dir = training.find_resume(args, dist)
-    train_source, val_source = training.open_data(args, dist)
+    train_source, val_source = open_data(args, dist)
     model, processor = training.build_model(args, dist, resume_dir=resume_dir)
     settings = TrackSettings(wording=args.wording, think=False, crop_size=args.crop_size, loop=args.loop,
                              boxes=processor.base.boxes, memory=args.memory)
@@ -93,7 +93,7 @@ def train(args, dist):
     stream = PairStream(train_source, args.seed, dist.rank, dist.world, state["position"], state["skipped"],
                         prepare=functools.partial(training.sft_example, processor, args.wording),
                         workers=training.data_workers(args, dist))
-    val_pairs = training.validation_set(val_source, args, dist)
+    val_pairs = validation_set(val_source, args, dist)
     report = reports.Report(out, dist, args, state["step"], "sft", total_steps, settings, processor.base)
     stop = training.StopFlag()
     pad = processor.tokenizer.pad_token_id
@@ -153,7 +153,7 @@ def train(args, dist):
                       "grad_norm": float(grad_norm), "tokens_per_s": tokens / seconds, "epoch": consumed["epoch"],
                       # the run's time so far: its steps against the steps' own time show the bookkeeping
                       "elapsed_s": time.perf_counter() - run_started,
-                      **training.data_share(train_source, consumed["position"], args, dist)}
+                      **data_share(train_source, consumed["position"], args, dist)}
             if dist.device.type == "cuda":
                 record["peak_memory_gib"] = torch.cuda.max_memory_allocated(dist.device) / 2 ** 30
             report.log(record)

@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import sys
 from pathlib import Path
 
 import torch
@@ -27,18 +26,7 @@ import reports
 from answers import answer_box
 from boxes import iou_xyxy
 from cli import UserError, first_line, positive_int, script_main, write_atomic
-from data import (
-    HUB_DATASETS,
-    MixedPairs,
-    NoSplit,
-    StoredPairs,
-    check_weights,
-    open_mix,
-    open_pairs,
-    pair_inputs,
-    skipped_text,
-    validation_pairs,
-)
+from data import check_weights
 from prompts import (
     WORDINGS,
     answer_text,
@@ -49,6 +37,7 @@ from prompts import (
     pixels_from_bytes,
 )
 from settings import LOOPS, LoadError, default_settings, load_settings, read_settings
+from tracking_pairs import pair_inputs
 
 # -----------------------------------------------------------------------------
 # Command line
@@ -375,76 +364,7 @@ def to_device(batch, device, image_processor=None):
 
 
 # -----------------------------------------------------------------------------
-# Data and evaluation
-
-
-def open_data(args, dist):
-    """(train source, validation source or None); one clear error for bad data."""
-    try:
-        specs = args.data if isinstance(args.data, list) else [args.data]
-        train = open_mix(specs, args.data_weights, args.crop_size, tracking_share=args.tracking_pairs, loop=args.loop,
-                         memory=args.memory)
-        val = None
-        if args.val_data:
-            val = open_pairs(args.val_data, args.crop_size, split="val", tracking_share=args.tracking_pairs,
-                             loop=args.loop, memory=args.memory)
-        elif args.val_fraction > 0:
-            if not isinstance(train, StoredPairs):
-                raise UserError("--val-fraction holds out stored pairs; for a tracking set or a mix give --val-data")
-            train, val = train.split(args.val_fraction, args.seed)
-        elif isinstance(train, StoredPairs) and (Path(args.data).is_dir() or args.data in HUB_DATASETS):
-            try:  # the dataset's own val split; a broken one is an error, a missing one is said below
-                val = open_pairs(args.data, args.crop_size, split="val", memory=args.memory)
-            except NoSplit:
-                pass
-    except (OSError, ValueError) as error:
-        raise UserError(str(error)) from None
-    if isinstance(train, MixedPairs):
-        if dist.main:
-            print(f"training data: {len(train.sources)} sources mixed by weight, {len(train)} pairs an epoch:")
-            print("\n".join(train.describe()))
-        empty = [source.name for source in train.sources if len(source) == 0]
-        if empty:
-            raise UserError(f"no usable training pairs in {empty[0]}")
-    for name, source in (("training", train), ("validation", val)):
-        if source is not None and not (source is train and isinstance(train, MixedPairs)):
-            if dist.main:
-                sides = source.stored_sides() if isinstance(source, StoredPairs) else []
-                others = [f"{side}-px" for side in sides if side != args.crop_size]
-                resized = f"; {', '.join(others)} pairs (of its first rows) resized to {args.crop_size} px" \
-                    if others else ""
-                triples = f"; {source.triples} of them triples (three images)" \
-                    if args.memory and isinstance(source, StoredPairs) else ""
-                print(f"{name} data: {source.name}: {len(source)} usable, {skipped_text(source)}{resized}{triples}")
-                if triples and not source.triples:
-                    print(f"note: --memory, but no row of {source.name} has three images: its questions are all "
-                          "asked with two", file=sys.stderr)
-            if len(source) == 0:
-                raise UserError(f"no usable {name} pairs in {source.name}")
-    if val is None and dist.main:
-        print("validation data: none (--val-data or --val-fraction give some)")
-    if len(train) < dist.world:
-        raise UserError(f"{len(train)} training examples cannot be shared between {dist.world} ranks")
-    return train, val
-
-
-def data_share(source, position: int, args, dist) -> dict:
-    """For a mix of sources: {"data_share": {source: its share of the pairs drawn by every rank
-    up to this stream position}} (a rank that skipped other rows than the main one stands a
-    little further on), a metrics.jsonl entry; {} for a single source."""
-    if not isinstance(source, MixedPairs) or position == 0:
-        return {}
-    drawn = source.drawn(position, args.seed, dist.world)
-    total = sum(drawn.values())
-    return {"data_share": {label: round(count / total, 4) for label, count in drawn.items()}}
-
-
-def validation_set(source, args, dist) -> list:
-    """The fixed validation pairs, their number said on the main rank with any unusable rows."""
-    pairs, unusable = validation_pairs(source, args.val_size, args.seed + 1)
-    if pairs and dist.main:
-        print(f"validation: {len(pairs)} pairs" + (f" ({unusable} unusable rows left out)" if unusable else ""))
-    return pairs
+# Examples and evaluation
 
 
 def sft_example(processor, wording, pair):
@@ -703,7 +623,10 @@ def start_state(resume_dir: Path | None, model, optimizer, scheduler, dist, args
 
 def restore_checkpoint(resume_dir: Path, model, optimizer, scheduler, dist) -> dict:
     """Optimizer, scheduler and RNG from a checkpoint (the weights came with the model)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_optimizer_state_dict,
+    )
 
     if is_sharded_checkpoint(resume_dir):
         if not is_sharded(model):
@@ -735,7 +658,10 @@ def load_sharded_checkpoint(resume_dir: Path, model, optimizer) -> dict:
 
 def save_final(out: Path, raw, model, processor, settings, dist, card=None):
     """The final model in OUT itself, each file replaced atomically."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     model_state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist.main:

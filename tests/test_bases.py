@@ -4,7 +4,6 @@ licence), and what it cannot take is one line. The equivalences both bases hold 
 shared-prompt GRPO, DDP and FSDP, resume) are parametrized over BASES in their own files."""
 import json
 import shutil
-import types
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ import bases
 import r1track
 import reports
 import synthetic
+import tracking_pairs
 import training
 from answers import answer_box, reward
 from benchmark_layouts import make_synthetic_benchmark
@@ -53,8 +53,8 @@ def test_sft_labels_and_questions_are_written_in_the_bases_convention(tiny_of):
     (the template box in the question, the answer in the labels), a Qwen2.5-VL model in pixels."""
     rng = np.random.default_rng(0)
     crops = [Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)) for _ in range(2)]
-    pair = types.SimpleNamespace(template=crops[0], template_box_xyxy=[32, 32, 96, 96], search=crops[1],
-                                 search_box_xyxy=[12.8, 0, 64, 128])
+    pair = tracking_pairs.Pair(template=crops[0], template_box_xyxy=[32, 32, 96, 96], search=crops[1],
+                     search_box_xyxy=[12.8, 0, 64, 128])
     _, processor = tiny_of("qwen3_vl")
     example = training.sft_example(processor, "seed", pair)
     tokenizer = processor.tokenizer

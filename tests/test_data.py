@@ -17,6 +17,7 @@ from PIL import Image
 
 import data
 import synthetic
+import tracking_pairs
 from answers import parse_prompt_box
 from cli import UserError
 from prompts import MEMORY_QUESTIONS, QUESTIONS
@@ -51,7 +52,7 @@ def test_parquet_rows_are_checked_and_bad_ones_skipped(tmp_path):
     assert pair.template.size == (112, 112) and pair.template_box_xyxy == [5, 10, 15, 20]
     assert pair.search_box_xyxy == [25, 30, 35, 40]
     assert pair.template.getpixel((50, 50))[0] > 200 and pair.search.getpixel((50, 50))[2] > 200
-    with pytest.raises(data.BadRow):
+    with pytest.raises(tracking_pairs.BadRow):
         source.load(1)
 
 
@@ -101,7 +102,7 @@ def red_extent(image):
 
 def test_got10k_pairs_follow_the_published_sampling(tmp_path):
     split = red_box_split(tmp_path, [(60, 50, 40, 40), (250, 150, 40, 40)])
-    source = data.Got10kPairs(split, 112)
+    source = tracking_pairs.Got10kPairs(split, 112)
     sizes = []
     for k in range(40):
         pair = source.load(0, data.pair_rng(0, k, 0))
@@ -120,7 +121,7 @@ def test_got10k_pairs_follow_the_published_sampling(tmp_path):
 
 def test_got10k_pairs_cut_as_the_tracker_asks(tmp_path):
     split = red_box_split(tmp_path, [(60, 50, 40, 40), (250, 150, 40, 40)])
-    source = data.Got10kPairs(split, 112, tracking_share=1.0)
+    source = tracking_pairs.Got10kPairs(split, 112, tracking_share=1.0)
     search_centres = []
     for k in range(40):
         pair = source.load(0, data.pair_rng(0, k, 0))
@@ -139,7 +140,7 @@ def test_got10k_pairs_cut_as_the_tracker_asks(tmp_path):
 
 def test_got10k_pairs_mix_tracking_and_published_cuts(tmp_path):
     split = red_box_split(tmp_path, [(60, 50, 40, 40), (250, 150, 40, 40)])
-    mixed = data.Got10kPairs(split, 112, tracking_share=0.5)
+    mixed = tracking_pairs.Got10kPairs(split, 112, tracking_share=0.5)
     as_tracked = [mixed.load(0, data.pair_rng(0, k, 0)).template_box_xyxy == [42.0, 42.0, 70.0, 70.0]
                   for k in range(60)]
     assert 15 <= sum(as_tracked) <= 45
@@ -148,7 +149,7 @@ def test_got10k_pairs_mix_tracking_and_published_cuts(tmp_path):
 def test_got10k_pairs_skip_invisible_frames(tmp_path):
     split = red_box_split(tmp_path, [(60, 50, 40, 40), (250, 150, 40, 40), (10, 10, 40, 40)])
     (split / "seq1" / "absence.label").write_text("0\n1\n1\n")
-    source = data.Got10kPairs(split, 112)
+    source = tracking_pairs.Got10kPairs(split, 112)
     for k in range(10):
         pair = source.load(0, data.pair_rng(0, k, 0))
         # only frame 1 is usable: both crops come from it, centred near (80, 70)
@@ -237,8 +238,6 @@ def test_validation_that_cannot_be_built_is_an_error(tmp_path):
     is one line, and a dataset folder whose val split is broken is refused (not run without)."""
     import types
 
-    import training
-
     good = {"images": [{"bytes": jpeg("red"), "path": None}, {"bytes": jpeg("blue"), "path": None}],
             "problem": "<image><image>" + QUESTION.format(box="[10,20,30,40]"), "answer": "[50,60,70,80]"}
     broken = {**good, "images": [{"bytes": b"not a jpeg", "path": None}, good["images"][1]]}
@@ -258,9 +257,9 @@ def test_validation_that_cannot_be_built_is_an_error(tmp_path):
                                  crop_size=112, tracking_pairs=0.0, loop="published")
     one = types.SimpleNamespace(world=1, main=True)
     with pytest.raises(UserError, match="val.parquet: not in the EasyR1 layout"):
-        training.open_data(args, one)
+        data.open_data(args, one)
     (folder / "val.parquet").unlink()
-    train, val = training.open_data(args, one)  # no val split at all: run without, and say so
+    train, val = data.open_data(args, one)  # no val split at all: run without, and say so
     assert len(train) == 4 and val is None
 
 
@@ -273,7 +272,7 @@ class NumberedRows:
 
     def load(self, index, rng):
         if index % 5 == 4:
-            raise data.BadRow("unusable")
+            raise tracking_pairs.BadRow("unusable")
         return index
 
 
@@ -366,16 +365,16 @@ def test_got10k_triples_take_a_recent_frame_around_a_slightly_wrong_box(tmp_path
     around a box near the target's (a tracker's own answer): the target is near the box given."""
     boxes = [(40 + 12 * t, 50 + 5 * t, 40, 40) for t in range(24)]
     split = red_box_split(tmp_path, boxes)
-    source = data.Got10kPairs(split, 112, memory=True, loop="lenient")
+    source = tracking_pairs.Got10kPairs(split, 112, memory=True, loop="lenient")
     read = []
-    original = data.read_frame
-    monkeypatch.setattr(data, "read_frame", lambda path: read.append(int(Path(path).stem) - 1) or original(path))
+    original = tracking_pairs.read_frame
+    monkeypatch.setattr(tracking_pairs, "read_frame", lambda path: read.append(int(Path(path).stem) - 1) or original(path))
     for k in range(30):
         read.clear()
         pair = source.load(0, data.pair_rng(0, k, 0))
         template_frame, search_frame, *memory_frame = read  # each frame decoded once a pair
         memory_frame = memory_frame[0] if memory_frame else template_frame
-        assert search_frame - data.MEMORY_GAP <= memory_frame < search_frame or \
+        assert search_frame - tracking_pairs.MEMORY_GAP <= memory_frame < search_frame or \
             (memory_frame == template_frame and search_frame == 0)
         box = pair.memory_box_xyxy
         side = box[2] - box[0]

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 import data
 import synthetic
+import tracking_pairs
 from benchmarks import BENCHMARKS
 from benchmarks.lasot import LASOT_CLASSES, LASOT_TEST_SET
 from cli import UserError
@@ -46,14 +47,14 @@ def specs_of(sets) -> list[str]:
 def reads_by_set(monkeypatch, sets):
     """Record every frame file the pair sources open: {kind: [paths]}."""
     reads = {kind: [] for kind in sets}
-    original = data.read_frame
+    original = tracking_pairs.read_frame
 
     def reading(path):
         kind = next(k for k, folder in sets.items() if Path(path).is_relative_to(folder))
         reads[kind].append(Path(path))
         return original(path)
 
-    monkeypatch.setattr(data, "read_frame", reading)
+    monkeypatch.setattr(tracking_pairs, "read_frame", reading)
     return reads
 
 

@@ -15,6 +15,7 @@ import data
 import r1track
 import shared_prompt
 import train_grpo
+import tracking_pairs
 import training
 from prompts import END_OF_TURN, collate, vision_token_ids
 
@@ -37,7 +38,7 @@ def questions(processor, pairs16, count, think, memory=False):
         pairs = [p._replace(memory=p.template.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
                             memory_box_xyxy=[side - p.template_box_xyxy[2], p.template_box_xyxy[1],
                                              side - p.template_box_xyxy[0], p.template_box_xyxy[3]]) for p in pairs]
-    return pairs, [data.pair_inputs(processor, p, think=think, return_tensors=False) for p in pairs]
+    return pairs, [tracking_pairs.pair_inputs(processor, p, think=think, return_tensors=False) for p in pairs]
 
 
 def test_sampling_scores_are_those_of_transformers_processors():

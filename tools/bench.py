@@ -51,7 +51,8 @@ from benchmarks.got10k import GOT10K  # noqa: E402
 from benchmarks.results import track_sequences  # noqa: E402
 from cli import (ArgumentParser, UserError, frame_readers, leave_a_core_for_reading, opencv_on_one_thread,  # noqa: E402
                  script_main, write_atomic)
-from data import WORKER_CHUNK, Got10kPairs, PairStream, open_pairs  # noqa: E402
+from data import WORKER_CHUNK, PairStream, open_pairs  # noqa: E402
+from tracking_pairs import Got10kPairs  # noqa: E402
 from fast_decoder import FastAnswerer  # noqa: E402
 from frames import read_frame  # noqa: E402
 from prompts import load_processor  # noqa: E402
