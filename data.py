@@ -1,9 +1,9 @@
 """Where training pairs come from: stored pairs (EasyR1 parquet, LLaMA-Factory ShareGPT), the
-tracking sets (pairs.py) and their mix by weight, what a run is given by its --data flags,
-and the resumable stream that hands each rank its pairs.
+tracking sets (tracking_pairs.py) and their mix by weight, what a run is given by its --data
+flags, and the resumable stream that hands each rank its pairs.
 
-A pair (tracking_pairs.Pair) is (template crop, template box, search crop, answer box), boxes in crop
-pixels, and with a memory frame a memory crop and its box.
+A pair (tracking_pairs.Pair) is (template crop, template box, search crop, answer box), boxes
+in crop pixels, and with a memory frame a memory crop and its box.
 """
 
 from __future__ import annotations
@@ -79,10 +79,14 @@ class StoredPairs:
             else:
                 self.rows.append((row, boxes[0], answer_box, boxes[1] if counts[row] == 3 else None))
         self.skipped = len(self.reasons)
-        self.triples = sum(memory_box is not None for *_, memory_box in self.rows)
 
     def __len__(self):
         return len(self.rows)
+
+    @property
+    def triples(self) -> int:
+        """How many of the usable rows are triples (three images)."""
+        return sum(memory_box is not None for *_, memory_box in self.rows)
 
     def load(self, index: int, rng=None) -> Pair:
         row, template_box, answer_box, memory_box = self.rows[index]
@@ -117,8 +121,6 @@ class StoredPairs:
         train.rows = [self.rows[i] for i in sorted(order[held:])]
         val.rows = [self.rows[i] for i in sorted(order[:held])]
         train.reasons, train.skipped = self.reasons, self.skipped
-        for part in (train, val):
-            part.triples = sum(memory_box is not None for *_, memory_box in part.rows)
         return train, val
 
 
@@ -268,7 +270,8 @@ def _hold(lock_file) -> None:
 
 
 def _sharegpt_pairs(path: Path, crop_size: int, name: str, memory=False) -> StoredPairs:
-    """A LLaMA-Factory ShareGPT JSON: messages or conversations, and two image paths a record."""
+    """A LLaMA-Factory ShareGPT JSON: messages or conversations, and the image paths of a record
+    (two, or three with a memory crop)."""
     records = json.loads(path.read_text())
     if not isinstance(records, list):
         raise UserError(f"{path}: expected a JSON list of ShareGPT records")
@@ -354,6 +357,13 @@ def open_pairs(spec: str, crop_size: int, split="train", tracking_share: float =
         return _sharegpt_pairs(path, crop_size, spec, memory)
     raise UserError(f"{spec}: not a dataset (expected r1track5k, a .parquet file or folder, "
                     "a ShareGPT .json, or a GOT-10k split folder with list.txt)")
+
+
+def check_memory_loop(memory: bool, loop: str) -> None:
+    """--memory asks three images, which the published loop never does."""
+    if memory and loop == "published":
+        raise UserError("--memory asks three-image questions, which the published loop never asks: add --loop "
+                        "lenient")
 
 
 def check_weights(weights, count: int) -> None:

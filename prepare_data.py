@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 import synthetic
-from cli import ArgumentParser, HelpFormatter, UserError, positive_int, script_main
-from data import MixedPairs, PairStream, check_weights, open_mix, pair_to_row, skipped_text
+from cli import ArgumentParser, HelpFormatter, UserError, first_line, positive_int, script_main
+from data import MixedPairs, PairStream, check_memory_loop, check_weights, open_mix, pair_to_row, skipped_text
 from prompts import WORDINGS
 from settings import LOOPS
 
@@ -101,9 +101,11 @@ def write_pairs(args) -> int:
         ("problem", pa.string()), ("answer", pa.string())])
     specs = args.data or [f"got10k:{args.got10k}"]
     check_weights(args.data_weights, len(specs))
-    if args.memory and args.loop == "published":
-        raise UserError("--memory writes three-image questions, which the published loop never asks: add --loop lenient")
-    source = open_mix(specs, args.data_weights, args.size, loop=args.loop, memory=args.memory)
+    check_memory_loop(args.memory, args.loop)
+    try:
+        source = open_mix(specs, args.data_weights, args.size, loop=args.loop, memory=args.memory)
+    except ValueError as error:  # a file its reader cannot parse (OSError is said by script_main)
+        raise UserError(first_line(error)) from None
     for part in getattr(source, "sources", [source]):
         if len(part) == 0:
             raise UserError(f"{part.name} has nothing to cut a pair from ({skipped_text(part)})")

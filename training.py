@@ -26,7 +26,7 @@ import reports
 from answers import answer_box
 from boxes import iou_xyxy
 from cli import UserError, first_line, positive_int, script_main, write_atomic
-from data import check_weights
+from data import check_memory_loop, check_weights
 from prompts import (
     WORDINGS,
     answer_text,
@@ -180,8 +180,10 @@ def fill_settings(parser, args, start: str, inherit: bool):
     args.wording = args.wording or settings.wording
     args.loop = args.loop or settings.loop
     args.memory = settings.memory if args.memory is None else args.memory
-    if args.memory and args.loop == "published":
-        parser.error("--memory asks three-image questions, which the published loop never asks: add --loop lenient")
+    try:
+        check_memory_loop(args.memory, args.loop)
+    except UserError as error:
+        parser.error(str(error))
     problem = base.crop_size_problem(args.crop_size)
     if problem:
         parser.error(f"--crop-size: {problem}")

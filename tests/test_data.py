@@ -326,8 +326,9 @@ def test_worker_streams_send_chunks_and_give_the_same_items_as_one_process():
 
 
 def test_memory_rows_of_three_images_in_parquet_and_sharegpt(tmp_path):
-    """A stored row of three images whose question names two boxes is a triple (template,
-    memory, search) when training with memory; a malformed one is counted and named; without
+    """A stored row of three images whose question names two boxes (a parquet written by
+    `datasets`, rows of two and three images in one column) is a triple (template, memory,
+    search) when training with memory; a malformed one is counted and named; without
     memory three-image rows are left out, and said why."""
     image = {"bytes": jpeg("red"), "path": None}
     memory_question = MEMORY_QUESTIONS["seed"].format(box="[10,20,30,40]", memory_box="[12,22,32,42]")
@@ -337,7 +338,9 @@ def test_memory_rows_of_three_images_in_parquet_and_sharegpt(tmp_path):
             "answer": "[50,60,70,80]"}
     one_box = {**triple, "problem": "<image><image><image>" + QUESTION.format(box="[10,20,30,40]")}
     path = tmp_path / "rows.parquet"
-    pq.write_table(pa.Table.from_pylist([pair, triple, one_box]), path)
+    from datasets import Dataset  # written as the published data scripts write parquet
+
+    Dataset.from_list([pair, triple, one_box]).to_parquet(str(path))
 
     source = data.open_pairs(str(path), 112, memory=True)
     assert len(source) == 2 and source.reasons == ["row 2: 3 images but 1 box in the question"]
